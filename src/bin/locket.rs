@@ -1,0 +1,226 @@
+//! `locket`: the secrets cache server.
+//!
+//! Exit codes: 0 ok, 1 runtime failure (sources, network), 2 usage or
+//! config error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use locket::config::server::ServerConfig;
+use locket::keys::ServerKey;
+use locket::server::{self, State};
+use locket::source;
+
+#[derive(Parser)]
+#[command(
+    name = "locket",
+    version,
+    about = "A secrets cache for production services",
+    max_term_width = 100
+)]
+struct Cli {
+    /// Log level or filter (e.g. debug, info, locket=debug). Also LOCKET_LOG.
+    #[arg(long, global = true, env = "LOCKET_LOG", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load secrets and serve them.
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate the config, registry, key file and sources without serving; print counts, never values.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print the server key fingerprint (creating the key file if absent).
+    Fingerprint {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn config_error(e: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: 2,
+        message: e.to_string(),
+    }
+}
+
+fn runtime_error(e: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: 1,
+        message: e.to_string(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging(&cli.log_level, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("locket: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(&config).await,
+            Command::Check { config } => check(&config).await,
+            Command::Fingerprint { config } => fingerprint(&config),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("locket: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_key(config: &ServerConfig) -> Result<ServerKey, Failure> {
+    let (key, created) =
+        ServerKey::load_or_create(&config.key_file, config.key_bits).map_err(config_error)?;
+    if created {
+        tracing::info!(path = %config.key_file.display(), bits = key.bits(), fingerprint = key.fingerprint(), "created a new server key");
+    }
+    Ok(key)
+}
+
+async fn serve(path: &Path) -> Result<(), Failure> {
+    let config = ServerConfig::load(path).map_err(config_error)?;
+    let registry = config.validate().map_err(config_error)?;
+    let key = load_key(&config)?;
+    let secrets = source::load_all(&config.sources).await.map_err(|e| {
+        runtime_error(format!(
+            "{e}; fix the source and start again (nothing is served without a first good load)"
+        ))
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            runtime_error(format!(
+                "cannot listen on {}: {e}; is another process using it?",
+                config.listen
+            ))
+        })?;
+    let addr = listener.local_addr().map_err(runtime_error)?;
+    tracing::info!(
+        clients = registry.len(),
+        secrets = secrets.len(),
+        fingerprint = key.fingerprint(),
+        "locket listening on {addr}"
+    );
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "serving plain HTTP on non-loopback address {addr}: requests and answers are encrypted end to end, but consider TLS or a private network"
+        );
+    }
+    let state = Arc::new(State::new(key, registry, secrets, &config));
+    server::run(listener, state, shutdown_signal())
+        .await
+        .map_err(runtime_error)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: finishing requests in flight"),
+    }
+}
+
+async fn check(path: &Path) -> Result<(), Failure> {
+    let config = ServerConfig::load(path).map_err(config_error)?;
+    let registry = config.validate().map_err(config_error)?;
+    let key = if config.key_file.exists() {
+        let key = ServerKey::load(&config.key_file).map_err(config_error)?;
+        format!("{} ({} bits)", key.fingerprint(), key.bits())
+    } else {
+        format!(
+            "{} does not exist yet; `serve` or `fingerprint` will create it",
+            config.key_file.display()
+        )
+    };
+    let secrets = source::load_all(&config.sources)
+        .await
+        .map_err(runtime_error)?;
+    println!("config: {}", path.display());
+    println!("server key: {key}");
+    println!("sources: {}", config.sources.len());
+    println!("secrets: {}", secrets.len());
+    println!("clients: {}", registry.len());
+    for name in config.clients.keys() {
+        if let Some(client) = registry.get(name) {
+            let readable = secrets.iter().filter(|(n, _)| client.may_read(n)).count();
+            println!(
+                "  {name}: {} key(s), {} network(s), can read {readable} of {} secrets",
+                client.keys.len(),
+                client.networks.len(),
+                secrets.len()
+            );
+        }
+    }
+    println!("OK");
+    Ok(())
+}
+
+fn fingerprint(path: &Path) -> Result<(), Failure> {
+    let config = ServerConfig::load(path).map_err(config_error)?;
+    let key = load_key(&config)?;
+    println!("{}", key.fingerprint());
+    Ok(())
+}

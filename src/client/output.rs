@@ -1,0 +1,148 @@
+//! Turning fetched secrets into text for programs: dotenv and JSON.
+//!
+//! Output is built in zeroizing buffers sized up front, so no copy of a value
+//! is left in freed memory by a reallocation.
+
+use std::collections::BTreeMap;
+
+use crate::secret::{SecretBytes, SecretValue};
+
+/// Maps a secret name to an environment variable name: every character
+/// outside `A-Za-z0-9_` becomes `_`, and a leading digit gets a `_` before
+/// it. `db/password` -> `db_password`, `2FA-SEED` -> `_2FA_SEED`.
+pub fn env_var_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) || out.is_empty() {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Maps every name with [`env_var_name`], refusing two names that map to one
+/// variable.
+pub fn env_names(secrets: &[(String, SecretValue)]) -> Result<Vec<String>, String> {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    let mut out = Vec::with_capacity(secrets.len());
+    for (name, _) in secrets {
+        let var = env_var_name(name);
+        if let Some(other) = seen.insert(var.clone(), name) {
+            return Err(format!(
+                "secrets {other:?} and {name:?} both map to variable {var}; ask for one of them, or use --format json"
+            ));
+        }
+        out.push(var);
+    }
+    Ok(out)
+}
+
+/// `NAME="value"` lines that a dotenv parser (dotenvy, docker compose,
+/// systemd-style loaders) reads back exactly: double quotes, with `\`, `"`,
+/// `$` and newline escaped as `\\`, `\"`, `\$`, `\n`.
+pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
+    let vars = env_names(secrets)?;
+    let size: usize = secrets
+        .iter()
+        .zip(&vars)
+        .map(|((_, v), n)| n.len() + 4 + 2 * v.len())
+        .sum();
+    let mut out = SecretBytes::new(Vec::with_capacity(size));
+    for ((_, value), var) in secrets.iter().zip(&vars) {
+        out.extend_from_slice(var.as_bytes());
+        out.extend_from_slice(b"=\"");
+        for c in value.expose().bytes() {
+            match c {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'$' => out.extend_from_slice(b"\\$"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                _ => out.push(c),
+            }
+        }
+        out.extend_from_slice(b"\"\n");
+    }
+    Ok(out)
+}
+
+/// One JSON object, name -> value, keys as the server names them.
+pub fn json(secrets: &[(String, SecretValue)]) -> SecretBytes {
+    let size: usize = 4 + secrets
+        .iter()
+        .map(|(n, v)| 8 + 6 * (n.len() + v.len()))
+        .sum::<usize>();
+    let mut out = SecretBytes::new(Vec::with_capacity(size));
+    out.push(b'{');
+    for (i, (name, value)) in secrets.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, name).expect("writing to a Vec cannot fail");
+        out.push(b':');
+        serde_json::to_writer(&mut *out, value.expose()).expect("writing to a Vec cannot fail");
+    }
+    out.extend_from_slice(b"}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_variables() {
+        assert_eq!(env_var_name("db/password"), "db_password");
+        assert_eq!(env_var_name("2FA-SEED"), "_2FA_SEED");
+        assert_eq!(env_var_name("OK_1"), "OK_1");
+        let clash = vec![
+            ("a-b".to_string(), SecretValue::from("1")),
+            ("a_b".to_string(), SecretValue::from("2")),
+        ];
+        assert!(env_names(&clash).unwrap_err().contains("both map"));
+    }
+
+    #[test]
+    fn dotenv_reads_back_exactly() {
+        let values = [
+            "plain",
+            "",
+            "with space  ",
+            "quote\"s and 'single'",
+            "back\\slash\\n not newline",
+            "dollar $HOME ${PATH} $",
+            "multi\nline\n\nvalue",
+            "hash # not a comment",
+            "\\|!@#$%^&*()_+[]{};:,<.>/?`~===",
+            "unicodé ✓ \t tab",
+        ];
+        let secrets: Vec<(String, SecretValue)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("V{i}"), SecretValue::from(*v)))
+            .collect();
+        let text = dotenv(&secrets).unwrap();
+        let parsed: Vec<(String, String)> = dotenvy::from_read_iter(text.as_slice())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(parsed.len(), values.len());
+        for ((name, value), (pn, pv)) in secrets.iter().zip(parsed) {
+            assert_eq!(*name, pn);
+            assert_eq!(value.expose(), pv, "value of {name}");
+        }
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let secrets = vec![("a\"b".to_string(), SecretValue::from("x\ny\"z\\"))];
+        let text = json(&secrets);
+        let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(v["a\"b"], "x\ny\"z\\");
+    }
+}

@@ -1,0 +1,119 @@
+//! The server's configuration (`locket serve --config FILE`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+use crate::keys::{DEFAULT_SERVER_KEY_BITS, MAX_RSA_BITS, MIN_RSA_BITS};
+use crate::registry::{ClientConfig, Registry};
+use crate::source::SourceConfig;
+
+/// Top-level keys that `LOCKET_<KEY>` environment variables may set.
+pub const ENV_KEYS: &[&str] = &[
+    "listen",
+    "key_file",
+    "key_bits",
+    "clock_skew",
+    "max_request_bytes",
+    "max_answer_bytes",
+    "replay_cache_size",
+];
+
+/// `server.toml`. Unknown keys are errors, so a typo is never silently
+/// ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// RSA private key file; created (mode 0600) on first start if missing.
+    pub key_file: PathBuf,
+    /// Size of a newly created server key.
+    pub key_bits: usize,
+    /// Largest accepted difference between a request's timestamp and the
+    /// server clock.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Largest accepted request body (413 beyond).
+    pub max_request_bytes: u64,
+    /// Largest answer plaintext (names + values) per request.
+    pub max_answer_bytes: usize,
+    /// Most nonces remembered at once (bounds replay-cache memory).
+    pub replay_cache_size: usize,
+    /// Where secrets come from, in order; later sources win on a name clash.
+    pub sources: Vec<SourceConfig>,
+    /// Registered clients by name.
+    pub clients: BTreeMap<String, ClientConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7410)),
+            key_file: PathBuf::from("server-key.pem"),
+            key_bits: DEFAULT_SERVER_KEY_BITS,
+            clock_skew: Duration::from_secs(30),
+            max_request_bytes: 64 * 1024,
+            max_answer_bytes: 4 * 1024 * 1024,
+            replay_cache_size: 100_000,
+            sources: Vec::new(),
+            clients: BTreeMap::new(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads `path`, layers the environment over it, resolves relative paths
+    /// against the file's folder and validates everything that needs no I/O.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        super::check_readable(path)?;
+        let figment = Figment::from(Serialized::defaults(Self::default()))
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("LOCKET_").only(ENV_KEYS));
+        let mut cfg: Self = figment.extract().map_err(Box::new)?;
+        let base = super::base_dir(Some(path));
+        super::resolve(&base, &mut cfg.key_file);
+        for s in &mut cfg.sources {
+            s.resolve_paths(&base);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and builds the registry (to surface its errors).
+    pub fn validate(&self) -> Result<Registry, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&self.key_bits) {
+            return invalid(format!(
+                "key_bits = {} is out of range: use {MIN_RSA_BITS} to {MAX_RSA_BITS} (default {DEFAULT_SERVER_KEY_BITS})",
+                self.key_bits
+            ));
+        }
+        if self.clock_skew < Duration::from_secs(1) || self.clock_skew > Duration::from_secs(600) {
+            return invalid("clock_skew must be between 1s and 10m (default 30s)".into());
+        }
+        if self.max_request_bytes < 1024 {
+            return invalid("max_request_bytes must be at least 1024".into());
+        }
+        if self.max_answer_bytes < 1024 {
+            return invalid("max_answer_bytes must be at least 1024".into());
+        }
+        if self.replay_cache_size < 1000 {
+            return invalid("replay_cache_size must be at least 1000".into());
+        }
+        if self.sources.is_empty() {
+            return invalid("no [[sources]]: add at least one, e.g. [[sources]] type = \"dotenv\" path = \"secrets.env\"".into());
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            s.validate()
+                .map_err(|m| ConfigError::Invalid(format!("sources[{i}]: {m}")))?;
+        }
+        Ok(Registry::from_config(&self.clients)?)
+    }
+}

@@ -1,0 +1,469 @@
+//! Key material: the server's RSA key, the client's ed25519 signing key, the
+//! client's in-memory reply key, and the text forms they travel in.
+//!
+//! * Server key: RSA (3072 bits by default, never below 2048) in a PKCS#8 PEM
+//!   file created with mode 0600 on first start, so that it survives restarts
+//!   and clients can pin its fingerprint.
+//! * Client signing key: ed25519, PKCS#8 PEM file (mode 0600). Its public half
+//!   is written as one line, `ed25519:<base64 of the 32-byte key>`, the form
+//!   the registry's `keys = [...]` takes.
+//! * Reply key: RSA-2048 generated in memory once per client process and
+//!   never written anywhere: a later theft of the server key, or of the
+//!   client's signing key, does not reveal past answers.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rsa::pkcs8::{EncodePublicKey as _, LineEnding};
+use rsa::traits::PublicKeyParts;
+use rsa::{PrivateKey, PublicKey};
+
+use crate::crypto;
+use crate::fsutil;
+
+/// The smallest RSA modulus locket accepts anywhere, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+/// The largest RSA modulus locket accepts (bounds the cost of a request).
+pub const MAX_RSA_BITS: usize = 8192;
+/// The default size of the server key, in bits.
+pub const DEFAULT_SERVER_KEY_BITS: usize = 3072;
+/// The size of the ephemeral reply key, in bits.
+pub const REPLY_KEY_BITS: usize = 2048;
+/// The prefix of the one-line public signing key form.
+pub const ED25519_PREFIX: &str = "ed25519:";
+
+/// Problems with key files or key text. Each message names the file or form
+/// and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot create key file {path}: {source} (check that its folder exists and is writable)"
+    )]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {path} already exists; remove it first or choose another --out")]
+    Exists { path: PathBuf },
+    #[error("key file {path} has mode {mode:03o}, readable by others; run `chmod 600 {path}`")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("key file {path} does not hold a {expected} PEM key: {detail}")]
+    Parse {
+        path: PathBuf,
+        expected: &'static str,
+        detail: String,
+    },
+    #[error("RSA key has {bits} bits; locket accepts {MIN_RSA_BITS} to {MAX_RSA_BITS}")]
+    RsaSize { bits: usize },
+    #[error("RSA key generation failed: {0}")]
+    Generate(String),
+    #[error(
+        "invalid ed25519 public key {shown:?}: {detail}; expected the line printed by `locket-client keygen` (ed25519:<base64>) or a PEM public key"
+    )]
+    PublicKey { shown: String, detail: String },
+}
+
+fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {
+    if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+        Ok(())
+    } else {
+        Err(KeyError::RsaSize { bits })
+    }
+}
+
+/// The server's long-lived RSA key with its public forms precomputed.
+pub struct ServerKey {
+    private: PrivateKey,
+    public_pem: String,
+    spki_der: Vec<u8>,
+    fingerprint: String,
+}
+
+impl fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerKey")
+            .field("fingerprint", &self.fingerprint)
+            .field("private", &crate::secret::REDACTED)
+            .finish()
+    }
+}
+
+impl ServerKey {
+    /// Wraps a private key, checking its size.
+    pub fn from_private(private: PrivateKey) -> Result<Self, KeyError> {
+        check_rsa_bits(private.size() * 8)?;
+        let public = private.to_public_key();
+        let spki_der = public
+            .to_public_key_der()
+            .map_err(|e| KeyError::Generate(e.to_string()))?
+            .into_vec();
+        let public_pem = public
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+        let fingerprint = crypto::fingerprint(&spki_der);
+        Ok(Self {
+            private,
+            public_pem,
+            spki_der,
+            fingerprint,
+        })
+    }
+
+    /// Generates a new key of `bits` bits in memory.
+    pub fn generate(bits: usize) -> Result<Self, KeyError> {
+        check_rsa_bits(bits)?;
+        let private = PrivateKey::new(&mut getrandom::SysRng, bits)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+        Self::from_private(private)
+    }
+
+    /// Loads the key at `path`, or creates it (mode 0600) with `bits` bits if
+    /// the file does not exist. Returns the key and whether it was created.
+    /// Refuses a key file that group or others can read.
+    pub fn load_or_create(path: &Path, bits: usize) -> Result<(Self, bool), KeyError> {
+        match std::fs::metadata(path) {
+            Ok(_) => Ok((Self::load(path)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate(bits)?;
+                let pem = key.to_pkcs8_pem()?;
+                fsutil::create_private(path, pem.as_bytes(), 0o600).map_err(|source| {
+                    KeyError::Create {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+                Ok((key, true))
+            }
+            Err(source) => Err(KeyError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Loads an existing key file (PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`).
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        if let Some(mode) = fsutil::loose_permissions(path).map_err(|source| KeyError::Read {
+            path: path.to_owned(),
+            source,
+        })? {
+            return Err(KeyError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            KeyError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?);
+        let private = Self::parse_pem(&text).map_err(|detail| KeyError::Parse {
+            path: path.to_owned(),
+            expected: "RSA private",
+            detail,
+        })?;
+        Self::from_private(private)
+    }
+
+    fn parse_pem(text: &str) -> Result<PrivateKey, String> {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        use rsa::pkcs8::DecodePrivateKey as _;
+        if text.contains("BEGIN RSA PRIVATE KEY") {
+            PrivateKey::from_pkcs1_pem(text).map_err(|e| e.to_string())
+        } else {
+            PrivateKey::from_pkcs8_pem(text).map_err(|e| e.to_string())
+        }
+    }
+
+    fn to_pkcs8_pem(&self) -> Result<zeroize::Zeroizing<String>, KeyError> {
+        use rsa::pkcs8::EncodePrivateKey as _;
+        self.private
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Generate(e.to_string()))
+    }
+
+    /// The private key, for unwrapping request keys.
+    pub fn private(&self) -> &PrivateKey {
+        &self.private
+    }
+    /// The public key as SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
+    pub fn public_pem(&self) -> &str {
+        &self.public_pem
+    }
+    /// The public key as SPKI DER.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+    /// `sha256:<hex>` of the SPKI DER.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+    /// Modulus size in bits.
+    pub fn bits(&self) -> usize {
+        self.private.size() * 8
+    }
+}
+
+/// A server public key as a client sees it.
+#[derive(Clone, Debug)]
+pub struct ServerPublicKey {
+    pub key: PublicKey,
+    pub fingerprint: String,
+}
+
+impl ServerPublicKey {
+    /// Parses an SPKI PEM public key, computing its fingerprint from the DER
+    /// itself (never trusting a fingerprint sent beside it).
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let key = PublicKey::from_public_key_pem(pem)
+            .map_err(|e| format!("not an RSA SPKI PEM public key: {e}"))?;
+        check_rsa_bits(key.size() * 8).map_err(|e| e.to_string())?;
+        let der = key.to_public_key_der().map_err(|e| e.to_string())?;
+        Ok(Self {
+            fingerprint: crypto::fingerprint(der.as_bytes()),
+            key,
+        })
+    }
+}
+
+/// Parses a reply key sent by a client (SPKI DER), bounding its size.
+pub fn parse_reply_key(der: &[u8]) -> Result<PublicKey, String> {
+    let key = PublicKey::from_public_key_der(der)
+        .map_err(|e| format!("reply key is not RSA SPKI DER: {e}"))?;
+    check_rsa_bits(key.size() * 8).map_err(|e| e.to_string())?;
+    Ok(key)
+}
+
+/// The client's ephemeral RSA key for answers; lives only in memory.
+pub struct ReplyKey {
+    private: PrivateKey,
+    spki_der: Vec<u8>,
+}
+
+impl fmt::Debug for ReplyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReplyKey(<redacted>)")
+    }
+}
+
+impl ReplyKey {
+    /// Generates a new reply key ([`REPLY_KEY_BITS`] bits).
+    pub fn generate() -> Result<Self, KeyError> {
+        let private = PrivateKey::new(&mut getrandom::SysRng, REPLY_KEY_BITS)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+        Self::from_private(private)
+    }
+
+    /// Wraps an existing private key (tests and benchmarks reuse one).
+    pub fn from_private(private: PrivateKey) -> Result<Self, KeyError> {
+        let spki_der = private
+            .to_public_key()
+            .to_public_key_der()
+            .map_err(|e| KeyError::Generate(e.to_string()))?
+            .into_vec();
+        Ok(Self { private, spki_der })
+    }
+
+    pub fn private(&self) -> &PrivateKey {
+        &self.private
+    }
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+}
+
+/// The client's ed25519 signing key.
+pub struct ClientKey {
+    signing: SigningKey,
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientKey")
+            .field("public", &self.public_line())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientKey {
+    /// A new random key.
+    pub fn generate() -> Result<Self, KeyError> {
+        let seed = zeroize::Zeroizing::new(
+            crypto::random_bytes::<32>().map_err(|e| KeyError::Generate(e.to_string()))?,
+        );
+        Ok(Self::from_seed(&seed))
+    }
+
+    /// A key from its 32-byte seed.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self {
+            signing: SigningKey::from_bytes(seed),
+        }
+    }
+
+    /// Writes the key to a new file with mode 0600 (PKCS#8 PEM).
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        let pem = self
+            .signing
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+        fsutil::create_private(path, pem.as_bytes(), 0o600).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists {
+                    path: path.to_owned(),
+                }
+            } else {
+                KeyError::Create {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })
+    }
+
+    /// Reads a key file: PKCS#8 PEM (`PRIVATE KEY`), or the original locket's
+    /// `ED25519 PRIVATE KEY` PEM holding the raw 32-byte seed. Returns the
+    /// file's mode too when group or others may access it, so the caller can
+    /// warn (a client key checked out of git, like the demo key, is 0644).
+    pub fn load(path: &Path) -> Result<(Self, Option<u32>), KeyError> {
+        let loose = fsutil::loose_permissions(path).map_err(|source| KeyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok((Self::read(path)?, loose))
+    }
+
+    fn read(path: &Path) -> Result<Self, KeyError> {
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            KeyError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })?);
+        let parse_err = |detail: String| KeyError::Parse {
+            path: path.to_owned(),
+            expected: "ed25519 private",
+            detail,
+        };
+        if let Some(body) = pem_body(&text, "ED25519 PRIVATE KEY") {
+            let seed =
+                zeroize::Zeroizing::new(B64.decode(body).map_err(|e| parse_err(e.to_string()))?);
+            let seed: &[u8; 32] = seed
+                .as_slice()
+                .try_into()
+                .map_err(|_| parse_err("seed is not 32 bytes".into()))?;
+            return Ok(Self::from_seed(seed));
+        }
+        SigningKey::from_pkcs8_pem(&text)
+            .map(|signing| Self { signing })
+            .map_err(|e| parse_err(e.to_string()))
+    }
+
+    /// The public key as the one-line registry form, `ed25519:<base64>`.
+    pub fn public_line(&self) -> String {
+        public_line(&self.signing.verifying_key())
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// Signs `message` (the canonical request bytes).
+    pub fn sign(&self, message: &[u8]) -> ed25519_dalek::Signature {
+        use ed25519_dalek::Signer;
+        self.signing.sign(message)
+    }
+}
+
+/// Formats a public signing key as `ed25519:<base64>`.
+pub fn public_line(key: &VerifyingKey) -> String {
+    format!("{ED25519_PREFIX}{}", B64.encode(key.as_bytes()))
+}
+
+/// Extracts the base64 body of a PEM block with the given label.
+fn pem_body(text: &str, label: &str) -> Option<String> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text.find(&begin)? + begin.len();
+    let stop = start + text[start..].find(&end)?;
+    Some(text[start..stop].split_whitespace().collect())
+}
+
+/// Parses a registry public key: `ed25519:<base64>`, an SPKI PEM
+/// (`PUBLIC KEY`), or the original's `ED25519 PUBLIC KEY` PEM with the raw
+/// 32 bytes. Rejects weak (small-order) keys, which would let one signature
+/// verify for many messages.
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyError> {
+    let text = text.trim();
+    let shown: String = text.chars().take(60).collect();
+    let err = |detail: &str| KeyError::PublicKey {
+        shown: shown.clone(),
+        detail: detail.to_owned(),
+    };
+    let key = if let Some(b64) = text.strip_prefix(ED25519_PREFIX) {
+        raw_public_key(
+            &B64.decode(b64.trim())
+                .map_err(|_| err("not valid base64"))?,
+        )
+        .ok_or_else(|| err("not a valid 32-byte ed25519 point"))?
+    } else if let Some(body) = pem_body(text, "ED25519 PUBLIC KEY") {
+        raw_public_key(
+            &B64.decode(body)
+                .map_err(|_| err("PEM body is not valid base64"))?,
+        )
+        .ok_or_else(|| err("not a valid 32-byte ed25519 point"))?
+    } else if text.contains("-----BEGIN PUBLIC KEY-----") {
+        VerifyingKey::from_public_key_pem(text).map_err(|_| err("not an ed25519 SPKI PEM"))?
+    } else {
+        return Err(err("unknown format"));
+    };
+    if key.is_weak() {
+        return Err(err("weak (small-order) key"));
+    }
+    Ok(key)
+}
+
+fn raw_public_key(bytes: &[u8]) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(bytes.try_into().ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_line_round_trips_and_weak_keys_are_refused() {
+        let key = ClientKey::from_seed(&[7u8; 32]);
+        let line = key.public_line();
+        assert!(line.starts_with(ED25519_PREFIX));
+        assert_eq!(parse_public_key(&line).unwrap(), key.verifying_key());
+        // The identity point is small-order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = format!("{ED25519_PREFIX}{}", B64.encode(identity));
+        let e = parse_public_key(&weak).unwrap_err().to_string();
+        assert!(e.contains("weak"), "{e}");
+        assert!(parse_public_key("ed25519:!!!").is_err());
+        assert!(parse_public_key("ssh-ed25519 AAAA").is_err());
+    }
+
+    #[test]
+    fn original_pem_form_is_accepted() {
+        let key = ClientKey::from_seed(&[9u8; 32]);
+        let pem = format!(
+            "-----BEGIN ED25519 PUBLIC KEY-----\n{}\n-----END ED25519 PUBLIC KEY-----\n",
+            B64.encode(key.verifying_key().as_bytes())
+        );
+        assert_eq!(parse_public_key(&pem).unwrap(), key.verifying_key());
+    }
+}

@@ -1,0 +1,130 @@
+//! The locket server: state, HTTP routes and the accept loop.
+//!
+//! [`run`] takes an already-bound listener and a shutdown future, so tests
+//! bind port 0 and the binary only wires flags to it.
+
+mod pipeline;
+pub mod replay;
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ed25519_dalek::VerifyingKey;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::config::server::ServerConfig;
+use crate::keys::ServerKey;
+use crate::registry::Registry;
+use crate::store::{SecretSet, Store};
+
+pub use pipeline::unix_now;
+
+/// Request limits taken from the config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub clock_skew: Duration,
+    pub max_request_bytes: u64,
+    pub max_answer_bytes: usize,
+}
+
+/// Everything a request handler needs. Shared behind an `Arc`.
+pub struct State {
+    pub key: ServerKey,
+    pub registry: ArcSwap<Registry>,
+    pub store: Store,
+    pub replay: Mutex<replay::ReplayCache>,
+    pub limits: Limits,
+    /// A valid key no client holds: verifications for unknown clients run
+    /// against it so they cost the same as for known ones.
+    dummy_key: VerifyingKey,
+}
+
+impl State {
+    pub fn new(
+        key: ServerKey,
+        registry: Registry,
+        secrets: SecretSet,
+        config: &ServerConfig,
+    ) -> Self {
+        Self {
+            key,
+            registry: ArcSwap::from_pointee(registry),
+            store: Store::new(secrets),
+            replay: Mutex::new(replay::ReplayCache::new(config.replay_cache_size)),
+            limits: Limits {
+                clock_skew: config.clock_skew,
+                max_request_bytes: config.max_request_bytes,
+                max_answer_bytes: config.max_answer_bytes,
+            },
+            dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
+        }
+    }
+}
+
+/// The peer address of a connection, attached to each of its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Serves `state` on `listener` until `shutdown` completes, then lets
+/// requests in flight finish (for up to 10 seconds).
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let routes = routes::routes(state);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    let builder = builder.http1_only();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = warp::service(routes.clone());
+        let hyper_service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(addr));
+                let mut service = service.clone();
+                tower_service::Service::call(&mut service, req)
+            });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), hyper_service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("requests still in flight after 10s; stopping anyway");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The request pipeline for `POST /v1/secrets`:
+//!
+//! decode -> client lookup -> source IP -> clock -> signature -> server
+//! fingerprint -> nonce (replay) -> RSA unwrap + decrypt -> access -> answer.
+//!
+//! Everything before the replay check costs one JSON parse and one ed25519
+//! verification, whoever asks. Unknown clients, wrong addresses, stale
+//! clocks and bad signatures all run the same verification (against a dummy
+//! key when there is no client) and get the same answer; only the log says
+//! which it was. The RSA private key is used only after all of them pass.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::protocol::{self, Request, WireAnswer};
+use crate::registry::Registry;
+use crate::server::State;
+use crate::server::replay::Seen;
+
+/// How a request ended. `reason` strings go to the log only.
+#[derive(Debug)]
+pub enum Outcome {
+    /// 200 with the sealed answer.
+    Ok {
+        answer: WireAnswer,
+        client: String,
+        names: Vec<String>,
+        served: usize,
+    },
+    /// 404 with a sealed answer listing the missing names.
+    NotFound {
+        answer: WireAnswer,
+        client: String,
+        missing: Vec<String>,
+    },
+    /// 400.
+    BadRequest {
+        client: Option<String>,
+        reason: String,
+    },
+    /// 403, uniform body.
+    Denied {
+        client: Option<String>,
+        reason: String,
+    },
+    /// 403, uniform body; a replayed nonce.
+    Replay { client: String },
+    /// 413 for an answer larger than `max_answer_bytes`.
+    AnswerTooLarge { client: String, size: usize },
+    /// 503: the replay cache is full.
+    Busy { client: String },
+    /// 500.
+    Internal {
+        client: Option<String>,
+        reason: String,
+    },
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the whole pipeline for one request body from `ip`.
+pub async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outcome {
+    let request = match Request::decode(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::BadRequest {
+                client: None,
+                reason: e.to_string(),
+            };
+        }
+    };
+    let registry = state.registry.load_full();
+    let name = request.header.client.clone();
+    let now = unix_now();
+    let skew = state.limits.clock_skew.as_secs() as i64;
+
+    // Evaluate every cheap check without an early exit, so that the work
+    // done (and so the time taken) does not depend on which one fails.
+    let client = registry.get(&name);
+    let signed = request.signed_bytes();
+    let (sig_ok, ip_ok) = match client {
+        Some(c) => (
+            c.keys.iter().fold(false, |ok, k| {
+                k.verify_strict(&signed, &request.signature).is_ok() | ok
+            }),
+            c.allows_ip(ip),
+        ),
+        None => {
+            let _ = state.dummy_key.verify_strict(&signed, &request.signature);
+            (false, false)
+        }
+    };
+    let clock_ok = (now - request.header.timestamp).abs() <= skew;
+    let fingerprint_ok = request.header.server_fingerprint == state.key.fingerprint();
+
+    let denied = |reason: String| Outcome::Denied {
+        client: Some(name.clone()),
+        reason,
+    };
+    if client.is_none() {
+        return denied("unknown client".into());
+    }
+    if !ip_ok {
+        return denied(format!(
+            "source address {ip} is not in the client's networks"
+        ));
+    }
+    if !clock_ok {
+        return denied(format!(
+            "timestamp {} is {}s from server time (allowed: {skew}s); check the client's clock",
+            request.header.timestamp,
+            request.header.timestamp - now
+        ));
+    }
+    if !sig_ok {
+        return denied("signature does not verify with any of the client's keys".into());
+    }
+    if !fingerprint_ok {
+        return denied(format!(
+            "request was made for server key {}, but this server's key is {}",
+            request.header.server_fingerprint,
+            state.key.fingerprint()
+        ));
+    }
+    let seen = state
+        .replay
+        .lock()
+        .map(|mut c| c.check_and_insert(request.header.nonce, request.header.timestamp + skew, now))
+        .unwrap_or(Seen::Full);
+    match seen {
+        Seen::New => {}
+        Seen::Replay => return Outcome::Replay { client: name },
+        Seen::Full => return Outcome::Busy { client: name },
+    }
+
+    // Authenticated: now, and only now, the RSA private-key operation. It
+    // takes milliseconds, so it runs off the async workers.
+    let state = Arc::clone(state);
+    match tokio::task::spawn_blocking(move || answer(&state, &registry, request)).await {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::Internal {
+            client: Some(name),
+            reason: format!("worker failed: {e}"),
+        },
+    }
+}
+
+fn answer(state: &State, registry: &Registry, request: Request) -> Outcome {
+    let name = request.header.client.clone();
+    let Some(client) = registry.get(&name) else {
+        return Outcome::Internal {
+            client: Some(name),
+            reason: "client vanished".into(),
+        };
+    };
+    let body = match request.open(&state.key) {
+        Ok(b) => b,
+        Err(e) => {
+            return Outcome::BadRequest {
+                client: Some(name),
+                reason: e.to_string(),
+            };
+        }
+    };
+    let reply_key = match crate::keys::parse_reply_key(&body.reply_key) {
+        Ok(k) => k,
+        Err(reason) => {
+            return Outcome::BadRequest {
+                client: Some(name),
+                reason,
+            };
+        }
+    };
+    let snapshot = state.store.snapshot();
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    if body.names.is_empty() {
+        found.extend(snapshot.iter().filter(|(n, _)| client.may_read(n)));
+    } else {
+        let unique: BTreeSet<&str> = body.names.iter().map(String::as_str).collect();
+        let refused: Vec<&str> = unique
+            .iter()
+            .copied()
+            .filter(|n| !client.may_read(n))
+            .collect();
+        if !refused.is_empty() {
+            return Outcome::Denied {
+                client: Some(name),
+                reason: format!("not granted: {}", refused.join(", ")),
+            };
+        }
+        for n in unique {
+            match snapshot.get(n) {
+                Some(v) => found.push((n, v)),
+                None => missing.push(n.to_owned()),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        found.clear();
+    }
+    let size = protocol::answer_size(found.iter().copied(), &missing);
+    if size > state.limits.max_answer_bytes {
+        return Outcome::AnswerTooLarge { client: name, size };
+    }
+    let plain = protocol::encode_answer(&found, &missing);
+    let served = found.len();
+    match protocol::seal_answer(plain, &reply_key, &request.header) {
+        Ok(answer) if missing.is_empty() => Outcome::Ok {
+            answer,
+            client: name,
+            names: body.names,
+            served,
+        },
+        Ok(answer) => Outcome::NotFound {
+            answer,
+            client: name,
+            missing,
+        },
+        Err(e) => Outcome::Internal {
+            client: Some(name),
+            reason: format!("sealing the answer failed: {e}"),
+        },
+    }
+}

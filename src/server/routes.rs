@@ -1,0 +1,181 @@
+//! HTTP routes: `GET /v1/key`, `POST /v1/secrets`, `GET /healthz`, and the
+//! mapping of outcomes and rejections to answers and log lines.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use warp::Filter;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use super::pipeline::{self, Outcome};
+use super::{Peer, State};
+use crate::protocol::{self, WireError, WireKey};
+
+/// The body of every 403: identical whatever the real reason.
+pub const FORBIDDEN_MESSAGE: &str =
+    "request denied; the server log has the reason under this request's X-Request-Id";
+
+fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
+    let body = WireError {
+        error: error.into(),
+        message: message.into(),
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+use warp::Reply as _;
+
+pub fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let with_state = {
+        let state = Arc::clone(&state);
+        warp::any().map(move || Arc::clone(&state))
+    };
+    let key = warp::path!("v1" / "key")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|state: Arc<State>| {
+            let body = WireKey {
+                version: protocol::VERSION,
+                algorithm: "RSA-OAEP-SHA256".into(),
+                public_key: state.key.public_pem().to_owned(),
+                fingerprint: state.key.fingerprint().to_owned(),
+            };
+            warp::reply::json(&body).into_response()
+        });
+    let limit = state.limits.max_request_bytes;
+    let secrets = warp::path!("v1" / "secrets")
+        .and(warp::post())
+        .and(with_state)
+        .and(warp::ext::get::<Peer>())
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .then(handle_secrets);
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+    key.or(secrets)
+        .unify()
+        .or(health)
+        .unify()
+        .recover(rejection)
+        .unify()
+}
+
+async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
+    let (status, code, message) = if err.is_not_found() {
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; locket serves GET /v1/key and POST /v1/secrets",
+        )
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "request body is larger than the server's max_request_bytes",
+        )
+    } else if err.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header",
+        )
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET /v1/key or POST /v1/secrets",
+        )
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request could not be read",
+        )
+    };
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        tracing::warn!(
+            status = 413,
+            "request denied: body larger than max_request_bytes"
+        );
+    }
+    Ok(json_error(status, code, message))
+}
+
+fn request_id() -> String {
+    crate::crypto::random_bytes::<8>()
+        .map(hex::encode)
+        .unwrap_or_else(|_| "0000000000000000".into())
+}
+
+async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
+    let id = request_id();
+    let ip = peer.0.ip().to_canonical();
+    let started = std::time::Instant::now();
+    let outcome = pipeline::process(&state, ip, &body).await;
+    let ms = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+    let mut response = match outcome {
+        Outcome::Ok {
+            answer,
+            client,
+            names,
+            served,
+        } => {
+            tracing::info!(request_id = %id, client = %client, ip = %ip, names = ?names, served, ms, outcome = "ok", "answered");
+            warp::reply::json(&answer).into_response()
+        }
+        Outcome::NotFound {
+            answer,
+            client,
+            missing,
+        } => {
+            tracing::info!(request_id = %id, client = %client, ip = %ip, missing = ?missing, ms, outcome = "not_found", "answered");
+            warp::reply::with_status(warp::reply::json(&answer), StatusCode::NOT_FOUND)
+                .into_response()
+        }
+        Outcome::BadRequest { client, reason } => {
+            tracing::warn!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = %reason, outcome = "bad_request", "request rejected");
+            json_error(StatusCode::BAD_REQUEST, "bad_request", &reason)
+        }
+        Outcome::Denied { client, reason } => {
+            tracing::warn!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = %reason, outcome = "denied", "request denied");
+            json_error(StatusCode::FORBIDDEN, "forbidden", FORBIDDEN_MESSAGE)
+        }
+        Outcome::Replay { client } => {
+            tracing::warn!(request_id = %id, client = %client, ip = %ip, reason = "nonce already used (replay)", outcome = "replay", "request denied");
+            json_error(StatusCode::FORBIDDEN, "forbidden", FORBIDDEN_MESSAGE)
+        }
+        Outcome::AnswerTooLarge { client, size } => {
+            tracing::warn!(request_id = %id, client = %client, ip = %ip, size, max = state.limits.max_answer_bytes, outcome = "too_large", "answer too large");
+            json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "answer_too_large",
+                "the answer would exceed the server's max_answer_bytes; ask for fewer names per request",
+            )
+        }
+        Outcome::Busy { client } => {
+            tracing::error!(request_id = %id, client = %client, ip = %ip, outcome = "busy", "replay cache full; refusing requests until nonces expire (raise replay_cache_size)");
+            let mut r = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "server is busy; retry shortly",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("5"));
+            r
+        }
+        Outcome::Internal { client, reason } => {
+            tracing::error!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = %reason, outcome = "internal", "request failed");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the server log",
+            )
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}

@@ -1,0 +1,36 @@
+//! `.env` files, parsed with `dotenvy` (quotes, escapes, `export`, comments,
+//! multi-line quoted values, `${VAR}` substitution outside single quotes).
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::secret::SecretValue;
+
+pub(super) fn load(path: &Path) -> Result<Vec<(String, SecretValue)>, String> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot open {}: {e}; check `path`", path.display()))?;
+    parse_dotenv(file)
+}
+
+/// Parses dotenv text. A parse error names the entry it follows but never
+/// shows the offending line, which may hold a secret.
+pub fn parse_dotenv(reader: impl Read) -> Result<Vec<(String, SecretValue)>, String> {
+    let mut out = Vec::new();
+    for item in dotenvy::from_read_iter(reader) {
+        match item {
+            Ok((name, value)) => out.push((name, SecretValue::new(value))),
+            Err(dotenvy::Error::LineParse(_, column)) => {
+                let after = out
+                    .last()
+                    .map(|(n, _)| format!("after entry {n:?}"))
+                    .unwrap_or_else(|| "before the first entry".into());
+                return Err(format!(
+                    "a line {after} is not NAME=value (error at column {column}; the line is not shown because it may hold a secret)"
+                ));
+            }
+            Err(dotenvy::Error::Io(e)) => return Err(format!("read error: {e}")),
+            Err(_) => return Err("the file could not be parsed as dotenv".into()),
+        }
+    }
+    Ok(out)
+}

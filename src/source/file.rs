@@ -1,0 +1,141 @@
+//! A JSON or TOML file with one object of name -> value.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::secret::SecretValue;
+
+/// The format of a `file` source.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Json,
+    Toml,
+}
+
+pub(super) fn load(
+    path: &Path,
+    format: Option<FileFormat>,
+) -> Result<Vec<(String, SecretValue)>, String> {
+    let format = match format {
+        Some(f) => f,
+        None => match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => FileFormat::Json,
+            Some("toml") => FileFormat::Toml,
+            _ => {
+                return Err(format!(
+                    "cannot tell the format of {}: set `format = \"json\"` or `\"toml\"`",
+                    path.display()
+                ));
+            }
+        },
+    };
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}; check `path`", path.display()))?,
+    );
+    match format {
+        FileFormat::Json => parse_json(&text),
+        FileFormat::Toml => parse_toml(&text),
+    }
+}
+
+/// Parses a JSON object; nested objects become `outer/inner` names.
+pub fn parse_json(text: &str) -> Result<Vec<(String, SecretValue)>, String> {
+    // serde_json's own messages quote no input, only line and column.
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err("the JSON must be one object of name -> value".into());
+    };
+    let mut out = Vec::new();
+    flatten_json(String::new(), map, &mut out)?;
+    Ok(out)
+}
+
+fn flatten_json(
+    prefix: String,
+    map: serde_json::Map<String, serde_json::Value>,
+    out: &mut Vec<(String, SecretValue)>,
+) -> Result<(), String> {
+    use serde_json::Value;
+    for (key, value) in map {
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}/{key}")
+        };
+        match value {
+            Value::String(s) => out.push((name, SecretValue::new(s))),
+            Value::Number(n) => out.push((name, SecretValue::new(n.to_string()))),
+            Value::Bool(b) => out.push((name, SecretValue::new(b.to_string()))),
+            Value::Object(inner) => flatten_json(name, inner, out)?,
+            Value::Null | Value::Array(_) => {
+                return Err(format!(
+                    "{name:?} is null or an array; values must be strings, numbers, booleans or objects"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses a TOML table; nested tables become `outer/inner` names.
+pub fn parse_toml(text: &str) -> Result<Vec<(String, SecretValue)>, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        // toml's messages quote the offending line; keep only its position.
+        match e.span() {
+            Some(span) => format!("not valid TOML (error at byte {})", span.start),
+            None => "not valid TOML".to_string(),
+        }
+    })?;
+    let mut out = Vec::new();
+    flatten_toml(String::new(), table, &mut out)?;
+    Ok(out)
+}
+
+fn flatten_toml(
+    prefix: String,
+    table: toml::Table,
+    out: &mut Vec<(String, SecretValue)>,
+) -> Result<(), String> {
+    use toml::Value;
+    for (key, value) in table {
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}/{key}")
+        };
+        match value {
+            Value::String(s) => out.push((name, SecretValue::new(s))),
+            Value::Integer(i) => out.push((name, SecretValue::new(i.to_string()))),
+            Value::Float(f) => out.push((name, SecretValue::new(f.to_string()))),
+            Value::Boolean(b) => out.push((name, SecretValue::new(b.to_string()))),
+            Value::Table(inner) => flatten_toml(name, inner, out)?,
+            Value::Datetime(_) | Value::Array(_) => {
+                return Err(format!(
+                    "{name:?} is an array or datetime; values must be strings, numbers, booleans or tables"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_toml_flatten_and_never_echo_input() {
+        let v = parse_json(r#"{"A":"1","db":{"pw":"x"},"n":5}"#).unwrap();
+        let names: Vec<_> = v.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["A", "db/pw", "n"]);
+        let e = parse_toml("A = \"supersecret\nB = 1").unwrap_err();
+        assert!(!e.contains("supersecret"), "{e}");
+        let e = parse_json("{\"A\": supersecret}").unwrap_err();
+        assert!(!e.contains("supersecret"), "{e}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Where secrets come from: one file per kind of source behind one enum,
+//! plus [`load_all`], which combines them into one [`SecretSet`].
+//!
+//! Sources are listed in `[[sources]]` and read in order; when two sources
+//! hold the same name, the **later** source wins (like layered config).
+//! A source that fails makes the whole load fail: a partial set is never
+//! served, because a missing secret is worse than a stale one.
+
+mod dotenv;
+mod env;
+mod file;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::SecretValue;
+use crate::store::SecretSet;
+
+pub use dotenv::parse_dotenv;
+pub use file::{FileFormat, parse_json, parse_toml};
+
+/// One `[[sources]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A `.env` file, parsed with `dotenvy`.
+    Dotenv { path: PathBuf },
+    /// The server's own environment: variables starting with `prefix`
+    /// (served without it unless `strip_prefix = false`) and/or the exact
+    /// `names` listed.
+    Env {
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        names: Vec<String>,
+        #[serde(default = "yes")]
+        strip_prefix: bool,
+    },
+    /// A JSON or TOML file holding one object of name -> value; nested
+    /// objects become `outer/inner` names. `format` defaults from the file
+    /// extension.
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        format: Option<FileFormat>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SourceConfig {
+    /// A short description for logs and errors (never a value).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Dotenv { path } => format!("dotenv {}", path.display()),
+            Self::Env { prefix, names, .. } => match prefix {
+                Some(p) => format!("env prefix {p:?} (+{} names)", names.len()),
+                None => format!("env ({} names)", names.len()),
+            },
+            Self::File { path, .. } => format!("file {}", path.display()),
+        }
+    }
+
+    /// Makes relative paths absolute against `base` (the config's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        match self {
+            Self::Dotenv { path } | Self::File { path, .. } => {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+            Self::Env { .. } => {}
+        }
+    }
+
+    /// Checks settings that need no I/O.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Env { prefix, names, .. } if prefix.as_deref().unwrap_or("").is_empty() && names.is_empty() => {
+                Err("an env source needs `prefix` or `names` (serving the whole environment is never what you want)".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the source once.
+    pub async fn load(&self) -> Result<Vec<(String, SecretValue)>, String> {
+        match self {
+            Self::Dotenv { path } => dotenv::load(path),
+            Self::Env {
+                prefix,
+                names,
+                strip_prefix,
+            } => env::load(prefix.as_deref(), names, *strip_prefix),
+            Self::File { path, format } => file::load(path, *format),
+        }
+    }
+}
+
+/// A source failed to load. The detail never contains a value.
+#[derive(Debug, thiserror::Error)]
+#[error("source #{index} ({description}) failed to load: {detail}")]
+pub struct SourceError {
+    pub index: usize,
+    pub description: String,
+    pub detail: String,
+}
+
+/// Loads every source in order and combines them (later sources win).
+pub async fn load_all(sources: &[SourceConfig]) -> Result<SecretSet, SourceError> {
+    let mut all = BTreeMap::new();
+    for (i, source) in sources.iter().enumerate() {
+        let entries = source.load().await.map_err(|detail| SourceError {
+            index: i + 1,
+            description: source.describe(),
+            detail,
+        })?;
+        let mut overridden = 0usize;
+        let count = entries.len();
+        for (name, value) in entries {
+            if !crate::protocol::valid_secret_name(&name) {
+                return Err(SourceError {
+                    index: i + 1,
+                    description: source.describe(),
+                    detail: format!(
+                        "secret name {name:?} is empty, longer than 256 bytes or has control characters"
+                    ),
+                });
+            }
+            if all.insert(name, value).is_some() {
+                overridden += 1;
+            }
+        }
+        tracing::debug!(source = %source.describe(), secrets = count, overridden, "source loaded");
+    }
+    Ok(SecretSet::new(all))
+}
