@@ -185,6 +185,15 @@ impl ServerKey {
         }
     }
 
+    /// Writes the private key to a new file with mode 0600 (PKCS#8 PEM).
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        let pem = self.to_pkcs8_pem()?;
+        fsutil::create_private(path, pem.as_bytes(), 0o600).map_err(|source| KeyError::Create {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
     fn to_pkcs8_pem(&self) -> Result<zeroize::Zeroizing<String>, KeyError> {
         use rsa::pkcs8::EncodePrivateKey as _;
         self.private

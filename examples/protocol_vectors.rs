@@ -1,0 +1,102 @@
+//! Prints the test vectors of docs/protocol.md:
+//! `cargo run --example protocol_vectors`. The doc holds their output, and
+//! `tests/protocol_vectors.rs` recomputes every value from the doc's inputs.
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use locket::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};
+use locket::protocol::{self, Header, Request, RequestBody};
+use locket::secret::SecretValue;
+
+fn main() {
+    let seed = [0x01u8; 32];
+    let client = ClientKey::from_seed(&seed);
+    let header = Header {
+        client: "demo".into(),
+        server_fingerprint: format!("sha256:{}", "ab".repeat(32)),
+        timestamp: 1_767_225_600,
+        nonce: core::array::from_fn(|i| i as u8),
+    };
+    let wrapped = [0x11u8; 4];
+    let ct = [0x22u8; 3];
+    let signed = header.signed_bytes(&wrapped, &ct);
+    let body = RequestBody {
+        names: vec!["A".into(), "DB_PASSWORD".into()],
+        reply_key: vec![0x30, 0x00],
+    };
+    let one = SecretValue::from("1");
+    let answer = protocol::encode_answer(&[("A", &one)], &["B".to_string()]);
+    let aead_key = [0x42u8; 32];
+    let mut sealed = body.encode();
+    locket::crypto::seal(&aead_key, &header.request_aad(), &mut sealed).unwrap();
+    println!("```vectors");
+    println!("client_seed = {}", hex::encode(seed));
+    println!("client_public = {}", client.public_line());
+    println!("client = {}", header.client);
+    println!("server_fingerprint = {}", header.server_fingerprint);
+    println!("timestamp = {}", header.timestamp);
+    println!("nonce = {}", hex::encode(header.nonce));
+    println!("wrapped_key = {}", hex::encode(wrapped));
+    println!("ciphertext = {}", hex::encode(ct));
+    println!("signed_bytes = {}", hex::encode(&signed));
+    println!(
+        "signature = {}",
+        hex::encode(client.sign(&signed).to_bytes())
+    );
+    println!("request_aad = {}", hex::encode(header.request_aad()));
+    println!("response_aad = {}", hex::encode(header.response_aad()));
+    println!("body_names = A,DB_PASSWORD");
+    println!("body_reply_key = 3000");
+    println!("request_body = {}", hex::encode(body.encode().as_slice()));
+    println!("answer_secret = A=1");
+    println!("answer_missing = B");
+    println!("answer_body = {}", hex::encode(answer.as_slice()));
+    println!("aead_key = {}", hex::encode(aead_key));
+    println!(
+        "aead_request_body_sealed = {}",
+        hex::encode(sealed.as_slice())
+    );
+    println!("```");
+
+    // A complete request, sealed to a 2048-bit key printed here (test only).
+    let server = ServerKey::generate(2048).unwrap();
+    let public = ServerPublicKey::from_pem(server.public_pem()).unwrap();
+    let reply = ReplyKey::from_private(server.private().clone()).unwrap();
+    let header = Header {
+        server_fingerprint: server.fingerprint().to_owned(),
+        ..header
+    };
+    let body = RequestBody {
+        names: vec!["DB_PASSWORD".into()],
+        reply_key: reply.spki_der().to_vec(),
+    };
+    let request = Request::seal(header.clone(), &body, &public, &client).unwrap();
+    let sealed_answer = protocol::seal_answer(
+        protocol::encode_answer(&[("DB_PASSWORD", &SecretValue::from("s3cret\nvalue"))], &[]),
+        &public.key,
+        &header,
+    )
+    .unwrap();
+    let private_pem = {
+        use rsa::pkcs8::EncodePrivateKey;
+        server
+            .private()
+            .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap()
+    };
+    println!("\n```pem");
+    print!("{}", private_pem.as_str());
+    println!("```\n");
+    println!("```vectors");
+    println!("full_fingerprint = {}", server.fingerprint());
+    println!(
+        "full_request = {}",
+        String::from_utf8(request.encode()).unwrap()
+    );
+    println!("full_request_names = DB_PASSWORD");
+    println!(
+        "full_answer = {}",
+        serde_json::to_string(&sealed_answer).unwrap()
+    );
+    println!("full_answer_value = {}", B64.encode("s3cret\nvalue"));
+    println!("```");
+}

@@ -1,0 +1,416 @@
+//! The real `locket` and `locket-client` binaries: output, exit codes,
+//! files and logs.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use support::{Registered, ServerProcess, run_client, run_server_cmd, write_server_files};
+
+const SECRETS: &str = "DB_PASSWORD=\"pa55 w0rd with spaces\"\nAPI_TOKEN=tok_3f9a8b7c6d\nMULTI=\"alpha\nbeta\"\nSYMBOLS='\\|!@#$%^&*()_+[]{};:,<.>/?`~==='\nSHARED_VAR=shared-7781\nNOT_YOURS=forbidden-4411\n";
+const VALUES: &[&str] = &[
+    "pa55 w0rd",
+    "tok_3f9a8b7c6d",
+    "alpha",
+    "beta",
+    "shared-7781",
+    "forbidden-4411",
+    "^&*()_+",
+];
+
+fn clients() -> Vec<Registered> {
+    vec![
+        Registered::new(
+            "app",
+            11,
+            &["127.0.0.1/32", "::1"],
+            &["DB_*", "API_TOKEN", "MULTI", "SYMBOLS", "SHARED_VAR"],
+        ),
+        Registered::new("narrow", 12, &["127.0.0.2"], &["SHARED_VAR"]),
+    ]
+}
+
+/// Writes a client key file for the seed and returns its path.
+fn client_key_file(dir: &Path, seed: u8) -> String {
+    let path = dir.join(format!("client-{seed}.key"));
+    if !path.exists() {
+        locket::keys::ClientKey::from_seed(&[seed; 32])
+            .write_new(&path)
+            .unwrap();
+    }
+    path.to_string_lossy().into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_prints_the_registry_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k.key");
+    let (code, stdout, stderr) =
+        run_client(&["keygen", "--out", out.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(mode(&out), 0o600);
+    let line = stdout.trim();
+    assert!(
+        line.starts_with("ed25519:") && !line.contains('\n'),
+        "{stdout}"
+    );
+    let parsed = locket::keys::parse_public_key(line).unwrap();
+    let (key, loose) = locket::keys::ClientKey::load(&out).unwrap();
+    assert_eq!(key.verifying_key(), parsed);
+    assert_eq!(loose, None);
+    // Never overwrites an existing key.
+    let (code, _, stderr) = run_client(&["keygen", "--out", out.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("already exists"), "{stderr}");
+}
+
+#[test]
+fn whole_scenario_through_the_binaries_with_exit_codes_and_clean_debug_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &["--log-level", "debug"]);
+    let url = format!("http://{}", server.addr);
+    let app_key = client_key_file(dir.path(), 11);
+    let narrow_key = client_key_file(dir.path(), 12);
+    let fp = locket::keys::ServerKey::load(&dir.path().join("server-key.pem"))
+        .unwrap()
+        .fingerprint()
+        .to_owned();
+    let base = |name: &str, key: &str| -> Vec<String> {
+        vec![
+            "--server".into(),
+            url.clone(),
+            "--name".into(),
+            name.into(),
+            "--key".into(),
+            key.into(),
+            "--server-fingerprint".into(),
+            fp.clone(),
+        ]
+    };
+    let run = |mut args: Vec<String>, extra: &[&str]| {
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_client(&refs, dir.path())
+    };
+
+    // get: value and a newline, exit 0, no warning when pinned.
+    let (code, out, err) = run(base("app", &app_key), &["get", "DB_PASSWORD"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "pa55 w0rd with spaces\n"),
+        "{err}"
+    );
+    assert!(!err.contains("not pinned"), "{err}");
+    let (code, out, _) = run(base("app", &app_key), &["get", "MULTI"]);
+    assert_eq!((code, out.as_str()), (0, "alpha\nbeta\n"));
+
+    // env (dotenv): reads back exactly with a dotenv parser.
+    let (code, out, err) = run(base("app", &app_key), &["env"]);
+    assert_eq!(code, 0, "{err}");
+    let parsed: Vec<(String, String)> = dotenvy::from_read_iter(out.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expect = [
+        ("API_TOKEN", "tok_3f9a8b7c6d"),
+        ("DB_PASSWORD", "pa55 w0rd with spaces"),
+        ("MULTI", "alpha\nbeta"),
+        ("SHARED_VAR", "shared-7781"),
+        ("SYMBOLS", r"\|!@#$%^&*()_+[]{};:,<.>/?`~==="),
+    ];
+    assert_eq!(
+        parsed,
+        expect
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    );
+
+    // env with names, JSON.
+    let (code, out, _) = run(
+        base("app", &app_key),
+        &["env", "SYMBOLS", "API_TOKEN", "--format", "json"],
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"API_TOKEN": "tok_3f9a8b7c6d", "SYMBOLS": r"\|!@#$%^&*()_+[]{};:,<.>/?`~==="})
+    );
+
+    // Denied (3), not found (4), usage (2).
+    let (code, out, err) = run(base("app", &app_key), &["get", "NOT_YOURS"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("denied") && err.lines().count() == 1, "{err}");
+    let (code, _, err) = run(base("app", &app_key), &["get", "DB_NOPE"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("DB_NOPE"), "{err}");
+    let (code, _, _) = run(base("app", &app_key), &["get"]);
+    assert_eq!(code, 2);
+    let (code, _, err) = run(base("app", &app_key), &["frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+
+    // Wrong key for the name: denied.
+    let (code, _, _) = run(base("app", &narrow_key), &["get", "SHARED_VAR"]);
+    assert_eq!(code, 3);
+
+    // --bind chooses the source address: 127.0.0.2 is allowed, 127.0.0.3 is not.
+    let (code, out, err) = run(
+        base("narrow", &narrow_key),
+        &["--bind", "127.0.0.2", "get", "SHARED_VAR"],
+    );
+    assert_eq!((code, out.as_str()), (0, "shared-7781\n"), "{err}");
+    let (code, _, _) = run(
+        base("narrow", &narrow_key),
+        &["--bind", "127.0.0.3", "get", "SHARED_VAR"],
+    );
+    assert_eq!(code, 3);
+
+    // Wrong pin: refused (1), with both fingerprints named.
+    let mut wrong = base("app", &app_key);
+    wrong[7] = format!("sha256:{}", "11".repeat(32));
+    let (code, out, err) = run(wrong, &["get", "DB_PASSWORD"]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.contains(&fp) && err.contains("nothing was sent"),
+        "{err}"
+    );
+
+    // No pin: works, with a warning.
+    let mut unpinned = base("app", &app_key);
+    unpinned.truncate(6);
+    let (code, _, err) = run(unpinned, &["get", "API_TOKEN"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("not pinned"), "{err}");
+
+    // The same settings through LOCKET_* variables and a config file.
+    let client_toml = dir.path().join("client.toml");
+    std::fs::write(
+        &client_toml,
+        format!("server = \"{url}\"\nname = \"app\"\nkey_file = \"client-11.key\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_locket-client"))
+        .args([
+            "--config",
+            client_toml.to_str().unwrap(),
+            "get",
+            "API_TOKEN",
+        ])
+        .env("LOCKET_SERVER_FINGERPRINT", &fp)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tok_3f9a8b7c6d\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("not pinned"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_locket-client"))
+        .args(["get", "SHARED_VAR"])
+        .env("LOCKET_SERVER", &url)
+        .env("LOCKET_NAME", "app")
+        .env("LOCKET_KEY_FILE", &app_key)
+        .env("LOCKET_SERVER_FINGERPRINT", &fp)
+        .env_remove("LOCKET_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "shared-7781\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let log = server.stop();
+    // Every rejection was logged with its real reason...
+    for reason in [
+        "not granted: NOT_YOURS",
+        "signature does not verify",
+        "source address 127.0.0.3 is not in the client's networks",
+    ] {
+        assert!(log.contains(reason), "log lacks {reason:?}:\n{log}");
+    }
+    assert!(log.contains("request_id"), "{log}");
+    // ...and no secret value appears anywhere in a debug-level log.
+    for v in VALUES {
+        assert!(!log.contains(v), "log leaks {v:?}:\n{log}");
+    }
+}
+
+#[test]
+fn unreachable_server_and_bad_client_config_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = client_key_file(dir.path(), 11);
+    // Nothing listens on port 1.
+    let (code, _, err) = run_client(
+        &[
+            "--server",
+            "http://127.0.0.1:1",
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "get",
+            "X",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+    // Missing settings and a broken config file are usage/config errors.
+    let (code, _, err) = run_client(&["--name", "app", "--key", &key, "get", "X"], dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("--server"), "{err}");
+    std::fs::write(dir.path().join("bad.toml"), "server = 5\n").unwrap();
+    let (code, _, _) = run_client(&["--config", "bad.toml", "get", "X"], dir.path());
+    assert_eq!(code, 2);
+    let (code, _, err) = run_client(
+        &[
+            "--server",
+            "http://127.0.0.1:1",
+            "--name",
+            "app",
+            "--key",
+            "missing.key",
+            "get",
+            "X",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("missing.key"), "{err}");
+}
+
+#[test]
+fn check_validates_everything_and_prints_counts_never_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let (code, out, err) =
+        run_server_cmd(&["check", "--config", config.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("secrets: 6"), "{out}");
+    assert!(out.contains("clients: 2"), "{out}");
+    assert!(
+        out.contains("app: 1 key(s), 2 network(s), can read 5 of 6 secrets"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("OK"));
+    for v in VALUES {
+        assert!(!out.contains(v) && !err.contains(v));
+    }
+
+    let bad = |text: &str, expect: &str| {
+        std::fs::write(&config, text).unwrap();
+        let (code, out, err) =
+            run_server_cmd(&["check", "--config", config.to_str().unwrap()], dir.path());
+        assert_ne!(code, 0, "{text}: {out}");
+        assert!(
+            err.contains(expect),
+            "for {text:?} expected {expect:?} in {err}"
+        );
+        for v in VALUES {
+            assert!(!err.contains(v));
+        }
+    };
+    let key = locket::keys::ClientKey::from_seed(&[11; 32]).public_line();
+    let src = "[[sources]]\ntype = \"dotenv\"\npath = \"secrets.env\"\n";
+    bad(
+        &format!(
+            "{src}[clients.a]\nkeys = [\"{key}\"]\nnetworks = [\"10.0.0.0/99\"]\nsecrets = []\n"
+        ),
+        "clients.a.networks",
+    );
+    bad(
+        &format!("{src}[clients.a]\nkeys = [\"ed25519:AAAA\"]\nnetworks = [\"10.0.0.1\"]\n"),
+        "clients.a.keys[0]",
+    );
+    bad(&format!("lisen = \"1.2.3.4:5\"\n{src}"), "lisen");
+    bad(
+        "key_bits = 1024\n[[sources]]\ntype = \"dotenv\"\npath = \"secrets.env\"\n",
+        "key_bits",
+    );
+    bad(
+        "[[sources]]\ntype = \"dotenv\"\npath = \"nope.env\"\n",
+        "nope.env",
+    );
+    bad("[[sources]]\ntype = \"vault\"\n", "vault");
+    bad("listen = \"127.0.0.1:0\"\n", "no [[sources]]");
+    // A dotenv line that does not parse: the error must not show the line.
+    std::fs::write(
+        dir.path().join("secrets.env"),
+        "GOOD=1\nBAD LINE forbidden-4411\n",
+    )
+    .unwrap();
+    bad(src, "after entry \"GOOD\"");
+}
+
+#[test]
+fn fingerprint_creates_a_private_key_and_matches_the_served_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    std::fs::remove_file(dir.path().join("server-key.pem")).unwrap();
+    // A small key keeps the test quick; the default is 3072.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("key_file =", "key_bits = 2048\nkey_file =");
+    std::fs::write(&config, text).unwrap();
+    let (code, out, err) = run_server_cmd(
+        &["fingerprint", "--config", config.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let fp = out.trim().to_owned();
+    assert!(fp.starts_with("sha256:") && fp.len() == 71, "{fp}");
+    let key_path = dir.path().join("server-key.pem");
+    assert_eq!(mode(&key_path), 0o600);
+    // Stable across runs, and what the running server serves.
+    let (_, out2, _) = run_server_cmd(
+        &["fingerprint", "--config", config.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out2.trim(), fp);
+    let server = ServerProcess::start(&config, &[]);
+    let key = reqwest::blocking_free_get(&format!("http://{}/v1/key", server.addr));
+    assert!(key.contains(&fp), "{key}");
+    server.stop();
+}
+
+#[test]
+fn server_refuses_a_key_file_readable_by_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let key_path = dir.path().join("server-key.pem");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) =
+        run_server_cmd(&["serve", "--config", config.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+/// A tiny blocking GET over a raw socket (keeps reqwest's blocking feature out).
+mod reqwest {
+    pub fn blocking_free_get(url: &str) -> String {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_at(rest.find('/').unwrap());
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+}

@@ -1,0 +1,292 @@
+//! Shared harness: real servers on loopback (in-process through the library,
+//! or the real `locket` binary), real clients, real files.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use locket::client::Client;
+use locket::config::client::ClientConfig;
+use locket::config::server::ServerConfig;
+use locket::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};
+use locket::server::State;
+
+/// One RSA-2048 server key per test process (generation is the slow part).
+pub fn server_key() -> &'static ServerKey {
+    static KEY: OnceLock<ServerKey> = OnceLock::new();
+    KEY.get_or_init(|| ServerKey::generate(2048).expect("generate server key"))
+}
+
+/// One reply key per test process.
+pub fn reply_key() -> ReplyKey {
+    static KEY: OnceLock<rsa::PrivateKey> = OnceLock::new();
+    let private = KEY.get_or_init(|| ReplyKey::generate().expect("reply key").private().clone());
+    ReplyKey::from_private(private.clone()).expect("reply key")
+}
+
+/// A client registered with the test server.
+pub struct Registered {
+    pub name: &'static str,
+    pub key: ClientKey,
+    pub networks: Vec<&'static str>,
+    pub secrets: Vec<&'static str>,
+}
+
+impl Registered {
+    pub fn new(
+        name: &'static str,
+        seed: u8,
+        networks: &[&'static str],
+        secrets: &[&'static str],
+    ) -> Self {
+        Self {
+            name,
+            key: ClientKey::from_seed(&[seed; 32]),
+            networks: networks.to_vec(),
+            secrets: secrets.to_vec(),
+        }
+    }
+}
+
+fn toml_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// Writes `server.toml`, `secrets.env` and the server key into `dir`.
+pub fn write_server_files(
+    dir: &Path,
+    secrets_env: &str,
+    clients: &[Registered],
+    extra: &str,
+) -> PathBuf {
+    std::fs::write(dir.join("secrets.env"), secrets_env).unwrap();
+    let key_path = dir.join("server-key.pem");
+    if !key_path.exists() {
+        server_key().write_new(&key_path).unwrap();
+    }
+    let mut toml = format!(
+        "listen = \"127.0.0.1:0\"\nkey_file = \"server-key.pem\"\n{extra}\n[[sources]]\ntype = \"dotenv\"\npath = \"secrets.env\"\n"
+    );
+    for c in clients {
+        toml.push_str(&format!(
+            "\n[clients.{}]\nkeys = [{:?}]\nnetworks = {}\nsecrets = {}\n",
+            c.name,
+            c.key.public_line(),
+            toml_list(&c.networks),
+            toml_list(&c.secrets)
+        ));
+    }
+    let path = dir.join("server.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// A server running in this process on 127.0.0.1:<random port>.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(secrets_env: &str, clients: &[Registered]) -> Self {
+        Self::start_with(secrets_env, clients, "").await
+    }
+
+    /// `extra` is TOML inserted at the top level of the config.
+    pub async fn start_with(secrets_env: &str, clients: &[Registered], extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_server_files(dir.path(), secrets_env, clients, extra);
+        let config = ServerConfig::load(&path).expect("config loads");
+        let registry = config.validate().expect("registry");
+        let key = ServerKey::load(&config.key_file).expect("key loads");
+        let secrets = locket::source::load_all(&config.sources)
+            .await
+            .expect("sources load");
+        let state = Arc::new(State::new(key, registry, secrets, &config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(locket::server::run(
+            listener,
+            Arc::clone(&state),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            addr,
+            dir,
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.state.key.fingerprint().to_owned()
+    }
+
+    pub fn public_key(&self) -> ServerPublicKey {
+        ServerPublicKey::from_pem(self.state.key.public_pem()).unwrap()
+    }
+
+    pub fn client_config(&self, name: &str, bind: Option<IpAddr>) -> ClientConfig {
+        ClientConfig {
+            server: self.url(),
+            name: name.to_owned(),
+            key_file: PathBuf::from("unused"),
+            server_fingerprint: Some(self.fingerprint()),
+            bind,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A library client for `name` signing with the key made from `seed`.
+    pub fn client(&self, name: &str, seed: u8, bind: Option<IpAddr>) -> Client {
+        let key = ClientKey::from_seed(&[seed; 32]);
+        Client::with_reply_key(&self.client_config(name, bind), key, reply_key()).unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Sends a raw body to `POST /v1/secrets`, optionally from `bind`.
+pub async fn post_raw(addr: SocketAddr, body: Vec<u8>, bind: Option<IpAddr>) -> (u16, String) {
+    let mut b = reqwest::Client::builder();
+    if let Some(ip) = bind {
+        b = b.local_address(ip);
+    }
+    let r = b
+        .build()
+        .unwrap()
+        .post(format!("http://{addr}/v1/secrets"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+/// A `locket` binary running as its own process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl ServerProcess {
+    /// Starts `locket serve --config <config>` with extra args and waits
+    /// for its "listening on" line.
+    pub fn start(config: &Path, extra_args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_locket"))
+            .args(extra_args)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn locket");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = Arc::clone(&log);
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send(addr);
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Self { child, addr, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the whole log.
+    pub fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        self.log()
+    }
+}
+
+/// Runs `locket-client` with `args`; returns (exit code, stdout, stderr).
+pub fn run_client(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_locket-client"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("LOCKET_CONFIG")
+        .output()
+        .expect("run locket-client");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `locket` with `args`; returns (exit code, stdout, stderr).
+pub fn run_server_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_locket"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run locket");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
