@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use locket::client::render::{self, RenderOptions};
 use locket::client::{Client, ClientError, output};
 use locket::config::client::{ClientConfig, ClientLayer};
 use locket::keys::ClientKey;
@@ -66,6 +67,43 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Dotenv)]
         format: Format,
     },
+
+    /// Write one file per secret into DIR (atomically; mode 0400 by default) and remove files no longer granted.
+    Render {
+        /// Folder to write into (created with mode 0750 if missing), e.g. /run/locket/app.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(value_name = "NAME")]
+        secrets: Vec<String>,
+        /// File mode, octal.
+        #[arg(long, default_value = "0400", value_parser = parse_mode)]
+        mode: u32,
+        /// Owner of the files (user name or uid).
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+        /// Group of the files (group name or gid).
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        /// Also write every secret to this file, for systemd EnvironmentFile=.
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
+    },
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{text:?} is not an octal mode like 0400"))?;
+    if mode & !0o777 != 0 || mode & 0o400 == 0 {
+        return Err(format!(
+            "mode {text} must be within 0777 and readable by the owner"
+        ));
+    }
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "mode {text} lets everyone read the secret; use 0400 or 0440"
+        ));
+    }
+    Ok(mode)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +112,10 @@ enum Format {
     Dotenv,
     /// One JSON object, name -> value.
     Json,
+    /// `export NAME='value'` lines for a POSIX shell (`eval "$(...)"`).
+    Shell,
+    /// NAME="value" lines for systemd's EnvironmentFile=.
+    Systemd,
 }
 
 /// An error with the exit code it maps to.
@@ -172,8 +214,47 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let text = match format {
                     Format::Dotenv => output::dotenv(&secrets).map_err(usage)?,
                     Format::Json => output::json(&secrets),
+                    Format::Shell => output::shell(&secrets).map_err(usage)?,
+                    Format::Systemd => output::systemd_env(&secrets).map_err(usage)?,
                 };
                 stdout.write_all(&text)
+            }
+            Command::Render {
+                dir,
+                secrets: names,
+                mode,
+                owner,
+                group,
+                env_file,
+            } => {
+                let options = RenderOptions {
+                    dir,
+                    mode,
+                    owner: owner
+                        .as_deref()
+                        .map(render::lookup_user)
+                        .transpose()
+                        .map_err(usage)?,
+                    group: group
+                        .as_deref()
+                        .map(render::lookup_group)
+                        .transpose()
+                        .map_err(usage)?,
+                    env_file,
+                };
+                let secrets = client.fetch(&names).await?;
+                let report = render::render(&secrets, &options).map_err(|e| Failure {
+                    code: 1,
+                    message: format!("render failed: {e}"),
+                })?;
+                eprintln!(
+                    "locket-client: {}: {} written, {} unchanged, {} removed",
+                    options.dir.display(),
+                    report.written.len(),
+                    report.unchanged.len(),
+                    report.removed.len()
+                );
+                Ok(())
             }
         };
         written.and_then(|()| stdout.flush()).map_err(|e| Failure {

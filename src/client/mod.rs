@@ -3,6 +3,7 @@
 //! one signed, encrypted request.
 
 pub mod output;
+pub mod render;
 
 use std::time::Duration;
 

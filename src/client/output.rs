@@ -72,6 +72,57 @@ pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> 
     Ok(out)
 }
 
+/// `NAME="value"` lines for systemd's `EnvironmentFile=`: double quotes,
+/// with `\`, `"`, `$` and `` ` `` escaped by a backslash; newlines are kept
+/// as they are (systemd allows them inside quotes).
+pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
+    let vars = env_names(secrets)?;
+    let size: usize = secrets
+        .iter()
+        .zip(&vars)
+        .map(|((_, v), n)| n.len() + 4 + 2 * v.len())
+        .sum();
+    let mut out = SecretBytes::new(Vec::with_capacity(size));
+    for ((_, value), var) in secrets.iter().zip(&vars) {
+        out.extend_from_slice(var.as_bytes());
+        out.extend_from_slice(b"=\"");
+        for c in value.expose().bytes() {
+            if matches!(c, b'\\' | b'"' | b'$' | b'`') {
+                out.push(b'\\');
+            }
+            out.push(c);
+        }
+        out.extend_from_slice(b"\"\n");
+    }
+    Ok(out)
+}
+
+/// Shell `export NAME='value'` lines, safe to `eval` or `source`: single
+/// quotes, with each `'` written as `'\''`.
+pub fn shell(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
+    let vars = env_names(secrets)?;
+    let size: usize = secrets
+        .iter()
+        .zip(&vars)
+        .map(|((_, v), n)| n.len() + 12 + 4 * v.len())
+        .sum();
+    let mut out = SecretBytes::new(Vec::with_capacity(size));
+    for ((_, value), var) in secrets.iter().zip(&vars) {
+        out.extend_from_slice(b"export ");
+        out.extend_from_slice(var.as_bytes());
+        out.extend_from_slice(b"='");
+        for c in value.expose().bytes() {
+            if c == b'\'' {
+                out.extend_from_slice(b"'\\''");
+            } else {
+                out.push(c);
+            }
+        }
+        out.extend_from_slice(b"'\n");
+    }
+    Ok(out)
+}
+
 /// One JSON object, name -> value, keys as the server names them.
 pub fn json(secrets: &[(String, SecretValue)]) -> SecretBytes {
     let size: usize = 4 + secrets

@@ -1,0 +1,210 @@
+//! `render`: one file per secret, atomic replacement, modes and ownership,
+//! removal of files no longer granted; through the library and the binary.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use locket::client::render::{self, MANIFEST, RenderOptions};
+use locket::secret::SecretValue;
+use support::{Registered, ServerProcess, run_client, write_server_files};
+
+fn set(pairs: &[(&str, &str)]) -> Vec<(String, SecretValue)> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), SecretValue::from(*v)))
+        .collect()
+}
+
+fn opts(dir: &std::path::Path) -> RenderOptions {
+    RenderOptions {
+        dir: dir.to_owned(),
+        mode: 0o400,
+        owner: None,
+        group: None,
+        env_file: None,
+    }
+}
+
+#[test]
+fn writes_files_rewrites_only_changes_and_removes_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run/app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("not-ours.txt"), "keep me").unwrap();
+    let mut o = opts(&dir);
+    o.env_file = Some(dir.join("app.env"));
+
+    let r = render::render(&set(&[("A", "1"), ("db/pw", "x\ny"), ("C", "3")]), &o).unwrap();
+    assert_eq!(r.written.len(), 4, "{r:?}"); // three files + env file
+    assert_eq!(std::fs::read_to_string(dir.join("A")).unwrap(), "1");
+    assert_eq!(std::fs::read_to_string(dir.join("db_pw")).unwrap(), "x\ny");
+    assert_eq!(
+        std::fs::metadata(dir.join("A")).unwrap().mode() & 0o7777,
+        0o400
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("app.env")).unwrap(),
+        "A=\"1\"\ndb_pw=\"x\ny\"\nC=\"3\"\n"
+    );
+
+    // Same values: nothing rewritten (inode unchanged).
+    let inode = std::fs::metadata(dir.join("A")).unwrap().ino();
+    let r = render::render(&set(&[("A", "1"), ("db/pw", "x\ny"), ("C", "3")]), &o).unwrap();
+    assert!(!r.changed(), "{r:?}");
+    assert_eq!(std::fs::metadata(dir.join("A")).unwrap().ino(), inode);
+
+    // C revoked, A changed: C removed, A rewritten, other files untouched.
+    let r = render::render(&set(&[("A", "2"), ("db/pw", "x\ny")]), &o).unwrap();
+    assert_eq!(r.removed, ["C"]);
+    assert!(r.written.contains(&"A".to_string()));
+    assert!(!dir.join("C").exists());
+    assert_eq!(std::fs::read_to_string(dir.join("A")).unwrap(), "2");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("not-ours.txt")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(MANIFEST)).unwrap(),
+        "A\ndb_pw\n"
+    );
+    // No temporary files left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".locket-tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn bad_names_fail_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = opts(tmp.path());
+    assert!(render::render(&set(&[("A", "1"), ("..", "x")]), &o).is_err());
+    assert!(!tmp.path().join("A").exists());
+    assert!(render::render(&set(&[("a/b", "1"), ("a_b", "2")]), &o).is_err());
+}
+
+#[test]
+fn ownership_and_mode_are_applied() {
+    // Runs as root in CI (chown needs it); as another user only the own uid works.
+    let tmp = tempfile::tempdir().unwrap();
+    let uid = if unsafe { libc::geteuid() } == 0 {
+        65534
+    } else {
+        unsafe { libc::geteuid() }
+    };
+    let gid = if unsafe { libc::geteuid() } == 0 {
+        65534
+    } else {
+        unsafe { libc::getegid() }
+    };
+    let mut o = opts(&tmp.path().join("svc"));
+    o.mode = 0o440;
+    o.owner = Some(uid);
+    o.group = Some(gid);
+    render::render(&set(&[("TOKEN", "t")]), &o).unwrap();
+    let m = std::fs::metadata(tmp.path().join("svc/TOKEN")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o440, uid, gid));
+    let d = std::fs::metadata(tmp.path().join("svc")).unwrap();
+    assert_eq!((d.mode() & 0o777, d.uid(), d.gid()), (0o750, uid, gid));
+}
+
+#[test]
+fn a_reader_never_sees_a_partial_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let a = "a".repeat(256 * 1024);
+    let b = "b".repeat(300 * 1024);
+    render::render(&set(&[("V", &a)]), &opts(&dir)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, path, a, b) = (Arc::clone(&stop), dir.join("V"), a.clone(), b.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let v = std::fs::read_to_string(&path).expect("the file always exists");
+                assert!(v == a || v == b, "partial read of {} bytes", v.len());
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 0..200 {
+        let v = if i % 2 == 0 { &b } else { &a };
+        render::render(&set(&[("V", v)]), &opts(&dir)).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(reads > 10, "the reader ran ({reads} reads)");
+}
+
+#[test]
+fn render_through_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clients = vec![Registered::new("svc", 21, &["127.0.0.1"], &["S_*"])];
+    let config = write_server_files(
+        tmp.path(),
+        "S_ONE=one\nS_TWO=\"two words\"\nOTHER=x\n",
+        &clients,
+        "",
+    );
+    let server = ServerProcess::start(&config, &[]);
+    let key = tmp.path().join("svc.key");
+    locket::keys::ClientKey::from_seed(&[21; 32])
+        .write_new(&key)
+        .unwrap();
+    let out = tmp.path().join("out");
+    let (code, _, err) = run_client(
+        &[
+            "--server",
+            &format!("http://{}", server.addr),
+            "--name",
+            "svc",
+            "--key",
+            key.to_str().unwrap(),
+            "render",
+            "--dir",
+            out.to_str().unwrap(),
+            "--env-file",
+            out.join("svc.env").to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 written"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("S_TWO")).unwrap(),
+        "two words"
+    );
+    assert_eq!(
+        std::fs::metadata(out.join("S_ONE")).unwrap().mode() & 0o777,
+        0o400
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("svc.env")).unwrap(),
+        "S_ONE=\"one\"\nS_TWO=\"two words\"\n"
+    );
+    // A world-readable mode is refused as a usage error.
+    let (code, _, _) = run_client(
+        &[
+            "--server",
+            "http://127.0.0.1:1",
+            "--name",
+            "svc",
+            "--key",
+            key.to_str().unwrap(),
+            "render",
+            "--dir",
+            "x",
+            "--mode",
+            "0644",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(code, 2);
+    server.stop();
+}
