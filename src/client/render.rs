@@ -259,11 +259,11 @@ pub fn render(
     if previous != manifest {
         write_atomic(&manifest_path, manifest.as_bytes(), 0o600, None, None)?;
     }
-    if let (Some(path), Some(text)) = (&opts.env_file, env_text) {
-        if !same_file(path, &text, opts.mode, opts.owner, opts.group) {
-            write_atomic(path, &text, opts.mode, opts.owner, opts.group)?;
-            report.written.push(path.display().to_string());
-        }
+    if let (Some(path), Some(text)) = (&opts.env_file, env_text)
+        && !same_file(path, &text, opts.mode, opts.owner, opts.group)
+    {
+        write_atomic(path, &text, opts.mode, opts.owner, opts.group)?;
+        report.written.push(path.display().to_string());
     }
     Ok(report)
 }
