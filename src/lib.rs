@@ -18,6 +18,7 @@
 //! * [`server`]: HTTP routes, the request pipeline, the replay cache.
 //! * [`client`]: fetching secrets and handing them to programs.
 //! * [`fsutil`]: creating private files safely.
+//! * [`sd_notify`]: telling systemd the server is ready.
 
 pub mod client;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod fsutil;
 pub mod keys;
 pub mod protocol;
 pub mod registry;
+pub mod sd_notify;
 pub mod secret;
 pub mod server;
 pub mod source;

@@ -414,3 +414,30 @@ mod reqwest {
         out
     }
 }
+
+#[test]
+fn serve_tells_systemd_when_ready_and_when_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let server = ServerProcess::start_with_env(
+        &config,
+        &[],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 arrives");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means serving: the key endpoint answers now.
+    assert!(
+        reqwest::blocking_free_get(&format!("http://{}/v1/key", server.addr))
+            .starts_with("HTTP/1.1 200")
+    );
+    let log = server.stop();
+    let n = sock.recv(&mut buf).expect("STOPPING=1 arrives");
+    assert_eq!(&buf[..n], b"STOPPING=1", "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}

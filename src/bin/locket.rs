@@ -164,9 +164,13 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         );
     }
     let state = Arc::new(State::new(key, registry, secrets, &config));
-    server::run(listener, state, shutdown_signal())
-        .await
-        .map_err(runtime_error)?;
+    locket::sd_notify::notify("READY=1");
+    server::run(listener, state, async {
+        shutdown_signal().await;
+        locket::sd_notify::notify("STOPPING=1");
+    })
+    .await
+    .map_err(runtime_error)?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -199,7 +199,13 @@ impl ServerProcess {
     /// Starts `locket serve --config <config>` with extra args and waits
     /// for its "listening on" line.
     pub fn start(config: &Path, extra_args: &[&str]) -> Self {
+        Self::start_with_env(config, extra_args, &[])
+    }
+
+    /// As [`ServerProcess::start`], with extra environment variables.
+    pub fn start_with_env(config: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_locket"))
+            .envs(env.iter().copied())
             .args(extra_args)
             .arg("serve")
             .arg("--config")

@@ -1,0 +1,225 @@
+# Pure functions behind the NixOS module: turning options into the server's
+# and client's TOML settings, and validating them. They need only builtins,
+# so `nix-instantiate --eval` tests them without nixpkgs (nix/tests/unit.nix).
+let
+  inherit (builtins)
+    attrNames
+    concatLists
+    concatStringsSep
+    elem
+    filter
+    genList
+    hasAttr
+    head
+    isString
+    length
+    listToAttrs
+    mapAttrs
+    match
+    removeAttrs
+    stringLength
+    substring
+    tail
+    ;
+
+  imap0 = f: list: genList (i: f i (builtins.elemAt list i)) (length list);
+  hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
+  # Remove attributes whose value is null (TOML has no null).
+  dropNulls = attrs: removeAttrs attrs (filter (n: attrs.${n} == null) (attrNames attrs));
+in
+rec {
+  defaultPort = 7410;
+
+  # Source settings whose values are paths to secret files. They reach the
+  # service with LoadCredential=, never through the Nix store.
+  credentialKeys = [
+    "path"
+    "token_file"
+  ];
+
+  # Where systemd places the credentials of `unit`.
+  credentialsDir = unit: "/run/credentials/${unit}";
+
+  isStorePath = p: hasPrefix "${builtins.storeDir}/" (toString p);
+
+  # A client name the server accepts: 1-64 of A-Za-z0-9._-
+  validClientName = name: stringLength name <= 64 && match "[A-Za-z0-9._-]+" name != null;
+
+  # Moves every secret path of `sources` into credentials:
+  #   { sources = [ settings with credential paths ]; credentials = [ "source-0-path:/real/path" ]; }
+  credentialize =
+    unit: sources: credentialsDirIn unit null sources;
+
+  # As credentialize, with the credentials folder overridable (tests point
+  # it at a temporary folder that they fill as LoadCredential= would).
+  credentialsDirIn =
+    unit: dir: sources:
+    let
+      credDir = if dir == null then credentialsDir unit else dir;
+      one =
+        i: source:
+        let
+          src = dropNulls source;
+          keys = filter (k: hasAttr k src) credentialKeys;
+          credName = k: "source-${toString i}-${builtins.replaceStrings [ "_" ] [ "-" ] k}";
+          # A credential loses its file name, so a `file` source's format
+          # (otherwise taken from the extension) is made explicit.
+          ext = if src ? path then match ".*\\.(json|toml)" (toString src.path) else null;
+          format = if src.type or "" == "file" && !(src ? format) && ext != null then { format = head ext; } else { };
+        in
+        {
+          source = src // format // listToAttrs (map (k: {
+            name = k;
+            value = "${credDir}/${credName k}";
+          }) keys);
+          credentials = map (k: "${credName k}:${toString src.${k}}") keys;
+        };
+      done = imap0 one sources;
+    in
+    {
+      sources = map (d: d.source) done;
+      credentials = concatLists (map (d: d.credentials) done);
+    };
+
+  # The server's settings (the attrset that becomes server.toml) from the
+  # module's options. Typed options win over the freeform `settings`.
+  mkServerSettings =
+    {
+      listenAddress ? "127.0.0.1",
+      port ? defaultPort,
+      keyFile ? null, # operator-provided key file (passed as a credential), or null
+      stateDirectory ? "/var/lib/locket",
+      sources ? [ ],
+      clients ? { },
+      settings ? { },
+      unit ? "locket.service",
+      credentialsDirectory ? null, # null: systemd's /run/credentials/<unit>
+    }:
+    let
+      creds = credentialsDirIn unit credentialsDirectory sources;
+      credDir = if credentialsDirectory == null then credentialsDir unit else credentialsDirectory;
+      host = if match ".*:.*" listenAddress != null then "[${listenAddress}]" else listenAddress;
+    in
+    settings
+    // {
+      listen = "${host}:${toString port}";
+      key_file = if keyFile == null then "${stateDirectory}/server-key.pem" else "${credDir}/server-key";
+      sources = creds.sources;
+      clients = mapAttrs (_: c: {
+        inherit (c) keys networks secrets;
+      }) clients;
+    };
+
+  # LoadCredential= entries for the server unit.
+  serverCredentials =
+    {
+      keyFile ? null,
+      sources ? [ ],
+      unit ? "locket.service",
+      ...
+    }:
+    (credentialize unit sources).credentials ++ (if keyFile == null then [ ] else [ "server-key:${toString keyFile}" ]);
+
+  # Problems with the server options, as messages (empty when all is well).
+  serverErrors =
+    {
+      keyFile ? null,
+      sources ? [ ],
+      clients ? { },
+      ...
+    }:
+    let
+      storePaths = concatLists (
+        imap0 (
+          i: s:
+          map (k: "services.locket.sources.${toString i}.${k} (${toString s.${k}}) is in the Nix store, which every user can read: point it at a file outside the store, e.g. under /run/secrets")
+            (filter (k: hasAttr k s && s.${k} != null && isStorePath s.${k}) credentialKeys)
+        ) sources
+      );
+      keyInStore =
+        if keyFile != null && isStorePath keyFile then
+          [ "services.locket.keyFile (${toString keyFile}) is in the Nix store, which every user can read: place the key outside the store, or leave keyFile null to generate one" ]
+        else
+          [ ];
+      clientErrors = concatLists (
+        map (
+          name:
+          let
+            c = clients.${name};
+          in
+          (if validClientName name then [ ] else [ "services.locket.clients.${name}: the name must be 1-64 characters of A-Za-z0-9._-" ])
+          ++ (if c.keys == [ ] then [ "services.locket.clients.${name}.keys is empty: add the line printed by `locket-client keygen`" ] else [ ])
+          ++ (if c.networks == [ ] then [ "services.locket.clients.${name}.networks is empty: list the CIDRs it may call from" ] else [ ])
+          ++ map (k: "services.locket.clients.${name}.keys: ${k} is not an ed25519:<base64> line or a PEM public key") (
+            filter (k: !(isString k && (hasPrefix "ed25519:" k || hasPrefix "-----BEGIN" k))) c.keys
+          )
+        ) (attrNames clients)
+      );
+      noSources = if sources == [ ] then [ "services.locket.sources is empty: add at least one source" ] else [ ];
+    in
+    noSources ++ storePaths ++ keyInStore ++ clientErrors;
+
+  # The client's settings (client.toml).
+  mkClientSettings =
+    {
+      server,
+      name,
+      keyFile,
+      serverFingerprint ? null,
+      bind ? null,
+    }:
+    dropNulls {
+      inherit server name bind;
+      key_file = toString keyFile;
+      server_fingerprint = serverFingerprint;
+    };
+
+  clientErrors =
+    {
+      name,
+      keyFile,
+      serverFingerprint ? null,
+      services ? { },
+      ...
+    }:
+    (if validClientName name then [ ] else [ "services.locket.client.name must be 1-64 characters of A-Za-z0-9._-" ])
+    ++ (if isStorePath keyFile then [ "services.locket.client.keyFile is in the Nix store, which every user can read" ] else [ ])
+    ++ (
+      if serverFingerprint == null || match "sha256:[0-9a-f]{64}" serverFingerprint != null then
+        [ ]
+      else
+        [ "services.locket.client.serverFingerprint must be sha256:<64 lowercase hex digits> (from `locket fingerprint`)" ]
+    )
+    ++ concatLists (
+      map (
+        svc:
+        if match "[A-Za-z0-9._@-]+" svc == null then
+          [ "services.locket.client.services.${svc}: not a usable unit name" ]
+        else
+          [ ]
+      ) (attrNames services)
+    );
+
+  # The oneshot that fetches a consumer's secrets, and its render command.
+  fetchUnitName = consumer: "locket-fetch-${consumer}";
+  secretsDir = consumer: "/run/locket/${consumer}";
+
+  renderArgs =
+    consumer: svc:
+    [
+      "render"
+      "--dir"
+      (secretsDir consumer)
+      "--mode"
+      svc.mode
+      "--owner"
+      svc.user
+      "--group"
+      svc.group
+    ]
+    ++ (if svc.envFile then [ "--env-file" "${secretsDir consumer}/env" ] else [ ])
+    ++ svc.secrets;
+
+  # A shell-safe rendering of an argument list (for ExecStart=).
+  escapeArgs = args: concatStringsSep " " (map (a: "'${builtins.replaceStrings [ "'" ] [ "'\\''" ] a}'") args);
+}

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The Nix checks that run without nixpkgs (Debian's nix-bin is enough):
+#  1. every .nix file parses;
+#  2. the pure-function unit tests (nix/tests/unit.nix) pass;
+#  3. flake.lock is well-formed and holds the agreed nixpkgs pin;
+#  4. the TOML generated from a realistic module configuration is accepted
+#     by the real server (`locket check`), and a server started on it
+#     serves the real client.
+# Prints "N passed, M failed" and exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+passed=0
+failed=0
+ok() { echo "ok: $1"; passed=$((passed + 1)); }
+bad() { echo "FAILED: $1"; failed=$((failed + 1)); }
+
+# 1. parse
+while IFS= read -r f; do
+  if nix-instantiate --parse "$f" >/dev/null 2>/tmp/locket-nix-parse.err; then ok "parse $f"; else bad "parse $f: $(cat /tmp/locket-nix-parse.err)"; fi
+done < <(git ls-files --cached --others --exclude-standard '*.nix' 2>/dev/null || find . -name '*.nix' -not -path './target/*')
+
+# 2. unit tests of nix/lib.nix
+if out=$(nix-instantiate --eval --strict --json nix/tests/unit.nix 2>&1); then
+  n=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["passed"]); [print("  failed:", json.dumps(f), file=sys.stderr) for f in r["failed"]]; sys.exit(1 if r["failed"] else 0)' "$out") \
+    && ok "nix unit tests ($n cases)" || bad "nix unit tests: $out"
+else
+  bad "nix unit tests did not evaluate: $out"
+fi
+
+# 3. flake.lock pin
+if python3 - <<'PY'
+import json, sys
+lock = json.load(open("flake.lock"))
+assert lock["version"] == 7, "version"
+assert lock["root"] == "root" and lock["nodes"]["root"]["inputs"] == {"nixpkgs": "nixpkgs"}, "root inputs"
+n = lock["nodes"]["nixpkgs"]
+assert n["locked"] == {
+    "lastModified": 1778430510,
+    "narHash": "sha256-Ti+ZBvW6yrWWAg2szExVTwCd4qOJ3KlVr1tFHfyfi8Q=",
+    "owner": "NixOS", "repo": "nixpkgs",
+    "rev": "8fd9daa3db09ced9700431c5b7ad0e8ba199b575", "type": "github",
+}, n["locked"]
+assert n["original"] == {"owner": "NixOS", "ref": "nixos-25.11", "repo": "nixpkgs", "type": "github"}, n["original"]
+assert 'github:NixOS/nixpkgs/nixos-25.11' in open("flake.nix").read(), "flake.nix input"
+assert set(lock["nodes"]) == {"root", "nixpkgs"}, "only nixpkgs as input"
+PY
+then ok "flake.lock pin"; else bad "flake.lock pin"; fi
+
+# 4. generated config against the real binaries
+if ! python3 -c 'import remarshal' 2>/dev/null; then
+  python3 -m pip install -q remarshal >/dev/null 2>&1 || pip install -q remarshal >/dev/null 2>&1
+fi
+cargo build -q --locked --bins || { bad "cargo build"; echo "$passed passed, $failed failed"; exit 1; }
+tmp=$(mktemp -d)
+server_pid=
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$tmp/creds" "$tmp/state"
+if nix-instantiate --eval --strict --json -E "import ./nix/tests/example.nix { credentialsDirectory = \"$tmp/creds\"; stateDirectory = \"$tmp/state\"; port = $port; }" >"$tmp/example.json" 2>"$tmp/eval.err"; then
+  ok "example configuration evaluates"
+else
+  bad "example configuration: $(cat "$tmp/eval.err")"
+fi
+python3 - "$tmp" <<'PY' && ok "example has no assertion errors; credentials placed as LoadCredential= would" || bad "example errors or credentials"
+import json, os, shutil, sys
+tmp = sys.argv[1]
+ex = json.load(open(f"{tmp}/example.json"))
+assert ex["errors"] == [], ex["errors"]
+for entry in ex["credentials"]:
+    name, path = entry.split(":", 1)
+    dst = f"{tmp}/creds/{name}"
+    shutil.copyfile(path, dst)
+    os.chmod(dst, 0o400)  # systemd hands credentials over read-only to the owner
+json.dump(ex["settings"], open(f"{tmp}/server.json", "w"))
+json.dump(ex["client"], open(f"{tmp}/client.json", "w"))
+PY
+# pkgs.formats.toml runs remarshal's json2toml; so do we.
+if python3 -m remarshal --if json --of toml "$tmp/server.json" "$tmp/server.toml" 2>"$tmp/r.err" \
+  && python3 -m remarshal --if json --of toml "$tmp/client.json" "$tmp/client.toml" 2>>"$tmp/r.err"; then
+  ok "settings converted to TOML with remarshal (as pkgs.formats.toml)"
+else
+  bad "remarshal: $(cat "$tmp/r.err")"
+fi
+if out=$(target/debug/locket check --config "$tmp/server.toml" 2>&1) && grep -q "^clients: 2" <<<"$out" && grep -q "^secrets: 4" <<<"$out" && grep -q "app: 1 key(s), 2 network(s), can read 4 of 4" <<<"$out"; then
+  ok "locket check accepts the generated server.toml"
+else
+  bad "locket check on the generated server.toml: $out"
+fi
+target/debug/locket serve --config "$tmp/server.toml" 2>"$tmp/server.log" &
+server_pid=$!
+for _ in $(seq 1 100); do grep -q "listening on" "$tmp/server.log" && break; sleep 0.1; done
+client() { target/debug/locket-client --config "$tmp/client.toml" "$@"; }
+if [ "$(client get DB_PASSWORD 2>"$tmp/c.err")" = "nix-db-password" ] \
+  && [ "$(client get service/token 2>>"$tmp/c.err")" = "nix-json-token" ] \
+  && [ "$(client get API_TOKEN 2>>"$tmp/c.err")" = "overridden-by-later-source" ] \
+  && [ "$(client get SYMBOLS 2>>"$tmp/c.err")" = '\|!@#$%^&*()_+[]{};:,<.>/?`~===' ]; then
+  ok "a server on the generated config serves the pinned client"
+else
+  bad "client against the generated config: $(cat "$tmp/c.err") / $(cat "$tmp/server.log")"
+fi
+client get OTHER >/dev/null 2>&1; rc=$?
+if [ "$rc" = 3 ]; then ok "a name not granted is denied (exit 3)"; else bad "expected exit 3, got $rc"; fi
+
+echo "nix: $passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,340 @@
+# Unit tests of nix/lib.nix, pure: `nix-instantiate --eval --strict --json nix/tests/unit.nix`
+# evaluates to { passed = N; failed = [ { name; expected; actual; } ]; }.
+let
+  l = import ../lib.nix;
+  app = {
+    keys = [ "ed25519:OsMR+wXsSJ8Umzy7Ilw4r7yetpvLPsSdLDxQChMW71U=" ];
+    networks = [ "10.0.1.0/24" ];
+    secrets = [ "DB_*" ];
+  };
+  svc = {
+    secrets = [
+      "A"
+      "B"
+    ];
+    user = "web";
+    group = "www";
+    mode = "0400";
+    envFile = true;
+  };
+  tests = {
+    defaults = {
+      expr = l.mkServerSettings { };
+      expected = {
+        listen = "127.0.0.1:7410";
+        key_file = "/var/lib/locket/server-key.pem";
+        sources = [ ];
+        clients = { };
+      };
+    };
+    ipv6Listen = {
+      expr = (l.mkServerSettings { listenAddress = "::"; port = 8443; }).listen;
+      expected = "[::]:8443";
+    };
+    typedOptionsWinOverFreeformSettings = {
+      expr = l.mkServerSettings {
+        port = 9000;
+        settings = {
+          listen = "0.0.0.0:1";
+          clock_skew = "20s";
+        };
+      };
+      expected = {
+        listen = "127.0.0.1:9000";
+        clock_skew = "20s";
+        key_file = "/var/lib/locket/server-key.pem";
+        sources = [ ];
+        clients = { };
+      };
+    };
+    keyFileBecomesACredential = {
+      expr = {
+        settings = (l.mkServerSettings { keyFile = "/run/secrets/k.pem"; }).key_file;
+        creds = l.serverCredentials { keyFile = "/run/secrets/k.pem"; };
+      };
+      expected = {
+        settings = "/run/credentials/locket.service/server-key";
+        creds = [ "server-key:/run/secrets/k.pem" ];
+      };
+    };
+    sourcePathsBecomeCredentials = {
+      expr =
+        let
+          sources = [
+            {
+              type = "dotenv";
+              path = "/run/secrets/app.env";
+              token_file = null;
+            }
+            {
+              type = "env";
+              prefix = "APP_";
+              path = null;
+            }
+            {
+              type = "onepassword-connect";
+              url = "http://op:8080";
+              vault = "prod";
+              token_file = "/run/secrets/op-token";
+            }
+          ];
+        in
+        {
+          settings = (l.mkServerSettings { inherit sources; }).sources;
+          creds = l.serverCredentials { inherit sources; };
+        };
+      expected = {
+        settings = [
+          {
+            type = "dotenv";
+            path = "/run/credentials/locket.service/source-0-path";
+          }
+          {
+            type = "env";
+            prefix = "APP_";
+          }
+          {
+            type = "onepassword-connect";
+            url = "http://op:8080";
+            vault = "prod";
+            token_file = "/run/credentials/locket.service/source-2-token-file";
+          }
+        ];
+        creds = [
+          "source-0-path:/run/secrets/app.env"
+          "source-2-token-file:/run/secrets/op-token"
+        ];
+      };
+    };
+    fileSourceKeepsItsFormat = {
+      expr =
+        (l.credentialize "locket.service" [
+          {
+            type = "file";
+            path = "/run/secrets/a.json";
+          }
+          {
+            type = "file";
+            path = "/run/secrets/b.toml";
+          }
+          {
+            type = "file";
+            path = "/run/secrets/c";
+            format = "json";
+          }
+        ]).sources;
+      expected = [
+        {
+          type = "file";
+          format = "json";
+          path = "/run/credentials/locket.service/source-0-path";
+        }
+        {
+          type = "file";
+          format = "toml";
+          path = "/run/credentials/locket.service/source-1-path";
+        }
+        {
+          type = "file";
+          format = "json";
+          path = "/run/credentials/locket.service/source-2-path";
+        }
+      ];
+    };
+    credentialsDirectoryOverride = {
+      expr =
+        (l.mkServerSettings {
+          credentialsDirectory = "/tmp/c";
+          keyFile = "/k";
+          sources = [
+            {
+              type = "dotenv";
+              path = "/s";
+            }
+          ];
+        });
+      expected = {
+        listen = "127.0.0.1:7410";
+        key_file = "/tmp/c/server-key";
+        sources = [
+          {
+            type = "dotenv";
+            path = "/tmp/c/source-0-path";
+          }
+        ];
+        clients = { };
+      };
+    };
+    clientsKeepOnlyTheirThreeKeys = {
+      expr = (l.mkServerSettings { clients.app = app // { _module = "ignored"; }; }).clients;
+      expected.app = app;
+    };
+    validConfigHasNoErrors = {
+      expr = l.serverErrors {
+        sources = [
+          {
+            type = "dotenv";
+            path = "/run/secrets/app.env";
+          }
+        ];
+        clients.app = app;
+      };
+      expected = [ ];
+    };
+    storePathsAreRefused = {
+      expr = builtins.length (
+        l.serverErrors {
+          keyFile = "${builtins.storeDir}/abc-key.pem";
+          sources = [
+            {
+              type = "dotenv";
+              path = "${builtins.storeDir}/abc-secrets.env";
+            }
+          ];
+        }
+      );
+      expected = 2;
+    };
+    noSourcesIsAnError = {
+      expr = l.serverErrors { };
+      expected = [ "services.locket.sources is empty: add at least one source" ];
+    };
+    badClientsAreNamed = {
+      expr = l.serverErrors {
+        sources = [ { type = "env"; } ];
+        clients."bad name" = {
+          keys = [ "ssh-ed25519 AAAA" ];
+          networks = [ ];
+          secrets = [ ];
+        };
+      };
+      expected = [
+        "services.locket.clients.bad name: the name must be 1-64 characters of A-Za-z0-9._-"
+        "services.locket.clients.bad name.networks is empty: list the CIDRs it may call from"
+        "services.locket.clients.bad name.keys: ssh-ed25519 AAAA is not an ed25519:<base64> line or a PEM public key"
+      ];
+    };
+    clientSettingsDropNulls = {
+      expr = [
+        (l.mkClientSettings {
+          server = "http://s:7410";
+          name = "app";
+          keyFile = "/var/lib/locket-client/client.key";
+        })
+        (l.mkClientSettings {
+          server = "http://s:7410";
+          name = "app";
+          keyFile = "/k";
+          serverFingerprint = "sha256:00";
+          bind = "10.0.0.2";
+        })
+      ];
+      expected = [
+        {
+          server = "http://s:7410";
+          name = "app";
+          key_file = "/var/lib/locket-client/client.key";
+        }
+        {
+          server = "http://s:7410";
+          name = "app";
+          key_file = "/k";
+          server_fingerprint = "sha256:00";
+          bind = "10.0.0.2";
+        }
+      ];
+    };
+    clientErrors = {
+      expr = l.clientErrors {
+        name = "app";
+        keyFile = "${builtins.storeDir}/x.key";
+        serverFingerprint = "sha256:XYZ";
+      };
+      expected = [
+        "services.locket.client.keyFile is in the Nix store, which every user can read"
+        "services.locket.client.serverFingerprint must be sha256:<64 lowercase hex digits> (from `locket fingerprint`)"
+      ];
+    };
+    goodClientHasNoErrors = {
+      expr = l.clientErrors {
+        name = "app";
+        keyFile = "/var/lib/locket-client/client.key";
+        serverFingerprint = "sha256:5505e055cbbabb0aa17c8bfb0cd25ebb58046a36173767e14eb62367cce443b2";
+        services.web = svc;
+      };
+      expected = [ ];
+    };
+    renderArgs = {
+      expr = l.renderArgs "web" svc;
+      expected = [
+        "render"
+        "--dir"
+        "/run/locket/web"
+        "--mode"
+        "0400"
+        "--owner"
+        "web"
+        "--group"
+        "www"
+        "--env-file"
+        "/run/locket/web/env"
+        "A"
+        "B"
+      ];
+    };
+    escapeArgs = {
+      expr = l.escapeArgs [
+        "a b"
+        "it's"
+      ];
+      expected = "'a b' 'it'\\''s'";
+    };
+    isStorePath = {
+      expr = map l.isStorePath [
+        "${builtins.storeDir}/abc"
+        "/run/secrets/x"
+        "/nix/storefront"
+      ];
+      expected = [
+        true
+        false
+        false
+      ];
+    };
+    validClientName = {
+      expr = map l.validClientName [
+        "app"
+        "a.b-c_d"
+        ""
+        "no/slash"
+      ];
+      expected = [
+        true
+        true
+        false
+        false
+      ];
+    };
+  };
+  names = builtins.attrNames tests;
+  failed = builtins.filter (r: r != null) (
+    map (
+      name:
+      let
+        t = tests.${name};
+      in
+      if t.expr == t.expected then
+        null
+      else
+        {
+          inherit name;
+          inherit (t) expected;
+          actual = t.expr;
+        }
+    ) names
+  );
+in
+{
+  passed = builtins.length names - builtins.length failed;
+  inherit failed;
+}

@@ -1,0 +1,192 @@
+# NixOS VM test of the whole handshake: a server, an allowed client and an
+# intruder. Run with `nix flake check` (or `nix build .#checks.x86_64-linux.vm-handshake`).
+#
+# The keys under ./keys are TEST-ONLY and public. They reach the machines
+# through tmpfiles copies so that the module's options point outside the
+# Nix store, as the module demands of real secrets.
+{ self }:
+let
+  keys = {
+    app = builtins.readFile ./keys/app.pub;
+    intruder = builtins.readFile ./keys/intruder.pub;
+    fingerprint = builtins.replaceStrings [ "\n" ] [ "" ] (builtins.readFile ./keys/server.fingerprint);
+  };
+  trim = s: builtins.replaceStrings [ "\n" ] [ "" ] s;
+  secretsEnv = builtins.toFile "vm-secrets.env" ''
+    DB_PASSWORD="vm-db-password"
+    API_TOKEN=vm-api-token
+    MULTI="line one
+    line two"
+    OTHER=not-for-app
+  '';
+in
+{
+  name = "locket-handshake";
+
+  nodes = {
+    server =
+      { nodes, ... }:
+      {
+        imports = [ self.nixosModules.default ];
+        systemd.tmpfiles.rules = [
+          "d /etc/locket-test 0700 root root -"
+          "C /etc/locket-test/server-key.pem 0600 root root - ${./keys/server-key.pem}"
+          "C /etc/locket-test/secrets.env 0600 root root - ${secretsEnv}"
+        ];
+        services.locket = {
+          enable = true;
+          listenAddress = "0.0.0.0";
+          openFirewall = true;
+          keyFile = "/etc/locket-test/server-key.pem";
+          sources = [
+            {
+              type = "dotenv";
+              path = "/etc/locket-test/secrets.env";
+            }
+          ];
+          clients.app = {
+            keys = [ (trim keys.app) ];
+            networks = [ "${nodes.client.networking.primaryIPAddress}/32" ];
+            secrets = [
+              "DB_PASSWORD"
+              "API_TOKEN"
+              "MULTI"
+            ];
+          };
+        };
+        # A registry change: the intruder becomes a client of its own.
+        specialisation.registry-change.configuration = {
+          services.locket.clients.intruder = {
+            keys = [ (trim keys.intruder) ];
+            networks = [ "${nodes.intruder.networking.primaryIPAddress}/32" ];
+            secrets = [ "API_TOKEN" ];
+          };
+        };
+      };
+
+    client =
+      { nodes, pkgs, ... }:
+      {
+        imports = [ self.nixosModules.default ];
+        systemd.tmpfiles.rules = [
+          "d /var/lib/locket-client 0700 root root -"
+          "C /var/lib/locket-client/client.key 0600 root root - ${./keys/app.key}"
+        ];
+        services.locket.client = {
+          enable = true;
+          server = "http://${nodes.server.networking.primaryIPAddress}:7410";
+          serverFingerprint = keys.fingerprint;
+          name = "app";
+          generateKey = false;
+          services.demo-consumer = {
+            secrets = [
+              "DB_PASSWORD"
+              "API_TOKEN"
+            ];
+            user = "demo";
+            group = "demo";
+          };
+        };
+        users.users.demo = {
+          isSystemUser = true;
+          group = "demo";
+        };
+        users.groups.demo = { };
+        # A consumer that starts only with its secrets in place.
+        systemd.services.demo-consumer = {
+          wantedBy = [ "multi-user.target" ];
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            User = "demo";
+            Group = "demo";
+            EnvironmentFile = "/run/locket/demo-consumer/env";
+            StateDirectory = "demo-consumer";
+          };
+          script = ''
+            test "$DB_PASSWORD" = vm-db-password
+            test "$(cat /run/locket/demo-consumer/API_TOKEN)" = vm-api-token
+            echo started > /var/lib/demo-consumer/proof
+          '';
+        };
+      };
+
+    intruder =
+      { nodes, ... }:
+      {
+        imports = [ self.nixosModules.default ];
+        environment.etc."intruder/own.key" = {
+          source = ./keys/intruder.key;
+          mode = "0600";
+        };
+        environment.etc."intruder/stolen.key" = {
+          source = ./keys/app.key;
+          mode = "0600";
+        };
+        services.locket.client = {
+          enable = true;
+          server = "http://${nodes.server.networking.primaryIPAddress}:7410";
+          serverFingerprint = keys.fingerprint;
+          name = "app";
+          keyFile = "/etc/intruder/own.key";
+          generateKey = false;
+        };
+      };
+  };
+
+  testScript =
+    { nodes, ... }:
+    ''
+      start_all()
+      server.wait_for_unit("locket.service")
+      server.wait_for_open_port(7410)
+
+      with subtest("the server key is the pinned one and the server runs hardened"):
+          server.succeed("locket fingerprint --config /etc/locket/server.toml | grep -x '${keys.fingerprint}'")
+          server.succeed("systemctl show locket -p DynamicUser | grep -x DynamicUser=yes")
+
+      with subtest("the allowed client fetches with the CLI"):
+          client.wait_for_unit("multi-user.target")
+          client.succeed("locket-client --config /etc/locket/client.toml get DB_PASSWORD | grep -x vm-db-password")
+          out = client.succeed("locket-client --config /etc/locket/client.toml env --format json")
+          import json
+          got = json.loads(out)
+          assert got == {"API_TOKEN": "vm-api-token", "DB_PASSWORD": "vm-db-password", "MULTI": "line one\nline two"}, got
+          # Not granted: denied (exit 3). Granted but absent would be 4.
+          client.fail("locket-client --config /etc/locket/client.toml get OTHER")
+          rc = client.execute("locket-client --config /etc/locket/client.toml get OTHER")[0]
+          assert rc == 3, rc
+
+      with subtest("the generated unit feeds the consumer, which never starts without it"):
+          client.wait_for_unit("locket-fetch-demo-consumer.service")
+          client.wait_for_unit("demo-consumer.service")
+          client.succeed("grep -x started /var/lib/demo-consumer/proof")
+          client.succeed("test \"$(stat -c '%a %U %G' /run/locket/demo-consumer/DB_PASSWORD)\" = '400 demo demo'")
+          client.succeed("grep -x vm-db-password /run/locket/demo-consumer/DB_PASSWORD")
+          client.succeed("test ! -e /run/locket/demo-consumer/MULTI")
+
+      with subtest("the intruder is denied with a wrong key and from a wrong address"):
+          intruder.wait_for_unit("multi-user.target")
+          rc = intruder.execute("locket-client --config /etc/locket/client.toml get API_TOKEN")[0]
+          assert rc == 3, f"own key under the name app: {rc}"
+          rc = intruder.execute("locket-client --config /etc/locket/client.toml --key /etc/intruder/stolen.key get API_TOKEN")[0]
+          assert rc == 3, f"stolen key from a wrong address: {rc}"
+          server.succeed("journalctl -u locket | grep -q 'signature does not verify'")
+          server.succeed("journalctl -u locket | grep -q 'is not in the client.s networks'")
+          server.fail("journalctl -u locket | grep -q vm-db-password")
+
+      with subtest("after a server restart the pinned client still fetches"):
+          server.systemctl("restart locket.service")
+          server.wait_for_unit("locket.service")
+          server.wait_for_open_port(7410)
+          client.succeed("locket-client --config /etc/locket/client.toml get API_TOKEN | grep -x vm-api-token")
+
+      with subtest("a registry change takes effect"):
+          server.succeed("/run/current-system/specialisation/registry-change/bin/switch-to-configuration test")
+          server.wait_for_unit("locket.service")
+          server.wait_for_open_port(7410)
+          intruder.succeed("locket-client --config /etc/locket/client.toml --name intruder get API_TOKEN | grep -x vm-api-token")
+          rc = intruder.execute("locket-client --config /etc/locket/client.toml --name intruder get DB_PASSWORD")[0]
+          assert rc == 3, rc
+    '';
+}
