@@ -256,6 +256,8 @@ fn unreachable_server_and_bad_client_config_exit_codes() {
         &[
             "--server",
             "http://127.0.0.1:1",
+            "--timeout",
+            "1s",
             "--name",
             "app",
             "--key",

@@ -366,7 +366,7 @@ async fn wrong_pin_is_refused_before_any_request_is_sent() {
         }
     });
     let mut cfg = server.client_config("app", None);
-    cfg.server = format!("http://{proxy_addr}");
+    cfg.servers = vec![format!("http://{proxy_addr}")];
     cfg.server_fingerprint = Some(format!("sha256:{}", "00".repeat(32)));
     let client =
         locket::client::Client::with_reply_key(&cfg, ClientKey::from_seed(&[1; 32]), reply_key())

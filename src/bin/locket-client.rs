@@ -1,7 +1,9 @@
-//! `locket-client`: fetch secrets from a locket server.
+//! `locket-client`: fetch secrets from a locket server and hand them to
+//! programs.
 //!
 //! Exit codes: 0 ok, 1 other failure (network, server error), 2 usage or
-//! config error, 3 denied, 4 not found.
+//! config error, 3 denied, 4 not found; `exec` exits with its command's
+//! code (127 when the command cannot be run).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -10,9 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use locket::client::render::{self, RenderOptions};
-use locket::client::{Client, ClientError, output};
-use locket::config::client::{ClientConfig, ClientLayer};
+use locket::client::render::{self, RenderOptions, RenderReport};
+use locket::client::{Client, ClientError, exec, output};
+use locket::config::client::{ClientConfig, ClientLayer, ServerOrder};
 use locket::keys::ClientKey;
 
 #[derive(Parser)]
@@ -26,9 +28,12 @@ struct Cli {
     /// Client config file (TOML). Also LOCKET_CONFIG.
     #[arg(long, global = true, env = "LOCKET_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Server base URL, e.g. http://127.0.0.1:7410 (config `server`, LOCKET_SERVER).
+    /// Server base URL, e.g. http://127.0.0.1:7410; repeat for failover (config `server`/`servers`, LOCKET_SERVER comma-separated).
     #[arg(long, global = true, value_name = "URL")]
-    server: Option<String>,
+    server: Vec<String>,
+    /// Order in which several servers are tried (config `server_order`, LOCKET_SERVER_ORDER).
+    #[arg(long, global = true, value_enum)]
+    server_order: Option<ServerOrder>,
     /// This client's registered name (config `name`, LOCKET_NAME).
     #[arg(long, global = true)]
     name: Option<String>,
@@ -41,9 +46,12 @@ struct Cli {
     /// Local address to connect from (config `bind`, LOCKET_BIND).
     #[arg(long, global = true, value_name = "ADDR")]
     bind: Option<IpAddr>,
-    /// Overall network timeout, e.g. 10s (config `timeout`, LOCKET_TIMEOUT).
+    /// Overall network timeout across servers and retries, e.g. 10s (config `timeout`, LOCKET_TIMEOUT).
     #[arg(long, global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     timeout: Option<Duration>,
+    /// CA certificates (PEM) to trust for https:// servers (config `ca_file`, LOCKET_CA_FILE).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,7 +75,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Dotenv)]
         format: Format,
     },
-
+    /// Run COMMAND with the secrets in its environment (this process is replaced by it; its exit code is the exit code).
+    Exec {
+        /// Fetch only these secrets (default: every granted secret).
+        #[arg(long, num_args = 1.., value_name = "NAME")]
+        only: Vec<String>,
+        /// Put this before every variable name (not before names given with --as).
+        #[arg(long, default_value = "", value_name = "P")]
+        prefix: String,
+        /// Use variable VAR for secret NAME instead of the mapped name (repeatable).
+        #[arg(long = "as", value_name = "NAME=VAR", value_parser = parse_rename)]
+        renames: Vec<(String, String)>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Write one file per secret into DIR (atomically; mode 0400 by default) and remove files no longer granted.
     Render {
         /// Folder to write into (created with mode 0750 if missing), e.g. /run/locket/app.
@@ -87,7 +109,20 @@ enum Command {
         /// Also write every secret to this file, for systemd EnvironmentFile=.
         #[arg(long, value_name = "PATH")]
         env_file: Option<PathBuf>,
+        /// Keep running: fetch again every INTERVAL (e.g. 1m) and rewrite what changed.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "INTERVAL")]
+        watch: Option<Duration>,
+        /// With --watch: run this shell command after each change (e.g. "systemctl reload-or-restart app").
+        #[arg(long, requires = "watch", value_name = "CMD")]
+        on_change: Option<String>,
     },
+}
+
+fn parse_rename(text: &str) -> Result<(String, String), String> {
+    let (name, var) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VAR"))?;
+    Ok((name.to_owned(), var.to_owned()))
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -165,18 +200,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
         return Ok(());
     }
     let flags = ClientLayer {
-        server: cli.server,
+        server: None,
+        servers: (!cli.server.is_empty()).then_some(cli.server),
+        server_order: cli.server_order,
         name: cli.name,
         key_file: cli.key,
         server_fingerprint: cli.server_fingerprint,
         bind: cli.bind,
         timeout: cli.timeout,
+        ca_file: cli.ca_file,
     };
     let config = ClientConfig::load(cli.config.as_deref(), &flags).map_err(usage)?;
     if config.server_fingerprint.is_none() {
         eprintln!(
             "locket-client: warning: the server at {} is not pinned; set server_fingerprint (from `locket fingerprint` on the server) so a substituted server is refused",
-            config.server
+            config.servers.join(", ")
         );
     }
     let (key, loose) = ClientKey::load(&config.key_file).map_err(usage)?;
@@ -196,15 +234,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         })?;
     runtime.block_on(async move {
         let client = Client::new(&config, key)?;
-        let mut stdout = std::io::stdout().lock();
-        let written = match cli.command {
+        match cli.command {
             Command::Keygen { .. } => unreachable!("handled above"),
             Command::Get { secret } => {
                 let secrets = client.fetch(std::slice::from_ref(&secret)).await?;
-                let value = &secrets[0].1;
-                stdout
-                    .write_all(value.expose().as_bytes())
-                    .and_then(|()| stdout.write_all(b"\n"))
+                write_stdout(&[secrets[0].1.expose().as_bytes(), b"\n"])
             }
             Command::Env {
                 secrets: names,
@@ -217,7 +251,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     Format::Shell => output::shell(&secrets).map_err(usage)?,
                     Format::Systemd => output::systemd_env(&secrets).map_err(usage)?,
                 };
-                stdout.write_all(&text)
+                write_stdout(&[&text])
+            }
+            Command::Exec {
+                only,
+                prefix,
+                renames,
+                command,
+            } => {
+                let secrets = client.fetch(&only).await?;
+                let renames = renames.into_iter().collect();
+                let vars = exec::variables(&secrets, &prefix, &renames).map_err(usage)?;
+                drop(secrets);
+                let error = exec::exec(&command, &vars);
+                Err(Failure {
+                    code: 127,
+                    message: format!("cannot run {:?}: {error}", command[0]),
+                })
             }
             Command::Render {
                 dir,
@@ -226,6 +276,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 owner,
                 group,
                 env_file,
+                watch,
+                on_change,
             } => {
                 let options = RenderOptions {
                     dir,
@@ -242,24 +294,92 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         .map_err(usage)?,
                     env_file,
                 };
-                let secrets = client.fetch(&names).await?;
-                let report = render::render(&secrets, &options).map_err(|e| Failure {
-                    code: 1,
-                    message: format!("render failed: {e}"),
-                })?;
-                eprintln!(
-                    "locket-client: {}: {} written, {} unchanged, {} removed",
-                    options.dir.display(),
-                    report.written.len(),
-                    report.unchanged.len(),
-                    report.removed.len()
-                );
+                render_once(&client, &names, &options).await?;
+                if let Some(interval) = watch {
+                    watch_loop(&client, &names, &options, interval, on_change.as_deref()).await;
+                }
                 Ok(())
             }
-        };
-        written.and_then(|()| stdout.flush()).map_err(|e| Failure {
+        }
+    })
+}
+
+fn write_stdout(parts: &[&[u8]]) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    parts
+        .iter()
+        .try_for_each(|p| stdout.write_all(p))
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure {
             code: 1,
             message: format!("cannot write to stdout: {e}"),
         })
-    })
+}
+
+async fn render_once(
+    client: &Client,
+    names: &[String],
+    options: &RenderOptions,
+) -> Result<RenderReport, Failure> {
+    let secrets = client.fetch(names).await?;
+    let report = render::render(&secrets, options).map_err(|e| Failure {
+        code: 1,
+        message: format!("render failed: {e}"),
+    })?;
+    eprintln!(
+        "locket-client: {}: {} written, {} unchanged, {} removed",
+        options.dir.display(),
+        report.written.len(),
+        report.unchanged.len(),
+        report.removed.len()
+    );
+    Ok(report)
+}
+
+/// Fetches every `interval` until SIGTERM or SIGINT; rewrites what changed
+/// and runs `on_change` once per change. A failed fetch keeps the files as
+/// they are and is retried at the next interval.
+async fn watch_loop(
+    client: &Client,
+    names: &[String],
+    options: &RenderOptions,
+    interval: Duration,
+    on_change: Option<&str>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+        }
+        match render_once(client, names, options).await {
+            Ok(report) if report.changed() => {
+                if let Some(cmd) = on_change {
+                    match tokio::process::Command::new("/bin/sh")
+                        .arg("-c")
+                        .arg(cmd)
+                        .status()
+                        .await
+                    {
+                        Ok(status) if status.success() => {}
+                        Ok(status) => eprintln!(
+                            "locket-client: warning: --on-change command exited with {status}"
+                        ),
+                        Err(e) => {
+                            eprintln!("locket-client: warning: cannot run --on-change command: {e}")
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(f) => eprintln!(
+                "locket-client: warning: {}; keeping the files as they are and retrying in {interval:?}",
+                f.message
+            ),
+        }
+    }
 }

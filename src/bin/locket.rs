@@ -152,18 +152,27 @@ async fn serve(path: &Path) -> Result<(), Failure> {
             ))
         })?;
     let addr = listener.local_addr().map_err(runtime_error)?;
+    let tls = match &config.tls {
+        Some(t) => Some(server::tls::acceptor(&t.cert_file, &t.key_file).map_err(config_error)?),
+        None => None,
+    };
     tracing::info!(
         clients = registry.len(),
         secrets = secrets.len(),
         fingerprint = key.fingerprint(),
+        tls = tls.is_some(),
         "locket listening on {addr}"
     );
-    if !addr.ip().is_loopback() {
+    if tls.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(
             "serving plain HTTP on non-loopback address {addr}: requests and answers are encrypted end to end, but consider TLS or a private network"
         );
     }
-    let state = Arc::new(State::new(key, registry, secrets, &config));
+    let mut state = State::new(key, registry, secrets, &config);
+    if let Some(acceptor) = tls {
+        state = state.with_tls(acceptor);
+    }
+    let state = Arc::new(state);
     locket::sd_notify::notify("READY=1");
     server::run(listener, state, async {
         shutdown_signal().await;

@@ -1,15 +1,21 @@
-//! The client: fetches the server key once per process (checking the pin
+//! The client: fetches each server's key once per process (checking the pin
 //! before anything else is sent), then asks for any number of secrets in
 //! one signed, encrypted request.
+//!
+//! With several servers, a fetch tries them in order (or shuffled), moving
+//! on after a connection error, a timeout, a 5xx or a key that does not
+//! match the pin, and retries with backoff until one overall deadline. A 403
+//! or 404 is an answer, not a failure: it is returned at once.
 
+pub mod exec;
 pub mod output;
 pub mod render;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use crate::config::client::ClientConfig;
+use crate::config::client::{ClientConfig, ServerOrder};
 use crate::keys::{ClientKey, KeyError, ReplyKey, ServerPublicKey};
 use crate::protocol::{self, Header, Request, RequestBody, WireError, WireKey};
 use crate::secret::SecretValue;
@@ -46,6 +52,11 @@ pub enum ClientError {
     Key(#[from] KeyError),
     #[error("cannot build the request: {0}")]
     Local(String),
+    #[error("no server answered within {timeout:?}: {}", .attempts.join("; "))]
+    AllFailed {
+        timeout: Duration,
+        attempts: Vec<String>,
+    },
 }
 
 impl ClientError {
@@ -59,23 +70,46 @@ impl ClientError {
             _ => 1,
         }
     }
+
+    /// Whether another server may do better: this one could not be
+    /// reached, failed, timed out, or is not the pinned one.
+    pub fn is_retryable(&self) -> bool {
+        self.is_transient() || matches!(self, Self::PinMismatch { .. } | Self::Protocol(_))
+    }
+
+    /// Whether the same server may do better later.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Server { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// One server and its key, fetched at most once.
+struct Endpoint {
+    url: String,
+    key: OnceCell<ServerPublicKey>,
 }
 
 /// A client of one server.
 pub struct Client {
     http: reqwest::Client,
-    server: String,
+    endpoints: Vec<Endpoint>,
+    order: ServerOrder,
+    timeout: Duration,
     name: String,
     key: ClientKey,
     reply: ReplyKey,
     pin: Option<String>,
-    server_key: OnceCell<ServerPublicKey>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let servers: Vec<&str> = self.endpoints.iter().map(|e| e.url.as_str()).collect();
         f.debug_struct("Client")
-            .field("server", &self.server)
+            .field("servers", &servers)
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
@@ -100,6 +134,9 @@ impl Client {
         reply: ReplyKey,
     ) -> Result<Self, ClientError> {
         install_crypto_provider();
+        if config.servers.is_empty() {
+            return Err(ClientError::Local("no server configured".into()));
+        }
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
@@ -108,46 +145,78 @@ impl Client {
         if let Some(bind) = config.bind {
             builder = builder.local_address(bind);
         }
+        if let Some(ca_file) = &config.ca_file {
+            let pem = std::fs::read(ca_file).map_err(|e| {
+                ClientError::Local(format!("cannot read ca_file {}: {e}", ca_file.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ClientError::Local(format!(
+                    "ca_file {} is not PEM certificates: {e}",
+                    ca_file.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(ClientError::Local(format!(
+                    "ca_file {} holds no certificate",
+                    ca_file.display()
+                )));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
         let http = builder
             .build()
             .map_err(|e| ClientError::Local(format!("HTTP client: {e}")))?;
         Ok(Self {
             http,
-            server: config.server.clone(),
+            endpoints: config
+                .servers
+                .iter()
+                .map(|url| Endpoint {
+                    url: url.clone(),
+                    key: OnceCell::new(),
+                })
+                .collect(),
+            order: config.server_order,
+            timeout: config.timeout,
             name: config.name.clone(),
             key,
             reply,
             pin: config.server_fingerprint.clone(),
-            server_key: OnceCell::new(),
         })
     }
 
-    fn unreachable(&self, e: impl std::fmt::Display) -> ClientError {
-        ClientError::Unreachable {
-            server: self.server.clone(),
-            detail: e.to_string(),
-        }
+    /// The first server's public key, fetched once and checked against the
+    /// pin.
+    pub async fn server_key(&self) -> Result<&ServerPublicKey, ClientError> {
+        self.endpoint_key(&self.endpoints[0]).await
     }
 
-    /// The server's public key, fetched once and checked against the pin.
-    pub async fn server_key(&self) -> Result<&ServerPublicKey, ClientError> {
-        self.server_key
-            .get_or_try_init(|| self.fetch_server_key())
+    async fn endpoint_key<'a>(
+        &self,
+        endpoint: &'a Endpoint,
+    ) -> Result<&'a ServerPublicKey, ClientError> {
+        endpoint
+            .key
+            .get_or_try_init(|| self.fetch_server_key(&endpoint.url))
             .await
     }
 
-    async fn fetch_server_key(&self) -> Result<ServerPublicKey, ClientError> {
-        let url = format!("{}{}", self.server, protocol::KEY_PATH);
+    async fn fetch_server_key(&self, server: &str) -> Result<ServerPublicKey, ClientError> {
+        let unreachable = |e: String| ClientError::Unreachable {
+            server: server.to_owned(),
+            detail: e,
+        };
+        let url = format!("{server}{}", protocol::KEY_PATH);
         let response = self
             .http
             .get(&url)
             .send()
             .await
-            .map_err(|e| self.unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(error_chain(&e)))?;
         let status = response.status();
         let body = read_limited(response, 1024 * 1024)
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(unreachable)?;
         if !status.is_success() {
             return Err(ClientError::Server {
                 status: status.as_u16(),
@@ -165,7 +234,7 @@ impl Client {
             && *expected != key.fingerprint
         {
             return Err(ClientError::PinMismatch {
-                server: self.server.clone(),
+                server: server.to_owned(),
                 expected: expected.clone(),
                 actual: key.fingerprint,
             });
@@ -173,9 +242,86 @@ impl Client {
         Ok(key)
     }
 
-    /// Fetches `names` (all granted secrets when empty) in one request.
+    /// Fetches `names` (all granted secrets when empty) in one request,
+    /// failing over between servers within the overall timeout.
     pub async fn fetch(&self, names: &[String]) -> Result<Vec<(String, SecretValue)>, ClientError> {
-        let server_key = self.server_key().await?;
+        let deadline = Instant::now() + self.timeout;
+        // The last error of each server; a server whose error will not go
+        // away by retrying (wrong key, broken answers) is not asked again.
+        let mut last: Vec<Option<ClientError>> = self.endpoints.iter().map(|_| None).collect();
+        let mut given_up = vec![false; self.endpoints.len()];
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            for index in self.ordered() {
+                let endpoint = &self.endpoints[index];
+                let left = deadline.saturating_duration_since(Instant::now());
+                if given_up[index] || left.is_zero() {
+                    continue;
+                }
+                let result =
+                    match tokio::time::timeout(left, self.fetch_from(endpoint, names)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(ClientError::Unreachable {
+                            server: endpoint.url.clone(),
+                            detail: "timed out".into(),
+                        }),
+                    };
+                match result {
+                    Err(e) if e.is_retryable() => {
+                        given_up[index] = !e.is_transient();
+                        last[index] = Some(e);
+                    }
+                    other => return other,
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || given_up.iter().all(|g| *g) {
+                break;
+            }
+            tokio::time::sleep(backoff.min(left)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        if self.endpoints.len() == 1
+            && let Some(e) = last.pop().flatten()
+        {
+            return Err(e);
+        }
+        let attempts = self
+            .endpoints
+            .iter()
+            .zip(last)
+            .map(|(e, err)| match err {
+                Some(err) => format!("{}: {err}", e.url),
+                None => format!("{}: not tried before the deadline", e.url),
+            })
+            .collect();
+        Err(ClientError::AllFailed {
+            timeout: self.timeout,
+            attempts,
+        })
+    }
+
+    /// Indices of the endpoints in the order to try them this round.
+    fn ordered(&self) -> Vec<usize> {
+        let mut list: Vec<usize> = (0..self.endpoints.len()).collect();
+        if self.order == ServerOrder::Random {
+            // Fisher-Yates with OS randomness.
+            for i in (1..list.len()).rev() {
+                let r = crate::crypto::random_bytes::<8>()
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0);
+                list.swap(i, (r % (i as u64 + 1)) as usize);
+            }
+        }
+        list
+    }
+
+    async fn fetch_from(
+        &self,
+        endpoint: &Endpoint,
+        names: &[String],
+    ) -> Result<Vec<(String, SecretValue)>, ClientError> {
+        let server_key = self.endpoint_key(endpoint).await?;
         let header = Header {
             client: self.name.clone(),
             server_fingerprint: server_key.fingerprint.clone(),
@@ -188,7 +334,11 @@ impl Client {
         };
         let request = Request::seal(header, &body, server_key, &self.key)
             .map_err(|e| ClientError::Local(e.to_string()))?;
-        let url = format!("{}{}", self.server, protocol::SECRETS_PATH);
+        let url = format!("{}{}", endpoint.url, protocol::SECRETS_PATH);
+        let unreachable = |e: String| ClientError::Unreachable {
+            server: endpoint.url.clone(),
+            detail: e,
+        };
         let response = self
             .http
             .post(&url)
@@ -196,7 +346,7 @@ impl Client {
             .body(request.encode())
             .send()
             .await
-            .map_err(|e| self.unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(error_chain(&e)))?;
         let status = response.status().as_u16();
         let request_id = response
             .headers()
@@ -206,7 +356,7 @@ impl Client {
             .to_owned();
         let bytes = read_limited(response, MAX_ANSWER_BODY)
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(unreachable)?;
         match status {
             200 | 404 => {
                 let answer = protocol::open_answer(&bytes, &self.reply, &request.header)

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
-/// Keys that `LOCKET_<KEY>` environment variables may set.
+/// Keys that `LOCKET_<KEY>` environment variables may set. `LOCKET_SERVER`
+/// may hold several URLs separated by commas.
 pub const ENV_KEYS: &[&str] = &[
     "server",
     "name",
@@ -19,7 +20,20 @@ pub const ENV_KEYS: &[&str] = &[
     "server_fingerprint",
     "bind",
     "timeout",
+    "ca_file",
+    "server_order",
 ];
+
+/// How to pick among several servers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerOrder {
+    /// Always try the first server first (a primary and its standbys).
+    #[default]
+    InOrder,
+    /// Spread clients across servers (a pool of equals).
+    Random,
+}
 
 /// Every setting optional, so that each layer may supply a part.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -27,6 +41,10 @@ pub const ENV_KEYS: &[&str] = &[
 pub struct ClientLayer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_order: Option<ServerOrder>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,40 +59,89 @@ pub struct ClientLayer {
         default
     )]
     pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ClientLayer {
+    /// The servers this layer names (`servers`, or `server` split at commas).
+    fn server_list(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        match (&self.server, &self.servers) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(
+                "set `server` or `servers`, not both".into(),
+            )),
+            (Some(one), None) => Ok(Some(
+                one.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            )),
+            (None, Some(list)) => Ok(Some(list.clone())),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// `self`, with each unset key taken from `lower`.
-    pub fn over(self, lower: ClientLayer) -> ClientLayer {
-        ClientLayer {
-            server: self.server.or(lower.server),
+    pub fn over(self, lower: ClientLayer) -> Result<ClientLayer, ConfigError> {
+        let servers = match self.server_list()? {
+            Some(list) => Some(list),
+            None => lower.server_list()?,
+        };
+        Ok(ClientLayer {
+            server: None,
+            servers,
+            server_order: self.server_order.or(lower.server_order),
             name: self.name.or(lower.name),
             key_file: self.key_file.or(lower.key_file),
             server_fingerprint: self.server_fingerprint.or(lower.server_fingerprint),
             bind: self.bind.or(lower.bind),
             timeout: self.timeout.or(lower.timeout),
-        }
+            ca_file: self.ca_file.or(lower.ca_file),
+        })
     }
 }
 
 /// A complete, validated client configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
-    /// Base URL, e.g. `http://127.0.0.1:7410`.
-    pub server: String,
+    /// Base URLs, e.g. `http://127.0.0.1:7410`, tried per `server_order`.
+    pub servers: Vec<String>,
+    pub server_order: ServerOrder,
     pub name: String,
     pub key_file: PathBuf,
-    /// `sha256:<hex>`; `None` means unpinned (a warning is printed).
+    /// `sha256:<hex>`; `None` means unpinned (a warning is printed). Every
+    /// server must present this key (replicas share the key file).
     pub server_fingerprint: Option<String>,
     /// Local source address for connections.
     pub bind: Option<IpAddr>,
-    /// Overall timeout of one command's network work.
+    /// Overall timeout of one fetch, across every server and retry.
     pub timeout: Duration,
+    /// CA certificates (PEM) to trust for `https://` servers instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ClientConfig {
-    /// Layers file (if any) < environment < `flags`, resolves `key_file`
-    /// against the file's folder and checks that nothing is missing.
+    /// A configuration for one server, with defaults for the rest.
+    pub fn single(
+        server: impl Into<String>,
+        name: impl Into<String>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            servers: vec![server.into()],
+            server_order: ServerOrder::InOrder,
+            name: name.into(),
+            key_file: key_file.into(),
+            server_fingerprint: None,
+            bind: None,
+            timeout: Duration::from_secs(10),
+            ca_file: None,
+        }
+    }
+
+    /// Layers file (if any) < environment < `flags`, resolves paths from the
+    /// file against the file's folder and checks that nothing is missing.
     pub fn load(file: Option<&Path>, flags: &ClientLayer) -> Result<Self, ConfigError> {
         let mut from_file = ClientLayer::default();
         if let Some(path) = file {
@@ -82,42 +149,47 @@ impl ClientConfig {
             from_file = Figment::from(Toml::file_exact(path))
                 .extract()
                 .map_err(Box::new)?;
-            // A key file named in the config file is relative to its folder;
-            // one from the environment or a flag is relative to the working
-            // directory, as a shell user expects.
-            if let Some(k) = from_file.key_file.as_mut() {
-                super::resolve(&super::base_dir(Some(path)), k);
+            // Paths named in the config file are relative to its folder;
+            // from the environment or a flag, to the working directory.
+            let base = super::base_dir(Some(path));
+            for p in [from_file.key_file.as_mut(), from_file.ca_file.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                super::resolve(&base, p);
             }
         }
         let from_env: ClientLayer = Figment::from(Env::prefixed("LOCKET_").only(ENV_KEYS))
             .extract()
             .map_err(Box::new)?;
-        let mut layer = flags.clone().over(from_env).over(from_file);
+        let layer = flags.clone().over(from_env.over(from_file)?)?;
         let missing = |key: &str, flag: &str| {
             ConfigError::Invalid(format!(
                 "no `{key}` given: set it in the config file, as LOCKET_{} or with {flag}",
                 key.to_uppercase()
             ))
         };
-        let server = layer
-            .server
-            .take()
-            .ok_or_else(|| missing("server", "--server"))?;
-        if !(server.starts_with("http://") || server.starts_with("https://")) {
-            return Err(ConfigError::Invalid(format!(
-                "server {server:?} must start with http:// or https://"
-            )));
+        let servers: Vec<String> = layer
+            .servers
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| missing("server", "--server"))?
+            .into_iter()
+            .map(|s| s.trim_end_matches('/').to_owned())
+            .collect();
+        for server in &servers {
+            if !(server.starts_with("http://") || server.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "server {server:?} must start with http:// or https://"
+                )));
+            }
         }
-        let name = layer.name.take().ok_or_else(|| missing("name", "--name"))?;
+        let name = layer.name.ok_or_else(|| missing("name", "--name"))?;
         if !crate::protocol::valid_client_name(&name) {
             return Err(ConfigError::Invalid(format!(
                 "name {name:?} is invalid: use 1-64 characters of A-Za-z0-9._-"
             )));
         }
-        let key_file = layer
-            .key_file
-            .take()
-            .ok_or_else(|| missing("key_file", "--key"))?;
+        let key_file = layer.key_file.ok_or_else(|| missing("key_file", "--key"))?;
         if let Some(fp) = &layer.server_fingerprint {
             let hex = fp.strip_prefix("sha256:").unwrap_or("");
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -126,13 +198,18 @@ impl ClientConfig {
                 )));
             }
         }
+        if let Some(ca) = &layer.ca_file {
+            super::check_readable(ca)?;
+        }
         Ok(Self {
-            server: server.trim_end_matches('/').to_owned(),
+            servers,
+            server_order: layer.server_order.unwrap_or_default(),
             name,
             key_file,
             server_fingerprint: layer.server_fingerprint.map(|f| f.to_ascii_lowercase()),
             bind: layer.bind,
             timeout: layer.timeout.unwrap_or(Duration::from_secs(10)),
+            ca_file: layer.ca_file,
         })
     }
 }

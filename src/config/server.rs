@@ -50,6 +50,16 @@ pub struct ServerConfig {
     pub sources: Vec<SourceConfig>,
     /// Registered clients by name.
     pub clients: BTreeMap<String, ClientConfig>,
+    /// Serve HTTPS instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: certificate chain and private key, PEM.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +74,7 @@ impl Default for ServerConfig {
             replay_cache_size: 100_000,
             sources: Vec::new(),
             clients: BTreeMap::new(),
+            tls: None,
         }
     }
 }
@@ -81,6 +92,10 @@ impl ServerConfig {
         super::resolve(&base, &mut cfg.key_file);
         for s in &mut cfg.sources {
             s.resolve_paths(&base);
+        }
+        if let Some(tls) = cfg.tls.as_mut() {
+            super::resolve(&base, &mut tls.cert_file);
+            super::resolve(&base, &mut tls.key_file);
         }
         cfg.validate()?;
         Ok(cfg)

@@ -6,6 +6,7 @@
 mod pipeline;
 pub mod replay;
 mod routes;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub struct State {
     /// A valid key no client holds: verifications for unknown clients run
     /// against it so they cost the same as for known ones.
     dummy_key: VerifyingKey,
+    /// When set, connections are TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl State {
@@ -64,7 +67,14 @@ impl State {
                 max_answer_bytes: config.max_answer_bytes,
             },
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
+            tls: None,
         }
+    }
+
+    /// Serves TLS with `acceptor`.
+    pub fn with_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 }
 
@@ -79,7 +89,7 @@ pub async fn run(
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let routes = routes::routes(state);
+    let routes = routes::routes(Arc::clone(&state));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -109,12 +119,47 @@ pub async fn run(
                 let mut service = service.clone();
                 tower_service::Service::call(&mut service, req)
             });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), hyper_service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = state.tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection(TokioIo::new(stream), hyper_service)
+                                .into_owned(),
+                        )
+                        .await
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %addr, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection(TokioIo::new(stream), hyper_service)
+                                .into_owned(),
+                        )
+                        .await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
             }
         });

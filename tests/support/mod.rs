@@ -102,6 +102,8 @@ impl TestServer {
 
     /// `extra` is TOML inserted at the top level of the config.
     pub async fn start_with(secrets_env: &str, clients: &[Registered], extra: &str) -> Self {
+        // reqwest (rustls without a default provider) needs one installed.
+        locket::client::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let path = write_server_files(dir.path(), secrets_env, clients, extra);
         let config = ServerConfig::load(&path).expect("config loads");
@@ -143,14 +145,10 @@ impl TestServer {
     }
 
     pub fn client_config(&self, name: &str, bind: Option<IpAddr>) -> ClientConfig {
-        ClientConfig {
-            server: self.url(),
-            name: name.to_owned(),
-            key_file: PathBuf::from("unused"),
-            server_fingerprint: Some(self.fingerprint()),
-            bind,
-            timeout: Duration::from_secs(10),
-        }
+        let mut c = ClientConfig::single(self.url(), name, "unused");
+        c.server_fingerprint = Some(self.fingerprint());
+        c.bind = bind;
+        c
     }
 
     /// A library client for `name` signing with the key made from `seed`.

@@ -1,0 +1,418 @@
+//! Delivering secrets to programs (exec, render --watch) and reaching the
+//! server (failover, TLS), through the real binaries.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Registered, ServerProcess, run_client, write_server_files};
+
+const SECRETS: &str = "APP_USER=alice\nAPP_PASS=\"p@ss word\"\nOTHER=nope\n";
+
+fn clients() -> Vec<Registered> {
+    vec![Registered::new("app", 31, &["127.0.0.1"], &["APP_*"])]
+}
+
+fn key_file(dir: &Path) -> String {
+    let path = dir.join("app.key");
+    if !path.exists() {
+        locket::keys::ClientKey::from_seed(&[31; 32])
+            .write_new(&path)
+            .unwrap();
+    }
+    path.to_string_lossy().into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn with_listen(config: &Path, port: u16) {
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(config, text).unwrap();
+}
+
+#[test]
+fn exec_passes_secrets_not_the_key_and_keeps_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let key = key_file(dir.path());
+    let url = format!("http://{}", server.addr);
+    let env_dump = dir.path().join("env.txt");
+    let script = format!("env > {}; exit 7", env_dump.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_locket-client"))
+        .args(["--server", &url, "--name", "app"])
+        .args([
+            "exec",
+            "--prefix",
+            "X_",
+            "--as",
+            "APP_PASS=DB_PASSWORD",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .env("LOCKET_KEY_FILE", &key)
+        .env("UNRELATED", "kept")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = std::fs::read_to_string(&env_dump).unwrap();
+    assert!(env.lines().any(|l| l == "X_APP_USER=alice"), "{env}");
+    assert!(env.lines().any(|l| l == "DB_PASSWORD=p@ss word"), "{env}");
+    assert!(env.lines().any(|l| l == "UNRELATED=kept"), "{env}");
+    assert!(
+        !env.contains("LOCKET_"),
+        "the child must not see the client's settings: {env}"
+    );
+    assert!(!env.contains("PRIVATE KEY") && !env.contains(&key), "{env}");
+    assert!(!env.contains("OTHER="));
+
+    // --only limits what is fetched.
+    let (code, _, err) = run_client(
+        &[
+            "--server",
+            &url,
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "exec",
+            "--only",
+            "APP_USER",
+            "--",
+            "/bin/sh",
+            "-c",
+            "test -z \"$APP_PASS\" && test \"$APP_USER\" = alice",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // A failed fetch runs nothing.
+    let marker = dir.path().join("ran");
+    let (code, _, _) = run_client(
+        &[
+            "--server",
+            &url,
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "exec",
+            "--only",
+            "OTHER",
+            "--",
+            "/bin/touch",
+            marker.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 3);
+    assert!(!marker.exists());
+    let (code, _, err) = run_client(
+        &[
+            "--server",
+            &url,
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "exec",
+            "--",
+            "/no/such/program",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 127, "{err}");
+    server.stop();
+}
+
+#[test]
+fn render_watch_rewrites_on_change_and_runs_the_hook_once_per_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    with_listen(&config, port);
+    let server = ServerProcess::start(&config, &[]);
+    let key = key_file(dir.path());
+    let out = dir.path().join("out");
+    let hook_log = dir.path().join("hook.log");
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_locket-client"))
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "--timeout",
+            "1s",
+        ])
+        .args([
+            "render",
+            "--dir",
+            out.to_str().unwrap(),
+            "--watch",
+            "200ms",
+            "--on-change",
+            &format!("echo changed >> {}", hook_log.display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).ok();
+    wait_for("first render", &|| {
+        read("APP_USER").as_deref() == Some("alice")
+    });
+    std::thread::sleep(Duration::from_millis(700)); // several unchanged rounds
+    assert!(!hook_log.exists(), "no change, no hook");
+
+    // The server restarts with a changed value and a revoked name; the
+    // watcher rides out the gap and then rewrites.
+    server.stop();
+    std::fs::write(dir.path().join("secrets.env"), "APP_USER=bob\nOTHER=nope\n").unwrap();
+    let server = ServerProcess::start(&config, &[]);
+    wait_for("rewrite", &|| read("APP_USER").as_deref() == Some("bob"));
+    wait_for("revoked file removed", &|| !out.join("APP_PASS").exists());
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        "changed\n",
+        "one hook run for one change"
+    );
+
+    server.stop();
+    std::fs::write(dir.path().join("secrets.env"), "APP_USER=carol\n").unwrap();
+    let server = ServerProcess::start(&config, &[]);
+    wait_for("second rewrite", &|| {
+        read("APP_USER").as_deref() == Some("carol")
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        "changed\nchanged\n"
+    );
+
+    unsafe { libc::kill(watcher.id() as libc::pid_t, libc::SIGTERM) };
+    let status = watcher.wait().unwrap();
+    assert!(
+        status.success(),
+        "watch mode exits cleanly on SIGTERM: {status}"
+    );
+    server.stop();
+}
+
+/// A stand-in server that answers every request with `status`, counting them.
+fn fake_server(status: u16) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = std::sync::Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = "{\"error\":\"x\",\"message\":\"fake\"}";
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, hits)
+}
+
+#[test]
+fn failover_between_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let key = key_file(dir.path());
+    let good = format!("http://{}", server.addr);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (broken, broken_hits) = fake_server(503);
+
+    // First down, second answers; then a 5xx first.
+    for first in [&dead, &broken] {
+        let (code, out, err) = run_client(
+            &[
+                "--server", first, "--server", &good, "--name", "app", "--key", &key, "get",
+                "APP_USER",
+            ],
+            dir.path(),
+        );
+        assert_eq!((code, out.as_str()), (0, "alice\n"), "{err}");
+    }
+    assert!(broken_hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // The same through a config file with `servers = [...]`, in random order.
+    let toml = dir.path().join("client.toml");
+    std::fs::write(&toml, format!("servers = [\"{dead}\", \"{good}\"]\nserver_order = \"random\"\nname = \"app\"\nkey_file = \"app.key\"\n")).unwrap();
+    for _ in 0..4 {
+        let (code, out, err) = run_client(
+            &["--config", toml.to_str().unwrap(), "get", "APP_USER"],
+            dir.path(),
+        );
+        assert_eq!((code, out.as_str()), (0, "alice\n"), "{err}");
+    }
+
+    // A 403 is an answer: the next server is never asked.
+    let (second, second_hits) = fake_server(200);
+    let (code, _, err) = run_client(
+        &[
+            "--server", &good, "--server", &second, "--name", "app", "--key", &key, "get", "OTHER",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(second_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // All down: a clear error naming each server, within the timeout.
+    let (broken2, _) = fake_server(500);
+    let started = Instant::now();
+    let (code, _, err) = run_client(
+        &[
+            "--server",
+            &dead,
+            "--server",
+            &broken2,
+            "--timeout",
+            "2s",
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "get",
+            "APP_USER",
+        ],
+        dir.path(),
+    );
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no server answered within 2s"), "{err}");
+    assert!(err.contains(&dead) && err.contains(&broken2), "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    server.stop();
+}
+
+#[test]
+fn tls_with_a_custom_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    // A CA and a server certificate for 127.0.0.1 and localhost, made here.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("tls-cert.pem"), cert.pem()).unwrap();
+    locket::fsutil::create_private(
+        &dir.path().join("tls-key.pem"),
+        server_key.serialize_pem().as_bytes(),
+        0o600,
+    )
+    .unwrap();
+    let config = write_server_files(
+        dir.path(),
+        SECRETS,
+        &clients(),
+        "[tls]\ncert_file = \"tls-cert.pem\"\nkey_file = \"tls-key.pem\"\n",
+    );
+    // [tls] must come after the top-level keys: move it to the end.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (head, rest) = text.split_once("[tls]").unwrap();
+    let (tls, tail) = rest.split_once("\n\n[[sources]]").unwrap();
+    std::fs::write(&config, format!("{head}\n[[sources]]{tail}\n[tls]{tls}\n")).unwrap();
+
+    let server = ServerProcess::start(&config, &[]);
+    let key = key_file(dir.path());
+    let url = format!("https://127.0.0.1:{}", server.addr.port());
+    let ca_path = dir.path().join("ca.pem");
+    let (code, out, err) = run_client(
+        &[
+            "--server",
+            &url,
+            "--ca-file",
+            ca_path.to_str().unwrap(),
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "get",
+            "APP_USER",
+        ],
+        dir.path(),
+    );
+    assert_eq!((code, out.as_str()), (0, "alice\n"), "{err}");
+    // Without the CA the certificate is not trusted.
+    let (code, out, err) = run_client(
+        &[
+            "--server",
+            &url,
+            "--timeout",
+            "3s",
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "get",
+            "APP_USER",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty());
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // Plain HTTP to the TLS port fails too.
+    let (code, _, _) = run_client(
+        &[
+            "--server",
+            &format!("http://127.0.0.1:{}", server.addr.port()),
+            "--timeout",
+            "2s",
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "get",
+            "APP_USER",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+    let log = server.stop();
+    assert!(log.contains("tls=true"), "{log}");
+    assert!(!log.contains("alice"));
+}
