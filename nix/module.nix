@@ -306,6 +306,9 @@ in
         serviceConfig = hardening // {
           Type = "notify";
           ExecStart = "${cfg.package}/bin/locket serve --config ${serverConfigFile}";
+          # SIGHUP re-reads the config: a valid one is swapped in, an invalid one is refused.
+          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          WatchdogSec = "30s";
           Restart = "on-failure";
           RestartSec = 5;
           DynamicUser = true;

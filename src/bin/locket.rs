@@ -12,6 +12,7 @@ use locket::config::server::ServerConfig;
 use locket::keys::ServerKey;
 use locket::server::{self, State};
 use locket::source;
+use tokio::sync::Notify;
 
 #[derive(Parser)]
 #[command(
@@ -138,11 +139,18 @@ async fn serve(path: &Path) -> Result<(), Failure> {
     let config = ServerConfig::load(path).map_err(config_error)?;
     let registry = config.validate().map_err(config_error)?;
     let key = load_key(&config)?;
-    let secrets = source::load_all(&config.sources).await.map_err(|e| {
-        runtime_error(format!(
-            "{e}; fix the source and start again (nothing is served without a first good load)"
-        ))
-    })?;
+    let secrets = match source::load_all(&config.sources).await {
+        Ok(set) => Some(set),
+        Err(e) if config.start_unready => {
+            tracing::error!(error = %e, "first load failed; listening anyway (start_unready), answering 503 until a load succeeds");
+            None
+        }
+        Err(e) => {
+            return Err(runtime_error(format!(
+                "{e}; fix the source and start again (nothing is served without a first good load; start_unready = true listens anyway)"
+            )));
+        }
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
@@ -158,7 +166,7 @@ async fn serve(path: &Path) -> Result<(), Failure> {
     };
     tracing::info!(
         clients = registry.len(),
-        secrets = secrets.len(),
+        secrets = secrets.as_ref().map(|s| s.len()).unwrap_or(0),
         fingerprint = key.fingerprint(),
         tls = tls.is_some(),
         "locket listening on {addr}"
@@ -168,20 +176,70 @@ async fn serve(path: &Path) -> Result<(), Failure> {
             "serving plain HTTP on non-loopback address {addr}: requests and answers are encrypted end to end, but consider TLS or a private network"
         );
     }
+    let loaded = secrets.is_some();
     let mut state = State::new(key, registry, secrets, &config);
     if let Some(acceptor) = tls {
         state = state.with_tls(acceptor);
     }
     let state = Arc::new(state);
-    locket::sd_notify::notify("READY=1");
-    server::run(listener, state, async {
+
+    let refresh_now = Arc::new(Notify::new());
+    let stop = Arc::new(Notify::new());
+    tokio::spawn(server::refresh::refresh_loop(
+        Arc::clone(&state),
+        Arc::clone(&refresh_now),
+        Arc::clone(&stop),
+    ));
+    tokio::spawn(reload_on_sighup(Arc::clone(&state), path.to_owned()));
+    spawn_watchdog();
+    if loaded {
+        locket::sd_notify::notify("READY=1");
+    }
+    server::run(listener, state, async move {
         shutdown_signal().await;
+        stop.notify_waiters();
         locket::sd_notify::notify("STOPPING=1");
     })
     .await
     .map_err(runtime_error)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: re-read the config; a valid one replaces the running one.
+async fn reload_on_sighup(state: Arc<State>, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading {}", path.display());
+        let _ = server::refresh::reload(&state, &path).await;
+    }
+}
+
+/// Pings systemd's watchdog at half the interval it asks for.
+fn spawn_watchdog() {
+    let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    if std::env::var("WATCHDOG_PID")
+        .ok()
+        .is_some_and(|p| p != std::process::id().to_string())
+    {
+        return;
+    }
+    let period =
+        std::time::Duration::from_micros(usec / 2).max(std::time::Duration::from_millis(100));
+    tokio::spawn(async move {
+        loop {
+            locket::sd_notify::notify("WATCHDOG=1");
+            tokio::time::sleep(period).await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -16,6 +16,9 @@ use crate::source::SourceConfig;
 
 /// Top-level keys that `LOCKET_<KEY>` environment variables may set.
 pub const ENV_KEYS: &[&str] = &[
+    "refresh_interval",
+    "max_age",
+    "start_unready",
     "listen",
     "key_file",
     "key_bits",
@@ -46,6 +49,16 @@ pub struct ServerConfig {
     pub max_answer_bytes: usize,
     /// Most nonces remembered at once (bounds replay-cache memory).
     pub replay_cache_size: usize,
+    /// Reload the sources this often (with up to 10% jitter); `0s` never.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// `/readyz` fails when the set is older than this (default: three
+    /// refresh intervals, at least 1m; no limit when refresh is off).
+    #[serde(with = "humantime_serde", default)]
+    pub max_age: Option<Duration>,
+    /// Listen even when the first load fails, answering 503 and reporting
+    /// not ready until a load succeeds (default: refuse to start).
+    pub start_unready: bool,
     /// Where secrets come from, in order; later sources win on a name clash.
     pub sources: Vec<SourceConfig>,
     /// Registered clients by name.
@@ -72,6 +85,9 @@ impl Default for ServerConfig {
             max_request_bytes: 64 * 1024,
             max_answer_bytes: 4 * 1024 * 1024,
             replay_cache_size: 100_000,
+            refresh_interval: Duration::from_secs(300),
+            max_age: None,
+            start_unready: false,
             sources: Vec::new(),
             clients: BTreeMap::new(),
             tls: None,
@@ -80,6 +96,15 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The readiness age limit in force.
+    pub fn effective_max_age(&self) -> Duration {
+        match self.max_age {
+            Some(age) => age,
+            None if self.refresh_interval.is_zero() => Duration::MAX,
+            None => (self.refresh_interval * 3).max(Duration::from_secs(60)),
+        }
+    }
+
     /// Reads `path`, layers the environment over it, resolves relative paths
     /// against the file's folder and validates everything that needs no I/O.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -121,6 +146,16 @@ impl ServerConfig {
         }
         if self.replay_cache_size < 1000 {
             return invalid("replay_cache_size must be at least 1000".into());
+        }
+        if let Some(age) = self.max_age
+            && !self.refresh_interval.is_zero()
+            && age < self.refresh_interval
+        {
+            return invalid(format!(
+                "max_age ({}) is shorter than refresh_interval ({}): the server would turn unready between refreshes",
+                humantime::format_duration(age),
+                humantime::format_duration(self.refresh_interval)
+            ));
         }
         if self.sources.is_empty() {
             return invalid("no [[sources]]: add at least one, e.g. [[sources]] type = \"dotenv\" path = \"secrets.env\"".into());

@@ -1,9 +1,14 @@
 //! The locket server: state, HTTP routes and the accept loop.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
-//! bind port 0 and the binary only wires flags to it.
+//! bind port 0 and the binary only wires flags to it. What a SIGHUP can
+//! change (registry, limits, sources) lives in one [`Runtime`] swapped
+//! atomically; requests take one snapshot of it and of the secret set.
 
+pub mod health;
+pub mod metrics;
 mod pipeline;
+pub mod refresh;
 pub mod replay;
 mod routes;
 pub mod tls;
@@ -31,17 +36,41 @@ pub use pipeline::unix_now;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub clock_skew: Duration,
-    pub max_request_bytes: u64,
     pub max_answer_bytes: usize,
+}
+
+/// Everything a config reload replaces at once.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: ServerConfig,
+    pub registry: Registry,
+    pub limits: Limits,
+}
+
+impl Runtime {
+    pub fn new(config: ServerConfig, registry: Registry) -> Self {
+        let limits = Limits {
+            clock_skew: config.clock_skew,
+            max_answer_bytes: config.max_answer_bytes,
+        };
+        Self {
+            config,
+            registry,
+            limits,
+        }
+    }
 }
 
 /// Everything a request handler needs. Shared behind an `Arc`.
 pub struct State {
     pub key: ServerKey,
-    pub registry: ArcSwap<Registry>,
+    pub runtime: ArcSwap<Runtime>,
     pub store: Store,
     pub replay: Mutex<replay::ReplayCache>,
-    pub limits: Limits,
+    pub health: health::Health,
+    pub metrics: metrics::Metrics,
+    /// Fixed at start (it shapes the HTTP filter); a reload cannot change it.
+    pub max_request_bytes: u64,
     /// A valid key no client holds: verifications for unknown clients run
     /// against it so they cost the same as for known ones.
     dummy_key: VerifyingKey,
@@ -50,22 +79,31 @@ pub struct State {
 }
 
 impl State {
+    /// State with a first secret set (`None`: not loaded yet, answering 503).
     pub fn new(
         key: ServerKey,
         registry: Registry,
-        secrets: SecretSet,
+        secrets: Option<SecretSet>,
         config: &ServerConfig,
     ) -> Self {
+        let health = health::Health::default();
+        let metrics = metrics::Metrics::default();
+        let store = match secrets {
+            Some(set) => {
+                health.success(set.loaded_at());
+                metrics.source_load(true);
+                Store::new(set)
+            }
+            None => Store::new(SecretSet::new(Default::default())),
+        };
         Self {
             key,
-            registry: ArcSwap::from_pointee(registry),
-            store: Store::new(secrets),
+            runtime: ArcSwap::from_pointee(Runtime::new(config.clone(), registry)),
+            store,
             replay: Mutex::new(replay::ReplayCache::new(config.replay_cache_size)),
-            limits: Limits {
-                clock_skew: config.clock_skew,
-                max_request_bytes: config.max_request_bytes,
-                max_answer_bytes: config.max_answer_bytes,
-            },
+            health,
+            metrics,
+            max_request_bytes: config.max_request_bytes,
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
             tls: None,
         }
@@ -75,6 +113,21 @@ impl State {
     pub fn with_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
         self.tls = Some(acceptor);
         self
+    }
+
+    /// Updates the gauges that describe the current state (before a scrape).
+    pub fn update_gauges(&self) -> health::Readiness {
+        let rt = self.runtime.load();
+        let readiness = self.health.readiness(rt.config.effective_max_age());
+        let set = self.store.snapshot();
+        self.metrics.secrets.set(set.len() as i64);
+        self.metrics.clients.set(rt.registry.len() as i64);
+        self.metrics
+            .age_seconds
+            .set(readiness.age_seconds.map(|a| a as f64).unwrap_or(f64::NAN));
+        self.metrics.stale.set(readiness.stale as i64);
+        self.metrics.ready.set(readiness.ready as i64);
+        readiness
     }
 }
 

@@ -14,9 +14,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::protocol::{self, Request, WireAnswer};
-use crate::registry::Registry;
-use crate::server::State;
 use crate::server::replay::Seen;
+use crate::server::{Runtime, State};
 
 /// How a request ended. `reason` strings go to the log only.
 #[derive(Debug)]
@@ -50,6 +49,8 @@ pub enum Outcome {
     AnswerTooLarge { client: String, size: usize },
     /// 503: the replay cache is full.
     Busy { client: String },
+    /// 503: no secret set has been loaded yet.
+    NotReady,
     /// 500.
     Internal {
         client: Option<String>,
@@ -75,10 +76,14 @@ pub async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outcome {
             };
         }
     };
-    let registry = state.registry.load_full();
+    if !state.health.loaded() {
+        return Outcome::NotReady;
+    }
+    let runtime = state.runtime.load_full();
+    let registry = &runtime.registry;
     let name = request.header.client.clone();
     let now = unix_now();
-    let skew = state.limits.clock_skew.as_secs() as i64;
+    let skew = runtime.limits.clock_skew.as_secs() as i64;
 
     // Evaluate every cheap check without an early exit, so that the work
     // done (and so the time taken) does not depend on which one fails.
@@ -142,7 +147,7 @@ pub async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outcome {
     // Authenticated: now, and only now, the RSA private-key operation. It
     // takes milliseconds, so it runs off the async workers.
     let state = Arc::clone(state);
-    match tokio::task::spawn_blocking(move || answer(&state, &registry, request)).await {
+    match tokio::task::spawn_blocking(move || answer(&state, &runtime, request)).await {
         Ok(outcome) => outcome,
         Err(e) => Outcome::Internal {
             client: Some(name),
@@ -151,9 +156,9 @@ pub async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outcome {
     }
 }
 
-fn answer(state: &State, registry: &Registry, request: Request) -> Outcome {
+fn answer(state: &State, runtime: &Runtime, request: Request) -> Outcome {
     let name = request.header.client.clone();
-    let Some(client) = registry.get(&name) else {
+    let Some(client) = runtime.registry.get(&name) else {
         return Outcome::Internal {
             client: Some(name),
             reason: "client vanished".into(),
@@ -206,7 +211,7 @@ fn answer(state: &State, registry: &Registry, request: Request) -> Outcome {
         found.clear();
     }
     let size = protocol::answer_size(found.iter().copied(), &missing);
-    if size > state.limits.max_answer_bytes {
+    if size > runtime.limits.max_answer_bytes {
         return Outcome::AnswerTooLarge { client: name, size };
     }
     let plain = protocol::encode_answer(&found, &missing);

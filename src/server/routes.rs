@@ -43,7 +43,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = I
             };
             warp::reply::json(&body).into_response()
         });
-    let limit = state.limits.max_request_bytes;
+    let limit = state.max_request_bytes;
     let secrets = warp::path!("v1" / "secrets")
         .and(warp::post())
         .and(with_state)
@@ -103,6 +103,20 @@ async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
     Ok(json_error(status, code, message))
 }
 
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ok { .. } => "ok",
+        Outcome::NotFound { .. } => "not_found",
+        Outcome::BadRequest { .. } => "bad_request",
+        Outcome::Denied { .. } => "denied",
+        Outcome::Replay { .. } => "replay",
+        Outcome::AnswerTooLarge { .. } => "too_large",
+        Outcome::Busy { .. } => "busy",
+        Outcome::NotReady => "not_ready",
+        Outcome::Internal { .. } => "internal",
+    }
+}
+
 fn request_id() -> String {
     crate::crypto::random_bytes::<8>()
         .map(hex::encode)
@@ -114,7 +128,9 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
     let ip = peer.0.ip().to_canonical();
     let started = std::time::Instant::now();
     let outcome = pipeline::process(&state, ip, &body).await;
-    let ms = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let ms = (elapsed * 1000.0 * 100.0).round() / 100.0;
+    state.metrics.request(outcome_label(&outcome), elapsed);
     let mut response = match outcome {
         Outcome::Ok {
             answer,
@@ -147,7 +163,7 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
             json_error(StatusCode::FORBIDDEN, "forbidden", FORBIDDEN_MESSAGE)
         }
         Outcome::AnswerTooLarge { client, size } => {
-            tracing::warn!(request_id = %id, client = %client, ip = %ip, size, max = state.limits.max_answer_bytes, outcome = "too_large", "answer too large");
+            tracing::warn!(request_id = %id, client = %client, ip = %ip, size, outcome = "too_large", "answer too large");
             json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "answer_too_large",
@@ -160,6 +176,17 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
                 "server is busy; retry shortly",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("5"));
+            r
+        }
+        Outcome::NotReady => {
+            tracing::warn!(request_id = %id, ip = %ip, outcome = "not_ready", "no secret set loaded yet; answering 503");
+            let mut r = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the server has not loaded its secrets yet; retry shortly",
             );
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("5"));

@@ -6,12 +6,15 @@
 //! A source that fails makes the whole load fail: a partial set is never
 //! served, because a missing secret is worse than a stale one.
 
+pub mod command;
 mod dotenv;
 mod env;
 mod file;
+pub mod onepassword;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,10 +49,57 @@ pub enum SourceConfig {
         #[serde(default)]
         format: Option<FileFormat>,
     },
+    /// A program that prints a JSON object or dotenv text.
+    Command {
+        command: Vec<String>,
+        #[serde(default)]
+        format: CommandFormat,
+        #[serde(default = "ten_seconds", with = "humantime_serde")]
+        timeout: Duration,
+        /// Extra environment for the program (its environment is otherwise
+        /// empty but for PATH, HOME and LANG).
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// 1Password through the `op` CLI and a service-account token.
+    OnepasswordCli {
+        vault: String,
+        token_file: PathBuf,
+        /// The `op` program (a name looked up in PATH, or a path).
+        #[serde(default = "op")]
+        op: String,
+        #[serde(default = "ten_seconds", with = "humantime_serde")]
+        timeout: Duration,
+    },
+    /// A 1Password Connect server.
+    OnepasswordConnect {
+        url: String,
+        vault: String,
+        token_file: PathBuf,
+        #[serde(default = "ten_seconds", with = "humantime_serde")]
+        timeout: Duration,
+    },
+}
+
+/// What a `command` source prints.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandFormat {
+    #[default]
+    Json,
+    Dotenv,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn op() -> String {
+    "op".into()
 }
 
 impl SourceConfig {
@@ -62,18 +112,33 @@ impl SourceConfig {
                 None => format!("env ({} names)", names.len()),
             },
             Self::File { path, .. } => format!("file {}", path.display()),
+            Self::Command { command, .. } => format!(
+                "command {:?}",
+                command.first().map(String::as_str).unwrap_or("")
+            ),
+            Self::OnepasswordCli { vault, .. } => format!("onepassword-cli vault {vault:?}"),
+            Self::OnepasswordConnect { url, vault, .. } => {
+                format!("onepassword-connect {url} vault {vault:?}")
+            }
         }
     }
 
     /// Makes relative paths absolute against `base` (the config's folder).
     pub fn resolve_paths(&mut self, base: &Path) {
         match self {
-            Self::Dotenv { path } | Self::File { path, .. } => {
+            Self::Dotenv { path }
+            | Self::File { path, .. }
+            | Self::OnepasswordCli {
+                token_file: path, ..
+            }
+            | Self::OnepasswordConnect {
+                token_file: path, ..
+            } => {
                 if path.is_relative() {
                     *path = base.join(&*path);
                 }
             }
-            Self::Env { .. } => {}
+            Self::Env { .. } | Self::Command { .. } => {}
         }
     }
 
@@ -82,6 +147,17 @@ impl SourceConfig {
         match self {
             Self::Env { prefix, names, .. } if prefix.as_deref().unwrap_or("").is_empty() && names.is_empty() => {
                 Err("an env source needs `prefix` or `names` (serving the whole environment is never what you want)".into())
+            }
+            Self::Command { command, .. } if command.is_empty() => {
+                Err("`command` is empty: give the program and its arguments, e.g. [\"sops\", \"-d\", \"secrets.json\"]".into())
+            }
+            Self::Command { timeout, .. } | Self::OnepasswordCli { timeout, .. } | Self::OnepasswordConnect { timeout, .. }
+                if timeout.is_zero() =>
+            {
+                Err("`timeout` must be more than 0s".into())
+            }
+            Self::OnepasswordConnect { url, .. } if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                Err(format!("url {url:?} must start with http:// or https://"))
             }
             _ => Ok(()),
         }
@@ -97,6 +173,24 @@ impl SourceConfig {
                 strip_prefix,
             } => env::load(prefix.as_deref(), names, *strip_prefix),
             Self::File { path, format } => file::load(path, *format),
+            Self::Command {
+                command,
+                format,
+                timeout,
+                env,
+            } => command::load(command, *format, *timeout, env).await,
+            Self::OnepasswordCli {
+                vault,
+                token_file,
+                op,
+                timeout,
+            } => onepassword::load_cli(op, vault, token_file, *timeout).await,
+            Self::OnepasswordConnect {
+                url,
+                vault,
+                token_file,
+                timeout,
+            } => onepassword::load_connect(url, vault, token_file, *timeout).await,
         }
     }
 }

@@ -112,7 +112,7 @@ impl TestServer {
         let secrets = locket::source::load_all(&config.sources)
             .await
             .expect("sources load");
-        let state = Arc::new(State::new(key, registry, secrets, &config));
+        let state = Arc::new(State::new(key, registry, Some(secrets), &config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

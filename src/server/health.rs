@@ -1,0 +1,78 @@
+//! What `/readyz`, the metrics and the logs say about the secret set: has a
+//! load ever succeeded, how old is the set, did the last refresh fail.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+struct Inner {
+    loaded_at: Option<SystemTime>,
+    last_error: Option<String>,
+    failures: u32,
+}
+
+/// Shared load status.
+#[derive(Debug, Default)]
+pub struct Health {
+    inner: Mutex<Inner>,
+}
+
+/// The `/readyz` body.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub loaded: bool,
+    pub stale: bool,
+    pub age_seconds: Option<u64>,
+    pub max_age_seconds: u64,
+    pub consecutive_failures: u32,
+    /// The last load error (source descriptions and reasons; never values).
+    pub last_error: Option<String>,
+}
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A load succeeded; returns whether it was the first.
+    pub fn success(&self, at: SystemTime) -> bool {
+        let mut h = self.lock();
+        let first = h.loaded_at.is_none();
+        h.loaded_at = Some(at);
+        h.last_error = None;
+        h.failures = 0;
+        first
+    }
+
+    /// A load failed; returns the number of failures in a row.
+    pub fn failure(&self, error: String) -> u32 {
+        let mut h = self.lock();
+        h.last_error = Some(error);
+        h.failures += 1;
+        h.failures
+    }
+
+    pub fn loaded(&self) -> bool {
+        self.lock().loaded_at.is_some()
+    }
+
+    pub fn readiness(&self, max_age: Duration) -> Readiness {
+        let h = self.lock();
+        let age = h
+            .loaded_at
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
+        let fresh = age.is_some_and(|a| a <= max_age);
+        Readiness {
+            ready: fresh,
+            loaded: h.loaded_at.is_some(),
+            stale: h.loaded_at.is_some() && h.failures > 0,
+            age_seconds: age.map(|a| a.as_secs()),
+            max_age_seconds: max_age.as_secs(),
+            consecutive_failures: h.failures,
+            last_error: h.last_error.clone(),
+        }
+    }
+}

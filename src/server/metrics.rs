@@ -1,0 +1,139 @@
+//! Prometheus metrics (OpenMetrics text) through `prometheus-client`.
+//! Labels are fixed words (outcomes, results); no secret name or value ever
+//! becomes a label.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Result_ {
+    result: String,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Outcome, Counter>,
+    latency: Histogram,
+    source_loads: Family<Result_, Counter>,
+    reloads: Family<Result_, Counter>,
+    pub secrets: Gauge,
+    pub clients: Gauge,
+    pub age_seconds: Gauge<f64, AtomicU64>,
+    pub stale: Gauge,
+    pub ready: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("locket");
+        let requests = Family::<Outcome, Counter>::default();
+        registry.register("requests", "Secret requests by outcome (ok, denied, replay, bad_request, not_found, too_large, busy, not_ready, internal)", requests.clone());
+        let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a secret request",
+            latency.clone(),
+        );
+        let source_loads = Family::<Result_, Counter>::default();
+        registry.register(
+            "source_loads",
+            "Loads of the secret sources by result (ok, error)",
+            source_loads.clone(),
+        );
+        let reloads = Family::<Result_, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP) by result (ok, error)",
+            reloads.clone(),
+        );
+        let secrets = Gauge::default();
+        registry.register("secrets", "Secrets in the current set", secrets.clone());
+        let clients = Gauge::default();
+        registry.register("registry_clients", "Registered clients", clients.clone());
+        let age_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "secrets_age_seconds",
+            "Age of the current secret set",
+            age_seconds.clone(),
+        );
+        let stale = Gauge::default();
+        registry.register(
+            "secrets_stale",
+            "1 when the last refresh failed and an older set is served",
+            stale.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when the server is ready (see /readyz)",
+            ready.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            source_loads,
+            reloads,
+            secrets,
+            clients,
+            age_seconds,
+            stale,
+            ready,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn request(&self, outcome: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.latency.observe(seconds);
+    }
+
+    pub fn source_load(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.source_loads
+            .get_or_create(&Result_ {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads
+            .get_or_create(&Result_ {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

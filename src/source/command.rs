@@ -1,0 +1,134 @@
+//! A program that prints secrets: `sops -d --output-type json FILE`,
+//! `vault kv get -format=json PATH`, a script around `pass`...
+//!
+//! The program runs with an empty environment except `PATH`, `HOME`,
+//! `LANG` and the source's own `env` table, so it never inherits the
+//! server's secrets (an `env` source reads them from the server's
+//! environment). It is killed when it exceeds its timeout. A non-zero exit,
+//! a timeout or output that does not parse is a failed load, reported with
+//! the program's stderr cut short; stdout is never shown.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use zeroize::Zeroizing;
+
+use super::{CommandFormat, parse_dotenv, parse_json};
+use crate::secret::SecretValue;
+
+/// Most bytes of stdout read from a command.
+pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
+/// Most characters of stderr quoted in an error.
+pub const STDERR_SHOWN: usize = 400;
+
+/// Runs `argv` and parses what it prints.
+pub async fn load(
+    argv: &[String],
+    format: CommandFormat,
+    timeout: Duration,
+    extra_env: &BTreeMap<String, String>,
+) -> Result<Vec<(String, SecretValue)>, String> {
+    let env: Vec<(&str, &str)> = extra_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let stdout = run(argv, timeout, &env, None).await?;
+    let text = std::str::from_utf8(&stdout).map_err(|_| "its output is not UTF-8".to_string())?;
+    match format {
+        CommandFormat::Json => parse_json(text),
+        CommandFormat::Dotenv => parse_dotenv(text.as_bytes()),
+    }
+}
+
+/// Runs a program with a clean environment and a timeout; returns its
+/// stdout in zeroizing memory. `stdin` is written to it when given.
+pub async fn run(
+    argv: &[String],
+    timeout: Duration,
+    extra_env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let (program, args) = argv.split_first().ok_or("`command` is empty")?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(
+            ["PATH", "HOME", "LANG"]
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+        )
+        .envs(extra_env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {program:?}: {e}; check `command` and PATH"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt;
+        let _ = pipe.write_all(input).await;
+    }
+    let mut out_pipe = child.stdout.take().expect("piped");
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let work = async {
+        let mut out = Zeroizing::new(Vec::new());
+        let mut err = Vec::new();
+        let read_out = async {
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = out_pipe.read(&mut buf).await?;
+                if n == 0 || out.len() + n > MAX_OUTPUT {
+                    return Ok::<_, std::io::Error>(n == 0);
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        };
+        // Read all of stderr (so the program never blocks on it), keep the start.
+        let read_err = async {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if err.len() < 64 * 1024 {
+                    err.extend_from_slice(&buf[..n]);
+                }
+            }
+        };
+        let (complete, _) = tokio::join!(read_out, read_err);
+        let status = child.wait().await;
+        (out, err, complete, status)
+    };
+    let (out, err, complete, status) = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("{program:?} did not finish within {timeout:?} (killed); raise `timeout` or check the program"))?;
+    let stderr = cut(&String::from_utf8_lossy(&err));
+    let status = status.map_err(|e| format!("waiting for {program:?}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{program:?} failed ({status}); stderr: {stderr}"));
+    }
+    match complete {
+        Ok(true) => Ok(out),
+        Ok(false) => Err(format!("{program:?} printed more than {MAX_OUTPUT} bytes")),
+        Err(e) => Err(format!("reading from {program:?}: {e}")),
+    }
+}
+
+fn cut(text: &str) -> String {
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty)".into();
+    }
+    let mut shown: String = text.chars().take(STDERR_SHOWN).collect();
+    if shown.len() < text.len() {
+        shown.push_str("...");
+    }
+    shown.replace('\n', " | ")
+}

@@ -1,0 +1,218 @@
+//! 1Password, two ways: the `op` CLI with a service account, and a
+//! 1Password Connect server over its REST API. Every item of the configured
+//! vault becomes secrets named `<item title>/<field label>` (so a client
+//! granted `"<service>/*"` reads one item, as the original locket did with
+//! one item per service). Each item is read once per refresh, never once per
+//! field. Tokens come from files and never reach a command line or a log.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::secret::SecretValue;
+
+#[derive(Deserialize)]
+struct ItemSummary {
+    id: String,
+    #[serde(default)]
+    title: String,
+}
+
+#[derive(Deserialize)]
+struct Field {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    value: Option<SecretValue>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    fields: Vec<Field>,
+}
+
+#[derive(Deserialize)]
+struct Vault {
+    id: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// Reads a token file (trimmed), in zeroizing memory.
+pub fn read_token(path: &Path) -> Result<Zeroizing<String>, String> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read token_file {}: {e}", path.display()))?,
+    );
+    let token = Zeroizing::new(text.trim().to_owned());
+    if token.is_empty() {
+        return Err(format!("token_file {} is empty", path.display()));
+    }
+    Ok(token)
+}
+
+fn item_secrets(item: Item, out: &mut Vec<(String, SecretValue)>) {
+    for field in item.fields {
+        if let Some(value) = field.value {
+            let label = if field.label.is_empty() {
+                field.id
+            } else {
+                field.label
+            };
+            if !label.is_empty() {
+                out.push((format!("{}/{label}", item.title), value));
+            }
+        }
+    }
+}
+
+/// The `op` CLI: `op item list`, then `op item get` per item.
+pub async fn load_cli(
+    op: &str,
+    vault: &str,
+    token_file: &Path,
+    timeout: Duration,
+) -> Result<Vec<(String, SecretValue)>, String> {
+    let token = read_token(token_file)?;
+    let env = [("OP_SERVICE_ACCOUNT_TOKEN", token.as_str())];
+    let argv = |args: &[&str]| -> Vec<String> {
+        std::iter::once(op)
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect()
+    };
+    let list = super::command::run(
+        &argv(&["item", "list", "--vault", vault, "--format", "json"]),
+        timeout,
+        &env,
+        None,
+    )
+    .await?;
+    let items: Vec<ItemSummary> = serde_json::from_slice(&list)
+        .map_err(|e| format!("`op item list` did not print the expected JSON: {e}"))?;
+    let mut out = Vec::new();
+    for summary in items {
+        let raw = super::command::run(
+            &argv(&[
+                "item",
+                "get",
+                &summary.id,
+                "--vault",
+                vault,
+                "--format",
+                "json",
+            ]),
+            timeout,
+            &env,
+            None,
+        )
+        .await?;
+        let item: Item = serde_json::from_slice(&raw).map_err(|e| {
+            format!(
+                "`op item get` for item {:?} did not print the expected JSON: {e}",
+                summary.title
+            )
+        })?;
+        item_secrets(item, &mut out);
+    }
+    Ok(out)
+}
+
+/// A 1Password Connect server.
+pub async fn load_connect(
+    url: &str,
+    vault: &str,
+    token_file: &Path,
+    timeout: Duration,
+) -> Result<Vec<(String, SecretValue)>, String> {
+    crate::client::install_crypto_provider();
+    let token = read_token(token_file)?;
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let base = url.trim_end_matches('/');
+    let get = |path: String| {
+        let http = http.clone();
+        let auth = Zeroizing::new(format!("Bearer {}", token.as_str()));
+        async move { get_with_backoff(&http, &path, &auth).await }
+    };
+    let vaults: Vec<Vault> = serde_json::from_slice(&get(format!("{base}/v1/vaults")).await?)
+        .map_err(|e| format!("GET /v1/vaults: unexpected JSON: {e}"))?;
+    let vault_id = vaults
+        .iter()
+        .find(|v| v.id == vault || v.name == vault)
+        .map(|v| v.id.clone())
+        .ok_or_else(|| {
+            format!(
+                "vault {vault:?} not found (the token sees {} vaults)",
+                vaults.len()
+            )
+        })?;
+    let items: Vec<ItemSummary> =
+        serde_json::from_slice(&get(format!("{base}/v1/vaults/{vault_id}/items")).await?)
+            .map_err(|e| format!("GET items: unexpected JSON: {e}"))?;
+    let mut out = Vec::new();
+    for summary in items {
+        let raw = get(format!("{base}/v1/vaults/{vault_id}/items/{}", summary.id)).await?;
+        let item: Item = serde_json::from_slice(&raw)
+            .map_err(|e| format!("GET item {:?}: unexpected JSON: {e}", summary.title))?;
+        item_secrets(item, &mut out);
+    }
+    Ok(out)
+}
+
+/// GET with up to 5 tries, backing off on 429 and 5xx (honouring
+/// `Retry-After` up to 10 s). Errors name the path, never the token.
+async fn get_with_backoff(
+    http: &reqwest::Client,
+    url: &str,
+    auth: &str,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let path = url
+        .split_once("/v1/")
+        .map(|(_, p)| format!("/v1/{p}"))
+        .unwrap_or_else(|| url.to_owned());
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=5 {
+        let response = http
+            .get(url)
+            .header("authorization", auth)
+            .send()
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let status = response.status();
+        if status.is_success() {
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| format!("GET {path}: {e}"))?;
+            return Ok(Zeroizing::new(body.to_vec()));
+        }
+        if (status.as_u16() == 429 || status.is_server_error()) && attempt < 5 {
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s.min(10)))
+                .unwrap_or(delay);
+            tracing::debug!(path = %path, status = status.as_u16(), attempt, "1Password Connect busy; backing off");
+            tokio::time::sleep(wait).await;
+            delay *= 2;
+            continue;
+        }
+        return Err(match status.as_u16() {
+            401 | 403 => format!("GET {path}: {status}; check the Connect token in token_file"),
+            _ => format!("GET {path}: {status}"),
+        });
+    }
+    Err(format!("GET {path}: still failing after 5 tries"))
+}
