@@ -46,7 +46,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = I
     let limit = state.max_request_bytes;
     let secrets = warp::path!("v1" / "secrets")
         .and(warp::post())
-        .and(with_state)
+        .and(with_state.clone())
         .and(warp::ext::get::<Peer>())
         .and(warp::body::content_length_limit(limit))
         .and(warp::body::bytes())
@@ -54,9 +54,39 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = I
     let health = warp::path!("healthz")
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+    let ready = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|state: Arc<State>| {
+            let readiness = state.update_gauges();
+            let status = if readiness.ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            warp::reply::with_status(warp::reply::json(&readiness), status).into_response()
+        });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|state: Arc<State>| {
+            state.update_gauges();
+            let mut r = Response::new(state.metrics.encode().into());
+            r.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        });
     key.or(secrets)
         .unify()
         .or(health)
+        .unify()
+        .or(ready)
+        .unify()
+        .or(metrics)
         .unify()
         .recover(rejection)
         .unify()
@@ -67,7 +97,7 @@ async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
         (
             StatusCode::NOT_FOUND,
             "not_found",
-            "no such endpoint; locket serves GET /v1/key and POST /v1/secrets",
+            "no such endpoint; locket serves GET /v1/key, POST /v1/secrets, GET /healthz, /readyz and /metrics",
         )
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
         (

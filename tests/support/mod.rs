@@ -223,7 +223,11 @@ impl ServerProcess {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        // Text or JSON logs: the address is the run of address characters.
+                        let addr: String = rest
+                            .chars()
+                            .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+                            .collect();
                         let _ = tx.send(addr);
                     }
                     let mut l = log.lock().unwrap();

@@ -1,0 +1,244 @@
+//! Real sources: a 1Password Connect server on loopback (with a 429 and a
+//! 500 on the way), an `op` stand-in on disk, and command sources.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use locket::source::{CommandFormat, SourceConfig};
+use warp::Filter;
+
+fn as_map(v: Vec<(String, locket::secret::SecretValue)>) -> BTreeMap<String, String> {
+    v.into_iter()
+        .map(|(n, s)| (n, s.expose().to_owned()))
+        .collect()
+}
+
+fn write_token(dir: &Path, token: &str) -> std::path::PathBuf {
+    let path = dir.join("token");
+    locket::fsutil::create_private(&path, token.as_bytes(), 0o600).unwrap();
+    path
+}
+
+/// A fake Connect server with the documented endpoints and JSON shapes.
+/// The first call to the items list answers 429, the first item GET 500.
+async fn connect_server(token: &'static str) -> (String, Arc<AtomicUsize>) {
+    let item_gets = Arc::new(AtomicUsize::new(0));
+    let list_calls = Arc::new(AtomicUsize::new(0));
+    let auth = warp::header::exact(
+        "authorization",
+        Box::leak(format!("Bearer {token}").into_boxed_str()),
+    );
+    let vaults = warp::path!("v1" / "vaults").map(|| {
+        warp::reply::json(
+            &serde_json::json!([{"id": "v1d", "name": "prod"}, {"id": "v2d", "name": "dev"}]),
+        )
+    });
+    let lc = Arc::clone(&list_calls);
+    let items = warp::path!("v1" / "vaults" / "v1d" / "items").map(move || {
+        if lc.fetch_add(1, Ordering::SeqCst) == 0 {
+            return warp::reply::with_status(warp::reply::json(&serde_json::json!({"message": "slow down"})), warp::http::StatusCode::TOO_MANY_REQUESTS);
+        }
+        warp::reply::with_status(
+            warp::reply::json(&serde_json::json!([{"id": "i1", "title": "db", "vault": {"id": "v1d"}}, {"id": "i2", "title": "api", "vault": {"id": "v1d"}}])),
+            warp::http::StatusCode::OK,
+        )
+    });
+    let ig = Arc::clone(&item_gets);
+    let item = warp::path!("v1" / "vaults" / "v1d" / "items" / String).map(move |id: String| {
+        let n = ig.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            return warp::reply::with_status(warp::reply::json(&serde_json::json!({"message": "oops"})), warp::http::StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        let body = match id.as_str() {
+            "i1" => serde_json::json!({"id": "i1", "title": "db", "fields": [
+                {"id": "username", "label": "username", "value": "dbuser", "purpose": "USERNAME"},
+                {"id": "password", "label": "password", "value": "db-pa55", "purpose": "PASSWORD"},
+                {"id": "notes", "label": "notesPlain", "purpose": "NOTES"}
+            ]}),
+            _ => serde_json::json!({"id": "i2", "title": "api", "fields": [{"id": "credential", "label": "credential", "value": "api-key-1"}]}),
+        };
+        warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::OK)
+    });
+    let routes = auth.and(items.or(item).or(vaults)).recover(|_| async {
+        Ok::<_, std::convert::Infallible>(warp::reply::with_status(
+            "unauthorized",
+            warp::http::StatusCode::UNAUTHORIZED,
+        ))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warp::serve(routes).incoming(listener).run());
+    (url, item_gets)
+}
+
+#[tokio::test]
+async fn onepassword_connect_with_backoff_reads_each_item_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, item_gets) = connect_server("connect-token-123").await;
+    let source = SourceConfig::OnepasswordConnect {
+        url: url.clone(),
+        vault: "prod".into(),
+        token_file: write_token(dir.path(), "connect-token-123\n"),
+        timeout: Duration::from_secs(5),
+    };
+    let got = as_map(source.load().await.unwrap());
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            ("api/credential".to_string(), "api-key-1".to_string()),
+            ("db/password".to_string(), "db-pa55".to_string()),
+            ("db/username".to_string(), "dbuser".to_string()),
+        ])
+    );
+    // Two items, one retried after its 500: three item GETs, not one per field.
+    assert_eq!(item_gets.load(Ordering::SeqCst), 3);
+
+    // A wrong token: a clear error, without the token in it.
+    let bad = SourceConfig::OnepasswordConnect {
+        url,
+        vault: "prod".into(),
+        token_file: {
+            std::fs::remove_file(dir.path().join("token")).unwrap();
+            write_token(dir.path(), "wrong-token-999")
+        },
+        timeout: Duration::from_secs(5),
+    };
+    let err = bad.load().await.unwrap_err();
+    assert!(err.contains("401") && err.contains("token_file"), "{err}");
+    assert!(!err.contains("wrong-token-999"));
+}
+
+#[tokio::test]
+async fn onepassword_cli_through_an_op_stand_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = dir.path().join("op");
+    let calls = dir.path().join("calls.log");
+    // Prints the documented `op` JSON; refuses to work without the token in
+    // its environment, and records its arguments (the token must not be there).
+    std::fs::write(
+        &op,
+        format!(
+            r#"#!/bin/sh
+echo "$@" >> {calls}
+[ "$OP_SERVICE_ACCOUNT_TOKEN" = "ops_tok_abc" ] || {{ echo "no token" >&2; exit 1; }}
+case "$1 $2" in
+  "item list") echo '[{{"id":"k1","title":"payments","vault":{{"id":"v","name":"prod"}}}}]' ;;
+  "item get") echo '{{"id":"k1","title":"payments","fields":[{{"id":"a","label":"api_key","value":"pk_live_1"}},{{"id":"b","label":"webhook","value":"whsec_2"}}]}}' ;;
+  *) echo "unexpected $*" >&2; exit 2 ;;
+esac
+"#,
+            calls = calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&op, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let source = SourceConfig::OnepasswordCli {
+        vault: "prod".into(),
+        token_file: write_token(dir.path(), "ops_tok_abc"),
+        op: op.to_string_lossy().into_owned(),
+        timeout: Duration::from_secs(5),
+    };
+    let got = as_map(source.load().await.unwrap());
+    assert_eq!(got["payments/api_key"], "pk_live_1");
+    assert_eq!(got["payments/webhook"], "whsec_2");
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(log.lines().count(), 2, "one list, one get per item: {log}");
+    assert!(
+        !log.contains("ops_tok_abc"),
+        "the token never reaches a command line"
+    );
+}
+
+fn command(argv: &[&str], format: CommandFormat, timeout_ms: u64) -> SourceConfig {
+    SourceConfig::Command {
+        command: argv.iter().map(|s| s.to_string()).collect(),
+        format,
+        timeout: Duration::from_millis(timeout_ms),
+        env: BTreeMap::from([("EXTRA".to_string(), "given".to_string())]),
+    }
+}
+
+#[tokio::test]
+async fn command_source_success_failure_timeout_garbage_and_clean_env() {
+    let ok = command(
+        &[
+            "/bin/sh",
+            "-c",
+            r#"echo '{"A": "1", "nested": {"b": "2"}}'"#,
+        ],
+        CommandFormat::Json,
+        5000,
+    );
+    assert_eq!(
+        as_map(ok.load().await.unwrap()),
+        BTreeMap::from([("A".into(), "1".into()), ("nested/b".into(), "2".into())])
+    );
+    let dotenv = command(
+        &["/bin/sh", "-c", "printf 'X=\"a b\"\\nY=2\\n'"],
+        CommandFormat::Dotenv,
+        5000,
+    );
+    assert_eq!(as_map(dotenv.load().await.unwrap())["X"], "a b");
+
+    let fails = command(
+        &[
+            "/bin/sh",
+            "-c",
+            "echo 'sops: cannot decrypt: no key' >&2; exit 3",
+        ],
+        CommandFormat::Json,
+        5000,
+    );
+    let err = fails.load().await.unwrap_err();
+    assert!(
+        err.contains("exit status: 3") && err.contains("no key"),
+        "{err}"
+    );
+
+    let started = std::time::Instant::now();
+    let slow = command(&["/bin/sleep", "10"], CommandFormat::Json, 300);
+    let err = slow.load().await.unwrap_err();
+    assert!(err.contains("did not finish"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let garbage = command(
+        &["/bin/sh", "-c", "echo 'not json at all: hunter2'"],
+        CommandFormat::Json,
+        5000,
+    );
+    let err = garbage.load().await.unwrap_err();
+    assert!(
+        err.contains("not valid JSON") && !err.contains("hunter2"),
+        "{err}"
+    );
+
+    let missing = command(&["/no/such/program"], CommandFormat::Json, 5000);
+    assert!(missing.load().await.unwrap_err().contains("cannot run"));
+
+    // The program's environment: PATH/HOME/LANG and its own `env`, nothing else.
+    let env = command(
+        &[
+            "/bin/sh",
+            "-c",
+            r#"printf '{"names": "%s"}' "$(env | cut -d= -f1 | sort | tr '\n' ' ')""#,
+        ],
+        CommandFormat::Json,
+        5000,
+    );
+    let names = as_map(env.load().await.unwrap())["names"].clone();
+    for name in names.split_whitespace() {
+        assert!(
+            [
+                "PATH", "HOME", "LANG", "EXTRA", "PWD", "SHLVL", "_", "OLDPWD"
+            ]
+            .contains(&name),
+            "leaked variable {name}: {names}"
+        );
+    }
+    assert!(names.contains("EXTRA"));
+}
