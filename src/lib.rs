@@ -8,6 +8,7 @@
 //!
 //! Module map:
 //! * [`protocol`]: wire types, canonical signed bytes, seal/open.
+//! * [`protocol_v1`]: the original locket's wire format (opt-in).
 //! * [`crypto`]: RSA-OAEP key wrapping, AES-256-GCM, fingerprints.
 //! * [`keys`]: server, client and reply keys and their file/text forms.
 //! * [`secret`]: zeroizing, redacted secret values.
@@ -26,6 +27,7 @@ pub mod crypto;
 pub mod fsutil;
 pub mod keys;
 pub mod protocol;
+pub mod protocol_v1;
 pub mod registry;
 pub mod sd_notify;
 pub mod secret;

@@ -82,6 +82,11 @@ impl Client {
         self.networks.iter().any(|net| net.contains(&ip))
     }
 
+    /// Whether the client's grant list is empty.
+    pub fn grants_nothing(&self) -> bool {
+        self.exact.is_empty() && self.patterns.is_empty()
+    }
+
     /// Whether the client may read the secret `name`.
     pub fn may_read(&self, name: &str) -> bool {
         self.exact.iter().any(|e| e == name) || self.patterns.iter().any(|p| p.matches(name))
@@ -188,6 +193,16 @@ impl Registry {
     /// The client called `name`, if registered.
     pub fn get(&self, name: &str) -> Option<&Client> {
         self.clients.get(name)
+    }
+
+    /// Every client (for the v1 protocol, whose requests do not name theirs).
+    pub fn iter(&self) -> impl Iterator<Item = &Client> {
+        self.clients.values()
+    }
+
+    /// Whether any client may call from `ip`.
+    pub fn any_allows_ip(&self, ip: IpAddr) -> bool {
+        self.clients.values().any(|c| c.allows_ip(ip))
     }
 
     /// Number of registered clients.

@@ -50,6 +50,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Turn the original locket's registry YAML ([{name, keypub}]) into [clients.<name>] tables; prints TOML.
+    ImportRegistry {
+        /// The original registry file.
+        #[arg(value_name = "FILE.yml")]
+        file: PathBuf,
+        /// Networks to give every imported client (the original allowed one global CIDR).
+        #[arg(long = "network", value_name = "CIDR", default_value = "10.0.0.0/24")]
+        networks: Vec<String>,
+    },
     /// Print the server key fingerprint (creating the key file if absent).
     Fingerprint {
         #[arg(long, value_name = "FILE")]
@@ -100,6 +109,7 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(&config).await,
             Command::Check { config } => check(&config).await,
             Command::Fingerprint { config } => fingerprint(&config),
+            Command::ImportRegistry { file, networks } => import_registry(&file, &networks),
         }
     });
     match result {
@@ -178,6 +188,16 @@ async fn serve(path: &Path) -> Result<(), Failure> {
     }
     let loaded = secrets.is_some();
     let mut state = State::new(key, registry, secrets, &config);
+    if config.v1.enable {
+        if let Some(path) = &config.v1.key_file {
+            let (v1_key, created) = ServerKey::load_or_create(path, 2048).map_err(config_error)?;
+            if created {
+                tracing::info!(path = %path.display(), "created the v1 compat key (2048 bits)");
+            }
+            state = state.with_v1_key(v1_key);
+        }
+        tracing::warn!(path = %config.v1.path, "the original locket protocol (v1) is enabled: it decrypts before it authenticates; turn it off once Go clients have moved to v2");
+    }
     if let Some(acceptor) = tls {
         state = state.with_tls(acceptor);
     }
@@ -293,5 +313,74 @@ fn fingerprint(path: &Path) -> Result<(), Failure> {
     let config = ServerConfig::load(path).map_err(config_error)?;
     let key = load_key(&config)?;
     println!("{}", key.fingerprint());
+    Ok(())
+}
+
+/// The original registry: a YAML list of `{name, keypub}`.
+fn import_registry(path: &Path, networks: &[String]) -> Result<(), Failure> {
+    use yaml_rust2::YamlLoader;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))?;
+    let docs = YamlLoader::load_from_str(&text)
+        .map_err(|e| config_error(format!("{} is not YAML: {e}", path.display())))?;
+    let entries = docs.first().and_then(|d| d.as_vec()).ok_or_else(|| {
+        config_error(format!(
+            "{} must hold a list of {{name, keypub}} entries",
+            path.display()
+        ))
+    })?;
+    let mut clients = toml::Table::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let field = |k: &str| entry[k].as_str().map(str::to_owned);
+        let (Some(name), Some(keypub)) = (field("name"), field("keypub")) else {
+            return Err(config_error(format!("entry {i} lacks `name` or `keypub`")));
+        };
+        // The original lower-cased service names.
+        let name = name.to_lowercase();
+        if !locket::protocol::valid_client_name(&name) {
+            return Err(config_error(format!(
+                "entry {i}: name {name:?} is not a valid client name (A-Za-z0-9._-)"
+            )));
+        }
+        let key = locket::keys::parse_public_key(&keypub)
+            .map_err(|e| config_error(format!("entry {i} ({name}): {e}")))?;
+        let mut table = toml::Table::new();
+        table.insert(
+            "keys".into(),
+            toml::Value::Array(vec![locket::keys::public_line(&key).into()]),
+        );
+        table.insert(
+            "networks".into(),
+            toml::Value::Array(networks.iter().cloned().map(Into::into).collect()),
+        );
+        table.insert(
+            "secrets".into(),
+            toml::Value::Array(vec![format!("{name}/*").into()]),
+        );
+        if clients
+            .insert(name.clone(), toml::Value::Table(table))
+            .is_some()
+        {
+            return Err(config_error(format!(
+                "entry {i}: client {name:?} appears twice"
+            )));
+        }
+    }
+    let mut root = toml::Table::new();
+    root.insert("clients".into(), toml::Value::Table(clients));
+    println!(
+        "# Imported from {} by `locket import-registry`.",
+        path.display()
+    );
+    println!(
+        "# Review before use: `networks` is the same for every client here; narrow it per client."
+    );
+    println!(
+        "# `secrets` grants each client its own service's secrets under [v1] lookup = \"per-client\""
+    );
+    println!(
+        "# (names \"<client>/<NAME>\", e.g. one 1Password item per service); list names for lookup = \"plain\"."
+    );
+    print!("{}", toml::to_string(&root).map_err(runtime_error)?);
     Ok(())
 }

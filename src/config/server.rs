@@ -65,6 +65,44 @@ pub struct ServerConfig {
     pub clients: BTreeMap<String, ClientConfig>,
     /// Serve HTTPS instead of plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// The original locket's protocol, for existing Go clients (off by default).
+    pub v1: V1Config,
+}
+
+/// `[v1]`: serve the original wire protocol on `path`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct V1Config {
+    pub enable: bool,
+    /// URL path of the v1 endpoint (the original served `/`).
+    pub path: String,
+    /// How a v1 name maps to a locket secret name.
+    pub lookup: V1Lookup,
+    /// A separate RSA key for v1 (created if missing, `key_bits` 2048); by
+    /// default v1 uses the server's main key.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for V1Config {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            path: "/".into(),
+            lookup: V1Lookup::Plain,
+            key_file: None,
+        }
+    }
+}
+
+/// v1 name lookup rules.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum V1Lookup {
+    /// The name as asked.
+    Plain,
+    /// `<client name, lower-cased>/<name>`: the original's per-service
+    /// secrets (e.g. one 1Password item per service).
+    PerClient,
 }
 
 /// `[tls]`: certificate chain and private key, PEM.
@@ -91,6 +129,7 @@ impl Default for ServerConfig {
             sources: Vec::new(),
             clients: BTreeMap::new(),
             tls: None,
+            v1: V1Config::default(),
         }
     }
 }
@@ -117,6 +156,9 @@ impl ServerConfig {
         super::resolve(&base, &mut cfg.key_file);
         for s in &mut cfg.sources {
             s.resolve_paths(&base);
+        }
+        if let Some(k) = cfg.v1.key_file.as_mut() {
+            super::resolve(&base, k);
         }
         if let Some(tls) = cfg.tls.as_mut() {
             super::resolve(&base, &mut tls.cert_file);
@@ -156,6 +198,17 @@ impl ServerConfig {
                 humantime::format_duration(age),
                 humantime::format_duration(self.refresh_interval)
             ));
+        }
+        if self.v1.enable {
+            let p = &self.v1.path;
+            if !p.starts_with('/')
+                || p.starts_with("/v1/")
+                || ["/healthz", "/readyz", "/metrics"].contains(&p.as_str())
+            {
+                return invalid(format!(
+                    "v1.path {p:?} must start with / and not clash with /v1/*, /healthz, /readyz or /metrics"
+                ));
+            }
         }
         if self.sources.is_empty() {
             return invalid("no [[sources]]: add at least one, e.g. [[sources]] type = \"dotenv\" path = \"secrets.env\"".into());

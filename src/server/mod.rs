@@ -12,6 +12,7 @@ pub mod refresh;
 pub mod replay;
 mod routes;
 pub mod tls;
+mod v1;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -76,6 +77,8 @@ pub struct State {
     dummy_key: VerifyingKey,
     /// When set, connections are TLS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// A separate key for the v1 protocol (`[v1] key_file`); else `key`.
+    pub v1_key: Option<ServerKey>,
 }
 
 impl State {
@@ -106,7 +109,14 @@ impl State {
             max_request_bytes: config.max_request_bytes,
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
             tls: None,
+            v1_key: None,
         }
+    }
+
+    /// Uses a separate key for the v1 protocol.
+    pub fn with_v1_key(mut self, key: ServerKey) -> Self {
+        self.v1_key = Some(key);
+        self
     }
 
     /// Serves TLS with `acceptor`.

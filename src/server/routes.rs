@@ -80,7 +80,23 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = I
             );
             r
         });
-    key.or(secrets)
+    let v1 = {
+        let cfg = &state.runtime.load().config.v1;
+        let (enabled, path) = (cfg.enable, cfg.path.clone());
+        warp::any()
+            .and_then(move || async move {
+                if enabled {
+                    Ok(())
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            })
+            .untuple_one()
+            .and(super::v1::routes(Arc::clone(&state), path))
+    };
+    v1.or(key)
+        .unify()
+        .or(secrets)
         .unify()
         .or(health)
         .unify()

@@ -1,0 +1,106 @@
+//! The original locket's wire format (v1), spoken only when `[v1] enable =
+//! true`, so that existing Go clients can move over unchanged. Everything
+//! here follows `../shared/reference/original-locket.md` (summarised in
+//! `docs/protocol.md`, "Protocol v1").
+//!
+//! * RSA public keys travel as PEM with block type `RSA PUBLIC KEY` whose
+//!   bytes are PKIX SubjectPublicKeyInfo DER (not PKCS#1).
+//! * `payload`: base64 of RSA-OAEP-SHA256 (empty label) of the secret name
+//!   to the server key; the answer is the value sealed the same way to the
+//!   client's key: one RSA block, so at most `k - 66` bytes (190 for 2048).
+//! * `signature`: ed25519 over `name \n client_pubkey \n timestamp \n nonce`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use rsa::traits::PublicKeyParts;
+use rsa::{Oaep, PrivateKey, PublicKey};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::keys::{MAX_RSA_BITS, MIN_RSA_BITS};
+use crate::secret::SecretBytes;
+
+/// Largest v1 request body.
+pub const MAX_BODY: u64 = 1024 * 1024;
+
+/// The JSON body of a v1 `POST`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Request {
+    pub payload: String,
+    pub signature: String,
+    pub client_pubkey: String,
+    pub timestamp: i64,
+    pub nonce: String,
+}
+
+/// The JSON body of a v1 answer.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Answer {
+    pub payload: String,
+}
+
+/// PEM `RSA PUBLIC KEY` around SPKI DER, as the original writes it.
+pub fn public_key_pem(key: &PublicKey) -> String {
+    let der = key.to_public_key_der().expect("an RSA public key encodes");
+    let b64 = B64.encode(der.as_bytes());
+    let mut out = String::from("-----BEGIN RSA PUBLIC KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str("-----END RSA PUBLIC KEY-----\n");
+    out
+}
+
+/// Parses a client's RSA public key in the original's form (or a plain
+/// SPKI `PUBLIC KEY`), 2048 to 8192 bits.
+pub fn parse_public_key_pem(pem: &str) -> Result<PublicKey, String> {
+    let body = ["RSA PUBLIC KEY", "PUBLIC KEY"]
+        .iter()
+        .find_map(|label| {
+            let begin = format!("-----BEGIN {label}-----");
+            let end = format!("-----END {label}-----");
+            let start = pem.find(&begin)? + begin.len();
+            let stop = start + pem[start..].find(&end)?;
+            Some(pem[start..stop].split_whitespace().collect::<String>())
+        })
+        .ok_or("client_pubkey is not a PEM public key")?;
+    let der = B64
+        .decode(body)
+        .map_err(|_| "client_pubkey PEM is not base64")?;
+    let key =
+        PublicKey::from_public_key_der(&der).map_err(|_| "client_pubkey is not an RSA SPKI key")?;
+    let bits = key.size() * 8;
+    if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+        return Err(format!("client_pubkey has {bits} bits"));
+    }
+    Ok(key)
+}
+
+/// The string the client signs.
+pub fn signed_string(name: &str, client_pubkey: &str, timestamp: i64, nonce: &str) -> String {
+    format!("{name}\n{client_pubkey}\n{timestamp}\n{nonce}")
+}
+
+/// Most plaintext bytes one OAEP-SHA256 block to `key` can carry.
+pub fn max_plaintext(key: &PublicKey) -> usize {
+    key.size().saturating_sub(2 * 32 + 2)
+}
+
+/// Decrypts a payload (the secret name) with the server key.
+pub fn open_payload(key: &PrivateKey, payload_b64: &str) -> Result<SecretBytes, String> {
+    let ct = B64
+        .decode(payload_b64)
+        .map_err(|_| "payload is not base64")?;
+    key.decrypt(Oaep::<Sha256>::new(), &ct)
+        .map(SecretBytes::new)
+        .map_err(|_| "payload does not decrypt with the server key".into())
+}
+
+/// Encrypts a value to the client's key.
+pub fn seal_value(key: &PublicKey, value: &[u8]) -> Result<String, String> {
+    key.encrypt(&mut getrandom::SysRng, Oaep::<Sha256>::new(), value)
+        .map(|ct| B64.encode(ct))
+        .map_err(|e| format!("RSA-OAEP to the client key failed: {e}"))
+}

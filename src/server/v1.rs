@@ -1,0 +1,329 @@
+//! The v1 endpoint: the original locket's protocol, for existing Go clients.
+//!
+//! Checks run in the original's order (see docs/protocol.md, "Protocol v1"):
+//! source IP, size, JSON, payload decryption, nonce present, clock,
+//! signature (tried against every registered key: a v1 request does not say
+//! who sent it), then that client's own networks, replay, and its grants.
+//! Unlike v2, this decrypts before it authenticates, as the original did;
+//! the first check (the address must be inside some client's networks) is
+//! what keeps strangers from the RSA key. Keep it off unless Go clients
+//! still need it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use warp::Filter;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use super::replay::Seen;
+use super::{Peer, State, unix_now};
+use crate::config::server::V1Lookup;
+use crate::keys::ServerKey;
+use crate::protocol_v1;
+
+fn text(status: StatusCode, body: &str) -> Response {
+    let mut r = Response::new(format!("{body}\n").into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The v1 routes on `path`: GET (key), OPTIONS, POST; other methods 405.
+pub fn routes(
+    state: Arc<State>,
+    path: String,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let path = Arc::new(path);
+    let on_path = warp::path::full()
+        .and_then(move |full: warp::path::FullPath| {
+            let path = Arc::clone(&path);
+            async move {
+                if full.as_str() == path.as_str() {
+                    Ok(())
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            }
+        })
+        .untuple_one();
+    let with_state = warp::any().map(move || Arc::clone(&state));
+    let get = warp::get()
+        .and(with_state.clone())
+        .map(|state: Arc<State>| {
+            let key = v1_key(&state);
+            let mut r = text(
+                StatusCode::OK,
+                protocol_v1::public_key_pem(&key.private().to_public_key()).trim_end(),
+            );
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/plain"));
+            r
+        });
+    let options = warp::options().map(|| {
+        let mut r = Response::new("".into());
+        r.headers_mut()
+            .insert("allow", HeaderValue::from_static("GET, POST"));
+        r
+    });
+    let post = warp::post()
+        .and(with_state)
+        .and(warp::ext::get::<Peer>())
+        .and(warp::body::content_length_limit(protocol_v1::MAX_BODY))
+        .and(warp::body::bytes())
+        .then(handle);
+    // Only methods the endpoint does not serve: a rejected POST (413) must
+    // keep its own answer.
+    let other = warp::method().and_then(|m: warp::http::Method| async move {
+        use warp::http::Method;
+        if [Method::GET, Method::POST, Method::OPTIONS, Method::HEAD].contains(&m) {
+            Err(warp::reject::not_found())
+        } else {
+            Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+        }
+    });
+    on_path.and(get.or(options).unify().or(post).unify().or(other).unify())
+}
+
+fn v1_key(state: &State) -> &ServerKey {
+    state.v1_key.as_ref().unwrap_or(&state.key)
+}
+
+enum V1Outcome {
+    Ok {
+        client: String,
+        name: String,
+        payload: String,
+    },
+    Forbidden {
+        client: Option<String>,
+        reason: String,
+    },
+    BadRequest(String),
+    NotFound {
+        client: String,
+        name: String,
+    },
+    TooLong {
+        client: String,
+        name: String,
+        len: usize,
+        max: usize,
+    },
+    Internal(String),
+}
+
+async fn handle(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
+    let id = crate::crypto::random_bytes::<8>()
+        .map(hex::encode)
+        .unwrap_or_default();
+    let ip = peer.0.ip().to_canonical();
+    let started = std::time::Instant::now();
+    let st = Arc::clone(&state);
+    let outcome = match tokio::task::spawn_blocking(move || process(&st, ip, &body)).await {
+        Ok(o) => o,
+        Err(e) => V1Outcome::Internal(format!("worker failed: {e}")),
+    };
+    let (label, response) = match outcome {
+        V1Outcome::Ok {
+            client,
+            name,
+            payload,
+        } => {
+            tracing::info!(request_id = %id, protocol = "v1", client = %client, ip = %ip, names = ?[&name], outcome = "ok", "answered");
+            let mut r = Response::new(
+                format!(
+                    "{}\n",
+                    serde_json::to_string(&protocol_v1::Answer { payload }).unwrap_or_default()
+                )
+                .into(),
+            );
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            ("ok", r)
+        }
+        V1Outcome::Forbidden { client, reason } => {
+            tracing::warn!(request_id = %id, protocol = "v1", client = client.as_deref().unwrap_or("-"), ip = %ip, reason = %reason, outcome = "denied", "request denied");
+            ("denied", text(StatusCode::FORBIDDEN, "forbidden"))
+        }
+        V1Outcome::BadRequest(reason) => {
+            tracing::warn!(request_id = %id, protocol = "v1", ip = %ip, reason = %reason, outcome = "bad_request", "request rejected");
+            ("bad_request", text(StatusCode::BAD_REQUEST, "bad request"))
+        }
+        V1Outcome::NotFound { client, name } => {
+            tracing::info!(request_id = %id, protocol = "v1", client = %client, ip = %ip, names = ?[&name], outcome = "not_found", "answered");
+            ("not_found", text(StatusCode::NOT_FOUND, "not found"))
+        }
+        V1Outcome::TooLong {
+            client,
+            name,
+            len,
+            max,
+        } => {
+            tracing::error!(
+                request_id = %id, protocol = "v1", client = %client, ip = %ip, name = %name, len, max, outcome = "internal",
+                "the value is {len} bytes, but a v1 answer is one RSA-OAEP block to the client's key ({max} bytes at most); move this client to a v2 client (locket-client) to serve it"
+            );
+            (
+                "internal",
+                text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+            )
+        }
+        V1Outcome::Internal(reason) => {
+            tracing::error!(request_id = %id, protocol = "v1", ip = %ip, reason = %reason, outcome = "internal", "request failed");
+            (
+                "internal",
+                text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+            )
+        }
+    };
+    state
+        .metrics
+        .request(label, started.elapsed().as_secs_f64());
+    response
+}
+
+fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
+    let runtime = state.runtime.load_full();
+    let registry = &runtime.registry;
+    // 1. The address must be one some client may call from.
+    if !registry.any_allows_ip(ip) {
+        return V1Outcome::Forbidden {
+            client: None,
+            reason: format!("source address {ip} is in no client's networks"),
+        };
+    }
+    // 2. JSON (the size limit was applied by the filter: 413).
+    let request: protocol_v1::Request = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return V1Outcome::BadRequest(format!("not the v1 JSON: {e}")),
+    };
+    // 3. Payload and nonce.
+    let name = match protocol_v1::open_payload(v1_key(state).private(), &request.payload) {
+        Ok(plain) => match String::from_utf8(plain.to_vec()) {
+            Ok(n) => n,
+            Err(_) => return V1Outcome::BadRequest("the decrypted name is not UTF-8".into()),
+        },
+        Err(e) => return V1Outcome::BadRequest(e),
+    };
+    if request.nonce.is_empty() {
+        return V1Outcome::BadRequest("empty nonce".into());
+    }
+    // 4. Clock.
+    let now = unix_now();
+    let skew = runtime.limits.clock_skew.as_secs() as i64;
+    if (now - request.timestamp).abs() > skew {
+        return V1Outcome::Forbidden {
+            client: None,
+            reason: format!(
+                "timestamp is {}s from server time (allowed: {skew}s)",
+                request.timestamp - now
+            ),
+        };
+    }
+    // 5. Signature, against every registered key.
+    let Ok(signature) = base64_signature(&request.signature) else {
+        return V1Outcome::Forbidden {
+            client: None,
+            reason: "signature is not 64 bytes of base64".into(),
+        };
+    };
+    let signed = protocol_v1::signed_string(
+        &name,
+        &request.client_pubkey,
+        request.timestamp,
+        &request.nonce,
+    );
+    let Some(client) = registry.iter().find(|c| {
+        c.keys
+            .iter()
+            .any(|k| k.verify_strict(signed.as_bytes(), &signature).is_ok())
+    }) else {
+        return V1Outcome::Forbidden {
+            client: None,
+            reason: "signature verifies with no registered key".into(),
+        };
+    };
+    let client_name = client.name.clone();
+    // The client's own networks (stricter than the original's one CIDR).
+    if !client.allows_ip(ip) {
+        return V1Outcome::Forbidden {
+            client: Some(client_name),
+            reason: format!("source address {ip} is not in the client's networks"),
+        };
+    }
+    // 6. Replay.
+    let mut key = [0u8; 16];
+    key.copy_from_slice(
+        &Sha256::digest(format!("locket/v1 nonce\0{}", request.nonce).as_bytes())[..16],
+    );
+    let seen = state
+        .replay
+        .lock()
+        .map(|mut c| c.check_and_insert(key, request.timestamp + skew, now))
+        .unwrap_or(Seen::Full);
+    match seen {
+        Seen::New => {}
+        Seen::Replay => {
+            return V1Outcome::Forbidden {
+                client: Some(client_name),
+                reason: "nonce already used (replay)".into(),
+            };
+        }
+        Seen::Full => return V1Outcome::Internal("replay cache full".into()),
+    }
+    // 7. Grants and lookup.
+    let lookup = match runtime.config.v1.lookup {
+        V1Lookup::Plain => name.clone(),
+        V1Lookup::PerClient => format!("{}/{name}", client_name.to_lowercase()),
+    };
+    if client.grants_nothing() {
+        return V1Outcome::Forbidden {
+            client: Some(client_name),
+            reason: "the client is granted no secrets".into(),
+        };
+    }
+    let snapshot = state.store.snapshot();
+    let value = match snapshot.get(&lookup) {
+        Some(v) if client.may_read(&lookup) => v,
+        _ => {
+            return V1Outcome::NotFound {
+                client: client_name,
+                name: lookup,
+            };
+        }
+    };
+    let client_key = match protocol_v1::parse_public_key_pem(&request.client_pubkey) {
+        Ok(k) => k,
+        Err(e) => return V1Outcome::BadRequest(e),
+    };
+    let max = protocol_v1::max_plaintext(&client_key);
+    if value.len() > max {
+        return V1Outcome::TooLong {
+            client: client_name,
+            name: lookup,
+            len: value.len(),
+            max,
+        };
+    }
+    match protocol_v1::seal_value(&client_key, value.expose().as_bytes()) {
+        Ok(payload) => V1Outcome::Ok {
+            client: client_name,
+            name: lookup,
+            payload,
+        },
+        Err(e) => V1Outcome::Internal(e),
+    }
+}
+
+fn base64_signature(text: &str) -> Result<ed25519_dalek::Signature, ()> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| ())?;
+    ed25519_dalek::Signature::from_slice(&bytes).map_err(|_| ())
+}

@@ -1,0 +1,541 @@
+//! The original locket protocol (v1), driven by a v1 client written here
+//! from ../shared/reference/original-locket.md alone: its own PEM handling,
+//! OAEP and signature code, none of the server's helpers.
+
+mod support;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signer, SigningKey};
+use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use rsa::{Oaep, PrivateKey, PublicKey};
+use sha2::Sha256;
+use support::{ServerProcess, reply_key};
+
+/// The v1 client: an ed25519 signing key and an RSA-2048 key of its own.
+struct V1Client {
+    signing: SigningKey,
+    rsa: PrivateKey,
+    bind: Option<IpAddr>,
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = B64.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+fn unpem(text: &str) -> Vec<u8> {
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    B64.decode(body).unwrap()
+}
+
+impl V1Client {
+    fn new(seed: u8, bind: Option<&str>) -> Self {
+        Self {
+            signing: SigningKey::from_bytes(&[seed; 32]),
+            rsa: reply_key().private().clone(),
+            bind: bind.map(|b| b.parse().unwrap()),
+        }
+    }
+
+    /// The public key as the original registry holds it.
+    fn keypub(&self) -> String {
+        pem(
+            "ED25519 PUBLIC KEY",
+            self.signing.verifying_key().as_bytes(),
+        )
+    }
+
+    fn my_pubkey_pem(&self) -> String {
+        pem(
+            "RSA PUBLIC KEY",
+            self.rsa
+                .to_public_key()
+                .to_public_key_der()
+                .unwrap()
+                .as_bytes(),
+        )
+    }
+
+    fn http(&self) -> reqwest::Client {
+        locket::client::install_crypto_provider();
+        let mut b = reqwest::Client::builder();
+        if let Some(ip) = self.bind {
+            b = b.local_address(ip);
+        }
+        b.build().unwrap()
+    }
+
+    async fn server_key(&self, url: &str) -> PublicKey {
+        let text = self
+            .http()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.starts_with("-----BEGIN RSA PUBLIC KEY-----"), "{text}");
+        PublicKey::from_public_key_der(&unpem(&text))
+            .expect("SPKI DER inside an RSA PUBLIC KEY block")
+    }
+
+    /// Builds the JSON body for `name`; `bend` may change fields afterwards.
+    async fn body(&self, url: &str, name: &str, timestamp: i64) -> serde_json::Value {
+        let server = self.server_key(url).await;
+        let payload = server
+            .encrypt(
+                &mut getrandom::SysRng,
+                Oaep::<Sha256>::new(),
+                name.as_bytes(),
+            )
+            .unwrap();
+        let nonce = B64.encode(locket::crypto::random_bytes::<16>().unwrap());
+        let client_pubkey = self.my_pubkey_pem();
+        let message = format!("{name}\n{client_pubkey}\n{timestamp}\n{nonce}");
+        let signature = self.signing.sign(message.as_bytes());
+        serde_json::json!({
+            "payload": B64.encode(payload),
+            "signature": B64.encode(signature.to_bytes()),
+            "client_pubkey": client_pubkey,
+            "timestamp": timestamp,
+            "nonce": nonce,
+        })
+    }
+
+    async fn post(&self, url: &str, body: Vec<u8>) -> (u16, String, String) {
+        let r = self
+            .http()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let ctype = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, ctype, r.text().await.unwrap())
+    }
+
+    fn open(&self, answer: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(answer).unwrap();
+        let ct = B64.decode(v["payload"].as_str().unwrap()).unwrap();
+        String::from_utf8(self.rsa.decrypt(Oaep::<Sha256>::new(), &ct).unwrap()).unwrap()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+const SYMBOLS: &str = r"\|!@#$%^&*()_+[]{};:,<.>/?`~===";
+
+fn setup(dir: &Path, extra: &str, svc1: &V1Client, svc2: &V1Client) -> std::path::PathBuf {
+    let key_path = dir.join("server-key.pem");
+    support::server_key().write_new(&key_path).unwrap();
+    std::fs::write(
+        dir.join("secrets.env"),
+        format!("SERVICE1_VAR=one\nSHARED_VAR=shared\nSERVICE2_SYMBOLS='{SYMBOLS}'\nBIG=\"{}\"\nOTHER=other\n", "x".repeat(300)),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("per-client.json"),
+        r#"{"svc1": {"TOKEN": "per-client-token"}}"#,
+    )
+    .unwrap();
+    let text = format!(
+        r#"listen = "127.0.0.1:0"
+key_file = "server-key.pem"
+
+[[sources]]
+type = "dotenv"
+path = "secrets.env"
+
+[[sources]]
+type = "file"
+path = "per-client.json"
+
+[clients.svc1]
+keys = [{k1:?}]
+networks = ["127.0.0.1/32"]
+secrets = ["SERVICE1_VAR", "SHARED_VAR", "BIG", "svc1/*"]
+
+[clients.svc2]
+keys = [{k2:?}]
+networks = ["127.0.0.2/32"]
+secrets = ["SERVICE2_*", "SHARED_VAR"]
+
+[clients.nothing]
+keys = [{k3:?}]
+networks = ["127.0.0.1/32"]
+secrets = []
+
+[v1]
+enable = true
+{extra}
+"#,
+        k1 = svc1.keypub(),
+        k2 = locket::keys::ClientKey::from_seed(&[62; 32]).public_line(),
+        k3 = locket::keys::ClientKey::from_seed(&[63; 32]).public_line(),
+    );
+    let _ = svc2;
+    let path = dir.join("server.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_row_of_the_original_check_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc1 = V1Client::new(61, None);
+    let svc2 = V1Client::new(62, Some("127.0.0.2"));
+    let config = setup(dir.path(), "", &svc1, &svc2);
+    let server = ServerProcess::start(&config, &[]);
+    let url = format!("http://{}/", server.addr);
+
+    // GET: the persistent server key, as RSA PUBLIC KEY around SPKI DER.
+    let v1_key = svc1.server_key(&url).await;
+    let v2: serde_json::Value = serde_json::from_str(
+        &reqwest::get(format!("http://{}/v1/key", server.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        v1_key,
+        PublicKey::from_public_key_pem(v2["public_key"].as_str().unwrap()).unwrap()
+    );
+
+    // Happy path (and the original's symbol line for svc2, from its own address).
+    let (status, ctype, body) = svc1
+        .post(
+            &url,
+            svc1.body(&url, "SERVICE1_VAR", now())
+                .await
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (status, ctype.as_str()),
+        (200, "application/json"),
+        "{body}"
+    );
+    assert!(body.ends_with("}\n"));
+    assert_eq!(svc1.open(&body), "one");
+    let (status, _, body) = svc2
+        .post(
+            &url,
+            svc2.body(&url, "SERVICE2_SYMBOLS", now())
+                .await
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(svc2.open(&body), SYMBOLS);
+
+    // 1. CIDR: an address in no client's networks.
+    let stranger = V1Client::new(61, Some("127.0.0.3"));
+    let (status, _, body) = stranger
+        .post(
+            &url,
+            svc1.body(&url, "SERVICE1_VAR", now())
+                .await
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!((status, body.as_str()), (403, "forbidden\n"));
+    // ...and a client's own networks apply: svc1's key from svc2's address.
+    let svc1_elsewhere = V1Client::new(61, Some("127.0.0.2"));
+    let (status, _, _) = svc1_elsewhere
+        .post(
+            &url,
+            svc1.body(&url, "SERVICE1_VAR", now())
+                .await
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // 2. Oversize, not JSON.
+    assert_eq!(svc1.post(&url, vec![b'{'; 1024 * 1024 + 10]).await.0, 413);
+    assert_eq!(svc1.post(&url, b"not json".to_vec()).await.0, 400);
+
+    // 3. Bad payload, empty nonce.
+    let mut b = svc1.body(&url, "SERVICE1_VAR", now()).await;
+    b["payload"] = serde_json::json!(B64.encode([7u8; 256]));
+    assert_eq!(svc1.post(&url, b.to_string().into_bytes()).await.0, 400);
+    let mut b = svc1.body(&url, "SERVICE1_VAR", now()).await;
+    b["nonce"] = serde_json::json!("");
+    assert_eq!(svc1.post(&url, b.to_string().into_bytes()).await.0, 400);
+
+    // 4. Clock skew both ways (correctly signed).
+    for skew in [-60, 60] {
+        let b = svc1.body(&url, "SERVICE1_VAR", now() + skew).await;
+        assert_eq!(
+            svc1.post(&url, b.to_string().into_bytes()).await.0,
+            403,
+            "skew {skew}"
+        );
+    }
+
+    // 5. Substituted client key: the signature covered another key.
+    let mut b = svc1.body(&url, "SERVICE1_VAR", now()).await;
+    let other = V1Client {
+        rsa: PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap(),
+        ..V1Client::new(61, None)
+    };
+    b["client_pubkey"] = serde_json::json!(other.my_pubkey_pem());
+    assert_eq!(svc1.post(&url, b.to_string().into_bytes()).await.0, 403);
+
+    // 6. Replay.
+    let b = svc1
+        .body(&url, "SHARED_VAR", now())
+        .await
+        .to_string()
+        .into_bytes();
+    assert_eq!(svc1.post(&url, b.clone()).await.0, 200);
+    assert_eq!(svc1.post(&url, b).await.0, 403);
+
+    // 7. Unknown service (unregistered key), a service with no secrets, unknown names.
+    let unknown = V1Client::new(99, None);
+    assert_eq!(
+        unknown
+            .post(
+                &url,
+                unknown
+                    .body(&url, "SHARED_VAR", now())
+                    .await
+                    .to_string()
+                    .into_bytes()
+            )
+            .await
+            .0,
+        403
+    );
+    let nothing = V1Client::new(63, None);
+    assert_eq!(
+        nothing
+            .post(
+                &url,
+                nothing
+                    .body(&url, "SHARED_VAR", now())
+                    .await
+                    .to_string()
+                    .into_bytes()
+            )
+            .await
+            .0,
+        403
+    );
+    for name in ["NO_SUCH_NAME", "OTHER"] {
+        let (status, _, body) = svc1
+            .post(
+                &url,
+                svc1.body(&url, name, now()).await.to_string().into_bytes(),
+            )
+            .await;
+        assert_eq!((status, body.as_str()), (404, "not found\n"), "{name}");
+    }
+
+    // 8. A value over what one RSA-2048 OAEP block carries: 500, explained in the log.
+    assert_eq!(
+        svc1.post(
+            &url,
+            svc1.body(&url, "BIG", now()).await.to_string().into_bytes()
+        )
+        .await
+        .0,
+        500
+    );
+
+    // OPTIONS and other methods.
+    let http = svc1.http();
+    let r = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["allow"], "GET, POST");
+    for m in [
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+    ] {
+        assert_eq!(
+            http.request(m.clone(), &url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            405,
+            "{m}"
+        );
+    }
+
+    // v2 clients are served by the same server at the same time.
+    let mut cfg = locket::config::client::ClientConfig::single(
+        format!("http://{}", server.addr),
+        "svc2",
+        "unused",
+    );
+    cfg.bind = Some("127.0.0.2".parse().unwrap());
+    let v2client = locket::client::Client::with_reply_key(
+        &cfg,
+        locket::keys::ClientKey::from_seed(&[62; 32]),
+        reply_key(),
+    )
+    .unwrap();
+    let names = ["SERVICE2_SYMBOLS".to_string()];
+    let v1_body = svc1
+        .body(&url, "SHARED_VAR", now())
+        .await
+        .to_string()
+        .into_bytes();
+    let (a, b) = tokio::join!(v2client.fetch(&names), svc1.post(&url, v1_body));
+    assert_eq!(a.unwrap()[0].1.expose(), SYMBOLS);
+    assert_eq!(b.0, 200);
+
+    let log = server.stop();
+    assert!(log.contains("a v1 answer is one RSA-OAEP block"), "{log}");
+    for reason in [
+        "is in no client's networks",
+        "signature verifies with no registered key",
+        "nonce already used",
+        "granted no secrets",
+        "is not in the client's networks",
+    ] {
+        assert!(log.contains(reason), "log lacks {reason:?}");
+    }
+    for value in ["per-client-token", "xxxxxxxxxx", "shared\""] {
+        assert!(!log.contains(value), "log leaks {value}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_client_lookup_custom_path_and_separate_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc1 = V1Client::new(61, None);
+    let svc2 = V1Client::new(62, None);
+    let config = setup(
+        dir.path(),
+        "path = \"/locket\"\nlookup = \"per-client\"\nkey_file = \"v1-key.pem\"",
+        &svc1,
+        &svc2,
+    );
+    let server = ServerProcess::start(&config, &[]);
+    let url = format!("http://{}/locket", server.addr);
+    let (status, _, body) = svc1
+        .post(
+            &url,
+            svc1.body(&url, "TOKEN", now())
+                .await
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(svc1.open(&body), "per-client-token");
+    // A separate 2048-bit compat key, created with mode 0600.
+    let v1_key = svc1.server_key(&url).await;
+    assert_eq!(rsa::traits::PublicKeyParts::size(&v1_key), 256);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("v1-key.pem"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // The root path is not v1 here.
+    assert_eq!(
+        reqwest::get(format!("http://{}/", server.addr))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    server.stop();
+}
+
+#[test]
+fn import_registry_turns_the_original_yaml_into_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = V1Client::new(71, None);
+    let b = V1Client::new(72, None);
+    let indent = |s: String| {
+        s.lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let yaml = format!(
+        "- name: Service1\n  keypub: |\n{}\n- name: service2\n  keypub: |\n{}\n",
+        indent(a.keypub()),
+        indent(b.keypub())
+    );
+    std::fs::write(dir.path().join("registry.yml"), yaml).unwrap();
+    let (code, out, err) = support::run_server_cmd(
+        &[
+            "import-registry",
+            "registry.yml",
+            "--network",
+            "10.1.0.0/16",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let parsed: toml::Table = toml::from_str(&out).unwrap();
+    let clients = parsed["clients"].as_table().unwrap();
+    assert_eq!(clients.len(), 2);
+    let s1 = clients["service1"].as_table().unwrap();
+    let line = s1["keys"][0].as_str().unwrap();
+    assert_eq!(
+        locket::keys::parse_public_key(line).unwrap(),
+        a.signing.verifying_key()
+    );
+    assert_eq!(s1["networks"][0].as_str(), Some("10.1.0.0/16"));
+    assert_eq!(s1["secrets"][0].as_str(), Some("service1/*"));
+    // The output drops into a config that `locket check` accepts.
+    std::fs::write(dir.path().join("s.json"), r#"{"service1": {"X": "1"}}"#).unwrap();
+    std::fs::write(
+        dir.path().join("server.toml"),
+        format!("[[sources]]\ntype = \"file\"\npath = \"s.json\"\n\n{out}"),
+    )
+    .unwrap();
+    let (code, out, err) =
+        support::run_server_cmd(&["check", "--config", "server.toml"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("clients: 2"), "{out}");
+    // Broken input: a clear error.
+    std::fs::write(dir.path().join("bad.yml"), "- name: x\n").unwrap();
+    let (code, _, err) = support::run_server_cmd(&["import-registry", "bad.yml"], dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("keypub"), "{err}");
+}
