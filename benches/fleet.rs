@@ -1,0 +1,503 @@
+//! The fleet-restart benchmark: `cargo bench --bench fleet`.
+//!
+//! Starts the real `locket` server as its own process on loopback with
+//! 10,000 secrets and 1,000 registered clients, drives it with C concurrent
+//! library clients, and reads the server's CPU time and peak RSS from
+//! /proc. Beside it, it measures the crypto floor (the cryptography the
+//! server cannot avoid per request) in this process, so the table shows
+//! server CPU per request divided by that floor. It runs at the default key
+//! size (3072) and at 2048, prints a table and writes JSON to
+//! `target/bench-fleet.json` (or $LOCKET_BENCH_JSON).
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it only checks
+//! that it can set up, so CI does not spend minutes here.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use locket::client::Client;
+use locket::config::client::ClientConfig;
+use locket::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};
+use locket::protocol::{self, Header, Request, RequestBody};
+use locket::secret::SecretValue;
+
+const SECRETS: usize = 10_000;
+const CLIENTS: usize = 1_000;
+const PER_CLIENT: usize = 10;
+
+fn seed(i: usize) -> [u8; 32] {
+    let mut s = [7u8; 32];
+    s[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    s
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (fields[11].parse().unwrap(), fields[12].parse().unwrap());
+    (utime + stime) / ticks_per_second()
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Writes the server's files: key, 10,000 secrets, 1,000 clients.
+fn setup(dir: &Path, bits: usize) -> ServerKey {
+    let key = ServerKey::generate(bits).unwrap();
+    key.write_new(&dir.join("server-key.pem")).unwrap();
+    let mut env = String::new();
+    for i in 0..SECRETS {
+        writeln!(env, "S{i:05}=\"value-{i:05}-{}\"", "x".repeat(40)).unwrap();
+    }
+    std::fs::write(dir.join("secrets.env"), env).unwrap();
+    let mut toml = String::from(
+        "listen = \"127.0.0.1:0\"\nkey_file = \"server-key.pem\"\nreplay_cache_size = 1000000\nrefresh_interval = \"0s\"\n\n[[sources]]\ntype = \"dotenv\"\npath = \"secrets.env\"\n",
+    );
+    for c in 0..CLIENTS {
+        let names: Vec<String> = (0..PER_CLIENT)
+            .map(|j| format!("\"S{:05}\"", c * PER_CLIENT + j))
+            .collect();
+        writeln!(
+            toml,
+            "\n[clients.c{c}]\nkeys = [\"{}\"]\nnetworks = [\"127.0.0.0/8\"]\nsecrets = [{}]",
+            ClientKey::from_seed(&seed(c)).public_line(),
+            names.join(", ")
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("server.toml"), toml).unwrap();
+    key
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    startup: Duration,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Self {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_locket"))
+            .args(["--log-level", "warn", "serve", "--config"])
+            .arg(dir.join("server.toml"))
+            .env("LOCKET_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The listening line is at info; read the port from /proc instead.
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+        let pid = child.id();
+        let addr = loop {
+            if let Some(port) = listening_port(pid) {
+                break format!("127.0.0.1:{port}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        // Ready = answering /readyz with 200.
+        loop {
+            if http_status(&addr, "/readyz") == Some(200) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Self {
+            child,
+            addr,
+            startup: started.elapsed(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_port(pid: u32) -> Option<u16> {
+    // Sockets of the process, matched against listening TCP sockets.
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    tcp.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(3) == Some(&"0A") && inodes.iter().any(|i| Some(&i.as_str()) == f.get(9)))
+            .then(|| u16::from_str_radix(f[1].split(':').nth(1)?, 16).ok())
+            .flatten()
+    })
+}
+
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Per-request cryptography the server cannot avoid, timed on one thread.
+fn crypto_floor(server: &ServerKey, reply: &ReplyKey, names: usize) -> Duration {
+    let public = ServerPublicKey::from_pem(server.public_pem()).unwrap();
+    let client = ClientKey::from_seed(&seed(0));
+    let header = Header {
+        client: "c0".into(),
+        server_fingerprint: server.fingerprint().into(),
+        timestamp: 1,
+        nonce: [1; 16],
+    };
+    let body = RequestBody {
+        names: (0..names).map(|i| format!("S{i:05}")).collect(),
+        reply_key: reply.spki_der().to_vec(),
+    };
+    let request = Request::seal(header.clone(), &body, &public, &client).unwrap();
+    let verifying = client.verifying_key();
+    let values: Vec<(String, SecretValue)> = (0..names)
+        .map(|i| {
+            (
+                format!("S{i:05}"),
+                SecretValue::from(format!("value-{i:05}-{}", "x".repeat(40))),
+            )
+        })
+        .collect();
+    let reply_public = rsa::pkcs8::DecodePublicKey::from_public_key_der(reply.spki_der()).unwrap();
+    let rounds = 40;
+    let start = thread_cpu();
+    for _ in 0..rounds {
+        assert!(request.verify(&verifying));
+        let opened = request.open(server).unwrap(); // RSA private op + AEAD open
+        let refs: Vec<(&str, &SecretValue)> = values.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let plain = protocol::encode_answer(&refs, &[]);
+        std::hint::black_box(protocol::seal_answer(plain, &reply_public, &header).unwrap()); // RSA public op + AEAD
+        std::hint::black_box(opened);
+    }
+    (thread_cpu() - start) / rounds
+}
+
+#[derive(Clone, Copy)]
+enum Workload {
+    Fleet,
+    Single,
+}
+
+struct Row {
+    bits: usize,
+    workload: &'static str,
+    concurrency: usize,
+    requests: usize,
+    secrets: usize,
+    wall: Duration,
+    server_cpu: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    pid: u32,
+    bits: usize,
+    workload: Workload,
+    c: usize,
+    reply: &rsa::PrivateKey,
+    fp: &str,
+) -> Row {
+    // About 240 requests per row, so that /proc's 10 ms CPU ticks are a
+    // small error on the server's CPU time.
+    let per_client = (240 / c).max(3);
+    let clients: Vec<Arc<Client>> = (0..c)
+        .map(|i| {
+            let mut cfg = ClientConfig::single(format!("http://{addr}"), format!("c{i}"), "unused");
+            cfg.server_fingerprint = Some(fp.to_owned());
+            cfg.timeout = Duration::from_secs(60);
+            Arc::new(
+                Client::with_reply_key(
+                    &cfg,
+                    ClientKey::from_seed(&seed(i)),
+                    ReplyKey::from_private(reply.clone()).unwrap(),
+                )
+                .unwrap(),
+            )
+        })
+        .collect();
+    // Fetch each server key once before timing (as a process does once).
+    rt.block_on(async {
+        for cl in &clients {
+            cl.server_key().await.unwrap();
+        }
+    });
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let results: Vec<(Vec<Duration>, usize)> = rt.block_on(async {
+        let tasks: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, cl)| {
+                let cl = Arc::clone(cl);
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut secrets = 0;
+                    for r in 0..per_client {
+                        let names = match workload {
+                            Workload::Fleet => Vec::new(),
+                            Workload::Single => {
+                                vec![format!("S{:05}", i * PER_CLIENT + r % PER_CLIENT)]
+                            }
+                        };
+                        let t = Instant::now();
+                        let got = cl.fetch(&names).await.expect("fetch");
+                        lat.push(t.elapsed());
+                        secrets += got.len();
+                    }
+                    (lat, secrets)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let wall = started.elapsed();
+    let server_cpu = cpu_seconds(pid) - cpu_before;
+    let mut lat: Vec<Duration> = results
+        .iter()
+        .flat_map(|(l, _)| l.iter().copied())
+        .collect();
+    lat.sort();
+    Row {
+        bits,
+        workload: match workload {
+            Workload::Fleet => "fleet restart (10/request)",
+            Workload::Single => "single secret",
+        },
+        concurrency: c,
+        requests: lat.len(),
+        secrets: results.iter().map(|(_, s)| s).sum(),
+        wall,
+        server_cpu,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    locket::client::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if !bench {
+        // `cargo test --all-targets`: prove the harness works, quickly.
+        let dir = tempfile::tempdir().unwrap();
+        let key = ServerKey::generate(2048).unwrap();
+        let reply = ReplyKey::generate().unwrap();
+        let floor = crypto_floor(&key, &reply, 1);
+        assert!(floor > Duration::ZERO);
+        println!(
+            "fleet bench: harness ok (run it with `cargo bench --bench fleet`); 1 passed, 0 failed"
+        );
+        drop(dir);
+        return;
+    }
+    let reply_private = ReplyKey::generate().unwrap().private().clone();
+    let reply = ReplyKey::from_private(reply_private.clone()).unwrap();
+    let mut table = String::new();
+    let mut json_rows = Vec::new();
+    let mut summary = Vec::new();
+    for bits in [locket::keys::DEFAULT_SERVER_KEY_BITS, 2048] {
+        let dir = tempfile::tempdir().unwrap();
+        let key = setup(dir.path(), bits);
+        let floor_fleet = crypto_floor(&key, &reply, PER_CLIENT);
+        let floor_single = crypto_floor(&key, &reply, 1);
+        let server = Server::start(dir.path());
+        let pid = server.child.id();
+        for (workload, floor) in [
+            (Workload::Fleet, floor_fleet),
+            (Workload::Single, floor_single),
+        ] {
+            for c in [4, 16, 64] {
+                let row = drive(
+                    &rt,
+                    &server.addr,
+                    pid,
+                    bits,
+                    workload,
+                    c,
+                    &reply_private,
+                    key.fingerprint(),
+                );
+                let cpu_per_req = row.server_cpu / row.requests as f64;
+                let ratio = cpu_per_req / floor.as_secs_f64();
+                writeln!(
+                    table,
+                    "{:>5} | {:<26} | {:>3} | {:>8.0} | {:>8.0} | {:>7.2} | {:>7.2} | {:>8.3} | {:>8.3} | {:>7.3} | {:>5.2}x",
+                    row.bits,
+                    row.workload,
+                    row.concurrency,
+                    row.secrets as f64 / row.wall.as_secs_f64(),
+                    row.requests as f64 / row.wall.as_secs_f64(),
+                    row.p50.as_secs_f64() * 1e3,
+                    row.p99.as_secs_f64() * 1e3,
+                    cpu_per_req * 1e3,
+                    row.server_cpu / row.secrets as f64 * 1e3,
+                    floor.as_secs_f64() * 1e3,
+                    ratio
+                )
+                .unwrap();
+                json_rows.push(serde_json::json!({
+                    "key_bits": row.bits, "workload": row.workload, "concurrency": row.concurrency,
+                    "requests": row.requests, "secrets": row.secrets,
+                    "secrets_per_s": row.secrets as f64 / row.wall.as_secs_f64(),
+                    "requests_per_s": row.requests as f64 / row.wall.as_secs_f64(),
+                    "p50_ms": row.p50.as_secs_f64() * 1e3, "p99_ms": row.p99.as_secs_f64() * 1e3,
+                    "server_cpu_ms_per_request": cpu_per_req * 1e3,
+                    "server_cpu_ms_per_secret": row.server_cpu / row.secrets as f64 * 1e3,
+                    "crypto_floor_ms_per_request": floor.as_secs_f64() * 1e3,
+                    "cpu_over_floor": ratio,
+                }));
+                if matches!(workload, Workload::Fleet) && c == 16 {
+                    summary.push((bits, row.server_cpu / row.secrets as f64));
+                }
+            }
+        }
+        let peak_rss_kib = status_kib(pid, "VmHWM:");
+        writeln!(table, "{bits:>5} | server start-up to ready with {SECRETS} secrets: {:.1} ms (key pre-made); peak RSS {:.1} MiB", server.startup.as_secs_f64() * 1e3, peak_rss_kib as f64 / 1024.0).unwrap();
+        json_rows.push(serde_json::json!({"key_bits": bits, "startup_ms": server.startup.as_secs_f64() * 1e3, "peak_rss_mib": peak_rss_kib as f64 / 1024.0}));
+
+        // Cold `locket-client get`: a whole process, reply-key generation included.
+        let client_dir = dir.path();
+        ClientKey::from_seed(&seed(0))
+            .write_new(&client_dir.join("c0.key"))
+            .unwrap();
+        let mut cold = Vec::new();
+        for _ in 0..8 {
+            let t = Instant::now();
+            let out = Command::new(env!("CARGO_BIN_EXE_locket-client"))
+                .args([
+                    "--server",
+                    &format!("http://{}", server.addr),
+                    "--name",
+                    "c0",
+                    "--key",
+                ])
+                .arg(client_dir.join("c0.key"))
+                .args(["--server-fingerprint", key.fingerprint(), "get", "S00000"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            cold.push(t.elapsed());
+        }
+        cold.sort();
+        let mut keygen = Vec::new();
+        for _ in 0..8 {
+            let t = Instant::now();
+            std::hint::black_box(ReplyKey::generate().unwrap());
+            keygen.push(t.elapsed());
+        }
+        keygen.sort();
+        let one = drive(
+            &rt,
+            &server.addr,
+            pid,
+            bits,
+            Workload::Single,
+            1,
+            &reply_private,
+            key.fingerprint(),
+        );
+        let budget = percentile(&keygen, 0.5) + one.p50;
+        writeln!(
+            table,
+            "{bits:>5} | cold `locket-client get`: median {:.1} ms; reply-key generation {:.1} ms + one request {:.1} ms = {:.1} ms; ratio {:.2}x",
+            percentile(&cold, 0.5).as_secs_f64() * 1e3,
+            percentile(&keygen, 0.5).as_secs_f64() * 1e3,
+            one.p50.as_secs_f64() * 1e3,
+            budget.as_secs_f64() * 1e3,
+            percentile(&cold, 0.5).as_secs_f64() / budget.as_secs_f64()
+        )
+        .unwrap();
+        json_rows.push(serde_json::json!({"key_bits": bits, "cold_get_ms": percentile(&cold, 0.5).as_secs_f64() * 1e3,
+            "reply_keygen_ms": percentile(&keygen, 0.5).as_secs_f64() * 1e3, "one_request_ms": one.p50.as_secs_f64() * 1e3}));
+    }
+    println!(
+        "bits  | workload                   |   C | secrets/s| req/s    | p50 ms  | p99 ms  | CPU ms/req | CPU ms/secret | floor ms | CPU/floor"
+    );
+    print!("{table}");
+    for (bits, per_secret) in &summary {
+        let ours = 1.0 / per_secret;
+        let go_low = 1.0 / 1.5e-3;
+        let go_high = 1.0 / 1.2e-3;
+        println!(
+            "{bits:>5} | fleet restart, C=16: {ours:.0} secrets per server CPU-second; original Go (RSA-2048, 1.2-1.5 ms/secret): {go_low:.0}-{go_high:.0} -> {:.1}x-{:.1}x",
+            ours / go_high,
+            ours / go_low
+        );
+    }
+    let path = std::env::var("LOCKET_BENCH_JSON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-fleet.json").into());
+    std::fs::write(&path, serde_json::to_string_pretty(&json_rows).unwrap()).unwrap();
+    println!("JSON: {path}");
+}
