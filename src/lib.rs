@@ -19,12 +19,14 @@
 //! * [`server`]: HTTP routes, the request pipeline, the replay cache.
 //! * [`client`]: fetching secrets and handing them to programs.
 //! * [`fsutil`]: creating private files safely.
+//! * [`hygiene`]: no core dumps for processes that hold secrets.
 //! * [`sd_notify`]: telling systemd the server is ready.
 
 pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod fsutil;
+pub mod hygiene;
 pub mod keys;
 pub mod protocol;
 pub mod protocol_v1;

@@ -464,3 +464,20 @@ fn the_readme_server_config_example_is_accepted() {
     assert_eq!(config.refresh_interval, std::time::Duration::from_secs(300));
     assert_eq!(config.clients["demo"].secrets, ["DEMO_*", "SHARED_VAR"]);
 }
+
+#[test]
+fn the_server_turns_off_core_dumps_for_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let core = status
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().filter(|w| *w == "0").count() >= 2,
+        "{core}"
+    );
+    server.stop();
+}

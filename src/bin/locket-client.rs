@@ -211,6 +211,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         ca_file: cli.ca_file,
     };
     let config = ClientConfig::load(cli.config.as_deref(), &flags).map_err(usage)?;
+    if let Some(warning) = locket::hygiene::no_core_dumps() {
+        eprintln!("locket-client: warning: {warning}");
+    }
     if config.server_fingerprint.is_none() {
         eprintln!(
             "locket-client: warning: the server at {} is not pinned; set server_fingerprint (from `locket fingerprint` on the server) so a substituted server is refused",

@@ -146,6 +146,9 @@ fn load_key(config: &ServerConfig) -> Result<ServerKey, Failure> {
 }
 
 async fn serve(path: &Path) -> Result<(), Failure> {
+    if let Some(warning) = locket::hygiene::no_core_dumps() {
+        tracing::warn!("{warning}");
+    }
     let config = ServerConfig::load(path).map_err(config_error)?;
     let registry = config.validate().map_err(config_error)?;
     let key = load_key(&config)?;
