@@ -159,7 +159,10 @@ fn command(argv: &[&str], format: CommandFormat, timeout_ms: u64) -> SourceConfi
         command: argv.iter().map(|s| s.to_string()).collect(),
         format,
         timeout: Duration::from_millis(timeout_ms),
-        env: BTreeMap::from([("EXTRA".to_string(), "given".to_string())]),
+        env: locket::source::CommandEnv(BTreeMap::from([(
+            "EXTRA".to_string(),
+            "given".to_string(),
+        )])),
     }
 }
 

@@ -59,7 +59,7 @@ pub enum SourceConfig {
         /// Extra environment for the program (its environment is otherwise
         /// empty but for PATH, HOME and LANG).
         #[serde(default)]
-        env: BTreeMap<String, String>,
+        env: CommandEnv,
     },
     /// 1Password through the `op` CLI and a service-account token.
     OnepasswordCli {
@@ -79,6 +79,20 @@ pub enum SourceConfig {
         #[serde(default = "ten_seconds", with = "humantime_serde")]
         timeout: Duration,
     },
+}
+
+/// A command source's extra environment. Its values may be credentials, so
+/// `Debug` shows only the names.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct CommandEnv(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for CommandEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, crate::secret::REDACTED)))
+            .finish()
+    }
 }
 
 /// What a `command` source prints.
@@ -178,7 +192,7 @@ impl SourceConfig {
                 format,
                 timeout,
                 env,
-            } => command::load(command, *format, *timeout, env).await,
+            } => command::load(command, *format, *timeout, &env.0).await,
             Self::OnepasswordCli {
                 vault,
                 token_file,
@@ -232,4 +246,27 @@ pub async fn load_all(sources: &[SourceConfig]) -> Result<SecretSet, SourceError
         tracing::debug!(source = %source.describe(), secrets = count, overridden, "source loaded");
     }
     Ok(SecretSet::new(all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_command_source_hides_its_environment_values() {
+        let s = SourceConfig::Command {
+            command: vec!["sops".into()],
+            format: CommandFormat::Json,
+            timeout: Duration::from_secs(1),
+            env: CommandEnv(BTreeMap::from([(
+                "VAULT_TOKEN".to_string(),
+                "hvs.secret-token".to_string(),
+            )])),
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("VAULT_TOKEN") && !shown.contains("hvs.secret-token"),
+            "{shown}"
+        );
+    }
 }
