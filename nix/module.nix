@@ -26,6 +26,11 @@ let
     ;
 
   cfg = config.services.locket;
+  # The pure validators return messages; each one is a failed assertion.
+  failedAssertions = map (message: {
+    assertion = false;
+    inherit message;
+  });
   ccfg = cfg.client;
   locketLib = import ./lib.nix;
   settingsFormat = pkgs.formats.toml { };
@@ -280,10 +285,7 @@ in
 
   config = mkMerge [
     (mkIf cfg.enable {
-      assertions = map (message: {
-        assertion = false;
-        inherit message;
-      }) (locketLib.serverErrors serverArgs)
+      assertions = failedAssertions (locketLib.serverErrors serverArgs)
       ++ [
         {
           assertion = cfg.environmentFile == null || !locketLib.isStorePath cfg.environmentFile;
@@ -329,10 +331,7 @@ in
     })
 
     (mkIf ccfg.enable {
-      assertions = map (message: {
-        assertion = false;
-        inherit message;
-      }) (locketLib.clientErrors ccfg);
+      assertions = failedAssertions (locketLib.clientErrors ccfg);
 
       environment.systemPackages = [ ccfg.package ];
       environment.etc."locket/client.toml".source = clientConfigFile;

@@ -44,83 +44,68 @@ pub fn env_names(secrets: &[(String, SecretValue)]) -> Result<Vec<String>, Strin
     Ok(out)
 }
 
-/// `NAME="value"` lines that a dotenv parser (dotenvy, docker compose,
-/// systemd-style loaders) reads back exactly: double quotes, with `\`, `"`,
-/// `$` and newline escaped as `\\`, `\"`, `\$`, `\n`.
-pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
+/// `NAME=<quote>value<quote>` lines, one per secret, with the value's bytes
+/// passed through `escape`. The buffer is sized for the worst case once.
+fn env_lines(
+    secrets: &[(String, SecretValue)],
+    export: &str,
+    quote: u8,
+    escape: impl Fn(u8, &mut SecretBytes),
+) -> Result<SecretBytes, String> {
     let vars = env_names(secrets)?;
     let size: usize = secrets
         .iter()
         .zip(&vars)
-        .map(|((_, v), n)| n.len() + 4 + 2 * v.len())
+        .map(|((_, v), n)| export.len() + n.len() + 4 + 4 * v.len())
         .sum();
     let mut out = SecretBytes::new(Vec::with_capacity(size));
     for ((_, value), var) in secrets.iter().zip(&vars) {
+        out.extend_from_slice(export.as_bytes());
         out.extend_from_slice(var.as_bytes());
-        out.extend_from_slice(b"=\"");
+        out.push(b'=');
+        out.push(quote);
         for c in value.expose().bytes() {
-            match c {
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'$' => out.extend_from_slice(b"\\$"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                _ => out.push(c),
-            }
+            escape(c, &mut out);
         }
-        out.extend_from_slice(b"\"\n");
+        out.push(quote);
+        out.push(b'\n');
     }
     Ok(out)
+}
+
+/// `NAME="value"` lines that a dotenv parser (dotenvy, docker compose,
+/// systemd-style loaders) reads back exactly: double quotes, with `\`, `"`,
+/// `$` and newline escaped as `\\`, `\"`, `\$`, `\n`.
+pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
+    env_lines(secrets, "", b'"', |c, out| match c {
+        b'\\' | b'"' | b'$' => out.extend_from_slice(&[b'\\', c]),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        _ => out.push(c),
+    })
 }
 
 /// `NAME="value"` lines for systemd's `EnvironmentFile=`: double quotes,
 /// with `\`, `"`, `$` and `` ` `` escaped by a backslash; newlines are kept
 /// as they are (systemd allows them inside quotes).
 pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
-    let vars = env_names(secrets)?;
-    let size: usize = secrets
-        .iter()
-        .zip(&vars)
-        .map(|((_, v), n)| n.len() + 4 + 2 * v.len())
-        .sum();
-    let mut out = SecretBytes::new(Vec::with_capacity(size));
-    for ((_, value), var) in secrets.iter().zip(&vars) {
-        out.extend_from_slice(var.as_bytes());
-        out.extend_from_slice(b"=\"");
-        for c in value.expose().bytes() {
-            if matches!(c, b'\\' | b'"' | b'$' | b'`') {
-                out.push(b'\\');
-            }
-            out.push(c);
+    env_lines(secrets, "", b'"', |c, out| {
+        if matches!(c, b'\\' | b'"' | b'$' | b'`') {
+            out.push(b'\\');
         }
-        out.extend_from_slice(b"\"\n");
-    }
-    Ok(out)
+        out.push(c);
+    })
 }
 
 /// Shell `export NAME='value'` lines, safe to `eval` or `source`: single
 /// quotes, with each `'` written as `'\''`.
 pub fn shell(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
-    let vars = env_names(secrets)?;
-    let size: usize = secrets
-        .iter()
-        .zip(&vars)
-        .map(|((_, v), n)| n.len() + 12 + 4 * v.len())
-        .sum();
-    let mut out = SecretBytes::new(Vec::with_capacity(size));
-    for ((_, value), var) in secrets.iter().zip(&vars) {
-        out.extend_from_slice(b"export ");
-        out.extend_from_slice(var.as_bytes());
-        out.extend_from_slice(b"='");
-        for c in value.expose().bytes() {
-            if c == b'\'' {
-                out.extend_from_slice(b"'\\''");
-            } else {
-                out.push(c);
-            }
+    env_lines(secrets, "export ", b'\'', |c, out| {
+        if c == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(c);
         }
-        out.extend_from_slice(b"'\n");
-    }
-    Ok(out)
+    })
 }
 
 /// One JSON object, name -> value, keys as the server names them.
@@ -187,6 +172,30 @@ mod tests {
             assert_eq!(*name, pn);
             assert_eq!(value.expose(), pv, "value of {name}");
         }
+    }
+
+    #[test]
+    fn shell_and_systemd_quoting() {
+        let secrets = vec![(
+            "A".to_string(),
+            SecretValue::from("it's $HOME \\ `x` \"q\""),
+        )];
+        let sh = shell(&secrets).unwrap();
+        assert_eq!(sh.as_slice(), b"export A='it'\\''s $HOME \\ `x` \"q\"'\n");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{}printf %s \"$A\"", String::from_utf8_lossy(&sh)))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "it's $HOME \\ `x` \"q\""
+        );
+        let sd = systemd_env(&secrets).unwrap();
+        assert_eq!(
+            sd.as_slice(),
+            b"A=\"it's \\$HOME \\\\ \\`x\\` \\\"q\\\"\"\n"
+        );
     }
 
     #[test]

@@ -141,6 +141,10 @@ impl State {
     }
 }
 
+/// A connection's byte stream, plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// The peer address of a connection, attached to each of its requests.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
@@ -186,24 +190,13 @@ pub async fn run(
         let watcher = graceful.watcher();
         let tls = state.tls.clone();
         tokio::spawn(async move {
-            let result = match tls {
-                None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection(TokioIo::new(stream), hyper_service)
-                                .into_owned(),
-                        )
-                        .await
-                }
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(stream),
                 Some(acceptor) => {
-                    let stream = match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
                     {
-                        Ok(Ok(s)) => s,
+                        Ok(Ok(s)) => Box::new(s),
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
                             return;
@@ -212,16 +205,16 @@ pub async fn run(
                             tracing::debug!(peer = %addr, "TLS handshake timed out");
                             return;
                         }
-                    };
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection(TokioIo::new(stream), hyper_service)
-                                .into_owned(),
-                        )
-                        .await
+                    }
                 }
             };
+            let result = watcher
+                .watch(
+                    builder
+                        .serve_connection(TokioIo::new(io), hyper_service)
+                        .into_owned(),
+                )
+                .await;
             if let Err(e) = result {
                 tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
             }
