@@ -26,6 +26,10 @@ pub const ENV_KEYS: &[&str] = &[
     "max_request_bytes",
     "max_answer_bytes",
     "replay_cache_size",
+    "request_timeout",
+    "max_connections",
+    "max_failed_auth",
+    "failed_auth_window",
 ];
 
 /// `server.toml`. Unknown keys are errors, so a typo is never silently
@@ -49,6 +53,16 @@ pub struct ServerConfig {
     pub max_answer_bytes: usize,
     /// Most nonces remembered at once (bounds replay-cache memory).
     pub replay_cache_size: usize,
+    /// Longest a request may take, body included (a slow sender gets 408).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most connections served at once; more wait in the listen queue.
+    pub max_connections: usize,
+    /// Failed authentications from one source (IPv4 address or IPv6 /64)
+    /// within `failed_auth_window` before it gets 429; 0 turns it off.
+    pub max_failed_auth: u32,
+    #[serde(with = "humantime_serde")]
+    pub failed_auth_window: Duration,
     /// Reload the sources this often (with up to 10% jitter); `0s` never.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
@@ -123,6 +137,10 @@ impl Default for ServerConfig {
             max_request_bytes: 64 * 1024,
             max_answer_bytes: 4 * 1024 * 1024,
             replay_cache_size: 100_000,
+            request_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_failed_auth: 30,
+            failed_auth_window: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(300),
             max_age: None,
             start_unready: false,
@@ -185,6 +203,11 @@ impl ServerConfig {
         }
         if self.max_answer_bytes < 1024 {
             return invalid("max_answer_bytes must be at least 1024".into());
+        }
+        if self.request_timeout < Duration::from_secs(1) || self.max_connections == 0 {
+            return invalid(
+                "request_timeout must be at least 1s and max_connections at least 1".into(),
+            );
         }
         if self.replay_cache_size < 1000 {
             return invalid("replay_cache_size must be at least 1000".into());

@@ -8,6 +8,7 @@
 pub mod health;
 pub mod metrics;
 mod pipeline;
+pub mod ratelimit;
 pub mod refresh;
 pub mod replay;
 mod routes;
@@ -72,6 +73,10 @@ pub struct State {
     pub metrics: metrics::Metrics,
     /// Fixed at start (it shapes the HTTP filter); a reload cannot change it.
     pub max_request_bytes: u64,
+    /// Sources that failed to authenticate too often.
+    pub failures: ratelimit::FailureLimiter,
+    request_timeout: Duration,
+    max_connections: usize,
     /// A valid key no client holds: verifications for unknown clients run
     /// against it so they cost the same as for known ones.
     dummy_key: VerifyingKey,
@@ -107,6 +112,13 @@ impl State {
             health,
             metrics,
             max_request_bytes: config.max_request_bytes,
+            failures: ratelimit::FailureLimiter::new(
+                config.max_failed_auth,
+                config.failed_auth_window.as_secs(),
+                100_000,
+            ),
+            request_timeout: config.request_timeout,
+            max_connections: config.max_connections,
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
             tls: None,
             v1_key: None,
@@ -166,7 +178,15 @@ pub async fn run(
         .max_buf_size(64 * 1024);
     let builder = builder.http1_only();
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.max_connections));
+    let request_timeout = state.request_timeout;
     loop {
+        // At the cap, stop accepting: new connections wait in the kernel's
+        // listen queue until one closes.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -180,16 +200,36 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let service = warp::service(routes.clone());
-        let hyper_service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let hyper_service = hyper::service::service_fn(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(Peer(addr));
                 let mut service = service.clone();
-                tower_service::Service::call(&mut service, req)
-            });
+                let call = tower_service::Service::call(&mut service, req);
+                async move {
+                    // The whole request, body included, within request_timeout.
+                    match tokio::time::timeout(request_timeout, call).await {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            tracing::warn!(peer = %addr, "request took longer than request_timeout; answering 408");
+                            let mut r = warp::reply::Response::new(
+                                "{\"error\":\"timeout\",\"message\":\"the request took too long to arrive\"}".into(),
+                            );
+                            *r.status_mut() = warp::http::StatusCode::REQUEST_TIMEOUT;
+                            r.headers_mut().insert(
+                                "connection",
+                                warp::http::HeaderValue::from_static("close"),
+                            );
+                            Ok(r)
+                        }
+                    }
+                }
+            },
+        );
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = state.tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let io: Box<dyn Io> = match tls {
                 None => Box::new(stream),
                 Some(acceptor) => {

@@ -149,6 +149,22 @@ async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
     Ok(json_error(status, code, message))
 }
 
+/// 429 for a source over its failed-authentication limit, before any work.
+pub(super) fn rate_limited(state: &State, ip: std::net::IpAddr, id: &str) -> Option<Response> {
+    let retry = state.failures.retry_after(ip, pipeline::unix_now())?;
+    tracing::warn!(request_id = %id, ip = %ip, retry_after = retry, outcome = "rate_limited", "too many failed authentications from this source");
+    state.metrics.request("rate_limited", 0.0);
+    let mut r = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many failed authentications from this address; retry after the Retry-After delay",
+    );
+    if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+        r.headers_mut().insert("retry-after", v);
+    }
+    Some(r)
+}
+
 fn outcome_label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Ok { .. } => "ok",
@@ -173,7 +189,13 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
     let id = request_id();
     let ip = peer.0.ip().to_canonical();
     let started = std::time::Instant::now();
+    if let Some(response) = rate_limited(&state, ip, &id) {
+        return response;
+    }
     let outcome = pipeline::process(&state, ip, &body).await;
+    if matches!(outcome, Outcome::Denied { .. } | Outcome::Replay { .. }) {
+        state.failures.failure(ip, pipeline::unix_now());
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let ms = (elapsed * 1000.0 * 100.0).round() / 100.0;
     state.metrics.request(outcome_label(&outcome), elapsed);

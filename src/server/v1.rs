@@ -123,11 +123,17 @@ async fn handle(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
         .unwrap_or_default();
     let ip = peer.0.ip().to_canonical();
     let started = std::time::Instant::now();
+    if let Some(response) = super::routes::rate_limited(&state, ip, &id) {
+        return response;
+    }
     let st = Arc::clone(&state);
     let outcome = match tokio::task::spawn_blocking(move || process(&st, ip, &body)).await {
         Ok(o) => o,
         Err(e) => V1Outcome::Internal(format!("worker failed: {e}")),
     };
+    if matches!(outcome, V1Outcome::Forbidden { .. }) {
+        state.failures.failure(ip, unix_now());
+    }
     let (label, response) = match outcome {
         V1Outcome::Ok {
             client,
