@@ -15,6 +15,8 @@ use wildmatch::WildMatch;
 
 use crate::keys::{self, KeyError};
 use crate::protocol::valid_client_name;
+use crate::secret::SecretValue;
+use crate::store::SecretSet;
 
 /// One `[clients.<name>]` table of the server config.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -71,6 +73,8 @@ pub struct Client {
     pub keys: Vec<VerifyingKey>,
     pub networks: Vec<IpNet>,
     patterns: Vec<WildMatch>,
+    /// Each pattern's literal prefix (before its first `*` or `?`).
+    prefixes: Vec<String>,
     exact: Vec<String>,
 }
 
@@ -80,6 +84,22 @@ impl Client {
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.networks.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Every secret of `set` the client may read, in name order. Exact
+    /// grants are looked up; a glob scans only the names that start with its
+    /// literal prefix. The cost follows the grants, not the size of the set.
+    pub fn readable<'a>(&'a self, set: &'a SecretSet) -> Vec<(&'a str, &'a SecretValue)> {
+        let mut out: BTreeMap<&'a str, &'a SecretValue> = BTreeMap::new();
+        for name in &self.exact {
+            if let Some((k, v)) = set.get_key_value(name) {
+                out.insert(k, v);
+            }
+        }
+        for (pattern, prefix) in self.patterns.iter().zip(&self.prefixes) {
+            out.extend(set.with_prefix(prefix).filter(|(n, _)| pattern.matches(n)));
+        }
+        out.into_iter().collect()
     }
 
     /// Whether the client's grant list is empty.
@@ -162,6 +182,7 @@ impl Registry {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let mut patterns = Vec::new();
+            let mut prefixes = Vec::new();
             let mut exact = Vec::new();
             for s in &cfg.secrets {
                 if s.is_empty() || s.chars().any(char::is_control) {
@@ -170,8 +191,9 @@ impl Registry {
                         value: s.clone(),
                     });
                 }
-                if s.contains(['*', '?']) {
+                if let Some(wild) = s.find(['*', '?']) {
                     patterns.push(WildMatch::new(s));
+                    prefixes.push(s[..wild].to_owned());
                 } else {
                     exact.push(s.clone());
                 }
@@ -183,6 +205,7 @@ impl Registry {
                     keys,
                     networks,
                     patterns,
+                    prefixes,
                     exact,
                 },
             );
@@ -262,6 +285,52 @@ mod tests {
         assert!(c.may_read("svc/a"));
         assert!(!c.may_read("svc/ab"));
         assert!(!c.may_read("OTHER"));
+    }
+
+    #[test]
+    fn readable_matches_may_read_over_the_whole_set() {
+        let r = one(
+            &["127.0.0.1"],
+            &["DB_*", "API_KEY", "svc/?", "*_TOKEN", "MISSING"],
+        );
+        let c = r.get("app").unwrap();
+        let names = [
+            "A",
+            "API_KEY",
+            "API_KEY2",
+            "DB_",
+            "DB_PASSWORD",
+            "DB_USER",
+            "GH_TOKEN",
+            "OTHER",
+            "svc/a",
+            "svc/ab",
+            "TOKEN",
+        ];
+        let set = SecretSet::new(
+            names
+                .iter()
+                .map(|n| (n.to_string(), SecretValue::from("v")))
+                .collect(),
+        );
+        let fast: Vec<&str> = c.readable(&set).into_iter().map(|(n, _)| n).collect();
+        let slow: Vec<&str> = set
+            .iter()
+            .filter(|(n, _)| c.may_read(n))
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(fast, slow);
+        assert_eq!(
+            fast,
+            [
+                "API_KEY",
+                "DB_",
+                "DB_PASSWORD",
+                "DB_USER",
+                "GH_TOKEN",
+                "svc/a"
+            ]
+        );
     }
 
     #[test]

@@ -30,9 +30,29 @@ impl SecretSet {
         self.secrets.get(name)
     }
 
+    /// The stored name and value for `name`.
+    pub fn get_key_value(&self, name: &str) -> Option<(&str, &SecretValue)> {
+        self.secrets
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
     /// Every secret, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &SecretValue)> {
         self.secrets.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Secrets whose names start with `prefix`, in name order (a range
+    /// scan, not a walk over the whole set).
+    pub fn with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a SecretValue)> + 'a {
+        use std::ops::Bound;
+        self.secrets
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_str(), v))
     }
 
     pub fn len(&self) -> usize {

@@ -186,7 +186,7 @@ fn answer(state: &State, runtime: &Runtime, request: Request) -> Outcome {
     let mut found = Vec::new();
     let mut missing = Vec::new();
     if body.names.is_empty() {
-        found.extend(snapshot.iter().filter(|(n, _)| client.may_read(n)));
+        found = client.readable(&snapshot);
     } else {
         let unique: BTreeSet<&str> = body.names.iter().map(String::as_str).collect();
         let refused: Vec<&str> = unique
