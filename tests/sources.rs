@@ -245,3 +245,71 @@ async fn command_source_success_failure_timeout_garbage_and_clean_env() {
     }
     assert!(names.contains("EXTRA"));
 }
+
+/// Both 1Password sources through the real server: `op` found on PATH,
+/// Connect on loopback; a client then reads what they hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_serves_what_1password_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let op = bin.join("op");
+    std::fs::write(
+        &op,
+        r#"#!/bin/sh
+[ "$OP_SERVICE_ACCOUNT_TOKEN" = "ops_tok_abc" ] || { echo "no token" >&2; exit 1; }
+case "$1 $2" in
+  "item list") echo '[{"id":"k1","title":"app"}]' ;;
+  "item get") echo '{"id":"k1","title":"app","fields":[{"id":"a","label":"api_key","value":"from-op-cli"}]}' ;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&op, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_token(dir.path(), "ops_tok_abc");
+    std::fs::rename(dir.path().join("token"), dir.path().join("op-token")).unwrap();
+    let (url, _) = connect_server("connect-token-123").await;
+    write_token(dir.path(), "connect-token-123");
+    support::server_key()
+        .write_new(&dir.path().join("server-key.pem"))
+        .unwrap();
+    let key = locket::keys::ClientKey::from_seed(&[44; 32]);
+    std::fs::write(
+        dir.path().join("server.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\nkey_file = \"server-key.pem\"\n\n[[sources]]\ntype = \"onepassword-cli\"\nvault = \"prod\"\ntoken_file = \"op-token\"\n\n[[sources]]\ntype = \"onepassword-connect\"\nurl = \"{url}\"\nvault = \"prod\"\ntoken_file = \"token\"\n\n[clients.app]\nkeys = [\"{}\"]\nnetworks = [\"127.0.0.1\"]\nsecrets = [\"app/*\", \"db/*\"]\n",
+            key.public_line()
+        ),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let server = support::ServerProcess::start_with_env(
+        &dir.path().join("server.toml"),
+        &[],
+        &[("PATH", &path)],
+    );
+    let mut cfg = locket::config::client::ClientConfig::single(
+        format!("http://{}", server.addr),
+        "app",
+        "unused",
+    );
+    cfg.server_fingerprint = Some(support::server_key().fingerprint().to_owned());
+    let client = locket::client::Client::with_reply_key(&cfg, key, support::reply_key()).unwrap();
+    let got = as_map(client.fetch(&[]).await.unwrap());
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            ("app/api_key".to_string(), "from-op-cli".to_string()),
+            ("db/password".to_string(), "db-pa55".to_string()),
+            ("db/username".to_string(), "dbuser".to_string()),
+        ])
+    );
+    let log = server.stop();
+    for secret in ["ops_tok_abc", "connect-token-123", "from-op-cli", "db-pa55"] {
+        assert!(!log.contains(secret), "the log shows {secret}");
+    }
+}
