@@ -299,7 +299,7 @@ async fn check(path: &Path) -> Result<(), Failure> {
     println!("clients: {}", registry.len());
     for name in config.clients.keys() {
         if let Some(client) = registry.get(name) {
-            let readable = secrets.iter().filter(|(n, _)| client.may_read(n)).count();
+            let readable = client.readable(&secrets).len();
             println!(
                 "  {name}: {} key(s), {} network(s), can read {readable} of {} secrets",
                 client.keys.len(),

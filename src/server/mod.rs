@@ -34,32 +34,16 @@ use crate::store::{SecretSet, Store};
 
 pub use pipeline::unix_now;
 
-/// Request limits taken from the config.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub clock_skew: Duration,
-    pub max_answer_bytes: usize,
-}
-
 /// Everything a config reload replaces at once.
 #[derive(Debug)]
 pub struct Runtime {
     pub config: ServerConfig,
     pub registry: Registry,
-    pub limits: Limits,
 }
 
 impl Runtime {
     pub fn new(config: ServerConfig, registry: Registry) -> Self {
-        let limits = Limits {
-            clock_skew: config.clock_skew,
-            max_answer_bytes: config.max_answer_bytes,
-        };
-        Self {
-            config,
-            registry,
-            limits,
-        }
+        Self { config, registry }
     }
 }
 

@@ -83,7 +83,7 @@ pub async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outcome {
     let registry = &runtime.registry;
     let name = request.header.client.clone();
     let now = unix_now();
-    let skew = runtime.limits.clock_skew.as_secs() as i64;
+    let skew = runtime.config.clock_skew.as_secs() as i64;
 
     // Evaluate every cheap check without an early exit, so that the work
     // done (and so the time taken) does not depend on which one fails.
@@ -211,7 +211,7 @@ fn answer(state: &State, runtime: &Runtime, request: Request) -> Outcome {
         found.clear();
     }
     let size = protocol::answer_size(found.iter().copied(), &missing);
-    if size > runtime.limits.max_answer_bytes {
+    if size > runtime.config.max_answer_bytes {
         return Outcome::AnswerTooLarge { client: name, size };
     }
     let plain = protocol::encode_answer(&found, &missing);

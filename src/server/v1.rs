@@ -221,7 +221,7 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
     }
     // 4. Clock.
     let now = unix_now();
-    let skew = runtime.limits.clock_skew.as_secs() as i64;
+    let skew = runtime.config.clock_skew.as_secs() as i64;
     if (now - request.timestamp).abs() > skew {
         return V1Outcome::Forbidden {
             client: None,

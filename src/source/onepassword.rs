@@ -26,8 +26,22 @@ struct Field {
     id: String,
     #[serde(default)]
     label: String,
+    /// Read as any JSON value, so that a number or boolean is served as
+    /// text and a type mismatch never makes serde quote the value.
     #[serde(default)]
-    value: Option<SecretValue>,
+    value: Option<serde_json::Value>,
+}
+
+/// Parses 1Password JSON. serde's messages can quote the offending value,
+/// which may be a secret: report only where the problem is.
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "{what} is not the expected JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })
 }
 
 #[derive(Deserialize)]
@@ -60,7 +74,13 @@ pub fn read_token(path: &Path) -> Result<Zeroizing<String>, String> {
 
 fn item_secrets(item: Item, out: &mut Vec<(String, SecretValue)>) {
     for field in item.fields {
-        if let Some(value) = field.value {
+        let value = match field.value {
+            Some(serde_json::Value::String(s)) => Some(SecretValue::new(s)),
+            Some(serde_json::Value::Number(n)) => Some(SecretValue::new(n.to_string())),
+            Some(serde_json::Value::Bool(b)) => Some(SecretValue::new(b.to_string())),
+            _ => None,
+        };
+        if let Some(value) = value {
             let label = if field.label.is_empty() {
                 field.id
             } else {
@@ -95,8 +115,7 @@ pub async fn load_cli(
         None,
     )
     .await?;
-    let items: Vec<ItemSummary> = serde_json::from_slice(&list)
-        .map_err(|e| format!("`op item list` did not print the expected JSON: {e}"))?;
+    let items: Vec<ItemSummary> = parse(&list, "the output of `op item list`")?;
     let mut out = Vec::new();
     for summary in items {
         let raw = super::command::run(
@@ -114,12 +133,10 @@ pub async fn load_cli(
             None,
         )
         .await?;
-        let item: Item = serde_json::from_slice(&raw).map_err(|e| {
-            format!(
-                "`op item get` for item {:?} did not print the expected JSON: {e}",
-                summary.title
-            )
-        })?;
+        let item: Item = parse(
+            &raw,
+            &format!("the output of `op item get` for item {:?}", summary.title),
+        )?;
         item_secrets(item, &mut out);
     }
     Ok(out)
@@ -144,8 +161,7 @@ pub async fn load_connect(
         let auth = Zeroizing::new(format!("Bearer {}", token.as_str()));
         async move { get_with_backoff(&http, &path, &auth).await }
     };
-    let vaults: Vec<Vault> = serde_json::from_slice(&get(format!("{base}/v1/vaults")).await?)
-        .map_err(|e| format!("GET /v1/vaults: unexpected JSON: {e}"))?;
+    let vaults: Vec<Vault> = parse(&get(format!("{base}/v1/vaults")).await?, "GET /v1/vaults")?;
     let vault_id = vaults
         .iter()
         .find(|v| v.id == vault || v.name == vault)
@@ -156,14 +172,14 @@ pub async fn load_connect(
                 vaults.len()
             )
         })?;
-    let items: Vec<ItemSummary> =
-        serde_json::from_slice(&get(format!("{base}/v1/vaults/{vault_id}/items")).await?)
-            .map_err(|e| format!("GET items: unexpected JSON: {e}"))?;
+    let items: Vec<ItemSummary> = parse(
+        &get(format!("{base}/v1/vaults/{vault_id}/items")).await?,
+        "GET items",
+    )?;
     let mut out = Vec::new();
     for summary in items {
         let raw = get(format!("{base}/v1/vaults/{vault_id}/items/{}", summary.id)).await?;
-        let item: Item = serde_json::from_slice(&raw)
-            .map_err(|e| format!("GET item {:?}: unexpected JSON: {e}", summary.title))?;
+        let item: Item = parse(&raw, &format!("GET item {:?}", summary.title))?;
         item_secrets(item, &mut out);
     }
     Ok(out)
@@ -215,4 +231,24 @@ async fn get_with_backoff(
         });
     }
     Err(format!("GET {path}: still failing after 5 tries"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_served_as_text_and_errors_never_quote_values() {
+        let item: Item = parse(br#"{"title":"db","fields":[{"label":"pin","value":123456},{"label":"on","value":true},{"label":"none"}]}"#, "x").unwrap();
+        let mut out = Vec::new();
+        item_secrets(item, &mut out);
+        let got: Vec<(&str, &str)> = out.iter().map(|(n, v)| (n.as_str(), v.expose())).collect();
+        assert_eq!(got, [("db/pin", "123456"), ("db/on", "true")]);
+        let Err(e) = parse::<Item>(br#"{"title":"db","fields":"hunter2-secret"}"#, "GET item")
+        else {
+            panic!("a string where fields belong must not parse");
+        };
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+    }
 }
