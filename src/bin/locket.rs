@@ -213,13 +213,21 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         Arc::clone(&refresh_now),
         Arc::clone(&stop),
     ));
-    tokio::spawn(reload_on_sighup(Arc::clone(&state), path.to_owned()));
+    // Every signal handler is in place before READY=1.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(runtime_error)?;
+    let shutdown = shutdown_signal()?;
+    tokio::spawn(reload_on_sighup(
+        Arc::clone(&state),
+        path.to_owned(),
+        hangup,
+    ));
     spawn_watchdog();
     if loaded {
         locket::sd_notify::notify("READY=1");
     }
     server::run(listener, state, async move {
-        shutdown_signal().await;
+        shutdown.await;
         stop.notify_waiters();
         locket::sd_notify::notify("STOPPING=1");
     })
@@ -230,11 +238,7 @@ async fn serve(path: &Path) -> Result<(), Failure> {
 }
 
 /// SIGHUP: re-read the config; a valid one replaces the running one.
-async fn reload_on_sighup(state: Arc<State>, path: PathBuf) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(state: Arc<State>, path: PathBuf, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading {}", path.display());
         let _ = server::refresh::reload(&state, &path).await;
@@ -265,16 +269,19 @@ fn spawn_watchdog() {
     });
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (so that a signal arriving
+/// right after READY=1 is never the default "terminate at once") and returns
+/// a future that completes on the first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: finishing requests in flight"),
-    }
+    let mut term = signal(SignalKind::terminate()).map_err(runtime_error)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(runtime_error)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
+            _ = int.recv() => tracing::info!("interrupted: finishing requests in flight"),
+        }
+    })
 }
 
 async fn check(path: &Path) -> Result<(), Failure> {
