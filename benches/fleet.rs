@@ -214,7 +214,7 @@ fn crypto_floor(server: &ServerKey, reply: &ReplyKey, names: usize) -> Duration 
             )
         })
         .collect();
-    let reply_public = rsa::pkcs8::DecodePublicKey::from_public_key_der(reply.spki_der()).unwrap();
+    let reply_public = locket::keys::parse_reply_key(reply.spki_der()).unwrap();
     let rounds = 40;
     let start = thread_cpu();
     for _ in 0..rounds {

@@ -83,6 +83,7 @@ fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {
 /// The server's long-lived RSA key with its public forms precomputed.
 pub struct ServerKey {
     private: PrivateKey,
+    decrypter: crypto::Decrypter,
     public_pem: String,
     spki_der: Vec<u8>,
     fingerprint: String,
@@ -110,8 +111,11 @@ impl ServerKey {
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| KeyError::Generate(e.to_string()))?;
         let fingerprint = crypto::fingerprint(&spki_der);
+        let decrypter =
+            crypto::Decrypter::from_rsa(&private).map_err(|e| KeyError::Generate(e.to_string()))?;
         Ok(Self {
             private,
+            decrypter,
             public_pem,
             spki_der,
             fingerprint,
@@ -167,12 +171,18 @@ impl ServerKey {
                 source,
             }
         })?);
-        let private = Self::parse_pem(&text).map_err(|detail| KeyError::Parse {
+        Self::from_pem(&text).map_err(|detail| KeyError::Parse {
             path: path.to_owned(),
             expected: "RSA private",
             detail,
-        })?;
-        Self::from_private(private)
+        })
+    }
+
+    /// Parses the text of a key file (PKCS#8 or PKCS#1 PEM) and checks the
+    /// key's size. The error never quotes key material.
+    pub fn from_pem(text: &str) -> Result<Self, String> {
+        let private = Self::parse_pem(text)?;
+        Self::from_private(private).map_err(|e| e.to_string())
     }
 
     fn parse_pem(text: &str) -> Result<PrivateKey, String> {
@@ -201,9 +211,13 @@ impl ServerKey {
             .map_err(|e| KeyError::Generate(e.to_string()))
     }
 
-    /// The private key, for unwrapping request keys.
+    /// The private key as `rsa` holds it (encoding, and the v1 endpoint).
     pub fn private(&self) -> &PrivateKey {
         &self.private
+    }
+    /// The same key in AWS-LC, for unwrapping request keys.
+    pub fn decrypter(&self) -> &crypto::Decrypter {
+        &self.decrypter
     }
     /// The public key as SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
     pub fn public_pem(&self) -> &str {
@@ -226,7 +240,7 @@ impl ServerKey {
 /// A server public key as a client sees it.
 #[derive(Clone, Debug)]
 pub struct ServerPublicKey {
-    pub key: PublicKey,
+    pub key: crypto::Encrypter,
     pub fingerprint: String,
 }
 
@@ -240,22 +254,23 @@ impl ServerPublicKey {
         let der = key.to_public_key_der().map_err(|e| e.to_string())?;
         Ok(Self {
             fingerprint: crypto::fingerprint(der.as_bytes()),
-            key,
+            key: crypto::Encrypter::from_spki_der(der.as_bytes()).map_err(|e| e.to_string())?,
         })
     }
 }
 
 /// Parses a reply key sent by a client (SPKI DER), bounding its size.
-pub fn parse_reply_key(der: &[u8]) -> Result<PublicKey, String> {
-    let key = PublicKey::from_public_key_der(der)
+pub fn parse_reply_key(der: &[u8]) -> Result<crypto::Encrypter, String> {
+    let key = crypto::Encrypter::from_spki_der(der)
         .map_err(|e| format!("reply key is not RSA SPKI DER: {e}"))?;
-    check_rsa_bits(key.size() * 8).map_err(|e| e.to_string())?;
+    check_rsa_bits(key.bits()).map_err(|e| e.to_string())?;
     Ok(key)
 }
 
 /// The client's ephemeral RSA key for answers; lives only in memory.
 pub struct ReplyKey {
     private: PrivateKey,
+    decrypter: crypto::Decrypter,
     spki_der: Vec<u8>,
 }
 
@@ -280,11 +295,21 @@ impl ReplyKey {
             .to_public_key_der()
             .map_err(|e| KeyError::Generate(e.to_string()))?
             .into_vec();
-        Ok(Self { private, spki_der })
+        let decrypter =
+            crypto::Decrypter::from_rsa(&private).map_err(|e| KeyError::Generate(e.to_string()))?;
+        Ok(Self {
+            private,
+            decrypter,
+            spki_der,
+        })
     }
 
     pub fn private(&self) -> &PrivateKey {
         &self.private
+    }
+    /// The same key in AWS-LC, for unwrapping answer keys.
+    pub fn decrypter(&self) -> &crypto::Decrypter {
+        &self.decrypter
     }
     pub fn spki_der(&self) -> &[u8] {
         &self.spki_der
@@ -359,23 +384,27 @@ impl ClientKey {
                 source,
             }
         })?);
-        let parse_err = |detail: String| KeyError::Parse {
+        Self::from_pem(&text).map_err(|detail| KeyError::Parse {
             path: path.to_owned(),
             expected: "ed25519 private",
             detail,
-        };
-        if let Some(body) = pem_body(&text, "ED25519 PRIVATE KEY") {
-            let seed =
-                zeroize::Zeroizing::new(B64.decode(body).map_err(|e| parse_err(e.to_string()))?);
+        })
+    }
+
+    /// Parses the text of a key file (see [`ClientKey::load`]). The error
+    /// describes the encoding problem and never quotes key material.
+    pub fn from_pem(text: &str) -> Result<Self, String> {
+        if let Some(body) = pem_body(text, "ED25519 PRIVATE KEY") {
+            let seed = zeroize::Zeroizing::new(B64.decode(body).map_err(|e| e.to_string())?);
             let seed: &[u8; 32] = seed
                 .as_slice()
                 .try_into()
-                .map_err(|_| parse_err("seed is not 32 bytes".into()))?;
+                .map_err(|_| "seed is not 32 bytes".to_owned())?;
             return Ok(Self::from_seed(seed));
         }
-        SigningKey::from_pkcs8_pem(&text)
+        SigningKey::from_pkcs8_pem(text)
             .map(|signing| Self { signing })
-            .map_err(|e| parse_err(e.to_string()))
+            .map_err(|e| e.to_string())
     }
 
     /// The public key as the one-line registry form, `ed25519:<base64>`.

@@ -16,10 +16,10 @@
 //!   wrapped    = RSA-OAEP-SHA256(reply_key, k', label = RESPONSE_KEY_LABEL)
 //!   ciphertext = AES-256-GCM(k', nonce = 0^96, aad = response_aad(header), answer_plain)
 
+use crate::crypto::Encrypter;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, VerifyingKey};
-use rsa::PublicKey;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, CryptoError};
@@ -278,7 +278,7 @@ impl Request {
     /// for a request whose client, address, clock, signature and nonce all
     /// passed.
     pub fn open(&self, server: &ServerKey) -> Result<RequestBody, ProtocolError> {
-        let key = crypto::unwrap_key(server.private(), REQUEST_KEY_LABEL, &self.wrapped_key)
+        let key = crypto::unwrap_key(server.decrypter(), REQUEST_KEY_LABEL, &self.wrapped_key)
             .map_err(|_| ProtocolError::Unwrap)?;
         let plain = crypto::open(&key, &self.header.request_aad(), &self.ciphertext)
             .map_err(|_| ProtocolError::Open)?;
@@ -475,7 +475,7 @@ impl Answer {
 /// Seals an encoded answer to the client's reply key, bound to `header`.
 pub fn seal_answer(
     mut plain: SecretBytes,
-    reply_key: &PublicKey,
+    reply_key: &Encrypter,
     header: &Header,
 ) -> Result<WireAnswer, ProtocolError> {
     let key = crypto::new_aead_key()?;
@@ -502,7 +502,7 @@ pub fn open_answer(
     }
     let wrapped = b64("wrapped_key", &wire.wrapped_key)?;
     let ciphertext = b64("ciphertext", &wire.ciphertext)?;
-    let key = crypto::unwrap_key(reply.private(), RESPONSE_KEY_LABEL, &wrapped)
+    let key = crypto::unwrap_key(reply.decrypter(), RESPONSE_KEY_LABEL, &wrapped)
         .map_err(|_| ProtocolError::Unwrap)?;
     let plain =
         crypto::open(&key, &header.response_aad(), &ciphertext).map_err(|_| ProtocolError::Open)?;

@@ -53,7 +53,7 @@ proptest! {
         let reply = ReplyKey::from_private(reply.clone()).unwrap();
         let values: Vec<(String, SecretValue)> = pairs.iter().map(|(n, v)| (n.clone(), SecretValue::from(v.as_str()))).collect();
         let refs: Vec<(&str, &SecretValue)> = values.iter().map(|(n, v)| (n.as_str(), v)).collect();
-        let public = rsa::pkcs8::DecodePublicKey::from_public_key_der(reply.spki_der()).unwrap();
+        let public = locket::keys::parse_reply_key(reply.spki_der()).unwrap();
         let wire = protocol::seal_answer(protocol::encode_answer(&refs, &[]), &public, &header(nonce)).unwrap();
         let answer = protocol::open_answer(serde_json::to_string(&wire).unwrap().as_bytes(), &reply, &header(nonce)).unwrap();
         prop_assert_eq!(answer.secrets, values);
@@ -94,7 +94,7 @@ proptest! {
         let (_, _, reply) = keys();
         let reply = ReplyKey::from_private(reply.clone()).unwrap();
         let v = SecretValue::from("s3cret");
-        let public = rsa::pkcs8::DecodePublicKey::from_public_key_der(reply.spki_der()).unwrap();
+        let public = locket::keys::parse_reply_key(reply.spki_der()).unwrap();
         let mut wire = protocol::seal_answer(protocol::encode_answer(&[("A", &v)], &[]), &public, &header([5; 16])).unwrap();
         let field = if in_key { &mut wire.wrapped_key } else { &mut wire.ciphertext };
         let mut bytes = b64.decode(&*field).unwrap();
