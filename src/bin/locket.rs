@@ -328,54 +328,10 @@ fn fingerprint(path: &Path) -> Result<(), Failure> {
 
 /// The original registry: a YAML list of `{name, keypub}`.
 fn import_registry(path: &Path, networks: &[String]) -> Result<(), Failure> {
-    use yaml_rust2::YamlLoader;
     let text = std::fs::read_to_string(path)
         .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))?;
-    let docs = YamlLoader::load_from_str(&text)
-        .map_err(|e| config_error(format!("{} is not YAML: {e}", path.display())))?;
-    let entries = docs.first().and_then(|d| d.as_vec()).ok_or_else(|| {
-        config_error(format!(
-            "{} must hold a list of {{name, keypub}} entries",
-            path.display()
-        ))
-    })?;
-    let mut clients = toml::Table::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let field = |k: &str| entry[k].as_str().map(str::to_owned);
-        let (Some(name), Some(keypub)) = (field("name"), field("keypub")) else {
-            return Err(config_error(format!("entry {i} lacks `name` or `keypub`")));
-        };
-        // The original lower-cased service names.
-        let name = name.to_lowercase();
-        if !locket::protocol::valid_client_name(&name) {
-            return Err(config_error(format!(
-                "entry {i}: name {name:?} is not a valid client name (A-Za-z0-9._-)"
-            )));
-        }
-        let key = locket::keys::parse_public_key(&keypub)
-            .map_err(|e| config_error(format!("entry {i} ({name}): {e}")))?;
-        let mut table = toml::Table::new();
-        table.insert(
-            "keys".into(),
-            toml::Value::Array(vec![locket::keys::public_line(&key).into()]),
-        );
-        table.insert(
-            "networks".into(),
-            toml::Value::Array(networks.iter().cloned().map(Into::into).collect()),
-        );
-        table.insert(
-            "secrets".into(),
-            toml::Value::Array(vec![format!("{name}/*").into()]),
-        );
-        if clients
-            .insert(name.clone(), toml::Value::Table(table))
-            .is_some()
-        {
-            return Err(config_error(format!(
-                "entry {i}: client {name:?} appears twice"
-            )));
-        }
-    }
+    let clients = locket::registry::import_v1_yaml(&text, networks)
+        .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
     let mut root = toml::Table::new();
     root.insert("clients".into(), toml::Value::Table(clients));
     println!(

@@ -186,6 +186,18 @@ impl ServerConfig {
         Ok(cfg)
     }
 
+    /// Parses a configuration from TOML text alone (no environment, paths
+    /// left as written) and validates it: what `locket check` does to a
+    /// file, minus the file. Used by the fuzz targets and by tests.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = Figment::from(Serialized::defaults(Self::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Checks ranges and builds the registry (to surface its errors).
     pub fn validate(&self) -> Result<Registry, ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));

@@ -7,9 +7,9 @@
 //! served, because a missing secret is worse than a stale one.
 
 pub mod command;
-mod dotenv;
+pub mod dotenv;
 mod env;
-mod file;
+pub mod file;
 pub mod onepassword;
 
 use std::collections::BTreeMap;

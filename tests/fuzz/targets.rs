@@ -1,0 +1,253 @@
+//! The bodies of locket's fuzz targets, shared by two runners:
+//!
+//! * cargo-fuzz (`tests/fuzz/fuzz_targets/<name>.rs`), which explores new
+//!   inputs with libFuzzer's coverage feedback;
+//! * the ordinary test suite (`tests/fuzz_corpus.rs`), which replays every
+//!   committed corpus file and every crash input in `tests/fuzz/regressions/`
+//!   through the same functions on every `cargo test`.
+//!
+//! Each body feeds the bytes to the parsers an attacker (or a broken config)
+//! reaches, and asserts the properties that must hold for any input: no
+//! panic, and whatever parses re-encodes to something that parses the same.
+//! None of them touches the network, the file system or the clock.
+
+#![allow(dead_code)] // each fuzz binary uses one body
+
+use std::sync::OnceLock;
+
+use locket::config::server::ServerConfig;
+use locket::keys::{self, ClientKey, ReplyKey, ServerKey, ServerPublicKey};
+use locket::protocol::{self, Answer, Header, Request, RequestBody};
+use locket::{crypto, protocol_v1, registry, source};
+
+/// A fuzz target body: takes any bytes, panics only on a bug.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name cargo-fuzz knows it under.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("request", request),
+    ("keys", keys),
+    ("config", config),
+    ("answer", answer),
+];
+
+/// The client key whose signatures the `request` seeds carry.
+pub fn client_key() -> &'static ClientKey {
+    static KEY: OnceLock<ClientKey> = OnceLock::new();
+    KEY.get_or_init(|| ClientKey::from_seed(&[7; 32]))
+}
+
+/// A fixed reply key (test-only, committed) so that sealed answers in the
+/// corpus open on every run.
+pub fn reply_key() -> &'static ReplyKey {
+    static KEY: OnceLock<ReplyKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        use rsa::pkcs8::DecodePrivateKey as _;
+        let pem = include_str!("reply-key.pem");
+        ReplyKey::from_private(rsa::PrivateKey::from_pkcs8_pem(pem).expect("test reply key"))
+            .expect("test reply key")
+    })
+}
+
+/// The request header the `answer` seeds were sealed for.
+pub fn answer_header() -> Header {
+    Header {
+        client: "fuzz".into(),
+        server_fingerprint: format!("sha256:{}", "ab".repeat(32)),
+        timestamp: 1_700_000_000,
+        nonce: [9; protocol::NONCE_LEN],
+    }
+}
+
+/// `POST /v1/secrets` up to the RSA operation: the wire decoder, the
+/// canonical signed bytes and the signature check, then the decoder of the
+/// plaintext request body that runs right after the unwrap.
+pub fn request(data: &[u8]) {
+    let verifying = client_key().verifying_key();
+    if let Ok(req) = Request::decode(data) {
+        let signed = req.signed_bytes();
+        let ok = req.verify(&verifying);
+        let _ = req.header.request_aad();
+        let _ = req.header.response_aad();
+        let again = Request::decode(&req.encode()).expect("a decoded request re-encodes");
+        assert_eq!(again.header, req.header);
+        assert_eq!(again.signed_bytes(), signed);
+        assert_eq!(again.verify(&verifying), ok);
+    }
+    if let Ok(body) = RequestBody::decode(data) {
+        let again = RequestBody::decode(&body.encode()).expect("a decoded body re-encodes");
+        assert_eq!(again, body);
+        let _ = keys::parse_reply_key(&body.reply_key);
+    }
+}
+
+/// Key and PEM parsing: registry public keys, client and server key files,
+/// the server key a client fetches, reply keys, and the v1 PEM form.
+pub fn keys(data: &[u8]) {
+    let _ = keys::parse_reply_key(data);
+    let _ = crypto::Encrypter::from_spki_der(data);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(key) = keys::parse_public_key(text) {
+        let line = keys::public_line(&key);
+        assert_eq!(keys::parse_public_key(&line).expect("own line parses"), key);
+    }
+    if let Ok(key) = ClientKey::from_pem(text) {
+        let line = key.public_line();
+        assert!(keys::parse_public_key(&line).is_ok());
+    }
+    if let Ok(key) = ServerPublicKey::from_pem(text) {
+        assert!(key.fingerprint.starts_with("sha256:"));
+    }
+    if let Ok(key) = ServerKey::from_pem(text) {
+        let public = ServerPublicKey::from_pem(key.public_pem()).expect("own public key parses");
+        assert_eq!(public.fingerprint, key.fingerprint());
+    }
+    let _ = protocol_v1::parse_public_key_pem(text);
+}
+
+/// Configuration: the server's TOML (with the registry built from it), the
+/// original registry's YAML import, and the dotenv, JSON and TOML secret
+/// file formats.
+pub fn config(data: &[u8]) {
+    let _ = source::dotenv::parse_dotenv(data);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(cfg) = ServerConfig::from_toml_str(text) {
+        cfg.validate().expect("a loaded config validates again");
+    }
+    if let Ok(clients) = registry::import_v1_yaml(text, &["10.0.0.0/8".to_owned()]) {
+        // What `locket import-registry` prints must pass `locket check`.
+        let mut root = toml::Table::new();
+        root.insert("clients".into(), toml::Value::Table(clients));
+        let toml = format!(
+            "[[sources]]\ntype = \"env\"\nprefix = \"APP_\"\n\n{}",
+            toml::to_string(&root).expect("imported registry serialises")
+        );
+        ServerConfig::from_toml_str(&toml).expect("an imported registry is a valid config");
+    }
+    let _ = source::file::parse_json(text);
+    let _ = source::file::parse_toml(text);
+}
+
+/// The client opening an answer: the JSON envelope, the RSA unwrap with the
+/// reply key and the AEAD open (for the sealed seeds), then the plaintext
+/// answer decoder directly.
+pub fn answer(data: &[u8]) {
+    if let Ok(answer) = protocol::open_answer(data, reply_key(), &answer_header()) {
+        check_answer(&answer);
+    }
+    if let Ok(answer) = Answer::decode(data) {
+        check_answer(&answer);
+    }
+}
+
+fn check_answer(answer: &Answer) {
+    let refs: Vec<(&str, &locket::secret::SecretValue)> = answer
+        .secrets
+        .iter()
+        .map(|(n, v)| (n.as_str(), v))
+        .collect();
+    let plain = protocol::encode_answer(&refs, &answer.missing);
+    let again = Answer::decode(&plain).expect("a decoded answer re-encodes");
+    assert_eq!(&again, answer);
+}
+
+/// Valid inputs for each target, from which the committed seed corpus was
+/// written (`cargo run --manifest-path tests/fuzz/Cargo.toml --bin write-seeds`).
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let server = ServerKey::from_pem(include_str!("../../examples/server-key.pem"))
+        .expect("example server key");
+    let public = ServerPublicKey::from_pem(server.public_pem()).expect("public");
+    let header = Header {
+        client: "fuzz".into(),
+        server_fingerprint: server.fingerprint().into(),
+        timestamp: 1_700_000_000,
+        nonce: [3; protocol::NONCE_LEN],
+    };
+    for (i, names) in [
+        vec![],
+        vec!["DB_PASSWORD".to_owned()],
+        vec!["a/b".into(), "c".into()],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = RequestBody {
+            names,
+            reply_key: reply_key().spki_der().to_vec(),
+        };
+        let req = Request::seal(header.clone(), &body, &public, client_key()).expect("seal");
+        out.push(("request", format!("sealed-{i}"), req.encode()));
+        out.push(("request", format!("body-{i}"), body.encode().to_vec()));
+    }
+    out.push((
+        "keys",
+        "ed25519-line".into(),
+        client_key().public_line().into_bytes(),
+    ));
+    out.push((
+        "keys",
+        "client-pem".into(),
+        include_bytes!("../../examples/demo.key").to_vec(),
+    ));
+    out.push((
+        "keys",
+        "server-public".into(),
+        server.public_pem().as_bytes().to_vec(),
+    ));
+    out.push(("keys", "reply-der".into(), reply_key().spki_der().to_vec()));
+    out.push((
+        "keys",
+        "server-private".into(),
+        include_bytes!("../../examples/server-key.pem").to_vec(),
+    ));
+    out.push((
+        "config",
+        "server-toml".into(),
+        include_bytes!("../../examples/server.toml").to_vec(),
+    ));
+    out.push((
+        "config",
+        "dotenv".into(),
+        include_bytes!("../../examples/secrets.env").to_vec(),
+    ));
+    out.push((
+        "config",
+        "registry-yaml".into(),
+        format!(
+            "- name: Billing\n  keypub: {}\n",
+            client_key().public_line()
+        )
+        .into_bytes(),
+    ));
+    out.push((
+        "config",
+        "json".into(),
+        br#"{"A": "1", "B": {"C": "2"}}"#.to_vec(),
+    ));
+    let values = [
+        (
+            "DB_PASSWORD",
+            locket::secret::SecretValue::from("hunter2".to_owned()),
+        ),
+        ("EMPTY", locket::secret::SecretValue::from(String::new())),
+    ];
+    let refs: Vec<(&str, &locket::secret::SecretValue)> =
+        values.iter().map(|(n, v)| (*n, v)).collect();
+    for (i, missing) in [vec![], vec!["GONE".to_owned()]].into_iter().enumerate() {
+        let plain = protocol::encode_answer(&refs, &missing);
+        out.push(("answer", format!("plain-{i}"), plain.to_vec()));
+        let reply = keys::parse_reply_key(reply_key().spki_der()).expect("reply key");
+        let wire = protocol::seal_answer(plain, &reply, &answer_header()).expect("seal answer");
+        out.push((
+            "answer",
+            format!("sealed-{i}"),
+            serde_json::to_vec(&wire).expect("json"),
+        ));
+    }
+    out
+}
