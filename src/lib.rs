@@ -12,6 +12,7 @@
 //! * [`crypto`]: RSA-OAEP key wrapping, AES-256-GCM, fingerprints.
 //! * [`keys`]: server, client and reply keys and their file/text forms.
 //! * [`secret`]: zeroizing, redacted secret values.
+//! * [`locked`]: memory kept out of swap and core dumps, for loaded sets.
 //! * [`registry`]: clients, their keys, networks and grants.
 //! * [`store`]: the current secret set, swapped atomically.
 //! * [`source`]: where secrets come from.
@@ -28,6 +29,7 @@ pub mod crypto;
 pub mod fsutil;
 pub mod hygiene;
 pub mod keys;
+pub mod locked;
 pub mod protocol;
 pub mod protocol_v1;
 pub mod registry;

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::locked::LockStatus;
 use crate::secret::SecretValue;
 
 /// An immutable set of secrets with the time it was loaded.
@@ -16,14 +17,24 @@ use crate::secret::SecretValue;
 pub struct SecretSet {
     secrets: BTreeMap<String, SecretValue>,
     loaded_at: SystemTime,
+    memory: LockStatus,
 }
 
 impl SecretSet {
-    pub fn new(secrets: BTreeMap<String, SecretValue>) -> Self {
+    /// Takes the loaded values and moves them into one locked region (see
+    /// [`crate::locked`]); [`SecretSet::memory`] says whether locking worked.
+    pub fn new(mut secrets: BTreeMap<String, SecretValue>) -> Self {
+        let memory = SecretValue::lock_all(secrets.values_mut());
         Self {
             secrets,
             loaded_at: SystemTime::now(),
+            memory,
         }
+    }
+
+    /// Whether the values are locked against swap and kept out of dumps.
+    pub fn memory(&self) -> &LockStatus {
+        &self.memory
     }
 
     pub fn get(&self, name: &str) -> Option<&SecretValue> {
@@ -76,6 +87,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(initial: SecretSet) -> Self {
+        warn_if_unlocked(None, initial.memory());
         Self {
             current: ArcSwap::from_pointee(initial),
         }
@@ -88,6 +100,21 @@ impl Store {
 
     /// Replaces the whole set at once.
     pub fn replace(&self, next: SecretSet) {
-        self.current.store(Arc::new(next));
+        let previous = self.current.swap(Arc::new(next));
+        warn_if_unlocked(Some(previous.memory()), self.current.load().memory());
+    }
+}
+
+/// Says so (once per change, not on every refresh) when the system refuses
+/// to lock secret memory; the set is served either way.
+fn warn_if_unlocked(previous: Option<&LockStatus>, next: &LockStatus) {
+    if let LockStatus::Unlocked(why) = next
+        && previous != Some(next)
+    {
+        tracing::warn!(
+            reason = %why,
+            "secret values are not locked in memory: they may be written to swap; \
+             raise the memory-lock limit (systemd LimitMEMLOCK=) to fix this"
+        );
     }
 }

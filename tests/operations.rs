@@ -361,3 +361,96 @@ async fn json_logs_audit_lines_watchdog_and_graceful_shutdown() {
     assert!(log.contains("SIGTERM"), "{log}");
     assert!(!log.contains("audit-value-5150"));
 }
+
+/// `(locked, dontdump)`: whether any mapping of `pid` is mlock'ed, and
+/// whether any is marked MADV_DONTDUMP, from /proc/<pid>/smaps VmFlags.
+fn memory_flags(pid: u32) -> (bool, bool) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let mut locked_dd = false;
+    let mut dd = false;
+    for line in smaps.lines().filter(|l| l.starts_with("VmFlags:")) {
+        let flags: Vec<&str> = line.split_whitespace().collect();
+        if flags.contains(&"dd") {
+            dd = true;
+            locked_dd |= flags.contains(&"lo");
+        }
+    }
+    (locked_dd, dd)
+}
+
+/// The loaded values sit in one mlock'ed, MADV_DONTDUMP region; where the
+/// system refuses the lock, the server warns, says so in /readyz and
+/// /metrics, and serves anyway.
+#[tokio::test(flavor = "multi_thread")]
+async fn secret_memory_is_locked_or_the_server_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(dir.path(), "", &["DB_PASSWORD"]);
+    let value_text = "p".repeat(5000);
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        format!("{{\"DB_PASSWORD\": \"{value_text}\"}}"),
+    )
+    .unwrap();
+    // The server marks itself non-dumpable, which makes its smaps readable
+    // by root only.
+    let root = unsafe { libc::geteuid() } == 0;
+    locket::client::install_crypto_provider();
+
+    let server = ServerProcess::start(&config, &[]);
+    let (_, ready) = get(&server, "/readyz").await;
+    assert!(ready.contains("\"secret_memory\":\"locked\""), "{ready}");
+    assert!(
+        get(&server, "/metrics")
+            .await
+            .1
+            .contains("locket_secret_memory_locked 1")
+    );
+    assert_eq!(
+        value(&client(&server), "DB_PASSWORD").await.unwrap(),
+        value_text
+    );
+    if root {
+        assert_eq!(memory_flags(server.child.id()), (true, true));
+    } else {
+        eprintln!("not root: checked /readyz and /metrics but not the kernel's VmFlags");
+    }
+    let log = server.stop();
+    assert!(!log.contains("not locked in memory"), "{log}");
+
+    // No memory-lock allowance at all (and, as root, no CAP_IPC_LOCK).
+    let mut wrapper = vec!["prlimit", "--memlock=0:0", "--"];
+    if root {
+        wrapper.extend([
+            "setpriv",
+            "--bounding-set=-ipc_lock",
+            "--inh-caps=-ipc_lock",
+            "--",
+        ]);
+    }
+    let server = ServerProcess::start_wrapped(&wrapper, &config, &[], &[]);
+    let (status, ready) = get(&server, "/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready.contains("\"secret_memory\":\"unlocked: mlock"),
+        "{ready}"
+    );
+    assert!(
+        get(&server, "/metrics")
+            .await
+            .1
+            .contains("locket_secret_memory_locked 0")
+    );
+    assert_eq!(
+        value(&client(&server), "DB_PASSWORD").await.unwrap(),
+        value_text
+    );
+    if root {
+        assert_eq!(memory_flags(server.child.id()), (false, true));
+    }
+    let log = server.stop();
+    assert!(
+        log.contains("secret values are not locked in memory"),
+        "{log}"
+    );
+    assert!(!log.contains(&value_text[..32]), "{log}");
+}

@@ -30,6 +30,8 @@ pub struct Readiness {
     pub consecutive_failures: u32,
     /// The last load error (source descriptions and reasons; never values).
     pub last_error: Option<String>,
+    /// `locked`, `empty`, or `unlocked: <why>` for the current set's memory.
+    pub secret_memory: String,
 }
 
 impl Health {
@@ -73,6 +75,7 @@ impl Health {
             max_age_seconds: max_age.as_secs(),
             consecutive_failures: h.failures,
             last_error: h.last_error.clone(),
+            secret_memory: String::new(),
         }
     }
 }

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub age_seconds: Gauge<f64, AtomicU64>,
     pub stale: Gauge,
     pub ready: Gauge,
+    pub memory_locked: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +87,12 @@ impl Default for Metrics {
             "1 when the server is ready (see /readyz)",
             ready.clone(),
         );
+        let memory_locked = Gauge::default();
+        registry.register(
+            "secret_memory_locked",
+            "1 when the current set's values are locked in RAM (mlock) and excluded from core dumps",
+            memory_locked.clone(),
+        );
         Self {
             registry,
             requests,
@@ -97,6 +104,7 @@ impl Default for Metrics {
             age_seconds,
             stale,
             ready,
+            memory_locked,
         }
     }
 }

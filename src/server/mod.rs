@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 
 use crate::config::server::ServerConfig;
 use crate::keys::ServerKey;
+use crate::locked::LockStatus;
 use crate::registry::Registry;
 use crate::store::{SecretSet, Store};
 
@@ -124,8 +125,16 @@ impl State {
     /// Updates the gauges that describe the current state (before a scrape).
     pub fn update_gauges(&self) -> health::Readiness {
         let rt = self.runtime.load();
-        let readiness = self.health.readiness(rt.config.effective_max_age());
+        let mut readiness = self.health.readiness(rt.config.effective_max_age());
         let set = self.store.snapshot();
+        readiness.secret_memory = match set.memory() {
+            LockStatus::Locked => "locked".into(),
+            LockStatus::Empty => "empty".into(),
+            LockStatus::Unlocked(why) => format!("unlocked: {why}"),
+        };
+        self.metrics
+            .memory_locked
+            .set(matches!(set.memory(), LockStatus::Locked) as i64);
         self.metrics.secrets.set(set.len() as i64);
         self.metrics.clients.set(rt.registry.len() as i64);
         self.metrics

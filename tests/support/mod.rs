@@ -202,7 +202,27 @@ impl ServerProcess {
 
     /// As [`ServerProcess::start`], with extra environment variables.
     pub fn start_with_env(config: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_locket"))
+        Self::start_wrapped(&[], config, extra_args, env)
+    }
+
+    /// As [`ServerProcess::start_with_env`], run through `wrapper` (e.g.
+    /// `prlimit --memlock=0:0 --`), which must exec its last argument.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        config: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let bin = env!("CARGO_BIN_EXE_locket");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .envs(env.iter().copied())
             .args(extra_args)
             .arg("serve")
