@@ -215,7 +215,7 @@ fn crypto_floor(server: &ServerKey, reply: &ReplyKey, names: usize) -> Duration 
         })
         .collect();
     let reply_public = locket::keys::parse_reply_key(reply.spki_der()).unwrap();
-    let rounds = 40;
+    let rounds = 100;
     let start = thread_cpu();
     for _ in 0..rounds {
         assert!(request.verify(&verifying));
@@ -257,9 +257,13 @@ fn drive(
     reply: &rsa::PrivateKey,
     fp: &str,
 ) -> Row {
-    // About 240 requests per row, so that /proc's 10 ms CPU ticks are a
-    // small error on the server's CPU time.
-    let per_client = (240 / c).max(3);
+    // About 1,200 requests per row (LOCKET_BENCH_REQUESTS), so that /proc's
+    // 10 ms CPU ticks are under 2% of the server's CPU time in every row.
+    let total: usize = std::env::var("LOCKET_BENCH_REQUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1200);
+    let per_client = (total / c).max(3);
     let clients: Vec<Arc<Client>> = (0..c)
         .map(|i| {
             let mut cfg = ClientConfig::single(format!("http://{addr}"), format!("c{i}"), "unused");
@@ -366,15 +370,29 @@ fn main() {
     for bits in [locket::keys::DEFAULT_SERVER_KEY_BITS, 2048] {
         let dir = tempfile::tempdir().unwrap();
         let key = setup(dir.path(), bits);
-        let floor_fleet = crypto_floor(&key, &reply, PER_CLIENT);
-        let floor_single = crypto_floor(&key, &reply, 1);
         let server = Server::start(dir.path());
         let pid = server.child.id();
-        for (workload, floor) in [
-            (Workload::Fleet, floor_fleet),
-            (Workload::Single, floor_single),
-        ] {
+        // Warm-up (not reported): the first requests fault in pages and
+        // start the server's blocking threads.
+        drive(
+            &rt,
+            &server.addr,
+            pid,
+            bits,
+            Workload::Fleet,
+            4,
+            &reply_private,
+            key.fingerprint(),
+        );
+        for workload in [Workload::Fleet, Workload::Single] {
+            let names = match workload {
+                Workload::Fleet => PER_CLIENT,
+                Workload::Single => 1,
+            };
             for c in [4, 16, 64] {
+                // The floor is measured next to each row, before and after,
+                // so that a drift of this VM's CPU speed affects both alike.
+                let before = crypto_floor(&key, &reply, names);
                 let row = drive(
                     &rt,
                     &server.addr,
@@ -385,6 +403,7 @@ fn main() {
                     &reply_private,
                     key.fingerprint(),
                 );
+                let floor = (before + crypto_floor(&key, &reply, names)) / 2;
                 let cpu_per_req = row.server_cpu / row.requests as f64;
                 let ratio = cpu_per_req / floor.as_secs_f64();
                 writeln!(
@@ -428,8 +447,14 @@ fn main() {
         ClientKey::from_seed(&seed(0))
             .write_new(&client_dir.join("c0.key"))
             .unwrap();
+        // Key generation time is random (a prime search), so both sides are
+        // sampled 25 times, interleaved, and compared by their medians.
         let mut cold = Vec::new();
-        for _ in 0..8 {
+        let mut keygen = Vec::new();
+        for _ in 0..25 {
+            let t = Instant::now();
+            std::hint::black_box(ReplyKey::generate().unwrap());
+            keygen.push(t.elapsed());
             let t = Instant::now();
             let out = Command::new(env!("CARGO_BIN_EXE_locket-client"))
                 .args([
@@ -451,12 +476,6 @@ fn main() {
             cold.push(t.elapsed());
         }
         cold.sort();
-        let mut keygen = Vec::new();
-        for _ in 0..8 {
-            let t = Instant::now();
-            std::hint::black_box(ReplyKey::generate().unwrap());
-            keygen.push(t.elapsed());
-        }
         keygen.sort();
         let one = drive(
             &rt,

@@ -311,6 +311,8 @@ in
           # SIGHUP re-reads the config: a valid one is swapped in, an invalid one is refused.
           ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
           WatchdogSec = "30s";
+          # Room to mlock the loaded secret values (one region per set).
+          LimitMEMLOCK = "64M";
           Restart = "on-failure";
           RestartSec = 5;
           DynamicUser = true;

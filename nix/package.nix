@@ -5,6 +5,7 @@
   lib,
   rustPlatform,
   stdenv,
+  util-linux,
 }:
 let
   fs = lib.fileset;
@@ -22,11 +23,20 @@ rustPlatform.buildRustPackage {
       ../src
       ../tests
       ../examples
+      ../benches # declared in Cargo.toml; cargo reads every target
+      ../.cargo
       ../docs/protocol.md # its test vectors are checked by the test suite
     ];
   };
 
   cargoLock.lockFile = ../Cargo.lock;
+
+  # As in .cargo/config.toml: AWS-LC seeds from getrandom instead of running
+  # its CPU-jitter collector (about 40 ms of CPU at the start of every process).
+  env.AWS_LC_SYS_NO_JITTER_ENTROPY = "1";
+
+  # prlimit, for the test that runs the server without a memory-lock allowance.
+  nativeCheckInputs = [ util-linux ];
 
   # The test suite starts real servers on 127.0.0.1 (and binds 127.0.0.2/3
   # as client addresses), which the build sandbox's loopback allows. The

@@ -95,7 +95,7 @@ let
     hardening =
       sc.DynamicUser && sc.NoNewPrivileges && sc.PrivateTmp && sc.PrivateDevices && sc.ProtectHome
       && sc.ProtectSystem == "strict" && sc.MemoryDenyWriteExecute && sc.LockPersonality
-      && sc.UMask == "0077" && sc.LimitCORE == 0 && sc.CapabilityBoundingSet == [ "" ]
+      && sc.UMask == "0077" && sc.LimitCORE == 0 && sc.LimitMEMLOCK == "64M" && sc.CapabilityBoundingSet == [ "" ]
       && sc.StateDirectory == "locket" && builtins.elem "@system-service" sc.SystemCallFilter
       && sc.RestrictAddressFamilies == [ "AF_INET" "AF_INET6" "AF_UNIX" ];
     credentials = sc.LoadCredential == [
