@@ -215,7 +215,7 @@ fn crypto_floor(server: &ServerKey, reply: &ReplyKey, names: usize) -> Duration 
         })
         .collect();
     let reply_public = locket::keys::parse_reply_key(reply.spki_der()).unwrap();
-    let rounds = 100;
+    let rounds = 20;
     let start = thread_cpu();
     for _ in 0..rounds {
         assert!(request.verify(&verifying));
@@ -365,9 +365,15 @@ fn main() {
     let reply_private = ReplyKey::generate().unwrap().private().clone();
     let reply = ReplyKey::from_private(reply_private.clone()).unwrap();
     let mut table = String::new();
+    let mut profiles = String::new();
     let mut json_rows = Vec::new();
     let mut summary = Vec::new();
-    for bits in [locket::keys::DEFAULT_SERVER_KEY_BITS, 2048] {
+    // LOCKET_BENCH_BITS=2048 (or 3072) runs one key size only.
+    let sizes: Vec<usize> = match std::env::var("LOCKET_BENCH_BITS") {
+        Ok(b) => vec![b.parse().expect("LOCKET_BENCH_BITS is a number of bits")],
+        Err(_) => vec![locket::keys::DEFAULT_SERVER_KEY_BITS, 2048],
+    };
+    for bits in sizes {
         let dir = tempfile::tempdir().unwrap();
         let key = setup(dir.path(), bits);
         let server = Server::start(dir.path());
@@ -390,9 +396,13 @@ fn main() {
                 Workload::Single => 1,
             };
             for c in [4, 16, 64] {
-                // The floor is measured next to each row, before and after,
-                // so that a drift of this VM's CPU speed affects both alike.
-                let before = crypto_floor(&key, &reply, names);
+                // The floor is measured next to each row, five times before
+                // and five after, and the median taken, so that a drift of
+                // this VM's CPU speed affects both alike and one slow
+                // moment does not move it.
+                let mut floors: Vec<Duration> =
+                    (0..5).map(|_| crypto_floor(&key, &reply, names)).collect();
+                let profile = Profile::start(pid, bits, workload, c);
                 let row = drive(
                     &rt,
                     &server.addr,
@@ -403,9 +413,27 @@ fn main() {
                     &reply_private,
                     key.fingerprint(),
                 );
-                let floor = (before + crypto_floor(&key, &reply, names)) / 2;
+                let profile = profile.map(Profile::finish);
+                floors.extend((0..5).map(|_| crypto_floor(&key, &reply, names)));
+                floors.sort();
+                let floor = (floors[4] + floors[5]) / 2;
                 let cpu_per_req = row.server_cpu / row.requests as f64;
                 let ratio = cpu_per_req / floor.as_secs_f64();
+                if let Some(p) = &profile {
+                    writeln!(
+                        profiles,
+                        "{bits:>5} | {:<26} | {c:>3} | {:>7} | {:>7.1}% | {:>7.1}% | {:>7.1}% | {:>7.1}% | {:>7.1}% | {:>5.2}x",
+                        row.workload,
+                        p.samples,
+                        p.share("crypto"),
+                        p.share("kernel"),
+                        p.share("allocator"),
+                        p.share("http/runtime"),
+                        p.share("other"),
+                        100.0 / p.share("crypto"),
+                    )
+                    .unwrap();
+                }
                 writeln!(
                     table,
                     "{:>5} | {:<26} | {:>3} | {:>8.0} | {:>8.0} | {:>7.2} | {:>7.2} | {:>8.3} | {:>8.3} | {:>7.3} | {:>5.2}x",
@@ -505,6 +533,15 @@ fn main() {
         "bits  | workload                   |   C | secrets/s| req/s    | p50 ms  | p99 ms  | CPU ms/req | CPU ms/secret | floor ms | CPU/floor"
     );
     print!("{table}");
+    if !profiles.is_empty() {
+        println!(
+            "\nserver CPU by where it went (perf, per row; CPU/floor = all samples / cryptography samples)"
+        );
+        println!(
+            "bits  | workload                   |   C | samples |  crypto  |  kernel  | allocator| http/rt  |  other   | CPU/floor"
+        );
+        print!("{profiles}");
+    }
     for (bits, per_secret) in &summary {
         let ours = 1.0 / per_secret;
         let go_low = 1.0 / 1.5e-3;
@@ -519,4 +556,138 @@ fn main() {
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-fleet.json").into());
     std::fs::write(&path, serde_json::to_string_pretty(&json_rows).unwrap()).unwrap();
     println!("JSON: {path}");
+}
+
+/// A `perf record` of the server process during one row
+/// (`LOCKET_BENCH_PERF=1`), summarised by where the CPU went. Shares within
+/// one recording do not move with this VM's CPU speed, unlike two timings
+/// taken apart.
+struct Profile {
+    child: Child,
+    out: String,
+}
+
+struct ProfileSummary {
+    samples: u64,
+    shares: Vec<(&'static str, f64)>,
+}
+
+impl Profile {
+    fn start(pid: u32, bits: usize, workload: Workload, c: usize) -> Option<Self> {
+        std::env::var_os("LOCKET_BENCH_PERF")?;
+        let kind = match workload {
+            Workload::Fleet => "fleet",
+            Workload::Single => "single",
+        };
+        let out = format!(
+            "{}/target/perf-server-{bits}-{kind}-c{c}.data",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let child = Command::new("perf")
+            .args(["record", "-q", "-F", "1999", "-g", "-o", &out, "-p"])
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("LOCKET_BENCH_PERF is set but `perf` cannot run");
+        std::thread::sleep(Duration::from_millis(200)); // attached
+        Some(Self { child, out })
+    }
+
+    fn finish(mut self) -> ProfileSummary {
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let _ = self.child.wait();
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "-i",
+                &self.out,
+                "--no-children",
+                "--sort",
+                "dso,symbol",
+            ])
+            .args(["--stdio", "-g", "none", "-F", "sample,dso,symbol"])
+            .output()
+            .expect("perf report");
+        let text = String::from_utf8_lossy(&report.stdout);
+        let mut by: Vec<(&'static str, u64)> = Vec::new();
+        let mut total = 0;
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            let mut parts = line.split_whitespace();
+            let Some(samples) = parts.next().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            let rest: String = parts.collect::<Vec<_>>().join(" ");
+            let kind = classify(&rest);
+            total += samples;
+            match by.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += samples,
+                None => by.push((kind, samples)),
+            }
+        }
+        println!("  profile: perf report -i {}", self.out);
+        ProfileSummary {
+            samples: total,
+            shares: by
+                .into_iter()
+                .map(|(k, n)| (k, 100.0 * n as f64 / total.max(1) as f64))
+                .collect(),
+        }
+    }
+}
+
+impl ProfileSummary {
+    fn share(&self, kind: &str) -> f64 {
+        self.shares
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, s)| *s)
+            .unwrap_or(0.0)
+    }
+}
+
+/// Which part of the server a sampled symbol belongs to. "crypto" is the
+/// floor: the RSA operations and OAEP (AWS-LC), ed25519 verification
+/// (curve25519-dalek, SHA-512) and AES-GCM.
+fn classify(dso_symbol: &str) -> &'static str {
+    let s = dso_symbol;
+    let any = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
+    if any(&[
+        "aws_lc_",
+        "curve25519",
+        "ed25519",
+        "sha2::",
+        "aes::",
+        "aes_gcm",
+        "ghash",
+        "polyval",
+        "subtle::",
+        "crypto_bigint",
+        "bn_",
+    ]) {
+        "crypto"
+    } else if s.contains("[k]") {
+        "kernel"
+    } else if any(&[
+        "malloc",
+        "free",
+        "memmove",
+        "memset",
+        "memcpy",
+        "memcmp",
+        "_int_",
+        "realloc",
+        "unlink_chunk",
+        "calloc",
+    ]) {
+        "allocator"
+    } else if any(&[
+        "hyper", "tokio", "httparse", "mio::", "http::", "futures", "warp", "bytes::", "epoll",
+        "pthread", "futex", "syscall", "__libc_",
+    ]) {
+        "http/runtime"
+    } else {
+        "other"
+    }
 }
