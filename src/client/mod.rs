@@ -101,8 +101,16 @@ pub struct Client {
     timeout: Duration,
     name: String,
     key: ClientKey,
-    reply: ReplyKey,
+    reply: ReplySlot,
     pin: Option<String>,
+}
+
+/// The reply key: given, or being generated on its own thread since
+/// [`Client::new`], so that its prime search (most of a cold `get`) overlaps
+/// with building the HTTP client and fetching the server key.
+struct ReplySlot {
+    key: OnceCell<ReplyKey>,
+    pending: std::sync::Mutex<Option<std::thread::JoinHandle<Result<ReplyKey, KeyError>>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -124,7 +132,18 @@ impl Client {
     /// A client for `config`, signing with `key`. Generates the reply key
     /// (once for the life of this client).
     pub fn new(config: &ClientConfig, key: ClientKey) -> Result<Self, ClientError> {
-        Self::with_reply_key(config, key, ReplyKey::generate()?)
+        let pending = std::thread::Builder::new()
+            .name("reply-keygen".into())
+            .spawn(ReplyKey::generate)
+            .map_err(|e| ClientError::Local(format!("cannot start key generation: {e}")))?;
+        Self::build(
+            config,
+            key,
+            ReplySlot {
+                key: OnceCell::new(),
+                pending: std::sync::Mutex::new(Some(pending)),
+            },
+        )
     }
 
     /// As [`Client::new`], with a given reply key.
@@ -133,6 +152,41 @@ impl Client {
         key: ClientKey,
         reply: ReplyKey,
     ) -> Result<Self, ClientError> {
+        Self::build(
+            config,
+            key,
+            ReplySlot {
+                key: OnceCell::new_with(Some(reply)),
+                pending: std::sync::Mutex::new(None),
+            },
+        )
+    }
+
+    /// The reply key, waiting for its generation the first time.
+    async fn reply_key(&self) -> Result<&ReplyKey, ClientError> {
+        self.reply
+            .key
+            .get_or_try_init(|| async {
+                let pending = self
+                    .reply
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                let Some(handle) = pending else {
+                    return Err(ClientError::Local(
+                        "reply key generation failed earlier in this process".into(),
+                    ));
+                };
+                match tokio::task::spawn_blocking(move || handle.join()).await {
+                    Ok(Ok(generated)) => generated.map_err(ClientError::from),
+                    _ => Err(ClientError::Local("reply key generation panicked".into())),
+                }
+            })
+            .await
+    }
+
+    fn build(config: &ClientConfig, key: ClientKey, reply: ReplySlot) -> Result<Self, ClientError> {
         install_crypto_provider();
         if config.servers.is_empty() {
             return Err(ClientError::Local("no server configured".into()));
@@ -322,6 +376,7 @@ impl Client {
         names: &[String],
     ) -> Result<Vec<(String, SecretValue)>, ClientError> {
         let server_key = self.endpoint_key(endpoint).await?;
+        let reply = self.reply_key().await?;
         let header = Header {
             client: self.name.clone(),
             server_fingerprint: server_key.fingerprint.clone(),
@@ -330,7 +385,7 @@ impl Client {
         };
         let body = RequestBody {
             names: names.to_vec(),
-            reply_key: self.reply.spki_der().to_vec(),
+            reply_key: reply.spki_der().to_vec(),
         };
         let request = Request::seal(header, &body, server_key, &self.key)
             .map_err(|e| ClientError::Local(e.to_string()))?;
@@ -359,7 +414,7 @@ impl Client {
             .map_err(unreachable)?;
         match status {
             200 | 404 => {
-                let answer = protocol::open_answer(&bytes, &self.reply, &request.header)
+                let answer = protocol::open_answer(&bytes, reply, &request.header)
                     .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 if status == 404 {
                     if answer.missing.is_empty() {
