@@ -37,8 +37,8 @@ pub fn client_key() -> &'static ClientKey {
     KEY.get_or_init(|| ClientKey::from_seed(&[7; 32]))
 }
 
-/// A fixed reply key (test-only, committed) so that sealed answers in the
-/// corpus open on every run.
+/// A fixed RSA key (test-only, committed; also the seeds' server key), so
+/// that sealed answers in the corpus open on every run.
 pub fn reply_key() -> &'static ReplyKey {
     static KEY: OnceLock<ReplyKey> = OnceLock::new();
     KEY.get_or_init(|| {
@@ -159,8 +159,7 @@ fn check_answer(answer: &Answer) {
 /// written (`cargo run --manifest-path tests/fuzz/Cargo.toml --bin write-seeds`).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
-    let server = ServerKey::from_pem(include_str!("../../examples/server-key.pem"))
-        .expect("example server key");
+    let server = ServerKey::from_pem(include_str!("reply-key.pem")).expect("example server key");
     let public = ServerPublicKey::from_pem(server.public_pem()).expect("public");
     let header = Header {
         client: "fuzz".into(),
@@ -203,7 +202,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out.push((
         "keys",
         "server-private".into(),
-        include_bytes!("../../examples/server-key.pem").to_vec(),
+        include_bytes!("reply-key.pem").to_vec(),
     ));
     out.push((
         "config",
