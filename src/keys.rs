@@ -395,7 +395,11 @@ impl ClientKey {
     /// describes the encoding problem and never quotes key material.
     pub fn from_pem(text: &str) -> Result<Self, String> {
         if let Some(body) = pem_body(text, "ED25519 PRIVATE KEY") {
-            let seed = zeroize::Zeroizing::new(B64.decode(body).map_err(|e| e.to_string())?);
+            // base64's errors can quote a symbol of the key: say only what is wrong.
+            let seed = zeroize::Zeroizing::new(
+                B64.decode(body)
+                    .map_err(|_| "the key's base64 body is invalid".to_owned())?,
+            );
             let seed: &[u8; 32] = seed
                 .as_slice()
                 .try_into()

@@ -100,8 +100,9 @@ impl Store {
 
     /// Replaces the whole set at once.
     pub fn replace(&self, next: SecretSet) {
-        let previous = self.current.swap(Arc::new(next));
-        warn_if_unlocked(Some(previous.memory()), self.current.load().memory());
+        let next = Arc::new(next);
+        let previous = self.current.swap(Arc::clone(&next));
+        warn_if_unlocked(Some(previous.memory()), next.memory());
     }
 }
 
