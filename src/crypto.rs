@@ -1,7 +1,9 @@
 //! The cryptographic primitives of the protocol, each in one small function.
 //!
-//! * RSA-OAEP with SHA-256 (hash and MGF1) and a protocol label, used only to
-//!   wrap a fresh 256-bit AEAD key ([`wrap_key`], [`unwrap_key`]).
+//! * RSA-OAEP with SHA-256 (hash and MGF1) and a protocol label, used in v2
+//!   only to wrap a fresh 256-bit AEAD key ([`wrap_key`], [`unwrap_key`]);
+//!   protocol v1 encrypts names and values with it directly
+//!   ([`oaep_encrypt`], [`oaep_decrypt`], empty label).
 //! * AES-256-GCM with an all-zero 96-bit nonce ([`seal`], [`open`]). The zero
 //!   nonce is safe because every AEAD key is random and used for exactly one
 //!   message, which the protocol guarantees by construction.
@@ -128,14 +130,7 @@ impl Decrypter {
 
 /// Encrypts `key` to `public` with RSA-OAEP-SHA256 under `label`.
 pub fn wrap_key(public: &Encrypter, label: &[u8], key: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let oaep = OaepPublicEncryptingKey::new(public.key.clone()).map_err(|_| CryptoError::Wrap)?;
-    let mut out = vec![0u8; oaep.ciphertext_size()];
-    let len = oaep
-        .encrypt(&OAEP_SHA256_MGF1SHA256, key, &mut out, Some(label))
-        .map_err(|_| CryptoError::Wrap)?
-        .len();
-    out.truncate(len);
-    Ok(out)
+    oaep_encrypt(public, label, key)
 }
 
 /// Decrypts an AEAD key wrapped by [`wrap_key`]. Fails unless the plaintext is
@@ -145,20 +140,62 @@ pub fn unwrap_key(
     label: &[u8],
     wrapped: &[u8],
 ) -> Result<Zeroizing<[u8; AEAD_KEY_LEN]>, CryptoError> {
-    if wrapped.len() != private.key.key_size_bytes() {
-        return Err(CryptoError::Unwrap);
-    }
-    let mut plain = Zeroizing::new(vec![0u8; private.key.min_output_size()]);
-    let got = private
-        .key
-        .decrypt(&OAEP_SHA256_MGF1SHA256, wrapped, &mut plain, Some(label))
-        .map_err(|_| CryptoError::Unwrap)?;
-    if got.len() != AEAD_KEY_LEN {
+    let plain = oaep_decrypt(private, label, wrapped)?;
+    if plain.len() != AEAD_KEY_LEN {
         return Err(CryptoError::Unwrap);
     }
     let mut key = Zeroizing::new([0u8; AEAD_KEY_LEN]);
-    key.copy_from_slice(got);
+    key.copy_from_slice(&plain);
     Ok(key)
+}
+
+/// Most plaintext bytes one RSA-OAEP-SHA256 block to `public` can carry
+/// (`k - 66`: 190 for 2048 bits).
+pub fn oaep_max_plaintext(public: &Encrypter) -> usize {
+    (public.key.key_size_bits() / 8).saturating_sub(2 * 32 + 2)
+}
+
+/// One RSA-OAEP-SHA256 block: the primitive under [`wrap_key`], used whole
+/// by protocol v1, which encrypts names and values directly.
+pub fn oaep_encrypt(
+    public: &Encrypter,
+    label: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let oaep = OaepPublicEncryptingKey::new(public.key.clone()).map_err(|_| CryptoError::Wrap)?;
+    let mut out = vec![0u8; oaep.ciphertext_size()];
+    let len = oaep
+        .encrypt(&OAEP_SHA256_MGF1SHA256, plaintext, &mut out, Some(label))
+        .map_err(|_| CryptoError::Wrap)?
+        .len();
+    out.truncate(len);
+    Ok(out)
+}
+
+/// Decrypts one RSA-OAEP-SHA256 block in AWS-LC (constant-time, blinded)
+/// into zeroizing memory. A ciphertext of the wrong length is refused before
+/// the private key is used.
+pub fn oaep_decrypt(
+    private: &Decrypter,
+    label: &[u8],
+    ciphertext: &[u8],
+) -> Result<SecretBytes, CryptoError> {
+    if ciphertext.len() != private.key.key_size_bytes() {
+        return Err(CryptoError::Unwrap);
+    }
+    let mut plain = SecretBytes::new(vec![0u8; private.key.min_output_size()]);
+    let len = private
+        .key
+        .decrypt(
+            &OAEP_SHA256_MGF1SHA256,
+            ciphertext,
+            plain.as_mut_slice(),
+            Some(label),
+        )
+        .map_err(|_| CryptoError::Unwrap)?
+        .len();
+    plain.truncate(len);
+    Ok(plain)
 }
 
 /// Encrypts `plaintext` in place (it becomes ciphertext || tag).

@@ -9,17 +9,21 @@
 //!   to the server key; the answer is the value sealed the same way to the
 //!   client's key: one RSA block, so at most `k - 66` bytes (190 for 2048).
 //! * `signature`: ed25519 over `name \n client_pubkey \n timestamp \n nonce`.
+//!
+//! Both RSA operations run in AWS-LC ([`crate::crypto`]), like v2's: v1
+//! decrypts before it authenticates (as the original did), so its private-key
+//! operation is the one an unauthenticated caller can reach and time.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
-use rsa::traits::PublicKeyParts;
-use rsa::{Oaep, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
+use crate::crypto::{self, Decrypter, Encrypter};
 use crate::keys::{MAX_RSA_BITS, MIN_RSA_BITS};
 use crate::secret::SecretBytes;
+
+/// v1 uses OAEP with an empty label.
+const LABEL: &[u8] = b"";
 
 /// Largest v1 request body.
 pub const MAX_BODY: u64 = 1024 * 1024;
@@ -40,10 +44,10 @@ pub struct Answer {
     pub payload: String,
 }
 
-/// PEM `RSA PUBLIC KEY` around SPKI DER, as the original writes it.
-pub fn public_key_pem(key: &PublicKey) -> String {
-    let der = key.to_public_key_der().expect("an RSA public key encodes");
-    let b64 = B64.encode(der.as_bytes());
+/// PEM `RSA PUBLIC KEY` around SPKI DER (`spki_der`), as the original
+/// writes it.
+pub fn public_key_pem(spki_der: &[u8]) -> String {
+    let b64 = B64.encode(spki_der);
     let mut out = String::from("-----BEGIN RSA PUBLIC KEY-----\n");
     for line in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
@@ -55,7 +59,7 @@ pub fn public_key_pem(key: &PublicKey) -> String {
 
 /// Parses a client's RSA public key in the original's form (or a plain
 /// SPKI `PUBLIC KEY`), 2048 to 8192 bits.
-pub fn parse_public_key_pem(pem: &str) -> Result<PublicKey, String> {
+pub fn parse_public_key_pem(pem: &str) -> Result<Encrypter, String> {
     let body = ["RSA PUBLIC KEY", "PUBLIC KEY"]
         .iter()
         .find_map(|label| {
@@ -69,9 +73,9 @@ pub fn parse_public_key_pem(pem: &str) -> Result<PublicKey, String> {
     let der = B64
         .decode(body)
         .map_err(|_| "client_pubkey PEM is not base64")?;
-    let key =
-        PublicKey::from_public_key_der(&der).map_err(|_| "client_pubkey is not an RSA SPKI key")?;
-    let bits = key.size() * 8;
+    let key = Encrypter::from_spki_der(&der)
+        .map_err(|_| "client_pubkey is not an RSA SPKI key of 2048 to 8192 bits")?;
+    let bits = key.bits();
     if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
         return Err(format!("client_pubkey has {bits} bits"));
     }
@@ -84,23 +88,22 @@ pub fn signed_string(name: &str, client_pubkey: &str, timestamp: i64, nonce: &st
 }
 
 /// Most plaintext bytes one OAEP-SHA256 block to `key` can carry.
-pub fn max_plaintext(key: &PublicKey) -> usize {
-    key.size().saturating_sub(2 * 32 + 2)
+pub fn max_plaintext(key: &Encrypter) -> usize {
+    crypto::oaep_max_plaintext(key)
 }
 
 /// Decrypts a payload (the secret name) with the server key.
-pub fn open_payload(key: &PrivateKey, payload_b64: &str) -> Result<SecretBytes, String> {
+pub fn open_payload(key: &Decrypter, payload_b64: &str) -> Result<SecretBytes, String> {
     let ct = B64
         .decode(payload_b64)
         .map_err(|_| "payload is not base64")?;
-    key.decrypt(Oaep::<Sha256>::new(), &ct)
-        .map(SecretBytes::new)
+    crypto::oaep_decrypt(key, LABEL, &ct)
         .map_err(|_| "payload does not decrypt with the server key".into())
 }
 
 /// Encrypts a value to the client's key.
-pub fn seal_value(key: &PublicKey, value: &[u8]) -> Result<String, String> {
-    key.encrypt(&mut getrandom::SysRng, Oaep::<Sha256>::new(), value)
+pub fn seal_value(key: &Encrypter, value: &[u8]) -> Result<String, String> {
+    crypto::oaep_encrypt(key, LABEL, value)
         .map(|ct| B64.encode(ct))
         .map_err(|e| format!("RSA-OAEP to the client key failed: {e}"))
 }

@@ -539,3 +539,69 @@ fn import_registry_turns_the_original_yaml_into_clients() {
     assert_eq!(code, 2);
     assert!(err.contains("keypub"), "{err}");
 }
+
+/// A payload that does not decrypt cost the server a private-key operation
+/// before any authentication, so it counts as a failed authentication: a
+/// source probing with chosen ciphertexts gets 429 with `Retry-After`, even
+/// for a valid request afterwards, while other sources are still served.
+#[tokio::test(flavor = "multi_thread")]
+async fn undecryptable_payloads_count_toward_the_failed_auth_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc1 = V1Client::new(61, None);
+    let svc2 = V1Client::new(62, Some("127.0.0.2"));
+    let config = setup(dir.path(), "", &svc1, &svc2);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("max_failed_auth = 3\nfailed_auth_window = \"1m\"\n{text}"),
+    )
+    .unwrap();
+    let server = ServerProcess::start(&config, &[]);
+    let url = format!("http://{}/", server.addr);
+
+    for attempt in 0..3u8 {
+        let mut b = svc1.body(&url, "SERVICE1_VAR", now()).await;
+        b["payload"] = serde_json::json!(B64.encode([attempt; 256]));
+        let (status, _, body) = svc1.post(&url, b.to_string().into_bytes()).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (400, "bad request\n"),
+            "attempt {attempt}"
+        );
+    }
+    let valid = svc1.body(&url, "SERVICE1_VAR", now()).await;
+    let r = svc1
+        .http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(valid.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+
+    // svc2 calls from its own address and is not affected.
+    let (status, _, body) = svc2
+        .post(
+            &url,
+            svc2.body(&url, "SHARED_VAR", now())
+                .await
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(svc2.open(&body), "shared");
+    assert!(
+        server
+            .log()
+            .contains("payload does not decrypt with the server key"),
+        "the log says why the requests were refused"
+    );
+}

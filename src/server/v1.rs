@@ -58,7 +58,7 @@ pub fn routes(
             let key = v1_key(&state);
             let mut r = text(
                 StatusCode::OK,
-                protocol_v1::public_key_pem(&key.private().to_public_key()).trim_end(),
+                protocol_v1::public_key_pem(key.spki_der()).trim_end(),
             );
             r.headers_mut()
                 .insert("content-type", HeaderValue::from_static("text/plain"));
@@ -104,6 +104,10 @@ enum V1Outcome {
         reason: String,
     },
     BadRequest(String),
+    /// The payload did not decrypt: a 400 like any bad request, but it cost
+    /// a private-key operation, so it counts as a failed authentication and
+    /// chosen-ciphertext probing runs into the per-source 429 limit.
+    Undecryptable(String),
     NotFound {
         client: String,
         name: String,
@@ -131,7 +135,10 @@ async fn handle(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
         Ok(o) => o,
         Err(e) => V1Outcome::Internal(format!("worker failed: {e}")),
     };
-    if matches!(outcome, V1Outcome::Forbidden { .. }) {
+    if matches!(
+        outcome,
+        V1Outcome::Forbidden { .. } | V1Outcome::Undecryptable(_)
+    ) {
         state.failures.failure(ip, unix_now());
     }
     let (label, response) = match outcome {
@@ -156,7 +163,7 @@ async fn handle(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
             tracing::warn!(request_id = %id, protocol = "v1", client = client.as_deref().unwrap_or("-"), ip = %ip, reason = %reason, outcome = "denied", "request denied");
             ("denied", text(StatusCode::FORBIDDEN, "forbidden"))
         }
-        V1Outcome::BadRequest(reason) => {
+        V1Outcome::BadRequest(reason) | V1Outcome::Undecryptable(reason) => {
             tracing::warn!(request_id = %id, protocol = "v1", ip = %ip, reason = %reason, outcome = "bad_request", "request rejected");
             ("bad_request", text(StatusCode::BAD_REQUEST, "bad request"))
         }
@@ -209,12 +216,12 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
         Err(e) => return V1Outcome::BadRequest(format!("not the v1 JSON: {e}")),
     };
     // 3. Payload and nonce.
-    let name = match protocol_v1::open_payload(v1_key(state).private(), &request.payload) {
+    let name = match protocol_v1::open_payload(v1_key(state).decrypter(), &request.payload) {
         Ok(plain) => match String::from_utf8(plain.to_vec()) {
             Ok(n) => n,
             Err(_) => return V1Outcome::BadRequest("the decrypted name is not UTF-8".into()),
         },
-        Err(e) => return V1Outcome::BadRequest(e),
+        Err(e) => return V1Outcome::Undecryptable(e),
     };
     if request.nonce.is_empty() {
         return V1Outcome::BadRequest("empty nonce".into());
