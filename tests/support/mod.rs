@@ -318,3 +318,15 @@ pub fn run_server_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Asserts the per-source failed-authentication answer: 429 with a
+/// `Retry-After` within the configured one-minute window.
+pub fn assert_rate_limited(r: &reqwest::Response) {
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+}
