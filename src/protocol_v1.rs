@@ -19,7 +19,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Decrypter, Encrypter};
-use crate::keys::{MAX_RSA_BITS, MIN_RSA_BITS};
 use crate::secret::SecretBytes;
 
 /// v1 uses OAEP with an empty label.
@@ -73,13 +72,9 @@ pub fn parse_public_key_pem(pem: &str) -> Result<Encrypter, String> {
     let der = B64
         .decode(body)
         .map_err(|_| "client_pubkey PEM is not base64")?;
-    let key = Encrypter::from_spki_der(&der)
-        .map_err(|_| "client_pubkey is not an RSA SPKI key of 2048 to 8192 bits")?;
-    let bits = key.bits();
-    if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
-        return Err(format!("client_pubkey has {bits} bits"));
-    }
-    Ok(key)
+    // AWS-LC refuses moduli outside 2048..=8192 bits itself.
+    Encrypter::from_spki_der(&der)
+        .map_err(|_| "client_pubkey is not an RSA SPKI key of 2048 to 8192 bits".into())
 }
 
 /// The string the client signs.
@@ -106,4 +101,27 @@ pub fn seal_value(key: &Encrypter, value: &[u8]) -> Result<String, String> {
     crypto::oaep_encrypt(key, LABEL, value)
         .map(|ct| B64.encode(ct))
         .map_err(|e| format!("RSA-OAEP to the client key failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsa::pkcs8::EncodePublicKey as _;
+
+    /// The client's reply key must be 2048 to 8192 bits, in either PEM form.
+    #[test]
+    fn client_keys_below_2048_bits_are_refused() {
+        for (bits, ok) in [(1024, false), (2048, true)] {
+            let key = rsa::PrivateKey::new(&mut getrandom::SysRng, bits).unwrap();
+            let der = key.to_public_key().to_public_key_der().unwrap();
+            let pem = public_key_pem(der.as_bytes());
+            let plain = pem.replace("RSA PUBLIC KEY", "PUBLIC KEY");
+            for text in [&pem, &plain] {
+                match parse_public_key_pem(text) {
+                    Ok(k) => assert!(ok && k.bits() == bits, "{bits} bits accepted"),
+                    Err(e) => assert!(!ok, "{bits} bits refused: {e}"),
+                }
+            }
+        }
+    }
 }
