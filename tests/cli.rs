@@ -183,12 +183,66 @@ fn whole_scenario_through_the_binaries_with_exit_codes_and_clean_debug_logs() {
         "{err}"
     );
 
-    // No pin: works, with a warning.
+    // No pin: refused before anything is sent (exit 2), naming the key the
+    // server offered and the ways to pin it.
+    let requests_logged = || server.log().matches("request_id=").count();
+    let logged = requests_logged();
     let mut unpinned = base("app", &app_key);
     unpinned.truncate(6);
-    let (code, _, err) = run(unpinned, &["get", "API_TOKEN"]);
-    assert_eq!(code, 0);
+    let (code, out, err) = run(unpinned.clone(), &["get", "API_TOKEN"]);
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(
+        err.contains("is not pinned, so nothing was sent")
+            && err.contains(&fp)
+            && err.contains("--trust-on-first-use"),
+        "{err}"
+    );
+    assert_eq!(
+        requests_logged(),
+        logged,
+        "an unpinned client sent a request"
+    );
+    // Explicitly insecure: works, with a warning on every run.
+    let (code, out, err) = run(
+        unpinned.clone(),
+        &["--insecure-unpinned", "get", "API_TOKEN"],
+    );
+    assert_eq!((code, out.as_str()), (0, "tok_3f9a8b7c6d\n"), "{err}");
     assert!(err.contains("not pinned"), "{err}");
+    // Trust on first use records the key (0600, beside the key file); later
+    // runs trust it without the flag and without a warning.
+    let known = dir.path().join("known_servers");
+    let (code, _, err) = run(
+        unpinned.clone(),
+        &["--trust-on-first-use", "get", "API_TOKEN"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("trusting the server"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&known).unwrap(),
+        format!("{url} {fp}\n")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&known).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (code, out, err) = run(unpinned.clone(), &["get", "API_TOKEN"]);
+    assert_eq!((code, out.as_str()), (0, "tok_3f9a8b7c6d\n"), "{err}");
+    assert!(
+        !err.contains("not pinned") && !err.contains("trusting"),
+        "{err}"
+    );
+    // A server whose key changed is refused with both fingerprints, even
+    // with --trust-on-first-use.
+    let other = format!("sha256:{}", "22".repeat(32));
+    std::fs::write(&known, format!("{url} {other}\n")).unwrap();
+    let (code, out, err) = run(unpinned, &["--trust-on-first-use", "get", "API_TOKEN"]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        err.contains(&other) && err.contains(&fp) && err.contains("nothing was sent"),
+        "{err}"
+    );
 
     // The same settings through LOCKET_* variables and a config file.
     let client_toml = dir.path().join("client.toml");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Registered, ServerProcess, run_client, write_server_files};
+use support::{Registered, ServerProcess, run_client_pinned, write_server_files};
 
 const SECRETS: &str = "APP_USER=alice\nAPP_PASS=\"p@ss word\"\nOTHER=nope\n";
 
@@ -49,7 +49,7 @@ fn exec_passes_secrets_not_the_key_and_keeps_the_exit_code() {
     let url = format!("http://{}", server.addr);
     let env_dump = dir.path().join("env.txt");
     let script = format!("env > {}; exit 7", env_dump.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_locket-client"))
+    let out = support::client_command()
         .args(["--server", &url, "--name", "app"])
         .args([
             "exec",
@@ -84,7 +84,7 @@ fn exec_passes_secrets_not_the_key_and_keeps_the_exit_code() {
     assert!(!env.contains("OTHER="));
 
     // --only limits what is fetched.
-    let (code, _, err) = run_client(
+    let (code, _, err) = run_client_pinned(
         &[
             "--server",
             &url,
@@ -106,7 +106,7 @@ fn exec_passes_secrets_not_the_key_and_keeps_the_exit_code() {
 
     // A failed fetch runs nothing.
     let marker = dir.path().join("ran");
-    let (code, _, _) = run_client(
+    let (code, _, _) = run_client_pinned(
         &[
             "--server",
             &url,
@@ -118,14 +118,14 @@ fn exec_passes_secrets_not_the_key_and_keeps_the_exit_code() {
             "--only",
             "OTHER",
             "--",
-            "/bin/touch",
+            "touch", // from PATH: the Nix build sandbox has only /bin/sh
             marker.to_str().unwrap(),
         ],
         dir.path(),
     );
     assert_eq!(code, 3);
     assert!(!marker.exists());
-    let (code, _, err) = run_client(
+    let (code, _, err) = run_client_pinned(
         &[
             "--server",
             &url,
@@ -153,7 +153,7 @@ fn render_watch_rewrites_on_change_and_runs_the_hook_once_per_change() {
     let key = key_file(dir.path());
     let out = dir.path().join("out");
     let hook_log = dir.path().join("hook.log");
-    let mut watcher = Command::new(env!("CARGO_BIN_EXE_locket-client"))
+    let mut watcher = support::client_command()
         .args([
             "--server",
             &format!("http://127.0.0.1:{port}"),
@@ -261,7 +261,7 @@ fn failover_between_servers() {
 
     // First down, second answers; then a 5xx first.
     for first in [&dead, &broken] {
-        let (code, out, err) = run_client(
+        let (code, out, err) = run_client_pinned(
             &[
                 "--server", first, "--server", &good, "--name", "app", "--key", &key, "get",
                 "APP_USER",
@@ -276,7 +276,7 @@ fn failover_between_servers() {
     let toml = dir.path().join("client.toml");
     std::fs::write(&toml, format!("servers = [\"{dead}\", \"{good}\"]\nserver_order = \"random\"\nname = \"app\"\nkey_file = \"app.key\"\n")).unwrap();
     for _ in 0..4 {
-        let (code, out, err) = run_client(
+        let (code, out, err) = run_client_pinned(
             &["--config", toml.to_str().unwrap(), "get", "APP_USER"],
             dir.path(),
         );
@@ -285,7 +285,7 @@ fn failover_between_servers() {
 
     // A 403 is an answer: the next server is never asked.
     let (second, second_hits) = fake_server(200);
-    let (code, _, err) = run_client(
+    let (code, _, err) = run_client_pinned(
         &[
             "--server", &good, "--server", &second, "--name", "app", "--key", &key, "get", "OTHER",
         ],
@@ -297,7 +297,7 @@ fn failover_between_servers() {
     // All down: a clear error naming each server, within the timeout.
     let (broken2, _) = fake_server(500);
     let started = Instant::now();
-    let (code, _, err) = run_client(
+    let (code, _, err) = run_client_pinned(
         &[
             "--server",
             &dead,
@@ -360,7 +360,7 @@ fn tls_with_a_custom_ca() {
     let key = key_file(dir.path());
     let url = format!("https://127.0.0.1:{}", server.addr.port());
     let ca_path = dir.path().join("ca.pem");
-    let (code, out, err) = run_client(
+    let (code, out, err) = run_client_pinned(
         &[
             "--server",
             &url,
@@ -377,7 +377,7 @@ fn tls_with_a_custom_ca() {
     );
     assert_eq!((code, out.as_str()), (0, "alice\n"), "{err}");
     // Without the CA the certificate is not trusted.
-    let (code, out, err) = run_client(
+    let (code, out, err) = run_client_pinned(
         &[
             "--server",
             &url,
@@ -396,7 +396,7 @@ fn tls_with_a_custom_ca() {
     assert!(out.is_empty());
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     // Plain HTTP to the TLS port fails too.
-    let (code, _, _) = run_client(
+    let (code, _, _) = run_client_pinned(
         &[
             "--server",
             &format!("http://127.0.0.1:{}", server.addr.port()),
@@ -415,4 +415,120 @@ fn tls_with_a_custom_ca() {
     let log = server.stop();
     assert!(log.contains("tls=true"), "{log}");
     assert!(!log.contains("alice"));
+}
+
+/// The NixOS module's fetch units run with `UMask=0077`. A consumer that
+/// reads its secrets through the group (`mode = "0440"`) must still be able
+/// to enter the folder: `render` sets the folder's mode itself (0750 for
+/// group-readable files) instead of trusting the umask. As root (CI), a
+/// process with only the group's gid reads the file for real.
+#[test]
+fn render_under_umask_0077_lets_the_group_read_0440_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Others must be able to reach the render folder's parent.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let key = key_file(dir.path());
+    let out = dir.path().join("svc");
+    let root = unsafe { libc::geteuid() } == 0;
+    // As root: owner nobody, a group of its own; otherwise what we are.
+    let (owner, group) = if root {
+        (65534, 4242)
+    } else {
+        unsafe { (libc::geteuid(), libc::getegid()) }
+    };
+    let status = Command::new("sh")
+        .env(
+            "LOCKET_SERVER_FINGERPRINT",
+            support::server_key().fingerprint(),
+        )
+        .args(["-c", "umask 077; exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_locket-client"))
+        .args(["--server", &format!("http://{}", server.addr)])
+        .args(["--name", "app", "--key", &key, "render", "--dir"])
+        .arg(&out)
+        .args(["--mode", "0440", "--owner", &owner.to_string()])
+        .args(["--group", &group.to_string(), "APP_USER"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let d = std::fs::metadata(&out).unwrap();
+    assert_eq!((d.mode() & 0o777, d.uid(), d.gid()), (0o750, owner, group));
+    let f = std::fs::metadata(out.join("APP_USER")).unwrap();
+    assert_eq!((f.mode() & 0o777, f.uid(), f.gid()), (0o440, owner, group));
+    if root {
+        // A member of the group only (not the owner) reads the value.
+        let read = Command::new("cat")
+            .arg(out.join("APP_USER"))
+            .gid(group) // std drops supplementary groups when root sets a uid
+            .uid(4343)
+            .output()
+            .unwrap();
+        assert!(
+            read.status.success(),
+            "{}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        assert_eq!(read.stdout, b"alice");
+    }
+    server.stop();
+}
+
+/// A grant of everything (or a substituted server) must not choose which
+/// program runs: variables such as PATH, LD_PRELOAD and BASH_ENV reach
+/// `exec`'s and `env`'s output only when asked for by name, or with
+/// `--allow-loader-vars`; the warning names them and never shows a value.
+#[test]
+fn loader_variables_are_passed_only_when_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = "APP_USER=alice\nPATH=/evil-bin\nLD_PRELOAD=/evil.so\nBASH_ENV=/evil.sh\n";
+    let clients = vec![Registered::new("app", 31, &["127.0.0.1"], &["*"])];
+    let config = write_server_files(dir.path(), secrets, &clients, "");
+    let server = ServerProcess::start(&config, &[]);
+    let key = key_file(dir.path());
+    let url = format!("http://{}", server.addr);
+    let base = [
+        "--server",
+        url.as_str(),
+        "--name",
+        "app",
+        "--key",
+        key.as_str(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        run_client_pinned(&args, dir.path())
+    };
+
+    let (code, out, err) = run(&["env"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "APP_USER=\"alice\"\n");
+    assert!(
+        err.contains("not passing BASH_ENV, LD_PRELOAD, PATH"),
+        "{err}"
+    );
+    assert!(!err.contains("evil"), "a value reached the warning: {err}");
+
+    let (code, out, err) = run(&["env", "PATH", "APP_USER"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "APP_USER=\"alice\"\nPATH=\"/evil-bin\"\n"),
+        "{err}"
+    );
+
+    let show = "printf '%s|%s|%s' \"$PATH\" \"$LD_PRELOAD\" \"$APP_USER\"";
+    let (code, out, err) = run(&["exec", "--", "sh", "-c", show]);
+    assert_eq!(code, 0, "{err}");
+    let fields: Vec<&str> = out.split('|').collect();
+    assert_ne!(fields[0], "/evil-bin");
+    assert_eq!(&fields[1..], ["", "alice"], "{out}");
+
+    let (code, out, err) = run(&["--allow-loader-vars", "exec", "--", "/bin/sh", "-c", show]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "/evil-bin|/evil.so|alice");
+    server.stop();
 }

@@ -35,6 +35,7 @@ fn client(server: &ServerProcess) -> Client {
     locket::client::install_crypto_provider();
     let mut cfg = ClientConfig::single(format!("http://{}", server.addr), "app", "unused");
     cfg.timeout = Duration::from_secs(5);
+    cfg.server_fingerprint = Some(support::server_key().fingerprint().to_owned());
     Client::with_reply_key(&cfg, ClientKey::from_seed(&[KEY_SEED; 32]), reply_key()).unwrap()
 }
 

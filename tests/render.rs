@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use locket::client::render::{self, MANIFEST, RenderOptions};
 use locket::secret::SecretValue;
-use support::{Registered, ServerProcess, run_client, write_server_files};
+use support::{Registered, ServerProcess, run_client_pinned, write_server_files};
 
 fn set(pairs: &[(&str, &str)]) -> Vec<(String, SecretValue)> {
     pairs
@@ -158,7 +158,7 @@ fn render_through_the_binary() {
         .write_new(&key)
         .unwrap();
     let out = tmp.path().join("out");
-    let (code, _, err) = run_client(
+    let (code, _, err) = run_client_pinned(
         &[
             "--server",
             &format!("http://{}", server.addr),
@@ -189,7 +189,7 @@ fn render_through_the_binary() {
         "S_ONE=\"one\"\nS_TWO=\"two words\"\n"
     );
     // A world-readable mode is refused as a usage error.
-    let (code, _, _) = run_client(
+    let (code, _, _) = run_client_pinned(
         &[
             "--server",
             "http://127.0.0.1:1",

@@ -218,6 +218,7 @@ async fn soak_under_attack() {
             let mut cfg = ClientConfig::single(format!("http://{addr}"), format!("c{i}"), "unused");
             cfg.bind = Some(ip(if t % 2 == 0 { "127.0.0.2" } else { "127.0.0.3" }));
             cfg.timeout = Duration::from_secs(10);
+            cfg.server_fingerprint = Some(server_key().fingerprint().to_owned());
             let client = Client::with_reply_key(&cfg, client_key(i), reply_key()).unwrap();
             while Instant::now() < deadline {
                 match client.fetch(&[]).await {

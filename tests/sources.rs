@@ -204,7 +204,7 @@ async fn command_source_success_failure_timeout_garbage_and_clean_env() {
     );
 
     let started = std::time::Instant::now();
-    let slow = command(&["/bin/sleep", "10"], CommandFormat::Json, 300);
+    let slow = command(&["sleep", "10"], CommandFormat::Json, 300);
     let err = slow.load().await.unwrap_err();
     assert!(err.contains("did not finish"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));

@@ -407,6 +407,7 @@ async fn every_row_of_the_original_check_list() {
         "unused",
     );
     cfg.bind = Some("127.0.0.2".parse().unwrap());
+    cfg.server_fingerprint = Some(support::server_key().fingerprint().to_owned());
     let v2client = locket::client::Client::with_reply_key(
         &cfg,
         locket::keys::ClientKey::from_seed(&[62; 32]),

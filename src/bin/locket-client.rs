@@ -52,6 +52,18 @@ struct Cli {
     /// CA certificates (PEM) to trust for https:// servers (config `ca_file`, LOCKET_CA_FILE).
     #[arg(long, global = true, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// Server keys recorded per URL, like ssh's known_hosts (config `known_servers_file`, LOCKET_KNOWN_SERVERS_FILE; default: known_servers beside the key file).
+    #[arg(long = "known-servers", global = true, value_name = "FILE")]
+    known_servers_file: Option<PathBuf>,
+    /// Record the key of a server that is neither pinned nor known yet in the known-servers file, and trust it from then on.
+    #[arg(long, global = true)]
+    trust_on_first_use: bool,
+    /// Accept any server key, unpinned (config `insecure_unpinned`, LOCKET_INSECURE_UNPINNED). Throwaway setups only: a substituted server would be believed.
+    #[arg(long, global = true)]
+    insecure_unpinned: bool,
+    /// exec and env: also pass variables that change how programs run (PATH, LD_*, *_PRELOAD, BASH_ENV, ...) when they were not asked for by name.
+    #[arg(long, global = true)]
+    allow_loader_vars: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -209,14 +221,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
         bind: cli.bind,
         timeout: cli.timeout,
         ca_file: cli.ca_file,
+        known_servers_file: cli.known_servers_file,
+        insecure_unpinned: cli.insecure_unpinned.then_some(true),
     };
-    let config = ClientConfig::load(cli.config.as_deref(), &flags).map_err(usage)?;
+    let mut config = ClientConfig::load(cli.config.as_deref(), &flags).map_err(usage)?;
+    config.trust_on_first_use = cli.trust_on_first_use;
     if let Some(warning) = locket::hygiene::no_core_dumps() {
         eprintln!("locket-client: warning: {warning}");
     }
-    if config.server_fingerprint.is_none() {
+    if config.server_fingerprint.is_none() && config.insecure_unpinned {
         eprintln!(
-            "locket-client: warning: the server at {} is not pinned; set server_fingerprint (from `locket fingerprint` on the server) so a substituted server is refused",
+            "locket-client: warning: insecure_unpinned: the server at {} is not pinned, and a substituted server would be believed; set server_fingerprint (from `locket fingerprint` on the server)",
             config.servers.join(", ")
         );
     }
@@ -247,7 +262,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 secrets: names,
                 format,
             } => {
-                let secrets = client.fetch(&names).await?;
+                let mut secrets = client.fetch(&names).await?;
+                if !cli.allow_loader_vars {
+                    let withheld =
+                        exec::withhold_loader_variables(&mut secrets, &names, output::env_var_name);
+                    warn_withheld(&withheld);
+                }
                 let text = match format {
                     Format::Dotenv => output::dotenv(&secrets).map_err(usage)?,
                     Format::Json => output::json(&secrets),
@@ -262,8 +282,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 renames,
                 command,
             } => {
-                let secrets = client.fetch(&only).await?;
-                let renames = renames.into_iter().collect();
+                let mut secrets = client.fetch(&only).await?;
+                let renames: std::collections::BTreeMap<String, String> =
+                    renames.into_iter().collect();
+                if !cli.allow_loader_vars {
+                    // A variable named with --as was asked for by name.
+                    let mut requested = only.clone();
+                    requested.extend(renames.keys().cloned());
+                    let withheld = exec::withhold_loader_variables(&mut secrets, &requested, |n| {
+                        renames
+                            .get(n)
+                            .cloned()
+                            .unwrap_or_else(|| format!("{prefix}{}", output::env_var_name(n)))
+                    });
+                    warn_withheld(&withheld);
+                }
                 let vars = exec::variables(&secrets, &prefix, &renames).map_err(usage)?;
                 drop(secrets);
                 let error = exec::exec(&command, &vars);
@@ -305,6 +338,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     })
+}
+
+/// Names only: the values stay unseen.
+fn warn_withheld(withheld: &[String]) {
+    if !withheld.is_empty() {
+        eprintln!(
+            "locket-client: warning: not passing {}: such variables change how programs run (PATH, LD_*, *_PRELOAD, ...); ask for each by name, or pass --allow-loader-vars",
+            withheld.join(", ")
+        );
+    }
 }
 
 fn write_stdout(parts: &[&[u8]]) -> Result<(), Failure> {

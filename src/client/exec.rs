@@ -44,6 +44,85 @@ pub fn variables(
     Ok(out)
 }
 
+/// Variables that change how programs run rather than what they are told:
+/// the shell's and the dynamic loader's, and the module search paths and
+/// startup options of common interpreters. A secret that a server sends
+/// under one of these names reaches an environment only when the operator
+/// asked for it by name (or passed `--allow-loader-vars`): a grant of
+/// `APP_*` or "everything granted" must not let whoever controls the
+/// values, or a substituted server, choose which program runs.
+pub const LOADER_VARIABLES: &[&str] = &[
+    // Shells.
+    "PATH",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "CDPATH",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "GLOBIGNORE",
+    // The C library and the dynamic loader (with every LD_* and DYLD_*).
+    "GCONV_PATH",
+    "LOCPATH",
+    "NLSPATH",
+    "HOSTALIASES",
+    "RESOLV_HOST_CONF",
+    // Interpreters and runtimes.
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONINSPECT",
+    "PERL5LIB",
+    "PERL5OPT",
+    "PERLLIB",
+    "RUBYLIB",
+    "RUBYOPT",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "LUA_PATH",
+    "LUA_CPATH",
+    "LUA_INIT",
+    "TCLLIBPATH",
+    "GIT_EXEC_PATH",
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+];
+
+/// Whether setting `var` changes how programs run: [`LOADER_VARIABLES`],
+/// every `LD_*` and `DYLD_*`, and every `*_PRELOAD`.
+pub fn changes_how_programs_run(var: &str) -> bool {
+    LOADER_VARIABLES.contains(&var)
+        || var.starts_with("LD_")
+        || var.starts_with("DYLD_")
+        || var.ends_with("_PRELOAD")
+}
+
+/// Removes from `secrets` each one whose variable (`var_of(name)`) changes
+/// how programs run and whose name is not in `requested`; returns the
+/// names removed, for a warning (names only).
+pub fn withhold_loader_variables(
+    secrets: &mut Vec<(String, SecretValue)>,
+    requested: &[String],
+    var_of: impl Fn(&str) -> String,
+) -> Vec<String> {
+    let mut withheld = Vec::new();
+    secrets.retain(|(name, _)| {
+        let keep = !changes_how_programs_run(&var_of(name)) || requested.contains(name);
+        if !keep {
+            withheld.push(name.clone());
+        }
+        keep
+    });
+    withheld
+}
+
 /// Replaces this process with `command`. The environment is this process's
 /// own, less every `LOCKET_*` variable (the client's settings, including
 /// where its key is), plus `vars`. Returns only if the exec failed.
@@ -67,6 +146,26 @@ pub fn exec(command: &[String], vars: &[(String, SecretValue)]) -> std::io::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loader_variables_need_to_be_asked_for() {
+        let mut s: Vec<(String, SecretValue)> = ["DB", "PATH", "LD_AUDIT", "X_PRELOAD", "BASH_ENV"]
+            .iter()
+            .map(|n| (n.to_string(), SecretValue::from("v")))
+            .collect();
+        let withheld = withhold_loader_variables(&mut s, &["PATH".to_string()], |n| n.to_string());
+        assert_eq!(withheld, ["LD_AUDIT", "X_PRELOAD", "BASH_ENV"]);
+        assert_eq!(
+            s.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["DB", "PATH"]
+        );
+        // Under a prefix, the same names are harmless.
+        let mut s = vec![("PATH".to_string(), SecretValue::from("v"))];
+        assert!(withhold_loader_variables(&mut s, &[], |n| format!("APP_{n}")).is_empty());
+        assert!(
+            !changes_how_programs_run("PATHS") && changes_how_programs_run("DYLD_INSERT_LIBRARIES")
+        );
+    }
 
     #[test]
     fn names_prefixes_and_renames() {

@@ -10,6 +10,7 @@
 pub mod exec;
 pub mod output;
 pub mod render;
+pub mod trust;
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::config::client::{ClientConfig, ServerOrder};
 use crate::keys::{ClientKey, KeyError, ReplyKey, ServerPublicKey};
 use crate::protocol::{self, Header, Request, RequestBody, WireError, WireKey};
 use crate::secret::SecretValue;
+use trust::{KnownServersError, Refusal, Trust};
 
 /// Largest answer body the client reads (an answer is at most the server's
 /// `max_answer_bytes` plus base64 and JSON overhead).
@@ -42,6 +44,25 @@ pub enum ClientError {
         "the server denied the request (request id {request_id}); the server log says why under that id: client name, key, source address, clock or grants"
     )]
     Denied { request_id: String },
+    #[error(
+        "the server at {server} offered key {actual}, but {file} records {stored} for it; nothing was sent. If the server key was replaced on purpose, check the new one with `locket fingerprint` on the server, then delete that line of {file} (or set server_fingerprint)"
+    )]
+    KnownServerMismatch {
+        server: String,
+        stored: String,
+        actual: String,
+        file: String,
+    },
+    #[error(
+        "the server at {server} is not pinned, so nothing was sent (it offered key {actual}). Check that key with `locket fingerprint` on the server, then set server_fingerprint = \"{actual}\", or run once with --trust-on-first-use to record it in {file}; only for a throwaway setup, set insecure_unpinned = true"
+    )]
+    Unpinned {
+        server: String,
+        actual: String,
+        file: String,
+    },
+    #[error(transparent)]
+    KnownServers(#[from] KnownServersError),
     #[error("not found on the server: {}", .0.join(", "))]
     NotFound(Vec<String>),
     #[error("the server answered {status}: {message}")]
@@ -66,7 +87,7 @@ impl ClientError {
         match self {
             Self::Denied { .. } => 3,
             Self::NotFound(_) => 4,
-            Self::Key(_) => 2,
+            Self::Key(_) | Self::Unpinned { .. } | Self::KnownServers(_) => 2,
             _ => 1,
         }
     }
@@ -74,7 +95,11 @@ impl ClientError {
     /// Whether another server may do better: this one could not be
     /// reached, failed, timed out, or is not the pinned one.
     pub fn is_retryable(&self) -> bool {
-        self.is_transient() || matches!(self, Self::PinMismatch { .. } | Self::Protocol(_))
+        self.is_transient()
+            || matches!(
+                self,
+                Self::PinMismatch { .. } | Self::KnownServerMismatch { .. } | Self::Protocol(_)
+            )
     }
 
     /// Whether the same server may do better later.
@@ -102,7 +127,7 @@ pub struct Client {
     name: String,
     key: ClientKey,
     reply: ReplySlot,
-    pin: Option<String>,
+    trust: Trust,
 }
 
 /// The reply key: given, or being generated on its own thread since
@@ -235,7 +260,7 @@ impl Client {
             name: config.name.clone(),
             key,
             reply,
-            pin: config.server_fingerprint.clone(),
+            trust: Trust::from_config(config)?,
         })
     }
 
@@ -284,16 +309,26 @@ impl Client {
             ))
         })?;
         let key = ServerPublicKey::from_pem(&wire.public_key).map_err(ClientError::Protocol)?;
-        if let Some(expected) = &self.pin
-            && *expected != key.fingerprint
-        {
-            return Err(ClientError::PinMismatch {
-                server: server.to_owned(),
-                expected: expected.clone(),
+        let server = server.to_owned();
+        match self.trust.check(&server, &key.fingerprint)? {
+            Ok(()) => Ok(key),
+            Err(Refusal::Pin { expected }) => Err(ClientError::PinMismatch {
+                server,
+                expected,
                 actual: key.fingerprint,
-            });
+            }),
+            Err(Refusal::Known { stored, file }) => Err(ClientError::KnownServerMismatch {
+                server,
+                stored,
+                actual: key.fingerprint,
+                file: file.display().to_string(),
+            }),
+            Err(Refusal::Unpinned { file }) => Err(ClientError::Unpinned {
+                server,
+                actual: key.fingerprint,
+                file: file.display().to_string(),
+            }),
         }
-        Ok(key)
     }
 
     /// Fetches `names` (all granted secrets when empty) in one request,

@@ -185,6 +185,12 @@ fn same_file(
     }
 }
 
+/// The mode of a render folder for files of `file_mode`: the group may
+/// enter it exactly when the files are group-readable.
+fn dir_mode(file_mode: u32) -> u32 {
+    if file_mode & 0o040 != 0 { 0o750 } else { 0o700 }
+}
+
 /// Writes `secrets` into `opts.dir`, rewriting only what changed and removing
 /// files written earlier that are no longer in `secrets`.
 pub fn render(
@@ -195,8 +201,13 @@ pub fn render(
     if !dir.exists() {
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o750)
+            .mode(0o700)
             .create(dir)
+            .map_err(io_err(dir))?;
+        // The umask (0077 under the NixOS module's hardening) narrows the
+        // mode given at creation; set it exactly, so that group-readable
+        // files (0440) sit in a folder the group can enter.
+        fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode(opts.mode)))
             .map_err(io_err(dir))?;
         if opts.owner.is_some() || opts.group.is_some() {
             std::os::unix::fs::chown(dir, opts.owner, opts.group).map_err(io_err(dir))?;

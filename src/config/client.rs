@@ -22,6 +22,8 @@ pub const ENV_KEYS: &[&str] = &[
     "timeout",
     "ca_file",
     "server_order",
+    "known_servers_file",
+    "insecure_unpinned",
 ];
 
 /// How to pick among several servers.
@@ -61,6 +63,10 @@ pub struct ClientLayer {
     pub timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_servers_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_unpinned: Option<bool>,
 }
 
 impl ClientLayer {
@@ -97,6 +103,8 @@ impl ClientLayer {
             bind: self.bind.or(lower.bind),
             timeout: self.timeout.or(lower.timeout),
             ca_file: self.ca_file.or(lower.ca_file),
+            known_servers_file: self.known_servers_file.or(lower.known_servers_file),
+            insecure_unpinned: self.insecure_unpinned.or(lower.insecure_unpinned),
         })
     }
 }
@@ -109,9 +117,20 @@ pub struct ClientConfig {
     pub server_order: ServerOrder,
     pub name: String,
     pub key_file: PathBuf,
-    /// `sha256:<hex>`; `None` means unpinned (a warning is printed). Every
-    /// server must present this key (replicas share the key file).
+    /// `sha256:<hex>`: every server must present this key (replicas share
+    /// the key file). Without it, each server's key must be in
+    /// `known_servers_file`, or `insecure_unpinned` must be set.
     pub server_fingerprint: Option<String>,
+    /// Fingerprints recorded per server URL, like ssh's `known_hosts`:
+    /// written only on explicit first use (`trust_on_first_use`). Default:
+    /// `known_servers` beside the key file.
+    pub known_servers_file: PathBuf,
+    /// Record the key of a server not yet in `known_servers_file` (the
+    /// `--trust-on-first-use` flag; never a config key, so it is a choice
+    /// made once, by hand).
+    pub trust_on_first_use: bool,
+    /// Accept any server key. For throwaway setups only: warned on every run.
+    pub insecure_unpinned: bool,
     /// Local source address for connections.
     pub bind: Option<IpAddr>,
     /// Overall timeout of one fetch, across every server and retry.
@@ -134,6 +153,9 @@ impl ClientConfig {
             name: name.into(),
             key_file: key_file.into(),
             server_fingerprint: None,
+            known_servers_file: PathBuf::from("known_servers"),
+            trust_on_first_use: false,
+            insecure_unpinned: false,
             bind: None,
             timeout: Duration::from_secs(10),
             ca_file: None,
@@ -152,9 +174,13 @@ impl ClientConfig {
             // Paths named in the config file are relative to its folder;
             // from the environment or a flag, to the working directory.
             let base = super::base_dir(Some(path));
-            for p in [from_file.key_file.as_mut(), from_file.ca_file.as_mut()]
-                .into_iter()
-                .flatten()
+            for p in [
+                from_file.key_file.as_mut(),
+                from_file.ca_file.as_mut(),
+                from_file.known_servers_file.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 super::resolve(&base, p);
             }
@@ -201,12 +227,21 @@ impl ClientConfig {
         if let Some(ca) = &layer.ca_file {
             super::check_readable(ca)?;
         }
+        let known_servers_file = layer.known_servers_file.unwrap_or_else(|| {
+            key_file
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join("known_servers")
+        });
         Ok(Self {
             servers,
             server_order: layer.server_order.unwrap_or_default(),
             name,
             key_file,
             server_fingerprint: layer.server_fingerprint.map(|f| f.to_ascii_lowercase()),
+            known_servers_file,
+            trust_on_first_use: false,
+            insecure_unpinned: layer.insecure_unpinned.unwrap_or(false),
             bind: layer.bind,
             timeout: layer.timeout.unwrap_or(Duration::from_secs(10)),
             ca_file: layer.ca_file,

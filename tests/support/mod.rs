@@ -290,11 +290,30 @@ impl ServerProcess {
     }
 }
 
+/// `locket-client`, pinned (through LOCKET_SERVER_FINGERPRINT, which a
+/// flag overrides) to the test server key that [`write_server_files`] uses.
+pub fn client_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_locket-client"));
+    command.env("LOCKET_SERVER_FINGERPRINT", server_key().fingerprint());
+    command
+}
+
+/// As [`run_client`], pinned like [`client_command`].
+pub fn run_client_pinned(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    output_of(client_command().args(args).current_dir(cwd))
+}
+
 /// Runs `locket-client` with `args`; returns (exit code, stdout, stderr).
 pub fn run_client(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_locket-client"))
-        .args(args)
-        .current_dir(cwd)
+    output_of(
+        Command::new(env!("CARGO_BIN_EXE_locket-client"))
+            .args(args)
+            .current_dir(cwd),
+    )
+}
+
+fn output_of(command: &mut Command) -> (i32, String, String) {
+    let out = command
         .env_remove("LOCKET_CONFIG")
         .output()
         .expect("run locket-client");
