@@ -16,6 +16,7 @@
       clientOf = pkg: pkg.overrideAttrs (old: { meta = old.meta // { mainProgram = "locket-client"; }; });
     in
     {
+      # For those who want `pkgs.locket`; the module does not need it.
       overlays.default = final: _prev: { locket = final.callPackage ./nix/package.nix { }; };
 
       packages = forAllSystems (
@@ -32,28 +33,47 @@
         }
       );
 
-      nixosModules.default = {
-        imports = [ ./nix/module.nix ];
-        nixpkgs.overlays = [ self.overlays.default ];
-      };
+      # The module sets nothing under `nixpkgs.*` (read-only pkgs, as in
+      # runNixOSTest or fleets that set nixpkgs.pkgs, stay usable): the
+      # package defaults to this flake's build for the host's platform.
+      nixosModules.default =
+        { lib, pkgs, ... }:
+        let
+          own = self.packages.${pkgs.stdenv.hostPlatform.system}.locket;
+        in
+        {
+          imports = [ ./nix/module.nix ];
+          services.locket.package = lib.mkDefault own;
+          services.locket.client.package = lib.mkDefault own;
+        };
 
       # Pure functions behind the module (registry and config generation).
+      # `lib` is one of the outputs `nix flake check` knows (Nix >= 2.13,
+      # NixOS/nix#7606) and checks no further, so it prints no warning.
       lib = import ./nix/lib.nix;
 
       checks = forAllSystems (
         pkgs:
         let
           unit = import ./nix/tests/unit.nix;
+          moduleEval = import ./nix/tests/module-eval.nix {
+            inherit (nixpkgs) lib;
+            flake = self;
+          };
         in
         {
           inherit (self.packages.${pkgs.stdenv.hostPlatform.system}) locket locket-static;
           nix-unit =
             assert lib.assertMsg (unit.failed == [ ]) "nix unit tests failed: ${builtins.toJSON unit.failed}";
             pkgs.runCommand "locket-nix-unit" { } "echo '${toString unit.passed} passed, 0 failed' > $out";
+          # The same module evaluation CI runs with nixpkgs' lib by path.
+          module-eval =
+            assert lib.assertMsg (moduleEval.failed == [ ]) "module evaluation checks failed: ${builtins.toJSON moduleEval.failed}";
+            pkgs.runCommand "locket-module-eval" { } "echo '${toString moduleEval.passed} passed, 0 failed' > $out";
           vm-handshake = pkgs.testers.runNixOSTest (import ./nix/tests/vm.nix { inherit self; });
         }
       );
 
-      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
     };
 }

@@ -37,6 +37,40 @@ rec {
     "token_file"
   ];
 
+  # Paths inside the freeform `settings` that name secret material. Like a
+  # source's `path`, each is handed to the unit with LoadCredential= (so a
+  # root-owned 0600 file is readable under DynamicUser) and never taken from
+  # the Nix store: { path = [ "tls" "key_file" ]; credential = "tls-key"; }.
+  settingsSecretPaths = [
+    {
+      path = [
+        "tls"
+        "key_file"
+      ];
+      credential = "tls-key";
+    }
+    {
+      path = [
+        "v1"
+        "key_file"
+      ];
+      credential = "v1-key";
+    }
+  ];
+
+  # Top-level server.toml keys that a reload (SIGHUP) applies. A change to
+  # any other key needs a restart; the module restarts for those and
+  # reloads for these (reloadTriggers), so a registry change keeps the cache
+  # warm and the fetches in flight. An allow-list: a key added to the server
+  # later is restarted for until someone shows that a reload applies it.
+  reloadableSettings = [
+    "clients"
+    "sources"
+  ];
+
+  # The part of the settings that only a restart applies.
+  restartSettings = settings: removeAttrs settings reloadableSettings;
+
   # Where systemd places the credentials of `unit`.
   credentialsDir = unit: "/run/credentials/${unit}";
 
@@ -100,7 +134,7 @@ rec {
       credDir = if credentialsDirectory == null then credentialsDir unit else credentialsDirectory;
       host = if match ".*:.*" listenAddress != null then "[${listenAddress}]" else listenAddress;
     in
-    settings
+    moveSettingsSecrets credDir settings
     // {
       listen = "${host}:${toString port}";
       key_file = if keyFile == null then "${stateDirectory}/server-key.pem" else "${credDir}/server-key";
@@ -110,15 +144,48 @@ rec {
       }) clients;
     };
 
+  # The secret paths set in `settings`: [ { path; credential; value; } ].
+  settingsSecrets =
+    settings:
+    filter (e: e.value != null) (
+      map (
+        e:
+        e
+        // {
+          value =
+            let
+              outer = settings.${head e.path} or null;
+            in
+            if builtins.isAttrs outer then outer.${builtins.elemAt e.path 1} or null else null;
+        }
+      ) settingsSecretPaths
+    );
+
+  # `settings` with each secret path replaced by its credential's path.
+  moveSettingsSecrets =
+    credDir: settings:
+    builtins.foldl' (
+      acc: e:
+      acc
+      // {
+        ${head e.path} = acc.${head e.path} // {
+          ${builtins.elemAt e.path 1} = "${credDir}/${e.credential}";
+        };
+      }
+    ) settings (settingsSecrets settings);
+
   # LoadCredential= entries for the server unit.
   serverCredentials =
     {
       keyFile ? null,
       sources ? [ ],
+      settings ? { },
       unit ? "locket.service",
       ...
     }:
-    (credentialize unit sources).credentials ++ (if keyFile == null then [ ] else [ "server-key:${toString keyFile}" ]);
+    (credentialize unit sources).credentials
+    ++ (if keyFile == null then [ ] else [ "server-key:${toString keyFile}" ])
+    ++ map (e: "${e.credential}:${toString e.value}") (settingsSecrets settings);
 
   # Problems with the server options, as messages (empty when all is well).
   serverErrors =
@@ -126,9 +193,24 @@ rec {
       keyFile ? null,
       sources ? [ ],
       clients ? { },
+      settings ? { },
       ...
     }:
     let
+      settingsPaths = concatLists (
+        map (
+          e:
+          let
+            name = "services.locket.settings.${concatStringsSep "." e.path}";
+          in
+          if !isString e.value || !hasPrefix "/" e.value then
+            [ "${name} must be an absolute path (it is handed to the unit with LoadCredential=)" ]
+          else if isStorePath e.value then
+            [ "${name} (${e.value}) is in the Nix store, which every user can read: point it at a file outside the store, e.g. under /run/secrets" ]
+          else
+            [ ]
+        ) (settingsSecrets settings)
+      );
       storePaths = concatLists (
         imap0 (
           i: s:
@@ -157,7 +239,7 @@ rec {
       );
       noSources = if sources == [ ] then [ "services.locket.sources is empty: add at least one source" ] else [ ];
     in
-    noSources ++ storePaths ++ keyInStore ++ clientErrors;
+    noSources ++ storePaths ++ keyInStore ++ settingsPaths ++ clientErrors;
 
   # The client's settings (client.toml).
   mkClientSettings =
@@ -166,12 +248,14 @@ rec {
       name,
       keyFile,
       serverFingerprint ? null,
+      knownServersFile ? null,
       bind ? null,
     }:
     dropNulls {
       inherit server name bind;
       key_file = toString keyFile;
       server_fingerprint = serverFingerprint;
+      known_servers_file = if knownServersFile == null then null else toString knownServersFile;
     };
 
   clientErrors =
@@ -179,10 +263,17 @@ rec {
       name,
       keyFile,
       serverFingerprint ? null,
+      knownServersFile ? null,
       services ? { },
       ...
     }:
-    (if validClientName name then [ ] else [ "services.locket.client.name must be 1-64 characters of A-Za-z0-9._-" ])
+    (
+      if serverFingerprint == null && knownServersFile == null then
+        [ "services.locket.client: the server's key is not pinned, and the client refuses an unpinned server: set serverFingerprint to the output of `locket fingerprint` on the server (or knownServersFile to a file of `<URL> <fingerprint>` lines)" ]
+      else
+        [ ]
+    )
+    ++ (if validClientName name then [ ] else [ "services.locket.client.name must be 1-64 characters of A-Za-z0-9._-" ])
     ++ (if isStorePath keyFile then [ "services.locket.client.keyFile is in the Nix store, which every user can read" ] else [ ])
     ++ (
       if serverFingerprint == null || match "sha256:[0-9a-f]{64}" serverFingerprint != null then
@@ -220,6 +311,4 @@ rec {
     ++ (if svc.envFile then [ "--env-file" "${secretsDir consumer}/env" ] else [ ])
     ++ svc.secrets;
 
-  # A shell-safe rendering of an argument list (for ExecStart=).
-  escapeArgs = args: concatStringsSep " " (map (a: "'${builtins.replaceStrings [ "'" ] [ "'\\''" ] a}'") args);
 }

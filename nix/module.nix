@@ -2,53 +2,81 @@
 # config, and per consuming service a oneshot that fetches its secrets into
 # /run/locket/<service>/ before the service starts).
 #
-# Secrets never enter the Nix store: source files, tokens and the server key
-# are paths handed to the units with LoadCredential=; assertions refuse
-# store paths. The generated TOML holds only paths, names and public keys.
+# Secrets never enter the Nix store: source files, tokens, the server key and
+# every secret path in `settings` are absolute paths outside the store,
+# handed to the units with LoadCredential=. The generated TOML holds only
+# paths, names and public keys.
 #
-# The flake's `nixosModules.default` imports this file and adds an overlay
-# that provides `pkgs.locket`.
+# The module sets nothing under `nixpkgs.*` (so it works with read-only
+# pkgs, as in `testers.runNixOSTest` and fleets that set `nixpkgs.pkgs`):
+# the flake's `nixosModules.default` defaults `package` to its own build,
+# and `overlays.default` is there for those who want `pkgs.locket`.
 {
   config,
   lib,
   pkgs,
+  utils,
   ...
 }:
 let
   inherit (lib)
+    getExe'
     literalExpression
     mkEnableOption
     mkIf
     mkMerge
     mkOption
     mkPackageOption
+    optional
+    optionalAttrs
     types
     ;
 
   cfg = config.services.locket;
+  ccfg = cfg.client;
+  locketLib = import ./lib.nix;
+  settingsFormat = pkgs.formats.toml { };
   # The pure validators return messages; each one is a failed assertion.
   failedAssertions = map (message: {
     assertion = false;
     inherit message;
   });
-  ccfg = cfg.client;
-  locketLib = import ./lib.nix;
-  settingsFormat = pkgs.formats.toml { };
+
+  # Both configs live at fixed paths under /etc, so the units' command lines
+  # do not change when only the config does: a registry change then reloads
+  # the server (reloadTriggers) instead of restarting it.
+  serverConfigPath = "/etc/locket/server.toml";
+  clientConfigPath = "/etc/locket/client.toml";
 
   serverArgs = {
-    inherit (cfg) listenAddress port keyFile clients settings;
-    sources = cfg.sources;
+    inherit (cfg)
+      listenAddress
+      port
+      keyFile
+      clients
+      settings
+      sources
+      ;
     unit = "locket.service";
     stateDirectory = "/var/lib/locket";
   };
   serverSettings = locketLib.mkServerSettings serverArgs;
   serverConfigFile = settingsFormat.generate "locket-server.toml" serverSettings;
+  usesOpCli = lib.any (s: s.type == "onepassword-cli") cfg.sources;
 
   clientSettings = locketLib.mkClientSettings {
-    inherit (ccfg) server name keyFile serverFingerprint bind;
+    inherit (ccfg)
+      server
+      name
+      keyFile
+      serverFingerprint
+      knownServersFile
+      bind
+      ;
   };
   clientConfigFile = settingsFormat.generate "locket-client.toml" clientSettings;
 
+  # Hardening shared by the server and the fetch units.
   hardening = {
     NoNewPrivileges = true;
     PrivateTmp = true;
@@ -73,9 +101,16 @@ let
       "@system-service"
       "~@privileged"
     ];
+    RestrictAddressFamilies = [
+      "AF_INET"
+      "AF_INET6"
+      "AF_UNIX"
+    ];
     UMask = "0077";
     LimitCORE = 0;
   };
+
+  secretPath = types.externalPath;
 
   sourceModule = types.submodule {
     freeformType = settingsFormat.type;
@@ -92,14 +127,14 @@ let
         description = "Kind of source (see the locket README).";
       };
       path = mkOption {
-        type = types.nullOr types.str;
+        type = types.nullOr secretPath;
         default = null;
-        description = "Secret file read by the source. Passed with LoadCredential=; must not be in the Nix store.";
+        description = "Secret file read by the source (absolute, outside the Nix store). Handed to the unit with LoadCredential=.";
       };
       token_file = mkOption {
-        type = types.nullOr types.str;
+        type = types.nullOr secretPath;
         default = null;
-        description = "Token file (1Password). Passed with LoadCredential=; must not be in the Nix store.";
+        description = "Token file (1Password; absolute, outside the Nix store). Handed to the unit with LoadCredential=.";
       };
     };
   };
@@ -145,7 +180,7 @@ let
         mode = mkOption {
           type = types.strMatching "0[0-7][0-7]0";
           default = "0400";
-          description = "Mode of the secret files (0400 or 0440).";
+          description = "Mode of the secret files: 0400, or 0440 for the group (the folder is then 0750).";
         };
         envFile = mkOption {
           type = types.bool;
@@ -155,11 +190,64 @@ let
         unit = mkOption {
           type = types.str;
           default = "${name}.service";
+          defaultText = literalExpression ''"<name>.service"'';
           description = "The consuming unit, which requires the fetch and starts after it.";
         };
       };
     }
   );
+
+  fetchUnit =
+    consumer: svc:
+    let
+      timeout = toString ccfg.fetchTimeout;
+    in
+    {
+      description = "Fetch locket secrets for ${svc.unit}";
+      before = [ svc.unit ];
+      requiredBy = [ svc.unit ];
+      partOf = [ svc.unit ];
+      after = [
+        "network-online.target"
+      ]
+      ++ optional ccfg.generateKey "locket-client-keygen.service"
+      # A server on this host: wait for it instead of timing out against it.
+      ++ optional cfg.enable "locket.service";
+      wants = [ "network-online.target" ] ++ optional cfg.enable "locket.service";
+      restartTriggers = [ clientConfigFile ];
+      serviceConfig = hardening // {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        # The client retries with backoff across every server until this
+        # deadline, then exits with one line naming the servers it tried;
+        # the consumer (which requires this unit) then fails visibly instead
+        # of holding up boot and `nixos-rebuild switch`.
+        ExecStart = utils.escapeSystemdExecArgs (
+          [
+            (getExe' ccfg.package "locket-client")
+            "--config"
+            clientConfigPath
+            "--timeout"
+            "${timeout}s"
+          ]
+          ++ locketLib.renderArgs consumer svc
+        );
+        ExecStopPost = utils.escapeSystemdExecArgs [
+          (getExe' pkgs.coreutils "rm")
+          "-rf"
+          (locketLib.secretsDir consumer)
+        ];
+        TimeoutStartSec = "${toString (ccfg.fetchTimeout + 15)}s";
+        ReadWritePaths = [ "/run/locket" ];
+        # chown(2) is in @privileged, which the shared hardening denies.
+        SystemCallFilter = [ "@system-service" ];
+        CapabilityBoundingSet = [
+          "CAP_CHOWN"
+          "CAP_FOWNER"
+          "CAP_DAC_OVERRIDE"
+        ];
+      };
+    };
 in
 {
   options.services.locket = {
@@ -186,14 +274,15 @@ in
     };
 
     keyFile = mkOption {
-      type = types.nullOr types.str;
+      type = types.nullOr secretPath;
       default = null;
       example = "/run/secrets/locket-server-key.pem";
       description = ''
-        The server's RSA private key (PKCS#8 PEM), passed with LoadCredential=.
-        When null, the server generates one on first start under its state
-        directory (/var/lib/locket/server-key.pem, mode 0600) and keeps it, so
-        clients can pin its fingerprint (`locket fingerprint`).
+        The server's RSA private key (PKCS#8 PEM), absolute and outside the
+        Nix store, handed to the unit with LoadCredential=. When null, the
+        server generates one on first start under its state directory
+        (/var/lib/locket/server-key.pem, mode 0600) and keeps it, so clients
+        can pin its fingerprint (`locket fingerprint`).
       '';
     };
 
@@ -204,16 +293,30 @@ in
       description = "Where secrets come from, in order; later sources win on a name clash.";
     };
 
+    path = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      example = literalExpression "[ pkgs.sops ]";
+      description = ''
+        Packages on the server unit's PATH, for `command` sources (e.g.
+        `sops`). `op` is added by itself when a `onepassword-cli` source is
+        configured (it is unfree: allow it with
+        `nixpkgs.config.allowUnfreePredicate` in the host's nixpkgs).
+      '';
+    };
+
+    onePasswordPackage = mkPackageOption pkgs "_1password-cli" { };
+
     environmentFile = mkOption {
-      type = types.nullOr types.str;
+      type = types.nullOr secretPath;
       default = null;
-      description = "EnvironmentFile= for the server (for `env` sources); outside the Nix store.";
+      description = "EnvironmentFile= for the server (for `env` sources); absolute, outside the Nix store.";
     };
 
     clients = mkOption {
       type = types.attrsOf clientModule;
       default = { };
-      description = "Registered clients by name: their keys, networks and grants.";
+      description = "Registered clients by name: their keys, networks and grants. A change reloads the server (no restart).";
     };
 
     settings = mkOption {
@@ -223,7 +326,11 @@ in
         clock_skew = "20s";
         max_answer_bytes = 1048576;
       };
-      description = "Further server.toml settings (RFC 42 freeform). The typed options above win.";
+      description = ''
+        Further server.toml settings (RFC 42 freeform). The typed options
+        above win. Secret paths here (`tls.key_file`, `v1.key_file`) are
+        handed to the unit with LoadCredential= like the typed ones.
+      '';
     };
 
     client = {
@@ -234,14 +341,29 @@ in
       server = mkOption {
         type = types.str;
         example = "http://10.0.0.1:7410";
-        description = "Server base URL.";
+        description = "Server base URL (several: comma-separated, tried in order).";
       };
 
       serverFingerprint = mkOption {
         type = types.nullOr types.str;
         default = null;
         example = "sha256:5505e055cbbabb0aa17c8bfb0cd25ebb58046a36173767e14eb62367cce443b2";
-        description = "Pinned server key fingerprint (`locket fingerprint` on the server). Null warns on every fetch.";
+        description = ''
+          Pinned server key fingerprint (`locket fingerprint` on the server).
+          The client refuses a server it has not pinned: set this, or
+          `knownServersFile`.
+        '';
+      };
+
+      knownServersFile = mkOption {
+        type = types.nullOr secretPath;
+        default = null;
+        example = "/etc/locket/known_servers";
+        description = ''
+          A file of `<server URL> sha256:<fingerprint>` lines (the format
+          `locket-client --trust-on-first-use` writes), for fleets that place
+          pins as files. Used when `serverFingerprint` is null.
+        '';
       };
 
       name = mkOption {
@@ -252,9 +374,9 @@ in
       };
 
       keyFile = mkOption {
-        type = types.str;
+        type = secretPath;
         default = "/var/lib/locket-client/client.key";
-        description = "The client's ed25519 private key, placed by the operator or generated (see generateKey).";
+        description = "The client's ed25519 private key (absolute, outside the Nix store), placed by the operator or generated (see generateKey).";
       };
 
       generateKey = mkOption {
@@ -267,6 +389,17 @@ in
         type = types.nullOr types.str;
         default = null;
         description = "Local source address for connections.";
+      };
+
+      fetchTimeout = mkOption {
+        type = types.ints.between 1 600;
+        default = 90;
+        description = ''
+          Seconds a fetch unit keeps trying (every server, with backoff)
+          before it gives up with one journal line naming the servers it
+          tried. Its consumer then fails to start instead of holding up boot
+          or `nixos-rebuild switch`.
+        '';
       };
 
       services = mkOption {
@@ -285,13 +418,7 @@ in
 
   config = mkMerge [
     (mkIf cfg.enable {
-      assertions = failedAssertions (locketLib.serverErrors serverArgs)
-      ++ [
-        {
-          assertion = cfg.environmentFile == null || !locketLib.isStorePath cfg.environmentFile;
-          message = "services.locket.environmentFile must not be in the Nix store";
-        }
-      ];
+      assertions = failedAssertions (locketLib.serverErrors serverArgs);
 
       networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
       # `locket check` and `locket fingerprint` for the operator.
@@ -304,12 +431,28 @@ in
         wantedBy = [ "multi-user.target" ];
         after = [ "network-online.target" ];
         wants = [ "network-online.target" ];
-        restartTriggers = [ serverConfigFile ];
+        # A change that a reload applies (clients, sources) reloads: the cache
+        # stays warm and fetches in flight finish. Anything else restarts.
+        reloadTriggers = [ serverConfigFile ];
+        restartTriggers = [
+          (builtins.hashString "sha256" (builtins.toJSON (locketLib.restartSettings serverSettings)))
+        ];
+        path = cfg.path ++ optional usesOpCli cfg.onePasswordPackage;
+        environment = optionalAttrs usesOpCli {
+          # `op` keeps its config under $HOME, which DynamicUser + ProtectHome
+          # leave unwritable; give it a folder in the state directory.
+          OP_CONFIG_DIR = "/var/lib/locket/op";
+        };
         serviceConfig = hardening // {
           Type = "notify";
-          ExecStart = "${cfg.package}/bin/locket serve --config ${serverConfigFile}";
+          ExecStart = utils.escapeSystemdExecArgs [
+            (getExe' cfg.package "locket")
+            "serve"
+            "--config"
+            serverConfigPath
+          ];
           # SIGHUP re-reads the config: a valid one is swapped in, an invalid one is refused.
-          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          ExecReload = "${getExe' pkgs.coreutils "kill"} -HUP $MAINPID";
           WatchdogSec = "30s";
           # Room to mlock the loaded secret values (one region per set).
           LimitMEMLOCK = "64M";
@@ -323,11 +466,6 @@ in
           EnvironmentFile = mkIf (cfg.environmentFile != null) cfg.environmentFile;
           CapabilityBoundingSet = [ "" ];
           AmbientCapabilities = [ "" ];
-          RestrictAddressFamilies = [
-            "AF_INET"
-            "AF_INET6"
-            "AF_UNIX"
-          ];
         };
       };
     })
@@ -351,50 +489,18 @@ in
               UMask = "0077";
               StateDirectory = "locket-client";
               StateDirectoryMode = "0700";
+              # Prints the public key line for the server's registry to the journal.
+              ExecStart = utils.escapeSystemdExecArgs [
+                (getExe' ccfg.package "locket-client")
+                "keygen"
+                "--out"
+                ccfg.keyFile
+              ];
             };
-            script = ''
-              mkdir -p "$(dirname ${lib.escapeShellArg ccfg.keyFile})"
-              public=$(${ccfg.package}/bin/locket-client keygen --out ${lib.escapeShellArg ccfg.keyFile})
-              echo "locket client key created; register it on the server as:"
-              echo "  services.locket.clients.${ccfg.name}.keys = [ \"$public\" ];"
-            '';
           };
         })
         (lib.mapAttrs' (
-          consumer: svc:
-          lib.nameValuePair (locketLib.fetchUnitName consumer) {
-            description = "Fetch locket secrets for ${svc.unit}";
-            before = [ svc.unit ];
-            requiredBy = [ svc.unit ];
-            partOf = [ svc.unit ];
-            after = [ "network-online.target" ] ++ lib.optional ccfg.generateKey "locket-client-keygen.service";
-            wants = [ "network-online.target" ];
-            restartTriggers = [ clientConfigFile ];
-            serviceConfig = hardening // {
-              Type = "oneshot";
-              RemainAfterExit = true;
-              ExecStart = "${ccfg.package}/bin/locket-client --config ${clientConfigFile} ${locketLib.escapeArgs (locketLib.renderArgs consumer svc)}";
-              ExecStopPost = "${pkgs.coreutils}/bin/rm -rf ${locketLib.secretsDir consumer}";
-              ReadWritePaths = [ "/run/locket" ];
-              # chown(2) is in @privileged, which the shared hardening denies.
-              SystemCallFilter = [ "@system-service" ];
-              CapabilityBoundingSet = [
-                "CAP_CHOWN"
-                "CAP_FOWNER"
-                "CAP_DAC_OVERRIDE"
-              ];
-              RestrictAddressFamilies = [
-                "AF_INET"
-                "AF_INET6"
-                "AF_UNIX"
-              ];
-              # Network failures at boot: retry, then give up so the consumer fails visibly.
-              Restart = "on-failure";
-              RestartSec = 3;
-            };
-            startLimitBurst = 5;
-            startLimitIntervalSec = 60;
-          }
+          consumer: svc: lib.nameValuePair (locketLib.fetchUnitName consumer) (fetchUnit consumer svc)
         ) ccfg.services)
       ];
     })

@@ -27,6 +27,23 @@ else
   bad "nix unit tests did not evaluate: $out"
 fi
 
+# 2b. the module, through the real module system (nixpkgs' lib by path)
+lib="${NIXPKGS_LIB:-$(cd .. && pwd)/shared/nixpkgs-lib/lib}"
+if [ ! -f "$lib/default.nix" ]; then
+  bad "nixpkgs lib not found at $lib (set NIXPKGS_LIB)"
+else
+  for selftest in nix/tests/nixos/selftest.sh; do
+    if out=$(NIXPKGS_LIB="$lib" bash "$selftest" 2>&1); then ok "NixOS stubs self-test: $(tail -1 <<<"$out")"; else bad "NixOS stubs self-test: $out"; fi
+  done
+  if out=$(nix-instantiate --eval --strict --json nix/tests/module-eval.nix -A passed --arg libPath "$lib" 2>&1) \
+    && failedChecks=$(nix-instantiate --eval --strict --json nix/tests/module-eval.nix -A failed --arg libPath "$lib" 2>&1) \
+    && [ "$failedChecks" = "[]" ]; then
+    ok "module evaluation checks ($out passed)"
+  else
+    bad "module evaluation checks: $out ${failedChecks:-}"
+  fi
+fi
+
 # 3. flake.lock pin
 if python3 - <<'PY'
 import json, sys
@@ -101,6 +118,18 @@ else
 fi
 client get OTHER >/dev/null 2>&1; rc=$?
 if [ "$rc" = 3 ]; then ok "a name not granted is denied (exit 3)"; else bad "expected exit 3, got $rc"; fi
+
+# 5. what the module generates, run: unit files verified, command lines
+#    parsed by the real binaries, server.toml checked, the handshake on the
+#    VM test's addresses (needs root for namespaces; CI is root).
+if [ -f "$lib/default.nix" ]; then
+  if python3 nix/tests/module_check.py --lib "$lib" --bin target/debug >"$tmp/module-check.log" 2>&1; then
+    ok "module check: $(tail -1 "$tmp/module-check.log")"
+  else
+    bad "module check:
+$(grep -v '^ok:' "$tmp/module-check.log")"
+  fi
+fi
 
 echo "nix: $passed passed, $failed failed"
 [ "$failed" = 0 ]

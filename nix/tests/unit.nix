@@ -255,6 +255,95 @@ let
         "services.locket.client.serverFingerprint must be sha256:<64 lowercase hex digits> (from `locket fingerprint`)"
       ];
     };
+    unpinnedClientIsAnError = {
+      expr = map (e: builtins.substring 0 59 e) (l.clientErrors {
+        name = "app";
+        keyFile = "/k";
+      });
+      expected = [ "services.locket.client: the server's key is not pinned, and" ];
+    };
+    knownServersFilePins = {
+      expr = {
+        errors = l.clientErrors {
+          name = "app";
+          keyFile = "/k";
+          knownServersFile = "/etc/locket/known_servers";
+        };
+        settings = (l.mkClientSettings {
+          server = "http://s:7410";
+          name = "app";
+          keyFile = "/k";
+          knownServersFile = "/etc/locket/known_servers";
+        }).known_servers_file;
+      };
+      expected = {
+        errors = [ ];
+        settings = "/etc/locket/known_servers";
+      };
+    };
+    settingsSecretPathsBecomeCredentials = {
+      expr =
+        let
+          args = {
+            settings = {
+              tls = {
+                cert_file = "/etc/ssl/locket.crt";
+                key_file = "/run/secrets/tls.key";
+              };
+              v1 = {
+                enable = true;
+                key_file = "/run/secrets/v1.pem";
+              };
+              clock_skew = "20s";
+            };
+          };
+          settings = l.mkServerSettings args;
+        in
+        {
+          inherit (settings) tls v1 clock_skew;
+          creds = l.serverCredentials args;
+        };
+      expected = {
+        tls = {
+          cert_file = "/etc/ssl/locket.crt";
+          key_file = "/run/credentials/locket.service/tls-key";
+        };
+        v1 = {
+          enable = true;
+          key_file = "/run/credentials/locket.service/v1-key";
+        };
+        clock_skew = "20s";
+        creds = [
+          "tls-key:/run/secrets/tls.key"
+          "v1-key:/run/secrets/v1.pem"
+        ];
+      };
+    };
+    settingsSecretPathsMustBeAbsoluteAndOutsideTheStore = {
+      expr = builtins.filter (e: builtins.substring 0 22 e == "services.locket.settin") (l.serverErrors {
+        sources = [ { type = "env"; } ];
+        settings = {
+          tls.key_file = "${builtins.storeDir}/abc-tls.key";
+          v1.key_file = "v1.pem";
+        };
+      });
+      expected = [
+        "services.locket.settings.tls.key_file (${builtins.storeDir}/abc-tls.key) is in the Nix store, which every user can read: point it at a file outside the store, e.g. under /run/secrets"
+        "services.locket.settings.v1.key_file must be an absolute path (it is handed to the unit with LoadCredential=)"
+      ];
+    };
+    onlyClientsAndSourcesAreReloadable = {
+      expr = l.restartSettings {
+        listen = "127.0.0.1:7410";
+        clients.a = { };
+        sources = [ ];
+        v1.enable = true;
+      };
+      expected = {
+        listen = "127.0.0.1:7410";
+        v1.enable = true;
+      };
+    };
     goodClientHasNoErrors = {
       expr = l.clientErrors {
         name = "app";
@@ -281,13 +370,6 @@ let
         "A"
         "B"
       ];
-    };
-    escapeArgs = {
-      expr = l.escapeArgs [
-        "a b"
-        "it's"
-      ];
-      expected = "'a b' 'it'\\''s'";
     };
     isStorePath = {
       expr = map l.isStorePath [

@@ -12,13 +12,8 @@ let
     fingerprint = builtins.replaceStrings [ "\n" ] [ "" ] (builtins.readFile ./keys/server.fingerprint);
   };
   trim = s: builtins.replaceStrings [ "\n" ] [ "" ] s;
-  secretsEnv = builtins.toFile "vm-secrets.env" ''
-    DB_PASSWORD="vm-db-password"
-    API_TOKEN=vm-api-token
-    MULTI="line one
-    line two"
-    OTHER=not-for-app
-  '';
+  expect = import ./expectations.nix;
+  secretsEnv = ./fixtures/vm-secrets.env;
 in
 {
   name = "locket-handshake";
@@ -71,6 +66,8 @@ in
         systemd.tmpfiles.rules = [
           "d /var/lib/locket-client 0700 root root -"
           "C /var/lib/locket-client/client.key 0600 root root - ${./keys/app.key}"
+          # A key the server does not know for this client (wrong-key test).
+          "C /var/lib/locket-client/other.key 0600 root root - ${./keys/intruder.key}"
         ];
         services.locket.client = {
           enable = true;
@@ -86,6 +83,28 @@ in
             user = "demo";
             group = "demo";
           };
+          # Group delivery: files 0440 root:readers, read by a DynamicUser
+          # consumer through SupplementaryGroups.
+          services.group-consumer = {
+            secrets = [ "API_TOKEN" ];
+            group = "readers";
+            mode = "0440";
+            envFile = false;
+          };
+          fetchTimeout = 20;
+        };
+        users.groups.readers = { };
+        systemd.services.group-consumer = {
+          wantedBy = [ "multi-user.target" ];
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            DynamicUser = true;
+            SupplementaryGroups = [ "readers" ];
+          };
+          script = ''
+            test "$(cat /run/locket/group-consumer/API_TOKEN)" = vm-api-token
+          '';
         };
         users.users.demo = {
           isSystemUser = true;
@@ -165,14 +184,21 @@ in
           client.succeed("grep -x vm-db-password /run/locket/demo-consumer/DB_PASSWORD")
           client.succeed("test ! -e /run/locket/demo-consumer/MULTI")
 
-      with subtest("the intruder is denied with a wrong key and from a wrong address"):
+      with subtest("group delivery reaches a DynamicUser consumer"):
+          client.wait_for_unit("group-consumer.service")
+          client.succeed("test \"$(stat -c '%a %U %G' /run/locket/group-consumer)\" = '750 root readers'")
+          client.succeed("test \"$(stat -c '%a %U %G' /run/locket/group-consumer/API_TOKEN)\" = '440 root readers'")
+
+      with subtest("a wrong key from an allowed address, and the right key from a wrong address, are denied"):
+          rc = client.execute("locket-client --config /etc/locket/client.toml --key /var/lib/locket-client/other.key get API_TOKEN")[0]
+          assert rc == 3, f"wrong key from the client's address: {rc}"
+          server.succeed("journalctl -u locket | grep -Eq '${expect.wrongKey}'")
           intruder.wait_for_unit("multi-user.target")
           rc = intruder.execute("locket-client --config /etc/locket/client.toml get API_TOKEN")[0]
           assert rc == 3, f"own key under the name app: {rc}"
           rc = intruder.execute("locket-client --config /etc/locket/client.toml --key /etc/intruder/stolen.key get API_TOKEN")[0]
           assert rc == 3, f"stolen key from a wrong address: {rc}"
-          server.succeed("journalctl -u locket | grep -q 'signature does not verify'")
-          server.succeed("journalctl -u locket | grep -q 'is not in the client.s networks'")
+          server.succeed("journalctl -u locket | grep -Eq '${expect.wrongAddress}'")
           server.fail("journalctl -u locket | grep -q vm-db-password")
 
       with subtest("after a server restart the pinned client still fetches"):
@@ -181,12 +207,25 @@ in
           server.wait_for_open_port(7410)
           client.succeed("locket-client --config /etc/locket/client.toml get API_TOKEN | grep -x vm-api-token")
 
-      with subtest("a registry change takes effect"):
+      with subtest("a registry change is applied by a reload: same process, warm cache"):
+          pid = server.succeed("systemctl show -P MainPID locket.service").strip()
           server.succeed("/run/current-system/specialisation/registry-change/bin/switch-to-configuration test")
           server.wait_for_unit("locket.service")
-          server.wait_for_open_port(7410)
+          assert server.succeed("systemctl show -P MainPID locket.service").strip() == pid, "the server was restarted"
+          server.succeed("journalctl -u locket | grep -q 'config reloaded'")
           intruder.succeed("locket-client --config /etc/locket/client.toml --name intruder get API_TOKEN | grep -x vm-api-token")
           rc = intruder.execute("locket-client --config /etc/locket/client.toml --name intruder get DB_PASSWORD")[0]
           assert rc == 3, rc
+
+      with subtest("with the server down, a fetch gives up in bounded time and its consumer does not start"):
+          import time
+          server.systemctl("stop locket.service")
+          client.systemctl("stop demo-consumer.service")
+          started = time.monotonic()
+          client.fail("systemctl start demo-consumer.service")
+          took = time.monotonic() - started
+          assert took < 60, f"the fetch took {took:.0f} s to give up (fetchTimeout = 20)"
+          client.succeed("journalctl -u locket-fetch-demo-consumer | grep -q 'http://${nodes.server.networking.primaryIPAddress}:7410'")
+          client.fail("systemctl is-active demo-consumer.service")
     '';
 }

@@ -101,7 +101,15 @@ pub async fn load_cli(
     timeout: Duration,
 ) -> Result<Vec<(String, SecretValue)>, String> {
     let token = read_token(token_file)?;
-    let env = [("OP_SERVICE_ACCOUNT_TOKEN", token.as_str())];
+    // `op` keeps its config under $HOME unless OP_CONFIG_DIR names a
+    // folder; under systemd's DynamicUser + ProtectHome only the latter is
+    // writable, so the server's OP_CONFIG_DIR (the NixOS module sets it)
+    // is passed on.
+    let config_dir = std::env::var("OP_CONFIG_DIR").ok();
+    let mut env = vec![("OP_SERVICE_ACCOUNT_TOKEN", token.as_str())];
+    if let Some(dir) = &config_dir {
+        env.push(("OP_CONFIG_DIR", dir.as_str()));
+    }
     let argv = |args: &[&str]| -> Vec<String> {
         std::iter::once(op)
             .chain(args.iter().copied())

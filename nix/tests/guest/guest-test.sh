@@ -1,0 +1,136 @@
+#!/bin/bash
+# Runs inside the guest (systemd 252 as PID 1), as /payload/test.sh: the
+# NixOS module's units for the VM test's nodes, driven through the whole
+# handshake. Built by handshake.py; env.sh holds what it evaluated.
+set -u
+. /payload/env.sh
+passed=0
+failed=0
+check() { # check NAME COMMAND...
+  local name=$1
+  shift
+  if "$@" >/tmp/check.out 2>&1; then
+    echo "ok: $name"
+    passed=$((passed + 1))
+  else
+    echo "FAILED: $name"
+    sed 's/^/    /' /tmp/check.out | tail -20
+    failed=$((failed + 1))
+  fi
+}
+show() { systemctl show -P "$2" "$1"; }
+journal() { journalctl -q -o cat -u "$1" --no-pager; }
+wait_for() { # wait_for SECONDS COMMAND...: readiness, polled
+  local deadline=$(($(date +%s) + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep 0.5
+  done
+}
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+# The intruder: its own network namespace and its own /etc/locket.
+as_intruder() {
+  ip netns exec intruder unshare --mount sh -c \
+    'mount --bind /payload/intruder/etc-locket /etc/locket && mkdir -p /etc/intruder && mount --bind /payload/intruder/etc-intruder /etc/intruder && exec "$@"' sh "$@"
+}
+http_get() { # http_get NETNS PATH: the response body, through bash's /dev/tcp
+  in_ns "$1" bash -c 'exec 3<>/dev/tcp/127.0.0.1/7410 && printf "GET %s HTTP/1.0\r\nHost: x\r\n\r\n" "$0" >&3 && sed "1,/^\r$/d" <&3' "$2"
+}
+use_server() { # use_server VARIANT: that locket.service and its /etc/locket/server.toml
+  cp /payload/variants/"$1"/locket.service /etc/systemd/system/locket.service
+  mkdir -p /etc/systemd/system/locket.service.d
+  cp /payload/variants/"$1"/netns.conf /etc/systemd/system/locket.service.d/netns.conf
+  ln -sfn "$(readlink /payload/variants/"$1"/server.toml)" /etc/locket/server.toml
+}
+started=$(date +%s)
+echo "guest: systemd $(systemctl --version | head -1 | cut -d' ' -f2), kernel $(uname -r)"
+
+# --- the three hosts: a bridge, and a namespace with the VM test's address each
+ip link add br0 type bridge && ip link set br0 up
+for host in server:$SERVER_IP client:$CLIENT_IP intruder:$INTRUDER_IP; do
+  ns=${host%%:*} ip=${host#*:}
+  ip netns add "$ns"
+  ip link add "v-$ns" type veth peer name eth0 netns "$ns"
+  ip link set "v-$ns" master br0 up
+  ip -n "$ns" addr add "$ip/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+done
+systemd-tmpfiles --create /etc/tmpfiles.d/locket-test.conf
+mkdir -p /run/secrets && printf 'GREETING=hello from the guest\n' >/run/secrets/app.env && chmod 600 /run/secrets/app.env
+
+# --- phase 1: a server that generates its key (the guest's own namespace)
+use_server genkey
+: >/etc/systemd/system/locket.service.d/netns.conf
+systemctl daemon-reload
+check "locket.service (generated key) reaches active through READY=1" systemctl start locket.service
+check "  it is Type=notify and active" test "$(show locket.service Type) $(show locket.service ActiveState)" = "notify active"
+fp1=$(journal locket.service | sed -n 's/.*fingerprint=\(sha256:[0-9a-f]*\).*created a new server key.*/\1/p; s/.*created a new server key.*fingerprint=\(sha256:[0-9a-f]*\).*/\1/p' | head -1)
+check "  the key is created in StateDirectory on first start" test -n "$fp1" -a -f /var/lib/private/locket/server-key.pem
+check "  the key file is 0600, owned by the server's dynamic user" test "$(stat -c '%a %u' /var/lib/private/locket/server-key.pem)" = "600 $(stat -c %u /proc/"$(show locket.service MainPID)")"
+systemctl restart locket.service
+fp2=$(journal locket.service | grep 'listening on' | tail -1 | grep -o 'sha256:[0-9a-f]*')
+check "  after systemctl restart the same fingerprint comes back" test "$fp1" = "$fp2"
+check "  the restart did not create another key" test "$(journal locket.service | grep -c 'created a new server key')" = 1
+systemctl stop locket.service
+
+# --- phase 2: the VM test's server, client and intruder
+use_server vm
+systemctl daemon-reload
+check "locket.service (VM test server) reaches active through READY=1" systemctl start locket.service
+pid=$(show locket.service MainPID)
+check "  DynamicUser: the server runs as neither root nor a named user" sh -c "u=\$(stat -c %u /proc/$pid); [ \$u -ne 0 ] && ! getent passwd \$u | grep -q ."
+check "  no new privileges, a seccomp filter, no capabilities" sh -c "grep -q '^NoNewPrivs:[[:space:]]1' /proc/$pid/status && grep -q '^Seccomp:[[:space:]]2' /proc/$pid/status && grep -q '^CapEff:[[:space:]]0000000000000000' /proc/$pid/status"
+check "  ProtectSystem=strict, ProtectHome, PrivateTmp, MemoryDenyWriteExecute are in force" test "$(systemctl show -P ProtectSystem,ProtectHome,PrivateTmp,MemoryDenyWriteExecute locket.service | tr '\n' ' ')" = "strict yes yes yes "
+check "  the secret region is locked in memory (VmLck > 0), or the documented warning is logged" sh -c "awk '/^VmLck:/ {exit !(\$2 > 0)}' /proc/$pid/status || journalctl -u locket.service -o cat | grep -q 'mlock of'"
+check "  sources arrive through LoadCredential=" test -f /run/credentials/locket.service/source-0-path
+check "  no other user can read them" sh -c "! runuser -u nobody -- cat /run/credentials/locket.service/source-0-path && ! runuser -u demo -- cat /etc/locket-test/secrets.env"
+wd1=$(show locket.service WatchdogTimestampMonotonic)
+check "  the watchdog is on (WatchdogSec=30s) and the server keeps pinging it" wait_for 40 sh -c "[ \"\$(systemctl show -P WatchdogTimestampMonotonic locket.service)\" != '$wd1' ]"
+check "  still the same process, never restarted" test "$(show locket.service MainPID) $(show locket.service NRestarts)" = "$pid 0"
+
+# The allowed client: the generated fetch units, before their consumers
+# (pulled in through the <consumer>.requires/ links NixOS makes).
+check "demo-consumer starts, with its secrets fetched first" systemctl start demo-consumer.service
+check "  locket-fetch-demo-consumer finished before demo-consumer started" test "$(show locket-fetch-demo-consumer.service ExecMainExitTimestampMonotonic)" -le "$(show demo-consumer.service ExecMainStartTimestampMonotonic)"
+check "  the consumer read the right values (its script tests them)" test -f /var/lib/demo-consumer/proof
+check "  files are 0400 demo:demo in a 0700 folder" test "$(stat -c '%a %U %G' /run/locket/demo-consumer/DB_PASSWORD /run/locket/demo-consumer | tr '\n' ' ')" = "400 demo demo 700 demo demo "
+check "group-consumer (DynamicUser, SupplementaryGroups=readers) starts and reads its 0440 file" systemctl start group-consumer.service
+check "  its folder is 0750 root:readers, its file 0440 root:readers" test "$(stat -c '%a %U %G' /run/locket/group-consumer /run/locket/group-consumer/API_TOKEN | tr '\n' ' ')" = "750 root readers 440 root readers "
+systemctl stop demo-consumer.service
+check "stopping the consumer removes its secrets" wait_for 20 test ! -e /run/locket/demo-consumer
+check "  and stops its fetch unit" test "$(show locket-fetch-demo-consumer.service ActiveState)" = inactive
+
+# Refusals: a wrong key from the client's address; the right key from the intruder's.
+in_ns client locket-client --config /etc/locket/client.toml --key /var/lib/locket-client/other.key get API_TOKEN >/dev/null 2>&1
+check "a wrong key from the client's address is denied (exit 3)" test $? = 3
+check "  the journal says why: /$EXPECT_WRONG_KEY/" sh -c "journalctl -u locket.service -o cat | grep -Eq '$EXPECT_WRONG_KEY'"
+as_intruder locket-client --config /etc/locket/client.toml --key /etc/intruder/stolen.key get API_TOKEN >/dev/null 2>&1
+check "the right key from the intruder's address is denied (exit 3)" test $? = 3
+check "  the journal says why: /$EXPECT_WRONG_ADDRESS/" sh -c "journalctl -u locket.service -o cat | grep -Eq '$EXPECT_WRONG_ADDRESS'"
+check "  no secret value in the server's journal" sh -c "! journalctl -u locket.service -o cat | grep -Eq 'vm-db-password|vm-api-token|line one'"
+
+# A registry change, applied as switch-to-configuration would: the /etc link
+# moves, only X-Reload-Triggers differs, so the unit is reloaded.
+loads=$(http_get server /metrics | grep -E '^locket_source_loads_total' | tr '\n' ' ')
+use_server change
+systemctl daemon-reload
+check "the registry change is applied with systemctl reload" systemctl reload locket.service
+check "  config reloaded, by the same process" sh -c "journalctl -u locket.service -o cat | grep -q 'config reloaded' && [ \$(systemctl show -P MainPID locket.service) = $pid ]"
+check "  the cache stayed warm: no source was loaded again" test "$(http_get server /metrics | grep -E '^locket_source_loads_total' | tr '\n' ' ')" = "$loads"
+got=$(as_intruder locket-client --config /etc/locket/client.toml --name intruder get API_TOKEN 2>&1)
+check "  the new client is served" test "$got" = vm-api-token
+
+# The server gone: the fetch gives up within its bound; the consumer does not start.
+systemctl stop locket.service
+t0=$(date +%s)
+systemctl start demo-consumer.service >/dev/null 2>&1
+rc=$?
+took=$(($(date +%s) - t0))
+check "with the server stopped, demo-consumer fails to start (after ${took} s)" test "$rc" != 0 -a "$(show demo-consumer.service ActiveState)" != active
+check "  within the fetch unit's bound (TimeoutStartSec=${FETCH_TIMEOUT}s)" test "$took" -le "$FETCH_TIMEOUT"
+check "  the fetch unit's journal names the server it tried" sh -c "journalctl -u locket-fetch-demo-consumer.service -o cat | grep -q 'http://$SERVER_IP:7410'"
+
+echo "guest: $passed passed, $failed failed ($(($(date +%s) - started)) s inside the guest)"
+[ "$failed" = 0 ]
