@@ -532,3 +532,30 @@ fn loader_variables_are_passed_only_when_asked_for() {
     assert_eq!(out, "/evil-bin|/evil.so|alice");
     server.stop();
 }
+
+/// A plain-HTTP client needs no CA certificates: on a minimal machine (or
+/// in a build sandbox) without any, it still fetches. Before, the platform
+/// verifier's failure to find roots stopped every client.
+#[test]
+fn http_needs_no_system_ca_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let key = key_file(dir.path());
+    let empty = dir.path().join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let out = support::client_command()
+        .env("SSL_CERT_FILE", empty.join("none.pem"))
+        .env("SSL_CERT_DIR", &empty)
+        .args(["--server", &format!("http://{}", server.addr)])
+        .args(["--name", "app", "--key", &key, "get", "APP_USER"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop();
+}

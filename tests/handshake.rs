@@ -194,6 +194,12 @@ async fn every_authentication_failure_gets_the_same_403() {
             None,
         ),
         (
+            // now - ts overflows i64: it must not wrap into the window.
+            "timestamp that wraps around",
+            sealed(&server, "app", &app_key, i64::MIN + now(), None).encode(),
+            None,
+        ),
+        (
             "signed for another server",
             sealed(&server, "app", &app_key, now(), Some(&fake_fp)).encode(),
             None,

@@ -45,13 +45,31 @@ async fn a_failed_auth_flood_gets_429_and_spares_other_sources() {
         let (status, _) = post_raw(server.addr, sealed(&server, &wrong), Some(attacker)).await;
         assert_eq!(status, 403, "failure {i}");
     }
-    // Over the limit: 429 with Retry-After, even for a valid request.
-    let r = reqwest::Client::builder()
+    // Over the limit: a failure gets 429 with Retry-After before any work.
+    let http = reqwest::Client::builder()
         .local_address(attacker)
         .build()
-        .unwrap()
+        .unwrap();
+    let r = http
+        .post(format!("{}/v1/secrets", server.url()))
+        .body(sealed(&server, &wrong))
+        .send()
+        .await
+        .unwrap();
+    support::assert_rate_limited(&r);
+    // The genuine client at that same address is still served: the limit
+    // slows failures, it never refuses a request its client signed.
+    let r = http
         .post(format!("{}/v1/secrets", server.url()))
         .body(sealed(&server, &ClientKey::from_seed(&[51; 32])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a genuine client was locked out");
+    // And failures from there are still refused.
+    let r = http
+        .post(format!("{}/v1/secrets", server.url()))
+        .body(sealed(&server, &wrong))
         .send()
         .await
         .unwrap();

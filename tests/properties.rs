@@ -104,3 +104,21 @@ proptest! {
         prop_assert!(protocol::open_answer(serde_json::to_string(&wire).unwrap().as_bytes(), &reply, &header([5; 16])).is_err());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, .. ProptestConfig::default() })]
+
+    /// The clock check over the whole i64 range: exactly the timestamps
+    /// within `skew` of `now` pass, computed without overflow.
+    #[test]
+    fn the_clock_check_never_wraps(now in any::<i64>(), ts in any::<i64>(), skew in 0i64..=3600) {
+        let expected = (i128::from(now) - i128::from(ts)).abs() <= i128::from(skew);
+        prop_assert_eq!(locket::server::clock_ok(now, ts, skew), expected);
+    }
+
+    #[test]
+    fn the_clock_check_near_now(now in 0i64..=4_102_444_800, delta in -7200i64..=7200, skew in 0i64..=3600) {
+        prop_assert_eq!(locket::server::clock_ok(now, now + delta, skew), delta.abs() <= skew);
+        prop_assert!(!locket::server::clock_ok(now, i64::MIN + now, skew));
+    }
+}

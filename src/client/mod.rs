@@ -241,10 +241,18 @@ impl Client {
                 )));
             }
             builder = builder.tls_certs_only(certs);
+        } else if !config.servers.iter().any(|s| s.starts_with("https://")) {
+            // No TLS to verify: do not load the system's CA certificates,
+            // which a minimal machine or a build sandbox may not have (the
+            // platform verifier fails without them).
+            builder = builder.tls_certs_only(Vec::new());
         }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Local(format!("HTTP client: {e}")))?;
+        let http = builder.build().map_err(|e| {
+            ClientError::Local(format!(
+                "HTTP client: {}; for https:// servers the system's CA certificates must be installed, or set ca_file",
+                error_chain(&e)
+            ))
+        })?;
         Ok(Self {
             http,
             endpoints: config

@@ -33,7 +33,7 @@ use crate::locked::LockStatus;
 use crate::registry::Registry;
 use crate::store::{SecretSet, Store};
 
-pub use pipeline::unix_now;
+pub use pipeline::{clock_ok, unix_now};
 
 /// Everything a config reload replaces at once.
 #[derive(Debug)]

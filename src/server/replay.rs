@@ -4,6 +4,13 @@
 //! clock check, i.e. until `timestamp + clock_skew`. When the cache is full
 //! of live nonces the server refuses new requests (503) rather than forget
 //! one: forgetting would let a captured request be replayed.
+//!
+//! Nonces are kept per client (a client that sees another's traffic cannot
+//! spend that client's nonce first), and each registered client has a
+//! guaranteed share: half the capacity is split evenly among the clients,
+//! the other half goes to whoever needs it. A client that floods the cache
+//! with signed junk fills its share and the common half, then gets 503
+//! alone; every other client still has its guaranteed room.
 
 use std::collections::HashMap;
 
@@ -22,7 +29,9 @@ pub enum Seen {
 
 #[derive(Debug)]
 pub struct ReplayCache {
-    entries: HashMap<[u8; NONCE_LEN], i64>,
+    entries: HashMap<(Box<str>, [u8; NONCE_LEN]), i64>,
+    /// Live entries per client.
+    used: HashMap<Box<str>, usize>,
     capacity: usize,
     next_sweep: i64,
 }
@@ -31,25 +40,52 @@ impl ReplayCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: HashMap::new(),
+            used: HashMap::new(),
             capacity,
             next_sweep: 0,
         }
     }
 
-    /// Remembers `nonce` until `expires` (unix seconds), given the time `now`.
-    pub fn check_and_insert(&mut self, nonce: [u8; NONCE_LEN], expires: i64, now: i64) -> Seen {
+    /// Remembers `client`'s `nonce` until `expires` (unix seconds), given
+    /// the time `now` and the number of registered `clients`.
+    pub fn check_and_insert(
+        &mut self,
+        client: &str,
+        nonce: [u8; NONCE_LEN],
+        expires: i64,
+        now: i64,
+        clients: usize,
+    ) -> Seen {
         if now >= self.next_sweep || self.entries.len() >= self.capacity {
             self.entries.retain(|_, exp| *exp >= now);
-            self.next_sweep = now + 10;
+            self.used.clear();
+            for (c, _) in self.entries.keys() {
+                *self.used.entry(c.clone()).or_default() += 1;
+            }
+            self.next_sweep = now.saturating_add(10);
         }
-        match self.entries.get(&nonce) {
+        let key = (Box::<str>::from(client), nonce);
+        match self.entries.get(&key) {
             Some(exp) if *exp >= now => return Seen::Replay,
             _ => {}
         }
-        if self.entries.len() >= self.capacity {
+        let clients = clients.max(1);
+        let guarantee = self.capacity / (2 * clients);
+        let used = self.used.get(client).copied().unwrap_or(0);
+        let room = if used < guarantee {
+            // Within its share: the room was kept for it.
+            self.entries.len() < self.capacity
+        } else {
+            // Beyond it: only if every client's unused share stays free.
+            let within: usize = self.used.values().map(|u| (*u).min(guarantee)).sum();
+            let reserved = (clients * guarantee).saturating_sub(within);
+            self.entries.len() + 1 + reserved <= self.capacity
+        };
+        if !room {
             return Seen::Full;
         }
-        self.entries.insert(nonce, expires);
+        *self.used.entry(key.0.clone()).or_default() += 1;
+        self.entries.insert(key, expires);
         Seen::New
     }
 
@@ -69,24 +105,61 @@ mod tests {
     #[test]
     fn replays_are_caught_and_memory_is_bounded() {
         let mut c = ReplayCache::new(1000);
-        assert_eq!(c.check_and_insert([1; 16], 130, 100), Seen::New);
-        assert_eq!(c.check_and_insert([1; 16], 130, 101), Seen::Replay);
+        assert_eq!(c.check_and_insert("a", [1; 16], 130, 100, 1), Seen::New);
+        assert_eq!(c.check_and_insert("a", [1; 16], 130, 101, 1), Seen::Replay);
         // After expiry the nonce is forgotten (its timestamp can no longer pass).
-        assert_eq!(c.check_and_insert([1; 16], 170, 140), Seen::New);
+        assert_eq!(c.check_and_insert("a", [1; 16], 170, 140, 1), Seen::New);
         // A flood of distinct nonces never grows the cache past capacity.
         let mut full = 0;
         for i in 0..5000u32 {
             let mut n = [0u8; 16];
             n[..4].copy_from_slice(&i.to_be_bytes());
             n[15] = 9;
-            if c.check_and_insert(n, 200, 141) == Seen::Full {
+            if c.check_and_insert("a", n, 200, 141, 1) == Seen::Full {
                 full += 1;
             }
             assert!(c.len() <= 1000);
         }
         assert_eq!(full, 5000 - 999);
         // Once those expire, room returns.
-        assert_eq!(c.check_and_insert([2; 16], 300, 201), Seen::New);
+        assert_eq!(c.check_and_insert("a", [2; 16], 300, 201, 1), Seen::New);
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn nonces_belong_to_their_client() {
+        let mut c = ReplayCache::new(1000);
+        // b spends a nonce it saw in a's traffic: a's request still passes.
+        assert_eq!(c.check_and_insert("b", [7; 16], 130, 100, 2), Seen::New);
+        assert_eq!(c.check_and_insert("a", [7; 16], 130, 100, 2), Seen::New);
+        assert_eq!(c.check_and_insert("a", [7; 16], 130, 100, 2), Seen::Replay);
+    }
+
+    #[test]
+    fn a_flooding_client_is_refused_alone() {
+        // 1,000 entries and 4 clients: 125 guaranteed to each, 500 common.
+        let mut c = ReplayCache::new(1000);
+        let nonce = |i: u32| {
+            let mut n = [0u8; 16];
+            n[..4].copy_from_slice(&i.to_be_bytes());
+            n
+        };
+        let mut accepted = 0;
+        for i in 0..1010 {
+            if c.check_and_insert("flood", nonce(i), 200, 100, 4) == Seen::New {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 625, "its share and the common half, no more");
+        for client in ["a", "b", "c"] {
+            for i in 0..125 {
+                assert_eq!(
+                    c.check_and_insert(client, nonce(i), 200, 100, 4),
+                    Seen::New,
+                    "{client} {i}"
+                );
+            }
+        }
+        assert_eq!(c.len(), 1000);
     }
 }

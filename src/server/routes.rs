@@ -152,6 +152,10 @@ async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
 /// 429 for a source over its failed-authentication limit, before any work.
 pub(super) fn rate_limited(state: &State, ip: std::net::IpAddr, id: &str) -> Option<Response> {
     let retry = state.failures.retry_after(ip, pipeline::unix_now())?;
+    Some(too_many_failures(state, ip, id, retry))
+}
+
+fn too_many_failures(state: &State, ip: std::net::IpAddr, id: &str, retry: u64) -> Response {
     tracing::warn!(request_id = %id, ip = %ip, retry_after = retry, outcome = "rate_limited", "too many failed authentications from this source");
     state.metrics.request("rate_limited", 0.0);
     let mut r = json_error(
@@ -162,7 +166,7 @@ pub(super) fn rate_limited(state: &State, ip: std::net::IpAddr, id: &str) -> Opt
     if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
         r.headers_mut().insert("retry-after", v);
     }
-    Some(r)
+    r
 }
 
 fn outcome_label(outcome: &Outcome) -> &'static str {
@@ -189,8 +193,13 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
     let id = request_id();
     let ip = peer.0.ip().to_canonical();
     let started = std::time::Instant::now();
-    if let Some(response) = rate_limited(&state, ip, &id) {
-        return response;
+    // The limit slows failures only: a request that a registered client
+    // signed, from its address, in time, passes even from a limited source
+    // (checking that costs one ed25519 verification, no RSA).
+    if let Some(retry) = state.failures.retry_after(ip, pipeline::unix_now())
+        && !pipeline::authenticates(&state, ip, &body)
+    {
+        return too_many_failures(&state, ip, &id, retry);
     }
     let outcome = pipeline::process(&state, ip, &body).await;
     if matches!(outcome, Outcome::Denied { .. } | Outcome::Replay { .. }) {

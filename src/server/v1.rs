@@ -229,12 +229,12 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
     // 4. Clock.
     let now = unix_now();
     let skew = runtime.config.clock_skew.as_secs() as i64;
-    if (now - request.timestamp).abs() > skew {
+    if !super::pipeline::clock_ok(now, request.timestamp, skew) {
         return V1Outcome::Forbidden {
             client: None,
             reason: format!(
                 "timestamp is {}s from server time (allowed: {skew}s)",
-                request.timestamp - now
+                i128::from(request.timestamp) - i128::from(now)
             ),
         };
     }
@@ -277,7 +277,15 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
     let seen = state
         .replay
         .lock()
-        .map(|mut c| c.check_and_insert(key, request.timestamp + skew, now))
+        .map(|mut c| {
+            c.check_and_insert(
+                &client_name,
+                key,
+                request.timestamp.saturating_add(skew),
+                now,
+                registry.len(),
+            )
+        })
         .unwrap_or(Seen::Full);
     match seen {
         Seen::New => {}
