@@ -121,7 +121,7 @@ def split_exec(value, env):
             i += 1
         words.append(word)
 
-    def expand(w, whole_word_vars):
+    def expand(w):
         # Specifiers: only %% occurs in what the module writes; any other is an error here.
         w2 = ""
         j = 0
@@ -151,7 +151,7 @@ def split_exec(value, env):
             j += 1
         return out
 
-    return prefixes, [expand(w, True) for w in words]
+    return prefixes, [expand(w) for w in words]
 
 
 def unit_values(text, key):

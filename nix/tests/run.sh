@@ -35,8 +35,10 @@ else
   for selftest in nix/tests/nixos/selftest.sh; do
     if out=$(NIXPKGS_LIB="$lib" bash "$selftest" 2>&1); then ok "NixOS stubs self-test: $(tail -1 <<<"$out")"; else bad "NixOS stubs self-test: $out"; fi
   done
-  if out=$(nix-instantiate --eval --strict --json nix/tests/module-eval.nix -A passed --arg libPath "$lib" 2>&1) \
-    && failedChecks=$(nix-instantiate --eval --strict --json nix/tests/module-eval.nix -A failed --arg libPath "$lib" 2>&1) \
+  # NIX_ABORT_ON_WARN: any evaluation warning (lib.warn: deprecated
+  # packages or options) fails the checks, as `nix flake check` must print none.
+  if out=$(NIX_ABORT_ON_WARN=1 nix-instantiate --eval --strict --json nix/tests/module-eval.nix -A passed --arg libPath "$lib" 2>&1) \
+    && failedChecks=$(NIX_ABORT_ON_WARN=1 nix-instantiate --eval --strict --json nix/tests/module-eval.nix -A failed --arg libPath "$lib" 2>&1) \
     && [ "$failedChecks" = "[]" ]; then
     ok "module evaluation checks ($out passed)"
   else

@@ -170,6 +170,8 @@ let
     tzdata = package "tzdata" "2025b" { };
     # The flake's formatter.
     nixfmt = package "nixfmt" "1.1.0" { meta.mainProgram = "nixfmt"; };
+    # 25.11 keeps the old name as an alias that warns when it is used.
+    nixfmt-rfc-style = lib.warn "nixfmt-rfc-style is now the same as pkgs.nixfmt which should be used instead." self.nixfmt;
     glibcLocales =
       let
         locales =
