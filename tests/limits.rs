@@ -157,20 +157,25 @@ async fn the_connection_cap_holds_new_connections_back() {
 async fn oversized_headers_are_refused() {
     let server = TestServer::start("A=a\n", &clients()).await;
     let addr = server.addr;
-    let answer = tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = write!(
-            s,
-            "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
-            "a".repeat(200 * 1024)
-        );
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    })
-    .await
-    .unwrap();
+    // As the README says: a head within the 64 KiB buffer is read; one far
+    // beyond it (what one read can add is not pinned here) gets 431.
+    let status_for = |kib: usize| {
+        tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = write!(
+                s,
+                "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: {}\r\n\r\n",
+                "a".repeat(kib * 1024)
+            );
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let answer = status_for(32).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let answer = status_for(200).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
     server.stop().await;
 }

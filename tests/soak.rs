@@ -228,6 +228,7 @@ async fn soak_under_attack() {
                         let expected: Vec<String> =
                             (0..PER_CLIENT).map(|k| format!("c{i}/K{k}")).collect();
                         let mut ok = names == expected;
+                        let mut generations = std::collections::BTreeSet::new();
                         for (name, value) in &got {
                             let g: Option<u64> = value
                                 .expose()
@@ -237,9 +238,14 @@ async fn soak_under_attack() {
                             match g {
                                 Some(g) if g <= newest && value.expose() == value_of(name, g) => {
                                     seen.fetch_max(g, Ordering::SeqCst);
+                                    generations.insert(g);
                                 }
                                 _ => ok = false,
                             }
+                        }
+                        // One answer comes from one set: it never tears.
+                        if generations.len() > 1 {
+                            ok = false;
                         }
                         if !ok {
                             wrong.fetch_add(1, Ordering::SeqCst);
@@ -331,9 +337,14 @@ async fn soak_under_attack() {
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 tick += 1;
+                // The counter goes up before the file is written: it is an
+                // upper bound of every generation a client can be served
+                // (the other order let a refresh between the two writes
+                // serve a generation the test did not yet count: a false
+                // "wrong value" on a loaded machine).
                 let g = generation.load(Ordering::SeqCst) + 1;
-                write_secrets(&dir, g);
                 generation.store(g, Ordering::SeqCst);
+                write_secrets(&dir, g);
                 if tick.is_multiple_of(3) {
                     let broken = tick.is_multiple_of(9);
                     write_config(&dir, tick, broken);

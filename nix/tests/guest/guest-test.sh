@@ -66,7 +66,7 @@ use_server genkey
 systemctl daemon-reload
 check "locket.service (generated key) reaches active through READY=1" systemctl start locket.service
 check "  it is Type=notify and active" test "$(show locket.service Type) $(show locket.service ActiveState)" = "notify active"
-fp1=$(journal locket.service | sed -n 's/.*fingerprint=\(sha256:[0-9a-f]*\).*created a new server key.*/\1/p; s/.*created a new server key.*fingerprint=\(sha256:[0-9a-f]*\).*/\1/p' | head -1)
+fp1=$(journal locket.service | grep 'created a new server key' | grep -o 'sha256:[0-9a-f]*' | head -1)
 check "  the key is created in StateDirectory on first start" test -n "$fp1" -a -f /var/lib/private/locket/server-key.pem
 check "  the key file is 0600, owned by the server's dynamic user" test "$(stat -c '%a %u' /var/lib/private/locket/server-key.pem)" = "600 $(stat -c %u /proc/"$(show locket.service MainPID)")"
 systemctl restart locket.service
