@@ -535,3 +535,35 @@ fn the_server_turns_off_core_dumps_for_itself() {
     );
     server.stop();
 }
+
+/// Nothing from a request reaches a log line unescaped: a JSON field name
+/// with a newline in an unauthenticated request cannot write a fake
+/// "answered" line into the text log.
+#[test]
+fn request_text_cannot_forge_log_lines() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let body = r#"{"x\n2026-11-29T00:00:00.000000Z  INFO answered client=bob outcome=\"ok\"":1}"#;
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/secrets HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let log = server.stop();
+    let forged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("client=bob") && !l.contains("request rejected"))
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "a request wrote its own log line: {forged:?}"
+    );
+    assert!(log.contains("request rejected"), "{log}");
+}

@@ -228,11 +228,11 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
                 .into_response()
         }
         Outcome::BadRequest { client, reason } => {
-            tracing::warn!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = %reason, outcome = "bad_request", "request rejected");
+            tracing::warn!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = ?reason, outcome = "bad_request", "request rejected");
             json_error(StatusCode::BAD_REQUEST, "bad_request", &reason)
         }
         Outcome::Denied { client, reason } => {
-            tracing::warn!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = %reason, outcome = "denied", "request denied");
+            tracing::warn!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = ?reason, outcome = "denied", "request denied");
             json_error(StatusCode::FORBIDDEN, "forbidden", FORBIDDEN_MESSAGE)
         }
         Outcome::Replay { client } => {
@@ -270,7 +270,7 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
             r
         }
         Outcome::Internal { client, reason } => {
-            tracing::error!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = %reason, outcome = "internal", "request failed");
+            tracing::error!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = ?reason, outcome = "internal", "request failed");
             json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

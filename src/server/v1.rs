@@ -160,11 +160,11 @@ async fn handle(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
             ("ok", r)
         }
         V1Outcome::Forbidden { client, reason } => {
-            tracing::warn!(request_id = %id, protocol = "v1", client = client.as_deref().unwrap_or("-"), ip = %ip, reason = %reason, outcome = "denied", "request denied");
+            tracing::warn!(request_id = %id, protocol = "v1", client = client.as_deref().unwrap_or("-"), ip = %ip, reason = ?reason, outcome = "denied", "request denied");
             ("denied", text(StatusCode::FORBIDDEN, "forbidden"))
         }
         V1Outcome::BadRequest(reason) | V1Outcome::Undecryptable(reason) => {
-            tracing::warn!(request_id = %id, protocol = "v1", ip = %ip, reason = %reason, outcome = "bad_request", "request rejected");
+            tracing::warn!(request_id = %id, protocol = "v1", ip = %ip, reason = ?reason, outcome = "bad_request", "request rejected");
             ("bad_request", text(StatusCode::BAD_REQUEST, "bad request"))
         }
         V1Outcome::NotFound { client, name } => {
@@ -178,7 +178,7 @@ async fn handle(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
             max,
         } => {
             tracing::error!(
-                request_id = %id, protocol = "v1", client = %client, ip = %ip, name = %name, len, max, outcome = "internal",
+                request_id = %id, protocol = "v1", client = %client, ip = %ip, name = ?name, len, max, outcome = "internal",
                 "the value is {len} bytes, but a v1 answer is one RSA-OAEP block to the client's key ({max} bytes at most); move this client to a v2 client (locket-client) to serve it"
             );
             (
@@ -187,7 +187,7 @@ async fn handle(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
             )
         }
         V1Outcome::Internal(reason) => {
-            tracing::error!(request_id = %id, protocol = "v1", ip = %ip, reason = %reason, outcome = "internal", "request failed");
+            tracing::error!(request_id = %id, protocol = "v1", ip = %ip, reason = ?reason, outcome = "internal", "request failed");
             (
                 "internal",
                 text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
