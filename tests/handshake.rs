@@ -302,7 +302,7 @@ async fn malformed_and_oversize_bodies() {
     assert_eq!(status, 413, "{body}");
 
     // Other paths and methods.
-    let http = reqwest::Client::new();
+    let http = support::http_builder().build().unwrap();
     let r = http
         .get(format!("{}/v1/secrets", server.url()))
         .send()

@@ -46,7 +46,7 @@ async fn a_failed_auth_flood_gets_429_and_spares_other_sources() {
         assert_eq!(status, 403, "failure {i}");
     }
     // Over the limit: a failure gets 429 with Retry-After before any work.
-    let http = reqwest::Client::builder()
+    let http = support::http_builder()
         .local_address(attacker)
         .build()
         .unwrap();

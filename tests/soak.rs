@@ -265,7 +265,7 @@ async fn soak_under_attack() {
     let attack = |kind: &'static str, from: &'static str, make: fn(usize) -> Vec<u8>| {
         let tally = Arc::clone(&tally);
         tokio::spawn(async move {
-            let http = reqwest::Client::builder()
+            let http = support::http_builder()
                 .local_address(ip(from))
                 .build()
                 .unwrap();
@@ -299,11 +299,11 @@ async fn soak_under_attack() {
     {
         let tally = Arc::clone(&tally);
         tasks.push(tokio::spawn(async move {
-            let good = reqwest::Client::builder()
+            let good = support::http_builder()
                 .local_address(ip("127.0.0.4"))
                 .build()
                 .unwrap();
-            let replayer = reqwest::Client::builder()
+            let replayer = support::http_builder()
                 .local_address(ip("127.0.0.10"))
                 .build()
                 .unwrap();

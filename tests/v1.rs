@@ -70,7 +70,7 @@ impl V1Client {
 
     fn http(&self) -> reqwest::Client {
         locket::client::install_crypto_provider();
-        let mut b = reqwest::Client::builder();
+        let mut b = support::http_builder();
         if let Some(ip) = self.bind {
             b = b.local_address(ip);
         }

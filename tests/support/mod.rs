@@ -169,7 +169,7 @@ impl TestServer {
 
 /// Sends a raw body to `POST /v1/secrets`, optionally from `bind`.
 pub async fn post_raw(addr: SocketAddr, body: Vec<u8>, bind: Option<IpAddr>) -> (u16, String) {
-    let mut b = reqwest::Client::builder();
+    let mut b = http_builder();
     if let Some(ip) = bind {
         b = b.local_address(ip);
     }
@@ -301,6 +301,14 @@ pub fn client_command() -> Command {
 /// As [`run_client`], pinned like [`client_command`].
 pub fn run_client_pinned(args: &[&str], cwd: &Path) -> (i32, String, String) {
     output_of(client_command().args(args).current_dir(cwd))
+}
+
+/// An HTTP client builder for the tests' raw requests. Plain HTTP only, so
+/// no system CA certificates are loaded: the Nix build sandbox has none,
+/// and loading them would fail there before any request.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    locket::client::install_crypto_provider();
+    reqwest::Client::builder().tls_certs_only(Vec::new())
 }
 
 /// Runs `locket-client` with `args`; returns (exit code, stdout, stderr).
