@@ -321,7 +321,11 @@ async fn malformed_and_oversize_bodies() {
 #[tokio::test]
 async fn key_endpoint_gives_pem_and_matching_fingerprint() {
     let server = TestServer::start(&secrets_env(), &clients()).await;
-    let text = reqwest::get(format!("{}/v1/key", server.url()))
+    let text = support::http_builder()
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/key", server.url()))
+        .send()
         .await
         .unwrap()
         .text()
@@ -358,7 +362,11 @@ async fn wrong_pin_is_refused_before_any_request_is_sent() {
                 .unwrap()
                 .push(text.lines().next().unwrap_or("").to_owned());
             // Forward GET /v1/key to the real server.
-            let key = reqwest::get(format!("{real}/v1/key"))
+            let key = support::http_builder()
+                .build()
+                .unwrap()
+                .get(format!("{real}/v1/key"))
+                .send()
                 .await
                 .unwrap()
                 .text()

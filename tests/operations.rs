@@ -46,7 +46,11 @@ async fn value(c: &Client, name: &str) -> Result<String, ClientError> {
 }
 
 async fn get(server: &ServerProcess, path: &str) -> (u16, String) {
-    let r = reqwest::get(format!("http://{}{path}", server.addr))
+    let r = support::http_builder()
+        .build()
+        .unwrap()
+        .get(format!("http://{}{path}", server.addr))
+        .send()
         .await
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())

@@ -382,7 +382,13 @@ async fn soak_under_attack() {
     }
     stop.store(true, Ordering::Relaxed);
     let samples = rss.await.unwrap();
-    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    let ready = support::http_builder()
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
     let ready_status = ready.status().as_u16();
     let ready_body = ready.text().await.unwrap();
     let log = server.stop();

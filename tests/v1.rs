@@ -215,7 +215,11 @@ async fn every_row_of_the_original_check_list() {
     // GET: the persistent server key, as RSA PUBLIC KEY around SPKI DER.
     let v1_key = svc1.server_key(&url).await;
     let v2: serde_json::Value = serde_json::from_str(
-        &reqwest::get(format!("http://{}/v1/key", server.addr))
+        &support::http_builder()
+            .build()
+            .unwrap()
+            .get(format!("http://{}/v1/key", server.addr))
+            .send()
             .await
             .unwrap()
             .text()
@@ -475,7 +479,11 @@ async fn per_client_lookup_custom_path_and_separate_key() {
     assert_eq!(mode & 0o777, 0o600);
     // The root path is not v1 here.
     assert_eq!(
-        reqwest::get(format!("http://{}/", server.addr))
+        support::http_builder()
+            .build()
+            .unwrap()
+            .get(format!("http://{}/", server.addr))
+            .send()
             .await
             .unwrap()
             .status()
