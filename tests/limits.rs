@@ -50,30 +50,17 @@ async fn a_failed_auth_flood_gets_429_and_spares_other_sources() {
         .local_address(attacker)
         .build()
         .unwrap();
-    let r = http
-        .post(format!("{}/v1/secrets", server.url()))
-        .body(sealed(&server, &wrong))
-        .send()
-        .await
-        .unwrap();
-    support::assert_rate_limited(&r);
+    let url = format!("{}/v1/secrets", server.url());
+    let post = |body: Vec<u8>| http.post(&url).body(body).send();
+    support::assert_rate_limited(&post(sealed(&server, &wrong)).await.unwrap());
     // The genuine client at that same address is still served: the limit
     // slows failures, it never refuses a request its client signed.
-    let r = http
-        .post(format!("{}/v1/secrets", server.url()))
-        .body(sealed(&server, &ClientKey::from_seed(&[51; 32])))
-        .send()
+    let genuine = post(sealed(&server, &ClientKey::from_seed(&[51; 32])))
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "a genuine client was locked out");
+    assert_eq!(genuine.status(), 200, "a genuine client was locked out");
     // And failures from there are still refused.
-    let r = http
-        .post(format!("{}/v1/secrets", server.url()))
-        .body(sealed(&server, &wrong))
-        .send()
-        .await
-        .unwrap();
-    support::assert_rate_limited(&r);
+    support::assert_rate_limited(&post(sealed(&server, &wrong)).await.unwrap());
     // Another source is served as usual.
     let (status, body) = post_raw(
         server.addr,
