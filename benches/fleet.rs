@@ -254,7 +254,7 @@ fn drive(
     bits: usize,
     workload: Workload,
     c: usize,
-    reply: &rsa::PrivateKey,
+    reply: &ReplyKey,
     fp: &str,
 ) -> Row {
     // About 1,200 requests per row (LOCKET_BENCH_REQUESTS), so that /proc's
@@ -270,12 +270,8 @@ fn drive(
             cfg.server_fingerprint = Some(fp.to_owned());
             cfg.timeout = Duration::from_secs(60);
             Arc::new(
-                Client::with_reply_key(
-                    &cfg,
-                    ClientKey::from_seed(&seed(i)),
-                    ReplyKey::from_private(reply.clone()).unwrap(),
-                )
-                .unwrap(),
+                Client::with_reply_key(&cfg, ClientKey::from_seed(&seed(i)), reply.clone())
+                    .unwrap(),
             )
         })
         .collect();
@@ -343,7 +339,6 @@ fn drive(
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    locket::client::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -362,8 +357,7 @@ fn main() {
         drop(dir);
         return;
     }
-    let reply_private = ReplyKey::generate().unwrap().private().clone();
-    let reply = ReplyKey::from_private(reply_private.clone()).unwrap();
+    let reply = ReplyKey::generate().unwrap();
     let mut table = String::new();
     let mut profiles = String::new();
     let mut json_rows = Vec::new();
@@ -387,7 +381,7 @@ fn main() {
             bits,
             Workload::Fleet,
             4,
-            &reply_private,
+            &reply,
             key.fingerprint(),
         );
         for workload in [Workload::Fleet, Workload::Single] {
@@ -410,7 +404,7 @@ fn main() {
                     bits,
                     workload,
                     c,
-                    &reply_private,
+                    &reply,
                     key.fingerprint(),
                 );
                 let profile = profile.map(Profile::finish);
@@ -512,7 +506,7 @@ fn main() {
             bits,
             Workload::Single,
             1,
-            &reply_private,
+            &reply,
             key.fingerprint(),
         );
         let budget = percentile(&keygen, 0.5) + one.p50;

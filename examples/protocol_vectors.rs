@@ -60,7 +60,8 @@ fn main() {
     // A complete request, sealed to a 2048-bit key printed here (test only).
     let server = ServerKey::generate(2048).unwrap();
     let public = ServerPublicKey::from_pem(server.public_pem()).unwrap();
-    let reply = ReplyKey::from_private(server.private().clone()).unwrap();
+    let private_pem = server.to_pkcs8_pem().unwrap();
+    let reply = ReplyKey::from_pem(&private_pem).unwrap();
     let header = Header {
         server_fingerprint: server.fingerprint().to_owned(),
         ..header
@@ -76,13 +77,6 @@ fn main() {
         &header,
     )
     .unwrap();
-    let private_pem = {
-        use rsa::pkcs8::EncodePrivateKey;
-        server
-            .private()
-            .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
-            .unwrap()
-    };
     println!("\n```pem");
     print!("{}", private_pem.as_str());
     println!("```\n");

@@ -3,19 +3,16 @@
 //! address" and "bad signature" can be reported (they should not differ in
 //! any way that tells an attacker which names are registered):
 //! `cargo run --release --example rejection_timing`.
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use locket::config::server::ServerConfig;
 use locket::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};
 use locket::protocol::{Header, Request, RequestBody};
-use locket::server::State;
+use locket::server::Server;
 
 const ROUNDS: usize = 400;
 
 #[tokio::main]
 async fn main() {
-    locket::client::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let key = ServerKey::generate(2048).unwrap();
     let public = ServerPublicKey::from_pem(key.public_pem()).unwrap();
@@ -30,13 +27,11 @@ async fn main() {
         ),
     )
     .unwrap();
-    let config = ServerConfig::load(&dir.path().join("server.toml")).unwrap();
-    let registry = config.validate().unwrap();
-    let secrets = locket::source::load_all(&config.sources).await.unwrap();
-    let state = Arc::new(State::new(key, registry, Some(secrets), &config));
+    key.write_new(&dir.path().join("server-key.pem")).unwrap();
+    let server = Server::load(&dir.path().join("server.toml")).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(locket::server::run(listener, state, std::future::pending()));
+    tokio::spawn(server.serve(listener, std::future::pending()));
     let reply = ReplyKey::generate().unwrap();
 
     let stranger = ClientKey::from_seed(&[9; 32]);
@@ -54,7 +49,7 @@ async fn main() {
     let clients: Vec<reqwest::Client> = kinds
         .iter()
         .map(|(_, _, _, bind, _)| {
-            reqwest::Client::builder()
+            locket::tls::http_client(locket::tls::Roots::None)
                 .local_address(bind.parse::<std::net::IpAddr>().unwrap())
                 .build()
                 .unwrap()
@@ -65,7 +60,7 @@ async fn main() {
             let header = Header {
                 client: (*name).into(),
                 server_fingerprint: fingerprint.clone(),
-                timestamp: locket::server::unix_now(),
+                timestamp: locket::clock::unix_now(),
                 nonce: locket::crypto::random_bytes().unwrap(),
             };
             let body = RequestBody {

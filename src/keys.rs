@@ -80,9 +80,9 @@ fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {
     }
 }
 
-/// The server's long-lived RSA key with its public forms precomputed.
+/// The server's long-lived RSA key with its public forms precomputed. The
+/// private key is held once, in AWS-LC ([`crypto::Decrypter`]).
 pub struct ServerKey {
-    private: PrivateKey,
     decrypter: crypto::Decrypter,
     public_pem: String,
     spki_der: Vec<u8>,
@@ -98,23 +98,47 @@ impl fmt::Debug for ServerKey {
     }
 }
 
+/// Hands an `rsa` key (just generated or parsed) to AWS-LC through PKCS#8
+/// DER that is wiped afterwards; the `rsa` key wipes itself when dropped.
+fn into_decrypter(private: PrivateKey) -> Result<crypto::Decrypter, KeyError> {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    check_rsa_bits(private.size() * 8)?;
+    let der = private
+        .to_pkcs8_der()
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    crypto::Decrypter::from_pkcs8_der(der.as_bytes()).map_err(|e| KeyError::Generate(e.to_string()))
+}
+
+/// Parses PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY` PEM. The error
+/// never quotes key material.
+fn parse_private_pem(text: &str) -> Result<crypto::Decrypter, String> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey as _;
+    let private = if text.contains("BEGIN RSA PRIVATE KEY") {
+        PrivateKey::from_pkcs1_pem(text).map_err(|e| e.to_string())?
+    } else {
+        PrivateKey::from_pkcs8_pem(text).map_err(|e| e.to_string())?
+    };
+    into_decrypter(private).map_err(|e| e.to_string())
+}
+
+fn generate_rsa(bits: usize) -> Result<crypto::Decrypter, KeyError> {
+    check_rsa_bits(bits)?;
+    let private = PrivateKey::new(&mut getrandom::SysRng, bits)
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    into_decrypter(private)
+}
+
 impl ServerKey {
-    /// Wraps a private key, checking its size.
-    pub fn from_private(private: PrivateKey) -> Result<Self, KeyError> {
-        check_rsa_bits(private.size() * 8)?;
-        let public = private.to_public_key();
-        let spki_der = public
-            .to_public_key_der()
-            .map_err(|e| KeyError::Generate(e.to_string()))?
-            .into_vec();
-        let public_pem = public
-            .to_public_key_pem(LineEnding::LF)
+    fn from_decrypter(decrypter: crypto::Decrypter) -> Result<Self, KeyError> {
+        let spki_der = decrypter
+            .public_spki_der()
             .map_err(|e| KeyError::Generate(e.to_string()))?;
+        let public_pem =
+            rsa::pkcs8::der::pem::encode_string("PUBLIC KEY", LineEnding::LF, &spki_der)
+                .map_err(|e| KeyError::Generate(e.to_string()))?;
         let fingerprint = crypto::fingerprint(&spki_der);
-        let decrypter =
-            crypto::Decrypter::from_rsa(&private).map_err(|e| KeyError::Generate(e.to_string()))?;
         Ok(Self {
-            private,
             decrypter,
             public_pem,
             spki_der,
@@ -124,10 +148,7 @@ impl ServerKey {
 
     /// Generates a new key of `bits` bits in memory.
     pub fn generate(bits: usize) -> Result<Self, KeyError> {
-        check_rsa_bits(bits)?;
-        let private = PrivateKey::new(&mut getrandom::SysRng, bits)
-            .map_err(|e| KeyError::Generate(e.to_string()))?;
-        Self::from_private(private)
+        Self::from_decrypter(generate_rsa(bits)?)
     }
 
     /// Loads the key at `path`, or creates it (mode 0600) with `bits` bits if
@@ -181,18 +202,7 @@ impl ServerKey {
     /// Parses the text of a key file (PKCS#8 or PKCS#1 PEM) and checks the
     /// key's size. The error never quotes key material.
     pub fn from_pem(text: &str) -> Result<Self, String> {
-        let private = Self::parse_pem(text)?;
-        Self::from_private(private).map_err(|e| e.to_string())
-    }
-
-    fn parse_pem(text: &str) -> Result<PrivateKey, String> {
-        use rsa::pkcs1::DecodeRsaPrivateKey;
-        use rsa::pkcs8::DecodePrivateKey as _;
-        if text.contains("BEGIN RSA PRIVATE KEY") {
-            PrivateKey::from_pkcs1_pem(text).map_err(|e| e.to_string())
-        } else {
-            PrivateKey::from_pkcs8_pem(text).map_err(|e| e.to_string())
-        }
+        Self::from_decrypter(parse_private_pem(text)?).map_err(|e| e.to_string())
     }
 
     /// Writes the private key to a new file with mode 0600 (PKCS#8 PEM).
@@ -204,18 +214,19 @@ impl ServerKey {
         })
     }
 
-    fn to_pkcs8_pem(&self) -> Result<zeroize::Zeroizing<String>, KeyError> {
-        use rsa::pkcs8::EncodePrivateKey as _;
-        self.private
-            .to_pkcs8_pem(LineEnding::LF)
+    /// The private key as PKCS#8 PEM, in memory wiped when dropped (the key
+    /// file's form).
+    pub fn to_pkcs8_pem(&self) -> Result<zeroize::Zeroizing<String>, KeyError> {
+        let der = self
+            .decrypter
+            .to_pkcs8_der()
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+        rsa::pkcs8::der::pem::encode_string("PRIVATE KEY", LineEnding::LF, &der)
+            .map(zeroize::Zeroizing::new)
             .map_err(|e| KeyError::Generate(e.to_string()))
     }
 
-    /// The private key as `rsa` holds it (encoding, and the v1 endpoint).
-    pub fn private(&self) -> &PrivateKey {
-        &self.private
-    }
-    /// The same key in AWS-LC, for unwrapping request keys.
+    /// The key in AWS-LC, for unwrapping request keys.
     pub fn decrypter(&self) -> &crypto::Decrypter {
         &self.decrypter
     }
@@ -233,7 +244,7 @@ impl ServerKey {
     }
     /// Modulus size in bits.
     pub fn bits(&self) -> usize {
-        self.private.size() * 8
+        self.decrypter.bits()
     }
 }
 
@@ -267,9 +278,11 @@ pub fn parse_reply_key(der: &[u8]) -> Result<crypto::Encrypter, String> {
     Ok(key)
 }
 
-/// The client's ephemeral RSA key for answers; lives only in memory.
+/// The client's ephemeral RSA key for answers; lives only in memory, held
+/// once, by AWS-LC. A clone is another handle on the same key (tests and
+/// benchmarks reuse one instead of paying for generation each time).
+#[derive(Clone)]
 pub struct ReplyKey {
-    private: PrivateKey,
     decrypter: crypto::Decrypter,
     spki_der: Vec<u8>,
 }
@@ -283,34 +296,30 @@ impl fmt::Debug for ReplyKey {
 impl ReplyKey {
     /// Generates a new reply key ([`REPLY_KEY_BITS`] bits).
     pub fn generate() -> Result<Self, KeyError> {
-        let private = PrivateKey::new(&mut getrandom::SysRng, REPLY_KEY_BITS)
-            .map_err(|e| KeyError::Generate(e.to_string()))?;
-        Self::from_private(private)
+        Self::from_decrypter(generate_rsa(REPLY_KEY_BITS)?)
     }
 
-    /// Wraps an existing private key (tests and benchmarks reuse one).
-    pub fn from_private(private: PrivateKey) -> Result<Self, KeyError> {
-        let spki_der = private
-            .to_public_key()
-            .to_public_key_der()
-            .map_err(|e| KeyError::Generate(e.to_string()))?
-            .into_vec();
-        let decrypter =
-            crypto::Decrypter::from_rsa(&private).map_err(|e| KeyError::Generate(e.to_string()))?;
+    /// Uses the private key in `text` (PKCS#8 or PKCS#1 PEM) as a reply key:
+    /// for published test vectors, which must be reproducible.
+    pub fn from_pem(text: &str) -> Result<Self, String> {
+        Self::from_decrypter(parse_private_pem(text)?).map_err(|e| e.to_string())
+    }
+
+    fn from_decrypter(decrypter: crypto::Decrypter) -> Result<Self, KeyError> {
+        let spki_der = decrypter
+            .public_spki_der()
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
         Ok(Self {
-            private,
             decrypter,
             spki_der,
         })
     }
 
-    pub fn private(&self) -> &PrivateKey {
-        &self.private
-    }
-    /// The same key in AWS-LC, for unwrapping answer keys.
+    /// The key in AWS-LC, for unwrapping answer keys.
     pub fn decrypter(&self) -> &crypto::Decrypter {
         &self.decrypter
     }
+    /// The public half as SPKI DER (sent in every request).
     pub fn spki_der(&self) -> &[u8] {
         &self.spki_der
     }

@@ -8,7 +8,6 @@
 //!
 //! Module map:
 //! * [`protocol`]: wire types, canonical signed bytes, seal/open.
-//! * [`protocol_v1`]: the original locket's wire format (opt-in).
 //! * [`crypto`]: RSA-OAEP key wrapping, AES-256-GCM, fingerprints.
 //! * [`keys`]: server, client and reply keys and their file/text forms.
 //! * [`secret`]: zeroizing, redacted secret values.
@@ -21,9 +20,12 @@
 //! * [`client`]: fetching secrets and handing them to programs.
 //! * [`fsutil`]: creating private files safely.
 //! * [`hygiene`]: no core dumps for processes that hold secrets.
-//! * [`sd_notify`]: telling systemd the server is ready.
+//! * [`tls`]: rustls on the one crypto provider, for both sides.
+//! * [`clock`]: the protocols' time and clock-skew rule.
+//! * [`v1`]: the original locket's protocol, all of it (opt-in).
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod fsutil;
@@ -31,10 +33,10 @@ pub mod hygiene;
 pub mod keys;
 pub mod locked;
 pub mod protocol;
-pub mod protocol_v1;
 pub mod registry;
-pub mod sd_notify;
 pub mod secret;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod tls;
+pub mod v1;

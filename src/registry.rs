@@ -238,55 +238,6 @@ impl Registry {
     }
 }
 
-/// Converts the original locket's registry (a YAML list of `{name, keypub}`)
-/// into `[clients]` entries: keys in the one-line form, `networks` as given
-/// (the original had none), and a grant of `<name>/*`. Names are lower-cased
-/// as the original did. The error says which entry is wrong and why.
-pub fn import_v1_yaml(text: &str, networks: &[String]) -> Result<toml::Table, String> {
-    use yaml_rust2::YamlLoader;
-    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("not YAML: {e}"))?;
-    let entries = docs
-        .first()
-        .and_then(|d| d.as_vec())
-        .ok_or("must hold a list of {name, keypub} entries")?;
-    let mut clients = toml::Table::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let field = |k: &str| entry[k].as_str().map(str::to_owned);
-        let (Some(name), Some(keypub)) = (field("name"), field("keypub")) else {
-            return Err(format!("entry {i} lacks `name` or `keypub`"));
-        };
-        // The original lower-cased service names.
-        let name = name.to_lowercase();
-        if !crate::protocol::valid_client_name(&name) {
-            return Err(format!(
-                "entry {i}: name {name:?} is not a valid client name (A-Za-z0-9._-)"
-            ));
-        }
-        let key = crate::keys::parse_public_key(&keypub)
-            .map_err(|e| format!("entry {i} ({name}): {e}"))?;
-        let mut table = toml::Table::new();
-        table.insert(
-            "keys".into(),
-            toml::Value::Array(vec![crate::keys::public_line(&key).into()]),
-        );
-        table.insert(
-            "networks".into(),
-            toml::Value::Array(networks.iter().cloned().map(Into::into).collect()),
-        );
-        table.insert(
-            "secrets".into(),
-            toml::Value::Array(vec![format!("{name}/*").into()]),
-        );
-        if clients
-            .insert(name.clone(), toml::Value::Table(table))
-            .is_some()
-        {
-            return Err(format!("entry {i}: client {name:?} appears twice"));
-        }
-    }
-    Ok(clients)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -485,8 +485,9 @@ fn serve_tells_systemd_when_ready_and_when_stopping() {
         &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
     );
     let mut buf = [0u8; 256];
+    // One datagram of newline-terminated assignments (sd_notify(3)).
     let n = sock.recv(&mut buf).expect("READY=1 arrives");
-    assert_eq!(&buf[..n], b"READY=1");
+    assert_eq!(buf[..n].trim_ascii_end(), b"READY=1");
     // Ready means serving: the key endpoint answers now.
     assert!(
         reqwest::blocking_free_get(&format!("http://{}/v1/key", server.addr))
@@ -494,7 +495,7 @@ fn serve_tells_systemd_when_ready_and_when_stopping() {
     );
     let log = server.stop();
     let n = sock.recv(&mut buf).expect("STOPPING=1 arrives");
-    assert_eq!(&buf[..n], b"STOPPING=1", "{log}");
+    assert_eq!(buf[..n].trim_ascii_end(), b"STOPPING=1", "{log}");
     assert!(log.contains("stopped"), "{log}");
 }
 
@@ -511,8 +512,9 @@ fn the_readme_server_config_example_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.toml");
     std::fs::write(&path, example.replace("ed25519:...", &key)).unwrap();
-    let config =
-        locket::config::server::ServerConfig::load(&path).expect("the README example loads");
+    let config = locket::config::server::ServerConfig::load(&path)
+        .expect("the README example loads")
+        .config;
     assert_eq!(config.sources.len(), 6);
     assert!(config.tls.is_some());
     assert_eq!(config.refresh_interval, std::time::Duration::from_secs(300));

@@ -86,7 +86,7 @@ fn the_seeds_are_accepted_by_the_code_they_target() {
     let text = String::from_utf8(read("config", "seed-server-toml")).unwrap();
     locket::config::server::ServerConfig::from_toml_str(&text).expect("example config");
     let yaml = String::from_utf8(read("config", "seed-registry-yaml")).unwrap();
-    let clients = locket::registry::import_v1_yaml(&yaml, &[]).expect("registry seed");
+    let clients = locket::v1::import::import_yaml(&yaml, &[]).expect("registry seed");
     assert!(clients.contains_key("billing"));
     let pem = String::from_utf8(read("keys", "seed-client-pem")).unwrap();
     locket::keys::ClientKey::from_pem(&pem).expect("client key seed");

@@ -156,7 +156,7 @@ fn sealed(
 }
 
 fn now() -> i64 {
-    locket::server::unix_now()
+    locket::clock::unix_now()
 }
 
 #[tokio::test]

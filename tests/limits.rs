@@ -19,7 +19,7 @@ fn sealed(server: &TestServer, signer: &ClientKey) -> Vec<u8> {
     let header = Header {
         client: "app".into(),
         server_fingerprint: server.fingerprint(),
-        timestamp: locket::server::unix_now(),
+        timestamp: locket::clock::unix_now(),
         nonce: locket::crypto::random_bytes().unwrap(),
     };
     let body = RequestBody {

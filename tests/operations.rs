@@ -32,7 +32,6 @@ fn base_config(dir: &Path, extra: &str, secrets: &[&str]) -> std::path::PathBuf 
 }
 
 fn client(server: &ServerProcess) -> Client {
-    locket::client::install_crypto_provider();
     let mut cfg = ClientConfig::single(format!("http://{}", server.addr), "app", "unused");
     cfg.timeout = Duration::from_secs(5);
     cfg.server_fingerprint = Some(support::server_key().fingerprint().to_owned());
@@ -310,7 +309,8 @@ async fn json_logs_audit_lines_watchdog_and_graceful_shutdown() {
     let mut buf = [0u8; 128];
     while seen.iter().filter(|m: &&String| *m == "WATCHDOG=1").count() < 3 {
         let n = sock.recv(&mut buf).expect("notifications arrive");
-        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        // One datagram, newline-terminated assignments (sd_notify(3)).
+        seen.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned());
     }
     assert!(seen.contains(&"READY=1".to_string()), "{seen:?}");
 
@@ -321,7 +321,7 @@ async fn json_logs_audit_lines_watchdog_and_graceful_shutdown() {
     let header = locket::protocol::Header {
         client: "app".into(),
         server_fingerprint: support::server_key().fingerprint().to_owned(),
-        timestamp: locket::server::unix_now(),
+        timestamp: locket::clock::unix_now(),
         nonce: locket::crypto::random_bytes().unwrap(),
     };
     let body = locket::protocol::RequestBody {
@@ -399,7 +399,6 @@ async fn secret_memory_is_locked_or_the_server_says_why() {
     // The server marks itself non-dumpable, which makes its smaps readable
     // by root only.
     let root = unsafe { libc::geteuid() } == 0;
-    locket::client::install_crypto_provider();
 
     let server = ServerProcess::start(&config, &[]);
     let (_, ready) = get(&server, "/readyz").await;

@@ -96,7 +96,7 @@ fn sealed(signer: &ClientKey, client: &str) -> Vec<u8> {
     let header = Header {
         client: client.into(),
         server_fingerprint: public.fingerprint.clone(),
-        timestamp: locket::server::unix_now(),
+        timestamp: locket::clock::unix_now(),
         nonce: locket::crypto::random_bytes().unwrap(),
     };
     let body = RequestBody {
@@ -181,7 +181,6 @@ fn slow_sender(addr: SocketAddr, stop: &AtomicBool) -> (u16, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_under_attack() {
-    locket::client::install_crypto_provider();
     let secs: u64 = std::env::var("LOCKET_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

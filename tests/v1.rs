@@ -40,11 +40,17 @@ fn unpem(text: &str) -> Vec<u8> {
     B64.decode(body).unwrap()
 }
 
+/// The Go client's RSA key (one per test process; generation is slow).
+fn go_client_rsa_key() -> &'static PrivateKey {
+    static KEY: std::sync::OnceLock<PrivateKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap())
+}
+
 impl V1Client {
     fn new(seed: u8, bind: Option<&str>) -> Self {
         Self {
             signing: SigningKey::from_bytes(&[seed; 32]),
-            rsa: reply_key().private().clone(),
+            rsa: go_client_rsa_key().clone(),
             bind: bind.map(|b| b.parse().unwrap()),
         }
     }
@@ -69,7 +75,6 @@ impl V1Client {
     }
 
     fn http(&self) -> reqwest::Client {
-        locket::client::install_crypto_provider();
         let mut b = support::http_builder();
         if let Some(ip) = self.bind {
             b = b.local_address(ip);

@@ -3,16 +3,13 @@
 //! Exit codes: 0 ok, 1 runtime failure (sources, network), 2 usage or
 //! config error.
 
+use clap::{Parser, Subcommand, ValueEnum};
+use locket::config::server::{Checked, ServerConfig};
+use locket::keys::ServerKey;
+use locket::server::{Server, StartError};
+use locket::source;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-
-use clap::{Parser, Subcommand, ValueEnum};
-use locket::config::server::ServerConfig;
-use locket::keys::ServerKey;
-use locket::server::{self, State};
-use locket::source;
-use tokio::sync::Notify;
 
 #[derive(Parser)]
 #[command(
@@ -136,142 +133,27 @@ fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
-fn load_key(config: &ServerConfig) -> Result<ServerKey, Failure> {
-    let (key, created) =
-        ServerKey::load_or_create(&config.key_file, config.key_bits).map_err(config_error)?;
-    if created {
-        tracing::info!(path = %config.key_file.display(), bits = key.bits(), fingerprint = key.fingerprint(), "created a new server key");
+fn start_error(e: StartError) -> Failure {
+    Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
     }
-    Ok(key)
 }
 
 async fn serve(path: &Path) -> Result<(), Failure> {
     if let Some(warning) = locket::hygiene::no_core_dumps() {
         tracing::warn!("{warning}");
     }
-    let config = ServerConfig::load(path).map_err(config_error)?;
-    let registry = config.validate().map_err(config_error)?;
-    let key = load_key(&config)?;
-    let secrets = match source::load_all(&config.sources).await {
-        Ok(set) => Some(set),
-        Err(e) if config.start_unready => {
-            tracing::error!(error = %e, "first load failed; listening anyway (start_unready), answering 503 until a load succeeds");
-            None
-        }
-        Err(e) => {
-            return Err(runtime_error(format!(
-                "{e}; fix the source and start again (nothing is served without a first good load; start_unready = true listens anyway)"
-            )));
-        }
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| {
-            runtime_error(format!(
-                "cannot listen on {}: {e}; is another process using it?",
-                config.listen
-            ))
-        })?;
-    let addr = listener.local_addr().map_err(runtime_error)?;
-    let tls = match &config.tls {
-        Some(t) => Some(server::tls::acceptor(&t.cert_file, &t.key_file).map_err(config_error)?),
-        None => None,
-    };
-    tracing::info!(
-        clients = registry.len(),
-        secrets = secrets.as_ref().map(|s| s.len()).unwrap_or(0),
-        fingerprint = key.fingerprint(),
-        tls = tls.is_some(),
-        "locket listening on {addr}"
-    );
-    if tls.is_none() && !addr.ip().is_loopback() {
-        tracing::warn!(
-            "serving plain HTTP on non-loopback address {addr}: requests and answers are encrypted end to end, but consider TLS or a private network"
-        );
-    }
-    let loaded = secrets.is_some();
-    let mut state = State::new(key, registry, secrets, &config);
-    if config.v1.enable {
-        if let Some(path) = &config.v1.key_file {
-            let (v1_key, created) = ServerKey::load_or_create(path, 2048).map_err(config_error)?;
-            if created {
-                tracing::info!(path = %path.display(), "created the v1 compat key (2048 bits)");
-            }
-            state = state.with_v1_key(v1_key);
-        }
-        tracing::warn!(path = %config.v1.path, "the original locket protocol (v1) is enabled: it decrypts before it authenticates; turn it off once Go clients have moved to v2");
-    }
-    if let Some(acceptor) = tls {
-        state = state.with_tls(acceptor);
-    }
-    let state = Arc::new(state);
-
-    let refresh_now = Arc::new(Notify::new());
-    let stop = Arc::new(Notify::new());
-    tokio::spawn(server::refresh::refresh_loop(
-        Arc::clone(&state),
-        Arc::clone(&refresh_now),
-        Arc::clone(&stop),
-    ));
-    // Every signal handler is in place before READY=1.
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(runtime_error)?;
+    let server = Server::load(path).await.map_err(start_error)?;
+    let listener = server.bind().await.map_err(start_error)?;
+    // The handlers are installed now, before `serve` says READY=1, so that a
+    // signal arriving right after it is never the default "terminate".
     let shutdown = shutdown_signal()?;
-    tokio::spawn(reload_on_sighup(
-        Arc::clone(&state),
-        path.to_owned(),
-        hangup,
-    ));
-    spawn_watchdog();
-    if loaded {
-        locket::sd_notify::notify("READY=1");
-    }
-    server::run(listener, state, async move {
-        shutdown.await;
-        stop.notify_waiters();
-        locket::sd_notify::notify("STOPPING=1");
-    })
-    .await
-    .map_err(runtime_error)?;
-    tracing::info!("stopped");
-    Ok(())
+    server.serve(listener, shutdown).await.map_err(start_error)
 }
 
-/// SIGHUP: re-read the config; a valid one replaces the running one.
-async fn reload_on_sighup(state: Arc<State>, path: PathBuf, mut hup: tokio::signal::unix::Signal) {
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading {}", path.display());
-        let _ = server::refresh::reload(&state, &path).await;
-    }
-}
-
-/// Pings systemd's watchdog at half the interval it asks for.
-fn spawn_watchdog() {
-    let Some(usec) = std::env::var("WATCHDOG_USEC")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
-        return;
-    };
-    if std::env::var("WATCHDOG_PID")
-        .ok()
-        .is_some_and(|p| p != std::process::id().to_string())
-    {
-        return;
-    }
-    let period =
-        std::time::Duration::from_micros(usec / 2).max(std::time::Duration::from_millis(100));
-    tokio::spawn(async move {
-        loop {
-            locket::sd_notify::notify("WATCHDOG=1");
-            tokio::time::sleep(period).await;
-        }
-    });
-}
-
-/// Installs the SIGTERM and SIGINT handlers now (so that a signal arriving
-/// right after READY=1 is never the default "terminate at once") and returns
-/// a future that completes on the first of them.
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that
+/// completes on the first of them.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(runtime_error)?;
@@ -285,8 +167,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
 }
 
 async fn check(path: &Path) -> Result<(), Failure> {
-    let config = ServerConfig::load(path).map_err(config_error)?;
-    let registry = config.validate().map_err(config_error)?;
+    let Checked { config, registry } = ServerConfig::load(path).map_err(config_error)?;
     let key = if config.key_file.exists() {
         let key = ServerKey::load(&config.key_file).map_err(config_error)?;
         format!("{} ({} bits)", key.fingerprint(), key.bits())
@@ -320,8 +201,9 @@ async fn check(path: &Path) -> Result<(), Failure> {
 }
 
 fn fingerprint(path: &Path) -> Result<(), Failure> {
-    let config = ServerConfig::load(path).map_err(config_error)?;
-    let key = load_key(&config)?;
+    let config = ServerConfig::load(path).map_err(config_error)?.config;
+    let key = locket::server::load_key(&config.key_file, config.key_bits, "server key")
+        .map_err(config_error)?;
     println!("{}", key.fingerprint());
     Ok(())
 }
@@ -330,23 +212,11 @@ fn fingerprint(path: &Path) -> Result<(), Failure> {
 fn import_registry(path: &Path, networks: &[String]) -> Result<(), Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))?;
-    let clients = locket::registry::import_v1_yaml(&text, networks)
+    let clients = locket::v1::import::import_yaml(&text, networks)
         .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
-    let mut root = toml::Table::new();
-    root.insert("clients".into(), toml::Value::Table(clients));
-    println!(
-        "# Imported from {} by `locket import-registry`.",
-        path.display()
+    print!(
+        "{}",
+        locket::v1::import::to_config_text(path, clients).map_err(runtime_error)?
     );
-    println!(
-        "# Review before use: `networks` is the same for every client here; narrow it per client."
-    );
-    println!(
-        "# `secrets` grants each client its own service's secrets under [v1] lookup = \"per-client\""
-    );
-    println!(
-        "# (names \"<client>/<NAME>\", e.g. one 1Password item per service); list names for lookup = \"plain\"."
-    );
-    print!("{}", toml::to_string(&root).map_err(runtime_error)?);
     Ok(())
 }

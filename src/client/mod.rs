@@ -20,6 +20,7 @@ use crate::config::client::{ClientConfig, ServerOrder};
 use crate::keys::{ClientKey, KeyError, ReplyKey, ServerPublicKey};
 use crate::protocol::{self, Header, Request, RequestBody, WireError, WireKey};
 use crate::secret::SecretValue;
+use crate::tls;
 use trust::{KnownServersError, Refusal, Trust};
 
 /// Largest answer body the client reads (an answer is at most the server's
@@ -148,11 +149,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Installs the ring crypto provider for rustls (once per process).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl Client {
     /// A client for `config`, signing with `key`. Generates the reply key
     /// (once for the life of this client).
@@ -212,40 +208,37 @@ impl Client {
     }
 
     fn build(config: &ClientConfig, key: ClientKey, reply: ReplySlot) -> Result<Self, ClientError> {
-        install_crypto_provider();
         if config.servers.is_empty() {
             return Err(ClientError::Local("no server configured".into()));
         }
-        let mut builder = reqwest::Client::builder()
+        let roots = match &config.ca_file {
+            Some(ca_file) => {
+                let pem = std::fs::read(ca_file).map_err(|e| {
+                    ClientError::Local(format!("cannot read ca_file {}: {e}", ca_file.display()))
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    ClientError::Local(format!(
+                        "ca_file {} is not PEM certificates: {e}",
+                        ca_file.display()
+                    ))
+                })?;
+                if certs.is_empty() {
+                    return Err(ClientError::Local(format!(
+                        "ca_file {} holds no certificate",
+                        ca_file.display()
+                    )));
+                }
+                tls::Roots::Only(certs)
+            }
+            None => tls::Roots::for_urls(config.servers.iter().map(String::as_str)),
+        };
+        let mut builder = tls::http_client(roots)
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("locket-client/", env!("CARGO_PKG_VERSION")));
         if let Some(bind) = config.bind {
             builder = builder.local_address(bind);
-        }
-        if let Some(ca_file) = &config.ca_file {
-            let pem = std::fs::read(ca_file).map_err(|e| {
-                ClientError::Local(format!("cannot read ca_file {}: {e}", ca_file.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                ClientError::Local(format!(
-                    "ca_file {} is not PEM certificates: {e}",
-                    ca_file.display()
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(ClientError::Local(format!(
-                    "ca_file {} holds no certificate",
-                    ca_file.display()
-                )));
-            }
-            builder = builder.tls_certs_only(certs);
-        } else if !config.servers.iter().any(|s| s.starts_with("https://")) {
-            // No TLS to verify: do not load the system's CA certificates,
-            // which a minimal machine or a build sandbox may not have (the
-            // platform verifier fails without them).
-            builder = builder.tls_certs_only(Vec::new());
         }
         let http = builder.build().map_err(|e| {
             ClientError::Local(format!(
@@ -423,7 +416,7 @@ impl Client {
         let header = Header {
             client: self.name.clone(),
             server_fingerprint: server_key.fingerprint.clone(),
-            timestamp: crate::server::unix_now(),
+            timestamp: crate::clock::unix_now(),
             nonce: crate::crypto::random_bytes().map_err(|e| ClientError::Local(e.to_string()))?,
         };
         let body = RequestBody {

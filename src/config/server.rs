@@ -80,43 +80,7 @@ pub struct ServerConfig {
     /// Serve HTTPS instead of plain HTTP.
     pub tls: Option<TlsConfig>,
     /// The original locket's protocol, for existing Go clients (off by default).
-    pub v1: V1Config,
-}
-
-/// `[v1]`: serve the original wire protocol on `path`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct V1Config {
-    pub enable: bool,
-    /// URL path of the v1 endpoint (the original served `/`).
-    pub path: String,
-    /// How a v1 name maps to a locket secret name.
-    pub lookup: V1Lookup,
-    /// A separate RSA key for v1 (created if missing, `key_bits` 2048); by
-    /// default v1 uses the server's main key.
-    pub key_file: Option<PathBuf>,
-}
-
-impl Default for V1Config {
-    fn default() -> Self {
-        Self {
-            enable: false,
-            path: "/".into(),
-            lookup: V1Lookup::Plain,
-            key_file: None,
-        }
-    }
-}
-
-/// v1 name lookup rules.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum V1Lookup {
-    /// The name as asked.
-    Plain,
-    /// `<client name, lower-cased>/<name>`: the original's per-service
-    /// secrets (e.g. one 1Password item per service).
-    PerClient,
+    pub v1: crate::v1::Config,
 }
 
 /// `[tls]`: certificate chain and private key, PEM.
@@ -147,9 +111,18 @@ impl Default for ServerConfig {
             sources: Vec::new(),
             clients: BTreeMap::new(),
             tls: None,
-            v1: V1Config::default(),
+            v1: crate::v1::Config::default(),
         }
     }
+}
+
+/// A configuration that passed every check that needs no I/O, with the
+/// registry it describes. Checking builds the registry, so it is kept here
+/// rather than built a second time by whoever loaded the file.
+#[derive(Debug)]
+pub struct Checked {
+    pub config: ServerConfig,
+    pub registry: Registry,
 }
 
 impl ServerConfig {
@@ -164,7 +137,7 @@ impl ServerConfig {
 
     /// Reads `path`, layers the environment over it, resolves relative paths
     /// against the file's folder and validates everything that needs no I/O.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Checked, ConfigError> {
         super::check_readable(path)?;
         let figment = Figment::from(Serialized::defaults(Self::default()))
             .merge(Toml::file_exact(path))
@@ -182,24 +155,30 @@ impl ServerConfig {
             super::resolve(&base, &mut tls.cert_file);
             super::resolve(&base, &mut tls.key_file);
         }
-        cfg.validate()?;
-        Ok(cfg)
+        cfg.check()
     }
 
     /// Parses a configuration from TOML text alone (no environment, paths
     /// left as written) and validates it: what `locket check` does to a
     /// file, minus the file. Used by the fuzz targets and by tests.
-    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+    pub fn from_toml_str(text: &str) -> Result<Checked, ConfigError> {
         let cfg: Self = Figment::from(Serialized::defaults(Self::default()))
             .merge(Toml::string(text))
             .extract()
             .map_err(Box::new)?;
-        cfg.validate()?;
-        Ok(cfg)
+        cfg.check()
     }
 
-    /// Checks ranges and builds the registry (to surface its errors).
-    pub fn validate(&self) -> Result<Registry, ConfigError> {
+    /// Checks ranges and builds the registry: the one place it is built.
+    fn check(self) -> Result<Checked, ConfigError> {
+        let registry = self.validate()?;
+        Ok(Checked {
+            config: self,
+            registry,
+        })
+    }
+
+    fn validate(&self) -> Result<Registry, ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&self.key_bits) {
             return invalid(format!(
@@ -234,17 +213,7 @@ impl ServerConfig {
                 humantime::format_duration(self.refresh_interval)
             ));
         }
-        if self.v1.enable {
-            let p = &self.v1.path;
-            if !p.starts_with('/')
-                || p.starts_with("/v1/")
-                || ["/healthz", "/readyz", "/metrics"].contains(&p.as_str())
-            {
-                return invalid(format!(
-                    "v1.path {p:?} must start with / and not clash with /v1/*, /healthz, /readyz or /metrics"
-                ));
-            }
-        }
+        self.v1.validate().map_err(ConfigError::Invalid)?;
         if self.sources.is_empty() {
             return invalid("no [[sources]]: add at least one, e.g. [[sources]] type = \"dotenv\" path = \"secrets.env\"".into());
         }

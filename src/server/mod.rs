@@ -7,13 +7,13 @@
 
 pub mod health;
 pub mod metrics;
+mod outcome;
 mod pipeline;
 pub mod ratelimit;
 pub mod refresh;
 pub mod replay;
 mod routes;
-pub mod tls;
-mod v1;
+mod startup;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,7 +33,10 @@ use crate::locked::LockStatus;
 use crate::registry::Registry;
 use crate::store::{SecretSet, Store};
 
-pub use pipeline::{clock_ok, unix_now};
+pub(crate) use outcome::{Outcome, request_id};
+pub(crate) use routes::rate_limited;
+
+pub use startup::{Server, StartError, load_key};
 
 /// Everything a config reload replaces at once.
 #[derive(Debug)]
@@ -72,30 +75,16 @@ pub struct State {
 }
 
 impl State {
-    /// State with a first secret set (`None`: not loaded yet, answering 503).
-    pub fn new(
-        key: ServerKey,
-        registry: Registry,
-        secrets: Option<SecretSet>,
-        config: &ServerConfig,
-    ) -> Self {
-        let health = health::Health::default();
-        let metrics = metrics::Metrics::default();
-        let store = match secrets {
-            Some(set) => {
-                health.success(set.loaded_at());
-                metrics.source_load(true);
-                Store::new(set)
-            }
-            None => Store::new(SecretSet::new(Default::default())),
-        };
+    /// State with no secret set yet (answering 503 until
+    /// [`State::set_loaded`]).
+    pub fn new(key: ServerKey, registry: Registry, config: &ServerConfig) -> Self {
         Self {
             key,
             runtime: ArcSwap::from_pointee(Runtime::new(config.clone(), registry)),
-            store,
+            store: Store::new(SecretSet::new(Default::default())),
             replay: Mutex::new(replay::ReplayCache::new(config.replay_cache_size)),
-            health,
-            metrics,
+            health: health::Health::default(),
+            metrics: metrics::Metrics::default(),
             max_request_bytes: config.max_request_bytes,
             failures: ratelimit::FailureLimiter::new(
                 config.max_failed_auth,
@@ -110,6 +99,16 @@ impl State {
         }
     }
 
+    /// Serves `set` from now on: the store, the health record and the
+    /// metrics change together, here only. Returns whether this was the
+    /// first set ever loaded (the server just turned ready).
+    pub fn set_loaded(&self, set: SecretSet) -> bool {
+        let first = self.health.success(set.loaded_at());
+        self.store.replace(set);
+        self.metrics.source_load(true);
+        first
+    }
+
     /// Uses a separate key for the v1 protocol.
     pub fn with_v1_key(mut self, key: ServerKey) -> Self {
         self.v1_key = Some(key);
@@ -120,6 +119,28 @@ impl State {
     pub fn with_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
         self.tls = Some(acceptor);
         self
+    }
+
+    /// Spends `nonce` for `client`, for both protocols: `New` the first time
+    /// within its window (`timestamp` + the clock skew), then `Replay`.
+    /// Each client's nonces are its own, with a guaranteed share of the
+    /// cache, so one client cannot spend another's or crowd it out.
+    pub(crate) fn spend_nonce(
+        &self,
+        runtime: &Runtime,
+        client: &str,
+        nonce: [u8; 16],
+        timestamp: i64,
+        now: i64,
+    ) -> replay::Seen {
+        let skew = runtime.config.clock_skew.as_secs() as i64;
+        let clients = runtime.registry.len();
+        self.replay
+            .lock()
+            .map(|mut c| {
+                c.check_and_insert(client, nonce, timestamp.saturating_add(skew), now, clients)
+            })
+            .unwrap_or(replay::Seen::Full)
     }
 
     /// Updates the gauges that describe the current state (before a scrape).

@@ -13,66 +13,14 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::clock::{clock_ok, unix_now};
 use crate::protocol::{self, Request, WireAnswer};
+use crate::server::outcome;
 use crate::server::replay::Seen;
 use crate::server::{Runtime, State};
 
-/// How a request ended. `reason` strings go to the log only.
-#[derive(Debug)]
-pub enum Outcome {
-    /// 200 with the sealed answer.
-    Ok {
-        answer: WireAnswer,
-        client: String,
-        names: Vec<String>,
-        served: usize,
-    },
-    /// 404 with a sealed answer listing the missing names.
-    NotFound {
-        answer: WireAnswer,
-        client: String,
-        missing: Vec<String>,
-    },
-    /// 400.
-    BadRequest {
-        client: Option<String>,
-        reason: String,
-    },
-    /// 403, uniform body.
-    Denied {
-        client: Option<String>,
-        reason: String,
-    },
-    /// 403, uniform body; a replayed nonce.
-    Replay { client: String },
-    /// 413 for an answer larger than `max_answer_bytes`.
-    AnswerTooLarge { client: String, size: usize },
-    /// 503: the replay cache is full.
-    Busy { client: String },
-    /// 503: no secret set has been loaded yet.
-    NotReady,
-    /// 500.
-    Internal {
-        client: Option<String>,
-        reason: String,
-    },
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Whether a request stamped `timestamp` passes the clock check at `now`:
-/// at most `skew` seconds away, in either direction. Checked arithmetic: a
-/// timestamp near `i64::MIN` or `i64::MAX` must not wrap into the window.
-pub fn clock_ok(now: i64, timestamp: i64, skew: i64) -> bool {
-    now.checked_sub(timestamp)
-        .and_then(i64::checked_abs)
-        .is_some_and(|d| d <= skew)
-}
+/// How a v2 request ended.
+pub(crate) type Outcome = outcome::Outcome<WireAnswer>;
 
 /// Whether `body`, from `ip`, is a request that a registered client signed
 /// (address, clock and signature all hold): such a request is never refused
@@ -103,27 +51,18 @@ pub async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outcome {
     let runtime = state.runtime.load_full();
     let name = request.header.client.clone();
     let now = unix_now();
-    let skew = runtime.config.clock_skew.as_secs() as i64;
     if let Err(denied) = cheap_checks(state, &runtime, &request, ip, now) {
         return denied;
     }
     // Each client's nonces are its own: a registered client that sees
     // another's traffic cannot spend that client's nonce first.
-    let clients = runtime.registry.len();
-    let seen = state
-        .replay
-        .lock()
-        .map(|mut c| {
-            c.check_and_insert(
-                &name,
-                request.header.nonce,
-                request.header.timestamp.saturating_add(skew),
-                now,
-                clients,
-            )
-        })
-        .unwrap_or(Seen::Full);
-    match seen {
+    match state.spend_nonce(
+        &runtime,
+        &name,
+        request.header.nonce,
+        request.header.timestamp,
+        now,
+    ) {
         Seen::New => {}
         Seen::Replay => return Outcome::Replay { client: name },
         Seen::Full => return Outcome::Busy { client: name },
@@ -271,7 +210,7 @@ fn answer(state: &State, runtime: &Runtime, request: Request) -> Outcome {
             served,
         },
         Ok(answer) => Outcome::NotFound {
-            answer,
+            answer: Some(answer),
             client: name,
             missing,
         },

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
 use super::{Runtime, State};
-use crate::config::server::ServerConfig;
+use crate::config::server::{Checked, ServerConfig};
 use crate::source;
 
 /// Loads every source once and swaps in the result. Returns the number of
@@ -27,12 +27,9 @@ pub async fn refresh_once(state: &State) -> Result<usize, String> {
     match source::load_all(&rt.config.sources).await {
         Ok(set) => {
             let count = set.len();
-            let first = state.health.success(set.loaded_at());
-            state.store.replace(set);
-            state.metrics.source_load(true);
-            if first {
+            if state.set_loaded(set) {
                 tracing::info!(secrets = count, "first load succeeded; ready");
-                crate::sd_notify::notify("READY=1");
+                super::startup::notify_systemd(sd_notify::NotifyState::Ready);
             } else {
                 tracing::debug!(secrets = count, "secrets refreshed");
             }
@@ -107,8 +104,7 @@ pub async fn reload(state: &State, path: &Path) -> Result<(), String> {
 }
 
 async fn reload_inner(state: &State, path: &Path) -> Result<(), String> {
-    let config = ServerConfig::load(path).map_err(|e| e.to_string())?;
-    let registry = config.validate().map_err(|e| e.to_string())?;
+    let Checked { config, registry } = ServerConfig::load(path).map_err(|e| e.to_string())?;
     let old = state.runtime.load_full();
     for (what, changed) in [
         ("listen", config.listen != old.config.listen),
@@ -141,9 +137,7 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), String> {
         .runtime
         .store(Arc::new(Runtime::new(config, registry)));
     if let Some(set) = new_set {
-        state.health.success(set.loaded_at());
-        state.store.replace(set);
-        state.metrics.source_load(true);
+        state.set_loaded(set);
     }
     tracing::debug!(clients, "registry swapped");
     Ok(())

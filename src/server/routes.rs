@@ -9,7 +9,8 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use super::pipeline::{self, Outcome};
-use super::{Peer, State};
+use super::{Peer, State, request_id};
+use crate::clock::unix_now;
 use crate::protocol::{self, WireError, WireKey};
 
 /// The body of every 403: identical whatever the real reason.
@@ -80,20 +81,7 @@ pub fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = I
             );
             r
         });
-    let v1 = {
-        let cfg = &state.runtime.load().config.v1;
-        let (enabled, path) = (cfg.enable, cfg.path.clone());
-        warp::any()
-            .and_then(move || async move {
-                if enabled {
-                    Ok(())
-                } else {
-                    Err(warp::reject::not_found())
-                }
-            })
-            .untuple_one()
-            .and(super::v1::routes(Arc::clone(&state), path))
-    };
+    let v1 = crate::v1::routes(Arc::clone(&state));
     v1.or(key)
         .unify()
         .or(secrets)
@@ -150,8 +138,8 @@ async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
 }
 
 /// 429 for a source over its failed-authentication limit, before any work.
-pub(super) fn rate_limited(state: &State, ip: std::net::IpAddr, id: &str) -> Option<Response> {
-    let retry = state.failures.retry_after(ip, pipeline::unix_now())?;
+pub(crate) fn rate_limited(state: &State, ip: std::net::IpAddr, id: &str) -> Option<Response> {
+    let retry = state.failures.retry_after(ip, unix_now())?;
     Some(too_many_failures(state, ip, id, retry))
 }
 
@@ -169,26 +157,6 @@ fn too_many_failures(state: &State, ip: std::net::IpAddr, id: &str, retry: u64) 
     r
 }
 
-fn outcome_label(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Ok { .. } => "ok",
-        Outcome::NotFound { .. } => "not_found",
-        Outcome::BadRequest { .. } => "bad_request",
-        Outcome::Denied { .. } => "denied",
-        Outcome::Replay { .. } => "replay",
-        Outcome::AnswerTooLarge { .. } => "too_large",
-        Outcome::Busy { .. } => "busy",
-        Outcome::NotReady => "not_ready",
-        Outcome::Internal { .. } => "internal",
-    }
-}
-
-fn request_id() -> String {
-    crate::crypto::random_bytes::<8>()
-        .map(hex::encode)
-        .unwrap_or_else(|_| "0000000000000000".into())
-}
-
 async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
     let id = request_id();
     let ip = peer.0.ip().to_canonical();
@@ -196,90 +164,66 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
     // The limit slows failures only: a request that a registered client
     // signed, from its address, in time, passes even from a limited source
     // (checking that costs one ed25519 verification, no RSA).
-    if let Some(retry) = state.failures.retry_after(ip, pipeline::unix_now())
+    if let Some(retry) = state.failures.retry_after(ip, unix_now())
         && !pipeline::authenticates(&state, ip, &body)
     {
         return too_many_failures(&state, ip, &id, retry);
     }
     let outcome = pipeline::process(&state, ip, &body).await;
-    if matches!(outcome, Outcome::Denied { .. } | Outcome::Replay { .. }) {
-        state.failures.failure(ip, pipeline::unix_now());
+    if outcome.is_failed_authentication() {
+        state.failures.failure(ip, unix_now());
     }
     let elapsed = started.elapsed().as_secs_f64();
     let ms = (elapsed * 1000.0 * 100.0).round() / 100.0;
-    state.metrics.request(outcome_label(&outcome), elapsed);
+    state.metrics.request(outcome.label(), elapsed);
+    outcome.log(&id, "v2", ip, ms);
     let mut response = match outcome {
-        Outcome::Ok {
-            answer,
-            client,
-            names,
-            served,
-        } => {
-            tracing::info!(request_id = %id, client = %client, ip = %ip, names = ?names, served, ms, outcome = "ok", "answered");
-            warp::reply::json(&answer).into_response()
-        }
+        Outcome::Ok { answer, .. } => warp::reply::json(&answer).into_response(),
         Outcome::NotFound {
-            answer,
-            client,
-            missing,
-        } => {
-            tracing::info!(request_id = %id, client = %client, ip = %ip, missing = ?missing, ms, outcome = "not_found", "answered");
-            warp::reply::with_status(warp::reply::json(&answer), StatusCode::NOT_FOUND)
-                .into_response()
-        }
-        Outcome::BadRequest { client, reason } => {
-            tracing::warn!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = ?reason, outcome = "bad_request", "request rejected");
+            answer: Some(answer),
+            ..
+        } => warp::reply::with_status(warp::reply::json(&answer), StatusCode::NOT_FOUND)
+            .into_response(),
+        Outcome::NotFound { answer: None, .. } => json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "a requested name does not exist",
+        ),
+        Outcome::BadRequest { reason, .. } | Outcome::Undecryptable { reason } => {
             json_error(StatusCode::BAD_REQUEST, "bad_request", &reason)
         }
-        Outcome::Denied { client, reason } => {
-            tracing::warn!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = ?reason, outcome = "denied", "request denied");
+        Outcome::Denied { .. } | Outcome::Replay { .. } => {
             json_error(StatusCode::FORBIDDEN, "forbidden", FORBIDDEN_MESSAGE)
         }
-        Outcome::Replay { client } => {
-            tracing::warn!(request_id = %id, client = %client, ip = %ip, reason = "nonce already used (replay)", outcome = "replay", "request denied");
-            json_error(StatusCode::FORBIDDEN, "forbidden", FORBIDDEN_MESSAGE)
-        }
-        Outcome::AnswerTooLarge { client, size } => {
-            tracing::warn!(request_id = %id, client = %client, ip = %ip, size, outcome = "too_large", "answer too large");
-            json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "answer_too_large",
-                "the answer would exceed the server's max_answer_bytes; ask for fewer names per request",
-            )
-        }
-        Outcome::Busy { client } => {
-            tracing::error!(request_id = %id, client = %client, ip = %ip, outcome = "busy", "replay cache full; refusing requests until nonces expire (raise replay_cache_size)");
-            let mut r = json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "server is busy; retry shortly",
-            );
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("5"));
-            r
-        }
-        Outcome::NotReady => {
-            tracing::warn!(request_id = %id, ip = %ip, outcome = "not_ready", "no secret set loaded yet; answering 503");
-            let mut r = json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the server has not loaded its secrets yet; retry shortly",
-            );
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("5"));
-            r
-        }
-        Outcome::Internal { client, reason } => {
-            tracing::error!(request_id = %id, client = client.as_deref().unwrap_or("-"), ip = %ip, reason = ?reason, outcome = "internal", "request failed");
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error; see the server log",
-            )
-        }
+        Outcome::AnswerTooLarge { .. } => json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "answer_too_large",
+            "the answer would exceed the server's max_answer_bytes; ask for fewer names per request",
+        ),
+        Outcome::Busy { .. } => retry_later(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "server is busy; retry shortly",
+        )),
+        Outcome::NotReady => retry_later(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the server has not loaded its secrets yet; retry shortly",
+        )),
+        Outcome::Internal { .. } => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        ),
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+fn retry_later(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("5"));
+    r
 }

@@ -157,14 +157,10 @@ pub async fn load_connect(
     token_file: &Path,
     timeout: Duration,
 ) -> Result<Vec<(String, SecretValue)>, String> {
-    crate::client::install_crypto_provider();
     let token = read_token(token_file)?;
-    let mut builder = reqwest::Client::builder().timeout(timeout);
-    if !url.starts_with("https://") {
-        // Plain HTTP: no CA certificates to load (a host may have none).
-        builder = builder.tls_certs_only(Vec::new());
-    }
-    let http = builder.build().map_err(|e| {
+    let http = crate::tls::http_client(crate::tls::Roots::for_urls([url]))
+        .timeout(timeout)
+        .build().map_err(|e| {
         format!("HTTP client: {e}; for an https:// Connect server the system's CA certificates must be installed")
     })?;
     let base = url.trim_end_matches('/');

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use locket::config::server::ServerConfig;
 use locket::keys::{self, ClientKey, ReplyKey, ServerKey, ServerPublicKey};
 use locket::protocol::{self, Answer, Header, Request, RequestBody};
-use locket::{crypto, protocol_v1, registry, source};
+use locket::{crypto, source, v1};
 
 /// A fuzz target body: takes any bytes, panics only on a bug.
 pub type Target = fn(&[u8]);
@@ -41,12 +41,7 @@ pub fn client_key() -> &'static ClientKey {
 /// that sealed answers in the corpus open on every run.
 pub fn reply_key() -> &'static ReplyKey {
     static KEY: OnceLock<ReplyKey> = OnceLock::new();
-    KEY.get_or_init(|| {
-        use rsa::pkcs8::DecodePrivateKey as _;
-        let pem = include_str!("reply-key.pem");
-        ReplyKey::from_private(rsa::PrivateKey::from_pkcs8_pem(pem).expect("test reply key"))
-            .expect("test reply key")
-    })
+    KEY.get_or_init(|| ReplyKey::from_pem(include_str!("reply-key.pem")).expect("test reply key"))
 }
 
 /// The request header the `answer` seeds were sealed for.
@@ -104,7 +99,7 @@ pub fn keys(data: &[u8]) {
         let public = ServerPublicKey::from_pem(key.public_pem()).expect("own public key parses");
         assert_eq!(public.fingerprint, key.fingerprint());
     }
-    let _ = protocol_v1::parse_public_key_pem(text);
+    let _ = v1::wire::parse_public_key_pem(text);
 }
 
 /// Configuration: the server's TOML (with the registry built from it), the
@@ -115,10 +110,14 @@ pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(cfg) = ServerConfig::from_toml_str(text) {
-        cfg.validate().expect("a loaded config validates again");
+    if let Ok(checked) = ServerConfig::from_toml_str(text) {
+        assert_eq!(
+            checked.registry.len(),
+            checked.config.clients.len(),
+            "every configured client is registered"
+        );
     }
-    if let Ok(clients) = registry::import_v1_yaml(text, &["10.0.0.0/8".to_owned()]) {
+    if let Ok(clients) = v1::import::import_yaml(text, &["10.0.0.0/8".to_owned()]) {
         // What `locket import-registry` prints must pass `locket check`.
         let mut root = toml::Table::new();
         root.insert("clients".into(), toml::Value::Table(clients));

@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use locket::client::Client;
 use locket::config::client::ClientConfig;
-use locket::config::server::ServerConfig;
 use locket::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};
-use locket::server::State;
+use locket::server::{Server, StartError, State};
 
 /// One RSA-2048 server key per test process (generation is the slow part).
 pub fn server_key() -> &'static ServerKey {
@@ -23,9 +22,9 @@ pub fn server_key() -> &'static ServerKey {
 
 /// One reply key per test process.
 pub fn reply_key() -> ReplyKey {
-    static KEY: OnceLock<rsa::PrivateKey> = OnceLock::new();
-    let private = KEY.get_or_init(|| ReplyKey::generate().expect("reply key").private().clone());
-    ReplyKey::from_private(private.clone()).expect("reply key")
+    static KEY: OnceLock<ReplyKey> = OnceLock::new();
+    KEY.get_or_init(|| ReplyKey::generate().expect("reply key"))
+        .clone()
 }
 
 /// A client registered with the test server.
@@ -92,7 +91,7 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub state: Arc<State>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), StartError>>>,
 }
 
 impl TestServer {
@@ -102,27 +101,17 @@ impl TestServer {
 
     /// `extra` is TOML inserted at the top level of the config.
     pub async fn start_with(secrets_env: &str, clients: &[Registered], extra: &str) -> Self {
-        // reqwest (rustls without a default provider) needs one installed.
-        locket::client::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let path = write_server_files(dir.path(), secrets_env, clients, extra);
-        let config = ServerConfig::load(&path).expect("config loads");
-        let registry = config.validate().expect("registry");
-        let key = ServerKey::load(&config.key_file).expect("key loads");
-        let secrets = locket::source::load_all(&config.sources)
-            .await
-            .expect("sources load");
-        let state = Arc::new(State::new(key, registry, Some(secrets), &config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The binary's own start-up: config, registry, key, first load.
+        let server = Server::load(&path).await.expect("the server starts");
+        let state = Arc::clone(server.state());
+        let listener = server.bind().await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(locket::server::run(
-            listener,
-            Arc::clone(&state),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = rx.await;
+        }));
         Self {
             addr,
             dir,
@@ -307,8 +296,7 @@ pub fn run_client_pinned(args: &[&str], cwd: &Path) -> (i32, String, String) {
 /// no system CA certificates are loaded: the Nix build sandbox has none,
 /// and loading them would fail there before any request.
 pub fn http_builder() -> reqwest::ClientBuilder {
-    locket::client::install_crypto_provider();
-    reqwest::Client::builder().tls_certs_only(Vec::new())
+    locket::tls::http_client(locket::tls::Roots::None)
 }
 
 /// Runs `locket-client` with `args`; returns (exit code, stdout, stderr).

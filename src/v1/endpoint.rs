@@ -17,11 +17,12 @@ use warp::Filter;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
-use super::replay::Seen;
-use super::{Peer, State, unix_now};
-use crate::config::server::V1Lookup;
+use super::{Lookup, wire};
+use crate::clock::{clock_ok, unix_now};
 use crate::keys::ServerKey;
-use crate::protocol_v1;
+use crate::server::replay::Seen;
+
+use crate::server::{Outcome, Peer, State, rate_limited, request_id};
 
 fn text(status: StatusCode, body: &str) -> Response {
     let mut r = Response::new(format!("{body}\n").into());
@@ -58,7 +59,7 @@ pub fn routes(
             let key = v1_key(&state);
             let mut r = text(
                 StatusCode::OK,
-                protocol_v1::public_key_pem(key.spki_der()).trim_end(),
+                wire::public_key_pem(key.spki_der()).trim_end(),
             );
             r.headers_mut()
                 .insert("content-type", HeaderValue::from_static("text/plain"));
@@ -73,7 +74,7 @@ pub fn routes(
     let post = warp::post()
         .and(with_state)
         .and(warp::ext::get::<Peer>())
-        .and(warp::body::content_length_limit(protocol_v1::MAX_BODY))
+        .and(warp::body::content_length_limit(wire::MAX_BODY))
         .and(warp::body::bytes())
         .then(handle);
     // Only methods the endpoint does not serve: a rejected POST (413) must
@@ -93,111 +94,57 @@ fn v1_key(state: &State) -> &ServerKey {
     state.v1_key.as_ref().unwrap_or(&state.key)
 }
 
-enum V1Outcome {
-    Ok {
-        client: String,
-        name: String,
-        payload: String,
-    },
-    Forbidden {
-        client: Option<String>,
-        reason: String,
-    },
-    BadRequest(String),
-    /// The payload did not decrypt: a 400 like any bad request, but it cost
-    /// a private-key operation, so it counts as a failed authentication and
-    /// chosen-ciphertext probing runs into the per-source 429 limit.
-    Undecryptable(String),
-    NotFound {
-        client: String,
-        name: String,
-    },
-    TooLong {
-        client: String,
-        name: String,
-        len: usize,
-        max: usize,
-    },
-    Internal(String),
-}
+/// How a v1 request ended; the answer is the sealed value's base64.
+type V1Outcome = Outcome<String>;
 
 async fn handle(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
-    let id = crate::crypto::random_bytes::<8>()
-        .map(hex::encode)
-        .unwrap_or_default();
+    let id = request_id();
     let ip = peer.0.ip().to_canonical();
     let started = std::time::Instant::now();
-    if let Some(response) = super::routes::rate_limited(&state, ip, &id) {
+    if let Some(response) = rate_limited(&state, ip, &id) {
         return response;
     }
     let st = Arc::clone(&state);
     let outcome = match tokio::task::spawn_blocking(move || process(&st, ip, &body)).await {
         Ok(o) => o,
-        Err(e) => V1Outcome::Internal(format!("worker failed: {e}")),
+        Err(e) => V1Outcome::Internal {
+            client: None,
+            reason: format!("worker failed: {e}"),
+        },
     };
-    if matches!(
-        outcome,
-        V1Outcome::Forbidden { .. } | V1Outcome::Undecryptable(_)
-    ) {
+    if outcome.is_failed_authentication() {
         state.failures.failure(ip, unix_now());
     }
-    let (label, response) = match outcome {
-        V1Outcome::Ok {
-            client,
-            name,
-            payload,
-        } => {
-            tracing::info!(request_id = %id, protocol = "v1", client = %client, ip = %ip, names = ?[&name], outcome = "ok", "answered");
+    let elapsed = started.elapsed().as_secs_f64();
+    let ms = (elapsed * 1000.0 * 100.0).round() / 100.0;
+    state.metrics.request(outcome.label(), elapsed);
+    outcome.log(&id, "v1", ip, ms);
+    // The original's answers: JSON for a value, one plain-text line else.
+    match outcome {
+        Outcome::Ok { answer, .. } => {
             let mut r = Response::new(
                 format!(
                     "{}\n",
-                    serde_json::to_string(&protocol_v1::Answer { payload }).unwrap_or_default()
+                    serde_json::to_string(&wire::Answer { payload: answer }).unwrap_or_default()
                 )
                 .into(),
             );
             r.headers_mut()
                 .insert("content-type", HeaderValue::from_static("application/json"));
-            ("ok", r)
+            r
         }
-        V1Outcome::Forbidden { client, reason } => {
-            tracing::warn!(request_id = %id, protocol = "v1", client = client.as_deref().unwrap_or("-"), ip = %ip, reason = ?reason, outcome = "denied", "request denied");
-            ("denied", text(StatusCode::FORBIDDEN, "forbidden"))
+        Outcome::Denied { .. } | Outcome::Replay { .. } => text(StatusCode::FORBIDDEN, "forbidden"),
+        Outcome::BadRequest { .. } | Outcome::Undecryptable { .. } => {
+            text(StatusCode::BAD_REQUEST, "bad request")
         }
-        V1Outcome::BadRequest(reason) | V1Outcome::Undecryptable(reason) => {
-            tracing::warn!(request_id = %id, protocol = "v1", ip = %ip, reason = ?reason, outcome = "bad_request", "request rejected");
-            ("bad_request", text(StatusCode::BAD_REQUEST, "bad request"))
+        Outcome::NotFound { .. } => text(StatusCode::NOT_FOUND, "not found"),
+        Outcome::AnswerTooLarge { .. }
+        | Outcome::Busy { .. }
+        | Outcome::NotReady
+        | Outcome::Internal { .. } => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
         }
-        V1Outcome::NotFound { client, name } => {
-            tracing::info!(request_id = %id, protocol = "v1", client = %client, ip = %ip, names = ?[&name], outcome = "not_found", "answered");
-            ("not_found", text(StatusCode::NOT_FOUND, "not found"))
-        }
-        V1Outcome::TooLong {
-            client,
-            name,
-            len,
-            max,
-        } => {
-            tracing::error!(
-                request_id = %id, protocol = "v1", client = %client, ip = %ip, name = ?name, len, max, outcome = "internal",
-                "the value is {len} bytes, but a v1 answer is one RSA-OAEP block to the client's key ({max} bytes at most); move this client to a v2 client (locket-client) to serve it"
-            );
-            (
-                "internal",
-                text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
-            )
-        }
-        V1Outcome::Internal(reason) => {
-            tracing::error!(request_id = %id, protocol = "v1", ip = %ip, reason = ?reason, outcome = "internal", "request failed");
-            (
-                "internal",
-                text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
-            )
-        }
-    };
-    state
-        .metrics
-        .request(label, started.elapsed().as_secs_f64());
-    response
+    }
 }
 
 fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
@@ -205,32 +152,45 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
     let registry = &runtime.registry;
     // 1. The address must be one some client may call from.
     if !registry.any_allows_ip(ip) {
-        return V1Outcome::Forbidden {
+        return V1Outcome::Denied {
             client: None,
             reason: format!("source address {ip} is in no client's networks"),
         };
     }
     // 2. JSON (the size limit was applied by the filter: 413).
-    let request: protocol_v1::Request = match serde_json::from_slice(body) {
+    let request: wire::Request = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return V1Outcome::BadRequest(format!("not the v1 JSON: {e}")),
+        Err(e) => {
+            return V1Outcome::BadRequest {
+                client: None,
+                reason: format!("not the v1 JSON: {e}"),
+            };
+        }
     };
     // 3. Payload and nonce.
-    let name = match protocol_v1::open_payload(v1_key(state).decrypter(), &request.payload) {
+    let name = match wire::open_payload(v1_key(state).decrypter(), &request.payload) {
         Ok(plain) => match String::from_utf8(plain.to_vec()) {
             Ok(n) => n,
-            Err(_) => return V1Outcome::BadRequest("the decrypted name is not UTF-8".into()),
+            Err(_) => {
+                return V1Outcome::BadRequest {
+                    client: None,
+                    reason: "the decrypted name is not UTF-8".into(),
+                };
+            }
         },
-        Err(e) => return V1Outcome::Undecryptable(e),
+        Err(reason) => return V1Outcome::Undecryptable { reason },
     };
     if request.nonce.is_empty() {
-        return V1Outcome::BadRequest("empty nonce".into());
+        return V1Outcome::BadRequest {
+            client: None,
+            reason: "empty nonce".into(),
+        };
     }
     // 4. Clock.
     let now = unix_now();
     let skew = runtime.config.clock_skew.as_secs() as i64;
-    if !super::pipeline::clock_ok(now, request.timestamp, skew) {
-        return V1Outcome::Forbidden {
+    if !clock_ok(now, request.timestamp, skew) {
+        return V1Outcome::Denied {
             client: None,
             reason: format!(
                 "timestamp is {}s from server time (allowed: {skew}s)",
@@ -240,12 +200,12 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
     }
     // 5. Signature, against every registered key.
     let Ok(signature) = base64_signature(&request.signature) else {
-        return V1Outcome::Forbidden {
+        return V1Outcome::Denied {
             client: None,
             reason: "signature is not 64 bytes of base64".into(),
         };
     };
-    let signed = protocol_v1::signed_string(
+    let signed = wire::signed_string(
         &name,
         &request.client_pubkey,
         request.timestamp,
@@ -256,7 +216,7 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
             .iter()
             .any(|k| k.verify_strict(signed.as_bytes(), &signature).is_ok())
     }) else {
-        return V1Outcome::Forbidden {
+        return V1Outcome::Denied {
             client: None,
             reason: "signature verifies with no registered key".into(),
         };
@@ -264,7 +224,7 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
     let client_name = client.name.clone();
     // The client's own networks (stricter than the original's one CIDR).
     if !client.allows_ip(ip) {
-        return V1Outcome::Forbidden {
+        return V1Outcome::Denied {
             client: Some(client_name),
             reason: format!("source address {ip} is not in the client's networks"),
         };
@@ -274,36 +234,26 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
     key.copy_from_slice(
         &Sha256::digest(format!("locket/v1 nonce\0{}", request.nonce).as_bytes())[..16],
     );
-    let seen = state
-        .replay
-        .lock()
-        .map(|mut c| {
-            c.check_and_insert(
-                &client_name,
-                key,
-                request.timestamp.saturating_add(skew),
-                now,
-                registry.len(),
-            )
-        })
-        .unwrap_or(Seen::Full);
-    match seen {
+    match state.spend_nonce(&runtime, &client_name, key, request.timestamp, now) {
         Seen::New => {}
         Seen::Replay => {
-            return V1Outcome::Forbidden {
-                client: Some(client_name),
-                reason: "nonce already used (replay)".into(),
+            return V1Outcome::Replay {
+                client: client_name,
             };
         }
-        Seen::Full => return V1Outcome::Internal("replay cache full".into()),
+        Seen::Full => {
+            return V1Outcome::Busy {
+                client: client_name,
+            };
+        }
     }
     // 7. Grants and lookup.
     let lookup = match runtime.config.v1.lookup {
-        V1Lookup::Plain => name.clone(),
-        V1Lookup::PerClient => format!("{}/{name}", client_name.to_lowercase()),
+        Lookup::Plain => name.clone(),
+        Lookup::PerClient => format!("{}/{name}", client_name.to_lowercase()),
     };
     if client.grants_nothing() {
-        return V1Outcome::Forbidden {
+        return V1Outcome::Denied {
             client: Some(client_name),
             reason: "the client is granted no secrets".into(),
         };
@@ -313,31 +263,42 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
         Some(v) if client.may_read(&lookup) => v,
         _ => {
             return V1Outcome::NotFound {
+                answer: None,
                 client: client_name,
-                name: lookup,
+                missing: vec![lookup],
             };
         }
     };
-    let client_key = match protocol_v1::parse_public_key_pem(&request.client_pubkey) {
+    let client_key = match wire::parse_public_key_pem(&request.client_pubkey) {
         Ok(k) => k,
-        Err(e) => return V1Outcome::BadRequest(e),
+        Err(reason) => {
+            return V1Outcome::BadRequest {
+                client: Some(client_name),
+                reason,
+            };
+        }
     };
-    let max = protocol_v1::max_plaintext(&client_key);
+    let max = wire::max_plaintext(&client_key);
     if value.len() > max {
-        return V1Outcome::TooLong {
-            client: client_name,
-            name: lookup,
-            len: value.len(),
-            max,
+        return V1Outcome::Internal {
+            client: Some(client_name),
+            reason: format!(
+                "the value of {lookup:?} is {} bytes, but a v1 answer is one RSA-OAEP block to the client's key ({max} bytes at most); move this client to a v2 client (locket-client) to serve it",
+                value.len()
+            ),
         };
     }
-    match protocol_v1::seal_value(&client_key, value.expose().as_bytes()) {
-        Ok(payload) => V1Outcome::Ok {
+    match wire::seal_value(&client_key, value.expose().as_bytes()) {
+        Ok(answer) => V1Outcome::Ok {
+            answer,
             client: client_name,
-            name: lookup,
-            payload,
+            names: vec![lookup],
+            served: 1,
         },
-        Err(e) => V1Outcome::Internal(e),
+        Err(reason) => V1Outcome::Internal {
+            client: Some(client_name),
+            reason,
+        },
     }
 }
 

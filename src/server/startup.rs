@@ -1,0 +1,219 @@
+//! Start-up: everything `locket serve` does, as library calls that tests use
+//! too (in the manner of mini-redis's `server::run`).
+//!
+//! [`Server::load`] reads and checks the config (building the registry once),
+//! loads or creates the key(s), does the first load of every source and
+//! prepares TLS. [`Server::serve`] takes an already-bound listener and a
+//! shutdown future: it starts the refresh loop, the SIGHUP reload, the
+//! systemd watchdog, tells systemd it is ready, and serves until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use sd_notify::NotifyState;
+
+use super::{State, refresh};
+use crate::config::ConfigError;
+use crate::config::server::{Checked, ServerConfig};
+use crate::keys::{KeyError, ServerKey};
+use crate::source::{self, SourceError};
+use crate::tls::TlsError;
+
+/// Why the server could not start. [`StartError::exit_code`] maps each to
+/// the binary's exit code: 2 for what the operator must fix in the config
+/// or key files, 1 for the world (sources, the network).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "{0}; fix the source and start again (nothing is served without a first good load; start_unready = true listens anyway)"
+    )]
+    FirstLoad(SourceError),
+    #[error("cannot listen on {addr}: {source}; is another process using it?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl StartError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Key(_) | StartError::Tls(_) => 2,
+            StartError::FirstLoad(_) | StartError::Bind { .. } | StartError::Signals(_) => 1,
+        }
+    }
+}
+
+/// A server that has loaded everything and is ready to serve.
+pub struct Server {
+    path: PathBuf,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.path)
+            .field("fingerprint", &self.state.key.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Everything before listening: reads and checks the config at `path`,
+    /// loads (or creates) the server key and the `[v1]` key, prepares TLS and
+    /// loads every source once. A failed first load is an error unless
+    /// `start_unready = true`, which starts with nothing to serve (503) and
+    /// lets the refresh loop retry.
+    pub async fn load(path: &Path) -> Result<Self, StartError> {
+        let Checked { config, registry } = ServerConfig::load(path)?;
+        let key = load_key(&config.key_file, config.key_bits, "server key")?;
+        let tls = match &config.tls {
+            Some(t) => Some(crate::tls::acceptor(&t.cert_file, &t.key_file)?),
+            None => None,
+        };
+        let v1_key = crate::v1::load_key(&config.v1)?;
+        let first = match source::load_all(&config.sources).await {
+            Ok(set) => Some(set),
+            Err(e) if config.start_unready => {
+                tracing::error!(error = %e, "first load failed; listening anyway (start_unready), answering 503 until a load succeeds");
+                None
+            }
+            Err(e) => return Err(StartError::FirstLoad(e)),
+        };
+        let mut state = State::new(key, registry, &config);
+        state.tls = tls;
+        state.v1_key = v1_key;
+        if let Some(set) = first {
+            state.set_loaded(set);
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            state: Arc::new(state),
+        })
+    }
+
+    /// The state requests are served from (tests read keys and counters).
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Binds the configured `listen` address.
+    pub async fn bind(&self) -> Result<TcpListener, StartError> {
+        let addr = self.state.runtime.load().config.listen;
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets requests
+    /// in flight finish. Starts the refresh loop, reloads the config on
+    /// SIGHUP, pings systemd's watchdog, and tells systemd it is ready once a
+    /// set is loaded (only after every signal handler is in place).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartError> {
+        let state = self.state;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: state.runtime.load().config.listen,
+            source,
+        })?;
+        {
+            let rt = state.runtime.load();
+            tracing::info!(
+                clients = rt.registry.len(),
+                secrets = state.store.snapshot().len(),
+                fingerprint = state.key.fingerprint(),
+                tls = state.tls.is_some(),
+                "locket listening on {addr}"
+            );
+            if state.tls.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "serving plain HTTP on non-loopback address {addr}: requests and answers are encrypted end to end, but consider TLS or a private network"
+                );
+            }
+            if rt.config.v1.enable {
+                tracing::warn!(path = %rt.config.v1.path, "the original locket protocol (v1) is enabled: it decrypts before it authenticates; turn it off once Go clients have moved to v2");
+            }
+        }
+        let refresh_now = Arc::new(Notify::new());
+        let stop = Arc::new(Notify::new());
+        tokio::spawn(refresh::refresh_loop(
+            Arc::clone(&state),
+            Arc::clone(&refresh_now),
+            Arc::clone(&stop),
+        ));
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(StartError::Signals)?;
+        tokio::spawn(reload_on_sighup(Arc::clone(&state), self.path, hangup));
+        spawn_watchdog();
+        if state.health.loaded() {
+            notify_systemd(NotifyState::Ready);
+        }
+        let served = super::run(listener, state, async move {
+            shutdown.await;
+            stop.notify_waiters();
+            notify_systemd(NotifyState::Stopping);
+        })
+        .await;
+        served.map_err(|source| StartError::Bind { addr, source })?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Loads the key at `path`, or creates it with `bits` bits (and says so).
+pub fn load_key(path: &Path, bits: usize, what: &str) -> Result<ServerKey, KeyError> {
+    let (key, created) = ServerKey::load_or_create(path, bits)?;
+    if created {
+        tracing::info!(path = %path.display(), bits = key.bits(), fingerprint = key.fingerprint(), "created a new {what}");
+    }
+    Ok(key)
+}
+
+/// SIGHUP: re-read the config; a valid one replaces the running one.
+async fn reload_on_sighup(state: Arc<State>, path: PathBuf, mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading {}", path.display());
+        let _ = refresh::reload(&state, &path).await;
+    }
+}
+
+/// Pings systemd's watchdog at half the interval it asks for.
+fn spawn_watchdog() {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let period = (interval / 2).max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        loop {
+            notify_systemd(NotifyState::Watchdog);
+            tokio::time::sleep(period).await;
+        }
+    });
+}
+
+/// Tells systemd `state` (`$NOTIFY_SOCKET`; nothing outside systemd). A
+/// failure is logged, never fatal: the service works, systemd is not told.
+pub(crate) fn notify_systemd(state: NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
+        tracing::warn!(error = %e, "could not notify systemd ({state})");
+    }
+}
