@@ -36,8 +36,10 @@ fn seed(i: usize) -> [u8; 32] {
 }
 
 fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
 }
 
 /// utime + stime of `pid`, in seconds.
@@ -60,13 +62,14 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 }
 
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .expect("CLOCK_THREAD_CPUTIME_ID");
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+}
+
+/// Sends `sig` to the process `pid`.
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -589,8 +592,7 @@ impl Profile {
     }
 
     fn finish(mut self) -> ProfileSummary {
-        // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        signal(self.child.id(), nix::sys::signal::Signal::SIGINT);
         let _ = self.child.wait();
         let report = Command::new("perf")
             .args([

@@ -1,6 +1,6 @@
 //! Prints the test vectors of docs/protocol.md:
 //! `cargo run --example protocol_vectors`. The doc holds their output, and
-//! `tests/protocol_vectors.rs` recomputes every value from the doc's inputs.
+//! `tests/it/protocol_vectors.rs` recomputes every value from the doc's inputs.
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use locket::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};

@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// Creates `path` with `mode` (for example `0o600`), writes `contents` and
 /// syncs it. Fails if the file already exists: a key is never overwritten.
-pub fn create_private(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn create_private(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -27,7 +27,7 @@ pub fn create_private(path: &Path, contents: &[u8], mode: u32) -> io::Result<()>
 
 /// The permission bits of `path` that let group or others read, write or
 /// execute it, or `None` when it is private to its owner.
-pub fn loose_permissions(path: &Path) -> io::Result<Option<u32>> {
+pub(crate) fn loose_permissions(path: &Path) -> io::Result<Option<u32>> {
     let mode = fs::metadata(path)?.permissions().mode() & 0o777;
     Ok((mode & 0o077 != 0).then_some(mode))
 }

@@ -1,39 +1,41 @@
 //! Process hygiene for programs that hold secrets: no core dumps, and no
-//! ptrace or /proc/<pid>/mem access by other processes of the same user
+//! ptrace or `/proc/<pid>/mem` access by other processes of the same user
 //! (both follow from `PR_SET_DUMPABLE = 0`).
+
+use nix::sys::prctl;
+use nix::sys::resource::{Resource, setrlimit};
 
 /// Turns off core dumps for this process. Returns a warning to log when the
 /// system refuses (the program still runs).
 pub fn no_core_dumps() -> Option<String> {
-    // SAFETY: prctl and setrlimit with valid arguments have no memory effects.
-    let dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    let limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    let core = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &limit) };
-    match (dumpable, core) {
-        (0, 0) => None,
-        _ => Some(format!(
+    let problems: Vec<String> = [
+        prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}")),
+        setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| format!("setrlimit(RLIMIT_CORE): {e}")),
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .collect();
+    if problems.is_empty() {
+        None
+    } else {
+        Some(format!(
             "could not turn off core dumps ({}); a crash could write secrets to disk",
-            std::io::Error::last_os_error()
-        )),
+            problems.join("; ")
+        ))
     }
-}
-
-/// Whether this process is marked non-dumpable.
-pub fn is_dumpable() -> bool {
-    // SAFETY: as above.
-    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != 0 }
 }
 
 #[cfg(test)]
 mod tests {
+    fn is_dumpable() -> bool {
+        nix::sys::prctl::get_dumpable().expect("PR_GET_DUMPABLE")
+    }
+
     #[test]
     fn the_process_becomes_non_dumpable() {
         // This marks the unit-test process itself, which is harmless.
-        assert!(super::is_dumpable());
+        assert!(is_dumpable());
         assert_eq!(super::no_core_dumps(), None);
-        assert!(!super::is_dumpable());
+        assert!(!is_dumpable());
     }
 }

@@ -66,6 +66,10 @@ pub enum KeyError {
     RsaSize { bits: usize },
     #[error("RSA key generation failed: {0}")]
     Generate(String),
+    /// Key text (PEM or DER) that is not a usable key. The detail names the
+    /// encoding problem and never quotes key material.
+    #[error("{0}")]
+    Encoding(String),
     #[error(
         "invalid ed25519 public key {shown:?}: {detail}; expected the line printed by `locket-client keygen` (ed25519:<base64>) or a PEM public key"
     )]
@@ -111,15 +115,15 @@ fn into_decrypter(private: PrivateKey) -> Result<crypto::Decrypter, KeyError> {
 
 /// Parses PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY` PEM. The error
 /// never quotes key material.
-fn parse_private_pem(text: &str) -> Result<crypto::Decrypter, String> {
+fn parse_private_pem(text: &str) -> Result<crypto::Decrypter, KeyError> {
     use rsa::pkcs1::DecodeRsaPrivateKey;
     use rsa::pkcs8::DecodePrivateKey as _;
     let private = if text.contains("BEGIN RSA PRIVATE KEY") {
-        PrivateKey::from_pkcs1_pem(text).map_err(|e| e.to_string())?
+        PrivateKey::from_pkcs1_pem(text).map_err(|e| KeyError::Encoding(e.to_string()))?
     } else {
-        PrivateKey::from_pkcs8_pem(text).map_err(|e| e.to_string())?
+        PrivateKey::from_pkcs8_pem(text).map_err(|e| KeyError::Encoding(e.to_string()))?
     };
-    into_decrypter(private).map_err(|e| e.to_string())
+    into_decrypter(private)
 }
 
 fn generate_rsa(bits: usize) -> Result<crypto::Decrypter, KeyError> {
@@ -192,17 +196,17 @@ impl ServerKey {
                 source,
             }
         })?);
-        Self::from_pem(&text).map_err(|detail| KeyError::Parse {
+        Self::from_pem(&text).map_err(|e| KeyError::Parse {
             path: path.to_owned(),
             expected: "RSA private",
-            detail,
+            detail: e.to_string(),
         })
     }
 
     /// Parses the text of a key file (PKCS#8 or PKCS#1 PEM) and checks the
     /// key's size. The error never quotes key material.
-    pub fn from_pem(text: &str) -> Result<Self, String> {
-        Self::from_decrypter(parse_private_pem(text)?).map_err(|e| e.to_string())
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        Self::from_decrypter(parse_private_pem(text)?)
     }
 
     /// Writes the private key to a new file with mode 0600 (PKCS#8 PEM).
@@ -258,23 +262,26 @@ pub struct ServerPublicKey {
 impl ServerPublicKey {
     /// Parses an SPKI PEM public key, computing its fingerprint from the DER
     /// itself (never trusting a fingerprint sent beside it).
-    pub fn from_pem(pem: &str) -> Result<Self, String> {
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
         let key = PublicKey::from_public_key_pem(pem)
-            .map_err(|e| format!("not an RSA SPKI PEM public key: {e}"))?;
-        check_rsa_bits(key.size() * 8).map_err(|e| e.to_string())?;
-        let der = key.to_public_key_der().map_err(|e| e.to_string())?;
+            .map_err(|e| KeyError::Encoding(format!("not an RSA SPKI PEM public key: {e}")))?;
+        check_rsa_bits(key.size() * 8)?;
+        let der = key
+            .to_public_key_der()
+            .map_err(|e| KeyError::Encoding(e.to_string()))?;
         Ok(Self {
             fingerprint: crypto::fingerprint(der.as_bytes()),
-            key: crypto::Encrypter::from_spki_der(der.as_bytes()).map_err(|e| e.to_string())?,
+            key: crypto::Encrypter::from_spki_der(der.as_bytes())
+                .map_err(|e| KeyError::Encoding(e.to_string()))?,
         })
     }
 }
 
 /// Parses a reply key sent by a client (SPKI DER), bounding its size.
-pub fn parse_reply_key(der: &[u8]) -> Result<crypto::Encrypter, String> {
+pub fn parse_reply_key(der: &[u8]) -> Result<crypto::Encrypter, KeyError> {
     let key = crypto::Encrypter::from_spki_der(der)
-        .map_err(|e| format!("reply key is not RSA SPKI DER: {e}"))?;
-    check_rsa_bits(key.bits()).map_err(|e| e.to_string())?;
+        .map_err(|e| KeyError::Encoding(format!("reply key is not RSA SPKI DER: {e}")))?;
+    check_rsa_bits(key.bits())?;
     Ok(key)
 }
 
@@ -301,8 +308,8 @@ impl ReplyKey {
 
     /// Uses the private key in `text` (PKCS#8 or PKCS#1 PEM) as a reply key:
     /// for published test vectors, which must be reproducible.
-    pub fn from_pem(text: &str) -> Result<Self, String> {
-        Self::from_decrypter(parse_private_pem(text)?).map_err(|e| e.to_string())
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        Self::from_decrypter(parse_private_pem(text)?)
     }
 
     fn from_decrypter(decrypter: crypto::Decrypter) -> Result<Self, KeyError> {
@@ -393,31 +400,31 @@ impl ClientKey {
                 source,
             }
         })?);
-        Self::from_pem(&text).map_err(|detail| KeyError::Parse {
+        Self::from_pem(&text).map_err(|e| KeyError::Parse {
             path: path.to_owned(),
             expected: "ed25519 private",
-            detail,
+            detail: e.to_string(),
         })
     }
 
     /// Parses the text of a key file (see [`ClientKey::load`]). The error
     /// describes the encoding problem and never quotes key material.
-    pub fn from_pem(text: &str) -> Result<Self, String> {
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
         if let Some(body) = pem_body(text, "ED25519 PRIVATE KEY") {
             // base64's errors can quote a symbol of the key: say only what is wrong.
             let seed = zeroize::Zeroizing::new(
                 B64.decode(body)
-                    .map_err(|_| "the key's base64 body is invalid".to_owned())?,
+                    .map_err(|_| KeyError::Encoding("the key's base64 body is invalid".into()))?,
             );
             let seed: &[u8; 32] = seed
                 .as_slice()
                 .try_into()
-                .map_err(|_| "seed is not 32 bytes".to_owned())?;
+                .map_err(|_| KeyError::Encoding("seed is not 32 bytes".into()))?;
             return Ok(Self::from_seed(seed));
         }
         SigningKey::from_pkcs8_pem(text)
             .map(|signing| Self { signing })
-            .map_err(|e| e.to_string())
+            .map_err(|e| KeyError::Encoding(e.to_string()))
     }
 
     /// The public key as the one-line registry form, `ed25519:<base64>`.

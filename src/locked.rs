@@ -11,6 +11,11 @@
 //! `CAP_IPC_LOCK`), the region still works, unlocked, and
 //! [`LockedRegion::status`] says why so the server can warn. The region is
 //! wiped before it is unmapped.
+//!
+//! This module maps, locks and reads raw memory, so it is one of the two
+//! places `unsafe` is allowed (see `[lints]` in Cargo.toml); every block says
+//! why it is sound.
+#![allow(unsafe_code)]
 
 use std::ptr::NonNull;
 
@@ -28,7 +33,7 @@ pub enum LockStatus {
 }
 
 /// Fixed-size memory filled once from byte slices, then read-only.
-pub struct LockedRegion {
+pub(crate) struct LockedRegion {
     ptr: Option<NonNull<u8>>,
     len: usize,
     mapped: usize,
@@ -62,7 +67,7 @@ impl LockedRegion {
     /// Maps a region as long as all `parts` together, marks it, locks it and
     /// copies the parts in, one after another. Fails only if the mapping
     /// itself fails (out of memory).
-    pub fn new(parts: &[&[u8]]) -> std::io::Result<Self> {
+    pub(crate) fn new(parts: &[&[u8]]) -> std::io::Result<Self> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if total == 0 {
             return Ok(Self {
@@ -128,7 +133,7 @@ impl LockedRegion {
     }
 
     /// The bytes copied in by [`LockedRegion::new`].
-    pub fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self.ptr {
             // SAFETY: `len` initialised bytes, valid until drop.
             Some(p) => unsafe { std::slice::from_raw_parts(p.as_ptr(), self.len) },
@@ -136,7 +141,7 @@ impl LockedRegion {
         }
     }
 
-    pub fn status(&self) -> &LockStatus {
+    pub(crate) fn status(&self) -> &LockStatus {
         &self.status
     }
 }

@@ -18,10 +18,11 @@ use crate::protocol::valid_client_name;
 use crate::secret::SecretValue;
 use crate::store::SecretSet;
 
-/// One `[clients.<name>]` table of the server config.
+/// One `[clients.<name>]` table of the server config, as written (the
+/// client side's own settings are [`crate::config::client::ClientConfig`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct ClientConfig {
+pub struct ClientEntry {
     /// Public signing keys (`ed25519:<base64>` or PEM).
     #[serde(default)]
     pub keys: Vec<String>,
@@ -68,7 +69,7 @@ pub enum RegistryError {
 
 /// A registered client, parsed and validated.
 #[derive(Debug)]
-pub struct Client {
+pub struct RegisteredClient {
     pub name: String,
     pub keys: Vec<VerifyingKey>,
     pub networks: Vec<IpNet>,
@@ -78,7 +79,7 @@ pub struct Client {
     exact: Vec<String>,
 }
 
-impl Client {
+impl RegisteredClient {
     /// Whether `ip` lies in one of the client's networks. An IPv4-mapped
     /// IPv6 address (`::ffff:a.b.c.d`) counts as the IPv4 address.
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
@@ -116,7 +117,7 @@ impl Client {
 /// All registered clients by name.
 #[derive(Debug, Default)]
 pub struct Registry {
-    clients: HashMap<String, Client>,
+    clients: HashMap<String, RegisteredClient>,
 }
 
 fn parse_network(text: &str) -> Option<IpNet> {
@@ -136,7 +137,7 @@ fn parse_network(text: &str) -> Option<IpNet> {
 
 impl Registry {
     /// Validates every client of the config.
-    pub fn from_config(clients: &BTreeMap<String, ClientConfig>) -> Result<Self, RegistryError> {
+    pub fn from_config(clients: &BTreeMap<String, ClientEntry>) -> Result<Self, RegistryError> {
         let mut out = HashMap::with_capacity(clients.len());
         let mut seen_keys: HashMap<[u8; 32], String> = HashMap::new();
         for (name, cfg) in clients {
@@ -200,7 +201,7 @@ impl Registry {
             }
             out.insert(
                 name.clone(),
-                Client {
+                RegisteredClient {
                     name: name.clone(),
                     keys,
                     networks,
@@ -214,12 +215,12 @@ impl Registry {
     }
 
     /// The client called `name`, if registered.
-    pub fn get(&self, name: &str) -> Option<&Client> {
+    pub fn get(&self, name: &str) -> Option<&RegisteredClient> {
         self.clients.get(name)
     }
 
     /// Every client (for the v1 protocol, whose requests do not name theirs).
-    pub fn iter(&self) -> impl Iterator<Item = &Client> {
+    pub fn iter(&self) -> impl Iterator<Item = &RegisteredClient> {
         self.clients.values()
     }
 
@@ -247,7 +248,7 @@ mod tests {
         let mut m = BTreeMap::new();
         m.insert(
             "app".to_string(),
-            ClientConfig {
+            ClientEntry {
                 keys: vec![ClientKey::from_seed(&[1; 32]).public_line()],
                 networks: networks.iter().map(|s| s.to_string()).collect(),
                 secrets: secrets.iter().map(|s| s.to_string()).collect(),
@@ -338,7 +339,7 @@ mod tests {
         let mut m = BTreeMap::new();
         m.insert(
             "app".to_string(),
-            ClientConfig {
+            ClientEntry {
                 keys: vec!["nope".into()],
                 networks: vec!["127.0.0.1".into()],
                 secrets: vec![],

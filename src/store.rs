@@ -81,12 +81,12 @@ impl SecretSet {
 
 /// Holder of the current [`SecretSet`].
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct Store {
     current: ArcSwap<SecretSet>,
 }
 
 impl Store {
-    pub fn new(initial: SecretSet) -> Self {
+    pub(crate) fn new(initial: SecretSet) -> Self {
         warn_if_unlocked(None, initial.memory());
         Self {
             current: ArcSwap::from_pointee(initial),
@@ -94,12 +94,12 @@ impl Store {
     }
 
     /// The current set; hold it for the duration of one request.
-    pub fn snapshot(&self) -> Arc<SecretSet> {
+    pub(crate) fn snapshot(&self) -> Arc<SecretSet> {
         self.current.load_full()
     }
 
     /// Replaces the whole set at once.
-    pub fn replace(&self, next: SecretSet) {
+    pub(crate) fn replace(&self, next: SecretSet) {
         let next = Arc::new(next);
         let previous = self.current.swap(Arc::clone(&next));
         warn_if_unlocked(Some(previous.memory()), next.memory());

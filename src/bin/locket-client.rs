@@ -40,7 +40,7 @@ struct Cli {
     /// ed25519 private key file (config `key_file`, LOCKET_KEY_FILE).
     #[arg(long = "key", global = true, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// Expected server key fingerprint, sha256:<hex> (config `server_fingerprint`, LOCKET_SERVER_FINGERPRINT).
+    /// Expected server key fingerprint, `sha256:<hex>` (config `server_fingerprint`, LOCKET_SERVER_FINGERPRINT).
     #[arg(long, global = true, value_name = "FP")]
     server_fingerprint: Option<String>,
     /// Local address to connect from (config `bind`, LOCKET_BIND).

@@ -14,6 +14,21 @@ pub fn valid_var_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Why the secrets cannot become variables as asked. Names only, never values.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VariableError {
+    #[error(
+        "{var:?} (for secret {name:?}) is not a valid variable name; choose another with --as {name}=NAME"
+    )]
+    Invalid { var: String, name: String },
+    #[error("secrets {first:?} and {second:?} both map to {var}; rename one with --as NAME=VAR")]
+    Collision {
+        first: String,
+        second: String,
+        var: String,
+    },
+}
+
 /// The variables to set: each secret under `prefix` + its mapped name
 /// ([`env_var_name`]), or under the name given in `renames`
 /// (secret name -> variable name, no prefix added).
@@ -21,7 +36,7 @@ pub fn variables(
     secrets: &[(String, SecretValue)],
     prefix: &str,
     renames: &BTreeMap<String, String>,
-) -> Result<Vec<(String, SecretValue)>, String> {
+) -> Result<Vec<(String, SecretValue)>, VariableError> {
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut out = Vec::with_capacity(secrets.len());
     for (name, value) in secrets {
@@ -30,14 +45,17 @@ pub fn variables(
             None => format!("{prefix}{}", env_var_name(name)),
         };
         if !valid_var_name(&var) {
-            return Err(format!(
-                "{var:?} (for secret {name:?}) is not a valid variable name; choose another with --as {name}=NAME"
-            ));
+            return Err(VariableError::Invalid {
+                var,
+                name: name.clone(),
+            });
         }
         if let Some(other) = seen.insert(var.clone(), name) {
-            return Err(format!(
-                "secrets {other:?} and {name:?} both map to {var}; rename one with --as NAME=VAR"
-            ));
+            return Err(VariableError::Collision {
+                first: other.to_owned(),
+                second: name.clone(),
+                var,
+            });
         }
         out.push((var, value.clone()));
     }
@@ -185,10 +203,13 @@ mod tests {
         renames.insert("API".to_string(), "1BAD".to_string());
         assert!(variables(&s, "", &renames).is_err());
         renames.insert("API".to_string(), "db_password".to_string());
-        assert!(
-            variables(&s, "", &renames)
-                .unwrap_err()
-                .contains("both map")
+        assert_eq!(
+            variables(&s, "", &renames).unwrap_err(),
+            VariableError::Collision {
+                first: "db/password".into(),
+                second: "API".into(),
+                var: "db_password".into()
+            }
         );
     }
 }

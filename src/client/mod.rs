@@ -296,7 +296,7 @@ impl Client {
         let status = response.status();
         let body = read_limited(response, 1024 * 1024)
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| unreachable(e.to_string()))?;
         if !status.is_success() {
             return Err(ClientError::Server {
                 status: status.as_u16(),
@@ -309,7 +309,8 @@ impl Client {
                 protocol::KEY_PATH
             ))
         })?;
-        let key = ServerPublicKey::from_pem(&wire.public_key).map_err(ClientError::Protocol)?;
+        let key = ServerPublicKey::from_pem(&wire.public_key)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let server = server.to_owned();
         match self.trust.check(&server, &key.fingerprint)? {
             Ok(()) => Ok(key),
@@ -447,7 +448,7 @@ impl Client {
             .to_owned();
         let bytes = read_limited(response, MAX_ANSWER_BODY)
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| unreachable(e.to_string()))?;
         match status {
             200 | 404 => {
                 let answer = protocol::open_answer(&bytes, reply, &request.header)
@@ -505,17 +506,30 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+/// Why an answer's body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Transport(String),
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
     if response
         .content_length()
         .is_some_and(|n| n as usize > limit)
     {
-        return Err(format!("answer larger than {limit} bytes"));
+        return Err(BodyError::TooLarge(limit));
     }
     let mut out = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Transport(error_chain(&e)))?
+    {
         if out.len() + chunk.len() > limit {
-            return Err(format!("answer larger than {limit} bytes"));
+            return Err(BodyError::TooLarge(limit));
         }
         out.extend_from_slice(&chunk);
     }

@@ -27,17 +27,30 @@ pub fn env_var_name(name: &str) -> String {
     out
 }
 
+/// Two secrets that one environment format cannot tell apart.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "secrets {first:?} and {second:?} both map to variable {var}; ask for one of them, or use --format json"
+)]
+pub struct CollisionError {
+    pub first: String,
+    pub second: String,
+    pub var: String,
+}
+
 /// Maps every name with [`env_var_name`], refusing two names that map to one
 /// variable.
-pub fn env_names(secrets: &[(String, SecretValue)]) -> Result<Vec<String>, String> {
+pub fn env_names(secrets: &[(String, SecretValue)]) -> Result<Vec<String>, CollisionError> {
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut out = Vec::with_capacity(secrets.len());
     for (name, _) in secrets {
         let var = env_var_name(name);
         if let Some(other) = seen.insert(var.clone(), name) {
-            return Err(format!(
-                "secrets {other:?} and {name:?} both map to variable {var}; ask for one of them, or use --format json"
-            ));
+            return Err(CollisionError {
+                first: other.to_owned(),
+                second: name.clone(),
+                var,
+            });
         }
         out.push(var);
     }
@@ -51,7 +64,7 @@ fn env_lines(
     export: &str,
     quote: u8,
     escape: impl Fn(u8, &mut SecretBytes),
-) -> Result<SecretBytes, String> {
+) -> Result<SecretBytes, CollisionError> {
     let vars = env_names(secrets)?;
     let size: usize = secrets
         .iter()
@@ -76,7 +89,7 @@ fn env_lines(
 /// `NAME="value"` lines that a dotenv parser (dotenvy, docker compose,
 /// systemd-style loaders) reads back exactly: double quotes, with `\`, `"`,
 /// `$` and newline escaped as `\\`, `\"`, `\$`, `\n`.
-pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
+pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, CollisionError> {
     env_lines(secrets, "", b'"', |c, out| match c {
         b'\\' | b'"' | b'$' => out.extend_from_slice(&[b'\\', c]),
         b'\n' => out.extend_from_slice(b"\\n"),
@@ -87,7 +100,7 @@ pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> 
 /// `NAME="value"` lines for systemd's `EnvironmentFile=`: double quotes,
 /// with `\`, `"`, `$` and `` ` `` escaped by a backslash; newlines are kept
 /// as they are (systemd allows them inside quotes).
-pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
+pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, CollisionError> {
     env_lines(secrets, "", b'"', |c, out| {
         if matches!(c, b'\\' | b'"' | b'$' | b'`') {
             out.push(b'\\');
@@ -98,7 +111,7 @@ pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, Str
 
 /// Shell `export NAME='value'` lines, safe to `eval` or `source`: single
 /// quotes, with each `'` written as `'\''`.
-pub fn shell(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, String> {
+pub fn shell(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, CollisionError> {
     env_lines(secrets, "export ", b'\'', |c, out| {
         if c == b'\'' {
             out.extend_from_slice(b"'\\''");
@@ -141,7 +154,12 @@ mod tests {
             ("a-b".to_string(), SecretValue::from("1")),
             ("a_b".to_string(), SecretValue::from("2")),
         ];
-        assert!(env_names(&clash).unwrap_err().contains("both map"));
+        assert!(
+            env_names(&clash)
+                .unwrap_err()
+                .to_string()
+                .contains("both map")
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@
 //! tools put in the folder are never touched.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -64,8 +63,10 @@ pub enum RenderError {
     User(String),
     #[error("unknown group {0:?}")]
     Group(String),
-    #[error("{0}")]
-    Env(String),
+    #[error(transparent)]
+    Env(#[from] super::output::CollisionError),
+    #[error("cannot name a temporary file: {0}")]
+    Random(crate::crypto::CryptoError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RenderError + '_ {
@@ -84,33 +85,26 @@ pub fn file_name(secret: &str) -> Result<String, RenderError> {
     Ok(name)
 }
 
-/// Resolves a user name or numeric uid.
+/// Resolves a user name or numeric uid (through NSS, thread-safely).
 pub fn lookup_user(user: &str) -> Result<u32, RenderError> {
     if let Ok(uid) = user.parse() {
         return Ok(uid);
     }
-    let c = CString::new(user).map_err(|_| RenderError::User(user.to_owned()))?;
-    // SAFETY: getpwnam returns a pointer to static storage or null; we read
-    // one field immediately, on this thread.
-    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    if pw.is_null() {
-        return Err(RenderError::User(user.to_owned()));
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => Err(RenderError::User(user.to_owned())),
     }
-    Ok(unsafe { (*pw).pw_uid })
 }
 
-/// Resolves a group name or numeric gid.
+/// Resolves a group name or numeric gid (through NSS, thread-safely).
 pub fn lookup_group(group: &str) -> Result<u32, RenderError> {
     if let Ok(gid) = group.parse() {
         return Ok(gid);
     }
-    let c = CString::new(group).map_err(|_| RenderError::Group(group.to_owned()))?;
-    // SAFETY: as for getpwnam.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
-        return Err(RenderError::Group(group.to_owned()));
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(RenderError::Group(group.to_owned())),
     }
-    Ok(unsafe { (*gr).gr_gid })
 }
 
 /// Atomically replaces `path` with `contents`, created with `mode` and
@@ -123,9 +117,7 @@ pub fn write_atomic(
     group: Option<u32>,
 ) -> Result<(), RenderError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let suffix = hex::encode(
-        crate::crypto::random_bytes::<8>().map_err(|e| RenderError::Env(e.to_string()))?,
-    );
+    let suffix = hex::encode(crate::crypto::random_bytes::<8>().map_err(RenderError::Random)?);
     let tmp = dir.join(format!("{TMP_PREFIX}{suffix}"));
     let result = (|| {
         let mut f = OpenOptions::new()

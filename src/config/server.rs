@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 use crate::keys::{DEFAULT_SERVER_KEY_BITS, MAX_RSA_BITS, MIN_RSA_BITS};
-use crate::registry::{ClientConfig, Registry};
+use crate::registry::{ClientEntry, Registry};
 use crate::source::SourceConfig;
 
 /// Top-level keys that `LOCKET_<KEY>` environment variables may set.
@@ -76,7 +76,7 @@ pub struct ServerConfig {
     /// Where secrets come from, in order; later sources win on a name clash.
     pub sources: Vec<SourceConfig>,
     /// Registered clients by name.
-    pub clients: BTreeMap<String, ClientConfig>,
+    pub clients: BTreeMap<String, ClientEntry>,
     /// Serve HTTPS instead of plain HTTP.
     pub tls: Option<TlsConfig>,
     /// The original locket's protocol, for existing Go clients (off by default).
@@ -213,13 +213,13 @@ impl ServerConfig {
                 humantime::format_duration(self.refresh_interval)
             ));
         }
-        self.v1.validate().map_err(ConfigError::Invalid)?;
+        self.v1.validate()?;
         if self.sources.is_empty() {
             return invalid("no [[sources]]: add at least one, e.g. [[sources]] type = \"dotenv\" path = \"secrets.env\"".into());
         }
         for (i, s) in self.sources.iter().enumerate() {
             s.validate()
-                .map_err(|m| ConfigError::Invalid(format!("sources[{i}]: {m}")))?;
+                .map_err(|e| ConfigError::Invalid(format!("sources[{i}]: {e}")))?;
         }
         Ok(Registry::from_config(&self.clients)?)
     }

@@ -15,13 +15,13 @@ struct Inner {
 
 /// Shared load status.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     inner: Mutex<Inner>,
 }
 
 /// The `/readyz` body.
 #[derive(Debug, Serialize, PartialEq)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub ready: bool,
     pub loaded: bool,
     pub stale: bool,
@@ -40,7 +40,7 @@ impl Health {
     }
 
     /// A load succeeded; returns whether it was the first.
-    pub fn success(&self, at: SystemTime) -> bool {
+    pub(crate) fn success(&self, at: SystemTime) -> bool {
         let mut h = self.lock();
         let first = h.loaded_at.is_none();
         h.loaded_at = Some(at);
@@ -50,18 +50,18 @@ impl Health {
     }
 
     /// A load failed; returns the number of failures in a row.
-    pub fn failure(&self, error: String) -> u32 {
+    pub(crate) fn failure(&self, error: String) -> u32 {
         let mut h = self.lock();
         h.last_error = Some(error);
         h.failures += 1;
         h.failures
     }
 
-    pub fn loaded(&self) -> bool {
+    pub(crate) fn loaded(&self) -> bool {
         self.lock().loaded_at.is_some()
     }
 
-    pub fn readiness(&self, max_age: Duration) -> Readiness {
+    pub(crate) fn readiness(&self, max_age: Duration) -> Readiness {
         let h = self.lock();
         let age = h
             .loaded_at

@@ -22,7 +22,7 @@ struct Result_ {
 }
 
 /// Every metric the server exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<Outcome, Counter>,
     latency: Histogram,
@@ -111,7 +111,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one answered request.
-    pub fn request(&self, outcome: &str, seconds: f64) {
+    pub(crate) fn request(&self, outcome: &str, seconds: f64) {
         self.requests
             .get_or_create(&Outcome {
                 outcome: outcome.to_owned(),
@@ -120,7 +120,7 @@ impl Metrics {
         self.latency.observe(seconds);
     }
 
-    pub fn source_load(&self, ok: bool) {
+    pub(crate) fn source_load(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.source_loads
             .get_or_create(&Result_ {
@@ -129,7 +129,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.reloads
             .get_or_create(&Result_ {
@@ -139,7 +139,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

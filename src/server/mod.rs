@@ -1,17 +1,18 @@
 //! The locket server: state, HTTP routes and the accept loop.
 //!
-//! [`run`] takes an already-bound listener and a shutdown future, so tests
-//! bind port 0 and the binary only wires flags to it. What a SIGHUP can
-//! change (registry, limits, sources) lives in one [`Runtime`] swapped
+//! [`Server::load`] does everything before listening and [`Server::serve`]
+//! takes an already-bound listener and a shutdown future, so tests bind
+//! port 0 and the binary only wires flags to it. What a SIGHUP can
+//! change (registry, limits, sources) lives in one `Runtime` swapped
 //! atomically; requests take one snapshot of it and of the secret set.
 
-pub mod health;
-pub mod metrics;
+pub(crate) mod health;
+pub(crate) mod metrics;
 mod outcome;
 mod pipeline;
-pub mod ratelimit;
-pub mod refresh;
-pub mod replay;
+pub(crate) mod ratelimit;
+pub(crate) mod refresh;
+pub(crate) mod replay;
 mod routes;
 mod startup;
 
@@ -40,19 +41,19 @@ pub use startup::{Server, StartError, load_key};
 
 /// Everything a config reload replaces at once.
 #[derive(Debug)]
-pub struct Runtime {
+pub(crate) struct Runtime {
     pub config: ServerConfig,
     pub registry: Registry,
 }
 
 impl Runtime {
-    pub fn new(config: ServerConfig, registry: Registry) -> Self {
+    pub(crate) fn new(config: ServerConfig, registry: Registry) -> Self {
         Self { config, registry }
     }
 }
 
 /// Everything a request handler needs. Shared behind an `Arc`.
-pub struct State {
+pub(crate) struct State {
     pub key: ServerKey,
     pub runtime: ArcSwap<Runtime>,
     pub store: Store,
@@ -77,7 +78,7 @@ pub struct State {
 impl State {
     /// State with no secret set yet (answering 503 until
     /// [`State::set_loaded`]).
-    pub fn new(key: ServerKey, registry: Registry, config: &ServerConfig) -> Self {
+    pub(crate) fn new(key: ServerKey, registry: Registry, config: &ServerConfig) -> Self {
         Self {
             key,
             runtime: ArcSwap::from_pointee(Runtime::new(config.clone(), registry)),
@@ -102,23 +103,11 @@ impl State {
     /// Serves `set` from now on: the store, the health record and the
     /// metrics change together, here only. Returns whether this was the
     /// first set ever loaded (the server just turned ready).
-    pub fn set_loaded(&self, set: SecretSet) -> bool {
+    pub(crate) fn set_loaded(&self, set: SecretSet) -> bool {
         let first = self.health.success(set.loaded_at());
         self.store.replace(set);
         self.metrics.source_load(true);
         first
-    }
-
-    /// Uses a separate key for the v1 protocol.
-    pub fn with_v1_key(mut self, key: ServerKey) -> Self {
-        self.v1_key = Some(key);
-        self
-    }
-
-    /// Serves TLS with `acceptor`.
-    pub fn with_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
-        self.tls = Some(acceptor);
-        self
     }
 
     /// Spends `nonce` for `client`, for both protocols: `New` the first time
@@ -144,7 +133,7 @@ impl State {
     }
 
     /// Updates the gauges that describe the current state (before a scrape).
-    pub fn update_gauges(&self) -> health::Readiness {
+    pub(crate) fn update_gauges(&self) -> health::Readiness {
         let rt = self.runtime.load();
         let mut readiness = self.health.readiness(rt.config.effective_max_age());
         let set = self.store.snapshot();
@@ -177,7 +166,7 @@ pub struct Peer(pub SocketAddr);
 
 /// Serves `state` on `listener` until `shutdown` completes, then lets
 /// requests in flight finish (for up to 10 seconds).
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,

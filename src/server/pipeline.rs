@@ -26,7 +26,7 @@ pub(crate) type Outcome = outcome::Outcome<WireAnswer>;
 /// (address, clock and signature all hold): such a request is never refused
 /// by the failed-authentication limit, which slows failures only. Costs one
 /// JSON parse and one ed25519 verification, no RSA.
-pub fn authenticates(state: &State, ip: IpAddr, body: &[u8]) -> bool {
+pub(super) fn authenticates(state: &State, ip: IpAddr, body: &[u8]) -> bool {
     let Ok(request) = Request::decode(body) else {
         return false;
     };
@@ -35,7 +35,7 @@ pub fn authenticates(state: &State, ip: IpAddr, body: &[u8]) -> bool {
 }
 
 /// Runs the whole pipeline for one request body from `ip`.
-pub async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outcome {
+pub(super) async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outcome {
     let request = match Request::decode(body) {
         Ok(r) => r,
         Err(e) => {
@@ -161,10 +161,10 @@ fn answer(state: &State, runtime: &Runtime, request: Request) -> Outcome {
     };
     let reply_key = match crate::keys::parse_reply_key(&body.reply_key) {
         Ok(k) => k,
-        Err(reason) => {
+        Err(e) => {
             return Outcome::BadRequest {
                 client: Some(name),
-                reason,
+                reason: e.to_string(),
             };
         }
     };

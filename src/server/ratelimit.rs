@@ -22,7 +22,7 @@ fn source(ip: IpAddr) -> Source {
 }
 
 #[derive(Debug)]
-pub struct FailureLimiter {
+pub(crate) struct FailureLimiter {
     entries: Mutex<HashMap<Source, (u32, i64)>>,
     limit: u32,
     window: i64,
@@ -30,7 +30,7 @@ pub struct FailureLimiter {
 }
 
 impl FailureLimiter {
-    pub fn new(limit: u32, window_secs: u64, capacity: usize) -> Self {
+    pub(crate) fn new(limit: u32, window_secs: u64, capacity: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             limit,
@@ -44,7 +44,7 @@ impl FailureLimiter {
     }
 
     /// Seconds to wait when `ip` is over its limit at time `now`.
-    pub fn retry_after(&self, ip: IpAddr, now: i64) -> Option<u64> {
+    pub(crate) fn retry_after(&self, ip: IpAddr, now: i64) -> Option<u64> {
         if self.limit == 0 {
             return None;
         }
@@ -58,7 +58,7 @@ impl FailureLimiter {
     }
 
     /// Counts one failed authentication from `ip`.
-    pub fn failure(&self, ip: IpAddr, now: i64) {
+    pub(crate) fn failure(&self, ip: IpAddr, now: i64) {
         if self.limit == 0 {
             return;
         }
@@ -78,7 +78,8 @@ impl FailureLimiter {
         entry.0 = entry.0.saturating_add(1);
     }
 
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.lock().len()
     }
 }

@@ -17,12 +17,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
 use super::{Runtime, State};
+use crate::config::ConfigError;
 use crate::config::server::{Checked, ServerConfig};
-use crate::source;
+use crate::source::{self, SourceError};
 
 /// Loads every source once and swaps in the result. Returns the number of
 /// secrets loaded.
-pub async fn refresh_once(state: &State) -> Result<usize, String> {
+pub(crate) async fn refresh_once(state: &State) -> Result<usize, SourceError> {
     let rt = state.runtime.load_full();
     match source::load_all(&rt.config.sources).await {
         Ok(set) => {
@@ -47,7 +48,7 @@ pub async fn refresh_once(state: &State) -> Result<usize, String> {
             } else {
                 tracing::error!(error = %e, failures, "load failed; nothing is served until a load succeeds");
             }
-            Err(e.to_string())
+            Err(e)
         }
     }
 }
@@ -61,7 +62,7 @@ fn jittered(interval: Duration) -> Duration {
 }
 
 /// Runs until `stop` is notified. `now` wakes it for an immediate load.
-pub async fn refresh_loop(state: Arc<State>, now: Arc<Notify>, stop: Arc<Notify>) {
+pub(crate) async fn refresh_loop(state: Arc<State>, now: Arc<Notify>, stop: Arc<Notify>) {
     let mut failures: u32 = if state.health.loaded() { 0 } else { 1 };
     loop {
         let interval = state.runtime.load().config.refresh_interval;
@@ -90,8 +91,17 @@ pub async fn refresh_loop(state: Arc<State>, now: Arc<Notify>, stop: Arc<Notify>
     }
 }
 
+/// Why a reload was refused (the running config stays).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the new sources do not load: {0}")]
+    Sources(SourceError),
+}
+
 /// Re-reads `path` and swaps in the new config, or explains why not.
-pub async fn reload(state: &State, path: &Path) -> Result<(), String> {
+pub(crate) async fn reload(state: &State, path: &Path) -> Result<(), ReloadError> {
     let result = reload_inner(state, path).await;
     state.metrics.reload(result.is_ok());
     match &result {
@@ -103,8 +113,8 @@ pub async fn reload(state: &State, path: &Path) -> Result<(), String> {
     result
 }
 
-async fn reload_inner(state: &State, path: &Path) -> Result<(), String> {
-    let Checked { config, registry } = ServerConfig::load(path).map_err(|e| e.to_string())?;
+async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
+    let Checked { config, registry } = ServerConfig::load(path)?;
     let old = state.runtime.load_full();
     for (what, changed) in [
         ("listen", config.listen != old.config.listen),
@@ -127,7 +137,7 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), String> {
         Some(
             source::load_all(&config.sources)
                 .await
-                .map_err(|e| format!("the new sources do not load: {e}"))?,
+                .map_err(ReloadError::Sources)?,
         )
     } else {
         None

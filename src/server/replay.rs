@@ -18,7 +18,7 @@ use crate::protocol::NONCE_LEN;
 
 /// The outcome of remembering a nonce.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Seen {
+pub(crate) enum Seen {
     /// First time: accepted and remembered.
     New,
     /// Already seen within its window.
@@ -28,7 +28,7 @@ pub enum Seen {
 }
 
 #[derive(Debug)]
-pub struct ReplayCache {
+pub(crate) struct ReplayCache {
     entries: HashMap<(Box<str>, [u8; NONCE_LEN]), i64>,
     /// Live entries per client.
     used: HashMap<Box<str>, usize>,
@@ -37,7 +37,7 @@ pub struct ReplayCache {
 }
 
 impl ReplayCache {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             entries: HashMap::new(),
             used: HashMap::new(),
@@ -48,7 +48,7 @@ impl ReplayCache {
 
     /// Remembers `client`'s `nonce` until `expires` (unix seconds), given
     /// the time `now` and the number of registered `clients`.
-    pub fn check_and_insert(
+    pub(crate) fn check_and_insert(
         &mut self,
         client: &str,
         nonce: [u8; NONCE_LEN],
@@ -89,12 +89,9 @@ impl ReplayCache {
         Seen::New
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

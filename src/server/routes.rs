@@ -14,7 +14,7 @@ use crate::clock::unix_now;
 use crate::protocol::{self, WireError, WireKey};
 
 /// The body of every 403: identical whatever the real reason.
-pub const FORBIDDEN_MESSAGE: &str =
+pub(super) const FORBIDDEN_MESSAGE: &str =
     "request denied; the server log has the reason under this request's X-Request-Id";
 
 fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
@@ -27,7 +27,9 @@ fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
 
 use warp::Reply as _;
 
-pub fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+pub(super) fn routes(
+    state: Arc<State>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let with_state = {
         let state = Arc::clone(&state);
         warp::any().map(move || Arc::clone(&state))

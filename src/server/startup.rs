@@ -108,9 +108,14 @@ impl Server {
         })
     }
 
-    /// The state requests are served from (tests read keys and counters).
-    pub fn state(&self) -> &Arc<State> {
-        &self.state
+    /// The server key's fingerprint (what clients pin).
+    pub fn fingerprint(&self) -> &str {
+        self.state.key.fingerprint()
+    }
+
+    /// The server's public key, SPKI PEM (what `GET /v1/key` serves).
+    pub fn public_key_pem(&self) -> &str {
+        self.state.key.public_pem()
     }
 
     /// Binds the configured `listen` address.

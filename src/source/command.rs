@@ -15,27 +15,28 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use zeroize::Zeroizing;
 
-use super::{CommandFormat, parse_dotenv, parse_json};
+use super::{CommandFormat, LoadError, parse_dotenv, parse_json};
 use crate::secret::SecretValue;
 
 /// Most bytes of stdout read from a command.
-pub const MAX_OUTPUT: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_OUTPUT: usize = 16 * 1024 * 1024;
 /// Most characters of stderr quoted in an error.
-pub const STDERR_SHOWN: usize = 400;
+pub(crate) const STDERR_SHOWN: usize = 400;
 
 /// Runs `argv` and parses what it prints.
-pub async fn load(
+pub(crate) async fn load(
     argv: &[String],
     format: CommandFormat,
     timeout: Duration,
     extra_env: &BTreeMap<String, String>,
-) -> Result<Vec<(String, SecretValue)>, String> {
+) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let env: Vec<(&str, &str)> = extra_env
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let stdout = run(argv, timeout, &env, None).await?;
-    let text = std::str::from_utf8(&stdout).map_err(|_| "its output is not UTF-8".to_string())?;
+    let text = std::str::from_utf8(&stdout)
+        .map_err(|_| LoadError::Command("its output is not UTF-8".into()))?;
     match format {
         CommandFormat::Json => parse_json(text),
         CommandFormat::Dotenv => parse_dotenv(text.as_bytes()),
@@ -44,13 +45,15 @@ pub async fn load(
 
 /// Runs a program with a clean environment and a timeout; returns its
 /// stdout in zeroizing memory. `stdin` is written to it when given.
-pub async fn run(
+pub(crate) async fn run(
     argv: &[String],
     timeout: Duration,
     extra_env: &[(&str, &str)],
     stdin: Option<&[u8]>,
-) -> Result<Zeroizing<Vec<u8>>, String> {
-    let (program, args) = argv.split_first().ok_or("`command` is empty")?;
+) -> Result<Zeroizing<Vec<u8>>, LoadError> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| LoadError::Command("`command` is empty".into()))?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -68,9 +71,11 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {program:?}: {e}; check `command` and PATH"))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        LoadError::Command(format!(
+            "cannot run {program:?}: {e}; check `command` and PATH"
+        ))
+    })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use tokio::io::AsyncWriteExt;
         let _ = pipe.write_all(input).await;
@@ -108,16 +113,20 @@ pub async fn run(
     };
     let (out, err, complete, status) = tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("{program:?} did not finish within {timeout:?} (killed); raise `timeout` or check the program"))?;
+        .map_err(|_| LoadError::Command(format!("{program:?} did not finish within {timeout:?} (killed); raise `timeout` or check the program")))?;
     let stderr = cut(&String::from_utf8_lossy(&err));
-    let status = status.map_err(|e| format!("waiting for {program:?}: {e}"))?;
+    let status = status.map_err(|e| LoadError::Command(format!("waiting for {program:?}: {e}")))?;
     if !status.success() {
-        return Err(format!("{program:?} failed ({status}); stderr: {stderr}"));
+        return Err(LoadError::Command(format!(
+            "{program:?} failed ({status}); stderr: {stderr}"
+        )));
     }
     match complete {
         Ok(true) => Ok(out),
-        Ok(false) => Err(format!("{program:?} printed more than {MAX_OUTPUT} bytes")),
-        Err(e) => Err(format!("reading from {program:?}: {e}")),
+        Ok(false) => Err(LoadError::Command(format!(
+            "{program:?} printed more than {MAX_OUTPUT} bytes"
+        ))),
+        Err(e) => Err(LoadError::Command(format!("reading from {program:?}: {e}"))),
     }
 }
 

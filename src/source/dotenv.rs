@@ -4,17 +4,20 @@
 use std::io::Read;
 use std::path::Path;
 
+use super::LoadError;
 use crate::secret::SecretValue;
 
-pub(super) fn load(path: &Path) -> Result<Vec<(String, SecretValue)>, String> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| format!("cannot open {}: {e}; check `path`", path.display()))?;
+pub(super) fn load(path: &Path) -> Result<Vec<(String, SecretValue)>, LoadError> {
+    let file = std::fs::File::open(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse_dotenv(file)
 }
 
 /// Parses dotenv text. A parse error names the entry it follows but never
 /// shows the offending line, which may hold a secret.
-pub fn parse_dotenv(reader: impl Read) -> Result<Vec<(String, SecretValue)>, String> {
+pub fn parse_dotenv(reader: impl Read) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let mut out = Vec::new();
     for item in dotenvy::from_read_iter(reader) {
         match item {
@@ -24,12 +27,18 @@ pub fn parse_dotenv(reader: impl Read) -> Result<Vec<(String, SecretValue)>, Str
                     .last()
                     .map(|(n, _)| format!("after entry {n:?}"))
                     .unwrap_or_else(|| "before the first entry".into());
-                return Err(format!(
+                return Err(LoadError::Format(format!(
                     "a line {after} is not NAME=value (error at column {column}; the line is not shown because it may hold a secret)"
+                )));
+            }
+            Err(dotenvy::Error::Io(e)) => {
+                return Err(LoadError::Format(format!("read error: {e}")));
+            }
+            Err(_) => {
+                return Err(LoadError::Format(
+                    "the file could not be parsed as dotenv".into(),
                 ));
             }
-            Err(dotenvy::Error::Io(e)) => return Err(format!("read error: {e}")),
-            Err(_) => return Err("the file could not be parsed as dotenv".into()),
         }
     }
     Ok(out)

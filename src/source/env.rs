@@ -1,12 +1,13 @@
 //! The server's own environment.
 
+use super::LoadError;
 use crate::secret::SecretValue;
 
 pub(super) fn load(
     prefix: Option<&str>,
     names: &[String],
     strip_prefix: bool,
-) -> Result<Vec<(String, SecretValue)>, String> {
+) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let mut out = Vec::new();
     if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
         for (key, value) in std::env::vars_os() {
@@ -26,12 +27,14 @@ pub(super) fn load(
         match std::env::var(name) {
             Ok(value) => out.push((name.clone(), SecretValue::new(value))),
             Err(std::env::VarError::NotPresent) => {
-                return Err(format!(
+                return Err(LoadError::Environment(format!(
                     "environment variable {name} is not set; set it or remove it from `names`"
-                ));
+                )));
             }
             Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(format!("environment variable {name} is not UTF-8"));
+                return Err(LoadError::Environment(format!(
+                    "environment variable {name} is not UTF-8"
+                )));
             }
         }
     }

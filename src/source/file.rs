@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::LoadError;
 use crate::secret::SecretValue;
 
 /// The format of a `file` source.
@@ -18,23 +19,25 @@ pub enum FileFormat {
 pub(super) fn load(
     path: &Path,
     format: Option<FileFormat>,
-) -> Result<Vec<(String, SecretValue)>, String> {
+) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let format = match format {
         Some(f) => f,
         None => match path.extension().and_then(|e| e.to_str()) {
             Some("json") => FileFormat::Json,
             Some("toml") => FileFormat::Toml,
             _ => {
-                return Err(format!(
+                return Err(LoadError::Format(format!(
                     "cannot tell the format of {}: set `format = \"json\"` or `\"toml\"`",
                     path.display()
-                ));
+                )));
             }
         },
     };
     let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}; check `path`", path.display()))?,
+        std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?,
     );
     match format {
         FileFormat::Json => parse_json(&text),
@@ -43,12 +46,14 @@ pub(super) fn load(
 }
 
 /// Parses a JSON object; nested objects become `outer/inner` names.
-pub fn parse_json(text: &str) -> Result<Vec<(String, SecretValue)>, String> {
+pub fn parse_json(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
     // serde_json's own messages quote no input, only line and column.
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| LoadError::Format(format!("not valid JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
-        return Err("the JSON must be one object of name -> value".into());
+        return Err(LoadError::Format(
+            "the JSON must be one object of name -> value".into(),
+        ));
     };
     let mut out = Vec::new();
     flatten_json(String::new(), map, &mut out)?;
@@ -59,7 +64,7 @@ fn flatten_json(
     prefix: String,
     map: serde_json::Map<String, serde_json::Value>,
     out: &mut Vec<(String, SecretValue)>,
-) -> Result<(), String> {
+) -> Result<(), LoadError> {
     use serde_json::Value;
     for (key, value) in map {
         let name = if prefix.is_empty() {
@@ -73,9 +78,9 @@ fn flatten_json(
             Value::Bool(b) => out.push((name, SecretValue::new(b.to_string()))),
             Value::Object(inner) => flatten_json(name, inner, out)?,
             Value::Null | Value::Array(_) => {
-                return Err(format!(
+                return Err(LoadError::Format(format!(
                     "{name:?} is null or an array; values must be strings, numbers, booleans or objects"
-                ));
+                )));
             }
         }
     }
@@ -83,13 +88,13 @@ fn flatten_json(
 }
 
 /// Parses a TOML table; nested tables become `outer/inner` names.
-pub fn parse_toml(text: &str) -> Result<Vec<(String, SecretValue)>, String> {
+pub fn parse_toml(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         // toml's messages quote the offending line; keep only its position.
-        match e.span() {
+        LoadError::Format(match e.span() {
             Some(span) => format!("not valid TOML (error at byte {})", span.start),
             None => "not valid TOML".to_string(),
-        }
+        })
     })?;
     let mut out = Vec::new();
     flatten_toml(String::new(), table, &mut out)?;
@@ -100,7 +105,7 @@ fn flatten_toml(
     prefix: String,
     table: toml::Table,
     out: &mut Vec<(String, SecretValue)>,
-) -> Result<(), String> {
+) -> Result<(), LoadError> {
     use toml::Value;
     for (key, value) in table {
         let name = if prefix.is_empty() {
@@ -115,9 +120,9 @@ fn flatten_toml(
             Value::Boolean(b) => out.push((name, SecretValue::new(b.to_string()))),
             Value::Table(inner) => flatten_toml(name, inner, out)?,
             Value::Datetime(_) | Value::Array(_) => {
-                return Err(format!(
+                return Err(LoadError::Format(format!(
                     "{name:?} is an array or datetime; values must be strings, numbers, booleans or tables"
-                ));
+                )));
             }
         }
     }
@@ -133,9 +138,11 @@ mod tests {
         let v = parse_json(r#"{"A":"1","db":{"pw":"x"},"n":5}"#).unwrap();
         let names: Vec<_> = v.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["A", "db/pw", "n"]);
-        let e = parse_toml("A = \"supersecret\nB = 1").unwrap_err();
+        let e = parse_toml("A = \"supersecret\nB = 1")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("supersecret"), "{e}");
-        let e = parse_json("{\"A\": supersecret}").unwrap_err();
+        let e = parse_json("{\"A\": supersecret}").unwrap_err().to_string();
         assert!(!e.contains("supersecret"), "{e}");
     }
 }

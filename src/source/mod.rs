@@ -1,16 +1,16 @@
 //! Where secrets come from: one file per kind of source behind one enum,
-//! plus [`load_all`], which combines them into one [`SecretSet`].
+//! plus [`load_all`], which combines them into one `SecretSet`.
 //!
 //! Sources are listed in `[[sources]]` and read in order; when two sources
 //! hold the same name, the **later** source wins (like layered config).
 //! A source that fails makes the whole load fail: a partial set is never
 //! served, because a missing secret is worse than a stale one.
 
-pub mod command;
+pub(crate) mod command;
 pub mod dotenv;
 mod env;
 pub mod file;
-pub mod onepassword;
+pub(crate) mod onepassword;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,28 +157,29 @@ impl SourceConfig {
     }
 
     /// Checks settings that need no I/O.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let invalid = |m: String| Err(SettingError(m));
         match self {
             Self::Env { prefix, names, .. } if prefix.as_deref().unwrap_or("").is_empty() && names.is_empty() => {
-                Err("an env source needs `prefix` or `names` (serving the whole environment is never what you want)".into())
+                invalid("an env source needs `prefix` or `names` (serving the whole environment is never what you want)".into())
             }
             Self::Command { command, .. } if command.is_empty() => {
-                Err("`command` is empty: give the program and its arguments, e.g. [\"sops\", \"-d\", \"secrets.json\"]".into())
+                invalid("`command` is empty: give the program and its arguments, e.g. [\"sops\", \"-d\", \"secrets.json\"]".into())
             }
             Self::Command { timeout, .. } | Self::OnepasswordCli { timeout, .. } | Self::OnepasswordConnect { timeout, .. }
                 if timeout.is_zero() =>
             {
-                Err("`timeout` must be more than 0s".into())
+                invalid("`timeout` must be more than 0s".into())
             }
             Self::OnepasswordConnect { url, .. } if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                Err(format!("url {url:?} must start with http:// or https://"))
+                invalid(format!("url {url:?} must start with http:// or https://"))
             }
             _ => Ok(()),
         }
     }
 
     /// Reads the source once.
-    pub async fn load(&self) -> Result<Vec<(String, SecretValue)>, String> {
+    pub async fn load(&self) -> Result<Vec<(String, SecretValue)>, LoadError> {
         match self {
             Self::Dotenv { path } => dotenv::load(path),
             Self::Env {
@@ -209,6 +210,35 @@ impl SourceConfig {
     }
 }
 
+/// Why one source could not be read. Every message names the file,
+/// program, variable or item and what to do about it; none quotes a value.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file could not be opened or read.
+    #[error("cannot read {path}: {source}; check `path`")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The content is not in the source's format (positions only).
+    #[error("{0}")]
+    Format(String),
+    /// A variable the source names is missing or unusable.
+    #[error("{0}")]
+    Environment(String),
+    /// The program failed, timed out or printed too much.
+    #[error("{0}")]
+    Command(String),
+    /// 1Password (the CLI or Connect) refused or failed.
+    #[error("{0}")]
+    OnePassword(String),
+}
+
+/// A `[[sources]]` setting that cannot work (found without I/O).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(String);
+
 /// A source failed to load. The detail never contains a value.
 #[derive(Debug, thiserror::Error)]
 #[error("source #{index} ({description}) failed to load: {detail}")]
@@ -222,10 +252,10 @@ pub struct SourceError {
 pub async fn load_all(sources: &[SourceConfig]) -> Result<SecretSet, SourceError> {
     let mut all = BTreeMap::new();
     for (i, source) in sources.iter().enumerate() {
-        let entries = source.load().await.map_err(|detail| SourceError {
+        let entries = source.load().await.map_err(|e| SourceError {
             index: i + 1,
             description: source.describe(),
-            detail,
+            detail: e.to_string(),
         })?;
         let mut overridden = 0usize;
         let count = entries.len();

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::LoadError;
 use crate::secret::SecretValue;
 
 #[derive(Deserialize)]
@@ -34,13 +35,13 @@ struct Field {
 
 /// Parses 1Password JSON. serde's messages can quote the offending value,
 /// which may be a secret: report only where the problem is.
-fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, LoadError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        format!(
+        LoadError::Format(format!(
             "{what} is not the expected JSON (line {}, column {})",
             e.line(),
             e.column()
-        )
+        ))
     })
 }
 
@@ -60,14 +61,16 @@ struct Vault {
 }
 
 /// Reads a token file (trimmed), in zeroizing memory.
-pub fn read_token(path: &Path) -> Result<Zeroizing<String>, String> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read token_file {}: {e}", path.display()))?,
-    );
+pub(crate) fn read_token(path: &Path) -> Result<Zeroizing<String>, LoadError> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        LoadError::OnePassword(format!("cannot read token_file {}: {e}", path.display()))
+    })?);
     let token = Zeroizing::new(text.trim().to_owned());
     if token.is_empty() {
-        return Err(format!("token_file {} is empty", path.display()));
+        return Err(LoadError::OnePassword(format!(
+            "token_file {} is empty",
+            path.display()
+        )));
     }
     Ok(token)
 }
@@ -94,12 +97,12 @@ fn item_secrets(item: Item, out: &mut Vec<(String, SecretValue)>) {
 }
 
 /// The `op` CLI: `op item list`, then `op item get` per item.
-pub async fn load_cli(
+pub(crate) async fn load_cli(
     op: &str,
     vault: &str,
     token_file: &Path,
     timeout: Duration,
-) -> Result<Vec<(String, SecretValue)>, String> {
+) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let token = read_token(token_file)?;
     // `op` keeps its config under $HOME unless OP_CONFIG_DIR names a
     // folder; under systemd's DynamicUser + ProtectHome only the latter is
@@ -151,17 +154,17 @@ pub async fn load_cli(
 }
 
 /// A 1Password Connect server.
-pub async fn load_connect(
+pub(crate) async fn load_connect(
     url: &str,
     vault: &str,
     token_file: &Path,
     timeout: Duration,
-) -> Result<Vec<(String, SecretValue)>, String> {
+) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let token = read_token(token_file)?;
     let http = crate::tls::http_client(crate::tls::Roots::for_urls([url]))
         .timeout(timeout)
         .build().map_err(|e| {
-        format!("HTTP client: {e}; for an https:// Connect server the system's CA certificates must be installed")
+        LoadError::OnePassword(format!("HTTP client: {e}; for an https:// Connect server the system's CA certificates must be installed"))
     })?;
     let base = url.trim_end_matches('/');
     let get = |path: String| {
@@ -175,10 +178,10 @@ pub async fn load_connect(
         .find(|v| v.id == vault || v.name == vault)
         .map(|v| v.id.clone())
         .ok_or_else(|| {
-            format!(
+            LoadError::OnePassword(format!(
                 "vault {vault:?} not found (the token sees {} vaults)",
                 vaults.len()
-            )
+            ))
         })?;
     let items: Vec<ItemSummary> = parse(
         &get(format!("{base}/v1/vaults/{vault_id}/items")).await?,
@@ -199,7 +202,7 @@ async fn get_with_backoff(
     http: &reqwest::Client,
     url: &str,
     auth: &str,
-) -> Result<Zeroizing<Vec<u8>>, String> {
+) -> Result<Zeroizing<Vec<u8>>, LoadError> {
     let path = url
         .split_once("/v1/")
         .map(|(_, p)| format!("/v1/{p}"))
@@ -211,13 +214,13 @@ async fn get_with_backoff(
             .header("authorization", auth)
             .send()
             .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
+            .map_err(|e| LoadError::OnePassword(format!("GET {path}: {e}")))?;
         let status = response.status();
         if status.is_success() {
             let body = response
                 .bytes()
                 .await
-                .map_err(|e| format!("GET {path}: {e}"))?;
+                .map_err(|e| LoadError::OnePassword(format!("GET {path}: {e}")))?;
             return Ok(Zeroizing::new(body.to_vec()));
         }
         if (status.as_u16() == 429 || status.is_server_error()) && attempt < 5 {
@@ -233,12 +236,14 @@ async fn get_with_backoff(
             delay *= 2;
             continue;
         }
-        return Err(match status.as_u16() {
+        return Err(LoadError::OnePassword(match status.as_u16() {
             401 | 403 => format!("GET {path}: {status}; check the Connect token in token_file"),
             _ => format!("GET {path}: {status}"),
-        });
+        }));
     }
-    Err(format!("GET {path}: still failing after 5 tries"))
+    Err(LoadError::OnePassword(format!(
+        "GET {path}: still failing after 5 tries"
+    )))
 }
 
 #[cfg(test)]
@@ -256,6 +261,7 @@ mod tests {
         else {
             panic!("a string where fields belong must not parse");
         };
+        let e = e.to_string();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(e.contains("line 1"), "{e}");
     }

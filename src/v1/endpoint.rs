@@ -35,7 +35,7 @@ fn text(status: StatusCode, body: &str) -> Response {
 }
 
 /// The v1 routes on `path`: GET (key), OPTIONS, POST; other methods 405.
-pub fn routes(
+pub(super) fn routes(
     state: Arc<State>,
     path: String,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
@@ -178,7 +178,11 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
                 };
             }
         },
-        Err(reason) => return V1Outcome::Undecryptable { reason },
+        Err(e) => {
+            return V1Outcome::Undecryptable {
+                reason: e.to_string(),
+            };
+        }
     };
     if request.nonce.is_empty() {
         return V1Outcome::BadRequest {
@@ -271,10 +275,10 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
     };
     let client_key = match wire::parse_public_key_pem(&request.client_pubkey) {
         Ok(k) => k,
-        Err(reason) => {
+        Err(e) => {
             return V1Outcome::BadRequest {
                 client: Some(client_name),
-                reason,
+                reason: e.to_string(),
             };
         }
     };
@@ -295,9 +299,9 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
             names: vec![lookup],
             served: 1,
         },
-        Err(reason) => V1Outcome::Internal {
+        Err(e) => V1Outcome::Internal {
             client: Some(client_name),
-            reason,
+            reason: e.to_string(),
         },
     }
 }

@@ -1,5 +1,5 @@
 //! The original locket's protocol (v1), all of it: the wire format
-//! ([`wire`]), the endpoint ([`endpoint`]), the registry import
+//! ([`wire`]), the endpoint (`endpoint`), the registry import
 //! ([`import`]) and the `[v1]` settings. Spoken only when `[v1] enable =
 //! true`, so that existing Go clients can move over unchanged.
 //!
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use warp::Filter;
 use warp::reply::Response;
 
+use crate::config::ConfigError;
 use crate::keys::{KeyError, ServerKey};
 use crate::server::State;
 
@@ -62,16 +63,16 @@ pub enum Lookup {
 
 impl Config {
     /// Checks the settings that need no I/O; the message names the setting.
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.enable {
             let p = &self.path;
             if !p.starts_with('/')
                 || p.starts_with("/v1/")
                 || ["/healthz", "/readyz", "/metrics"].contains(&p.as_str())
             {
-                return Err(format!(
+                return Err(ConfigError::Invalid(format!(
                     "v1.path {p:?} must start with / and not clash with /v1/*, /healthz, /readyz or /metrics"
-                ));
+                )));
             }
         }
         Ok(())

@@ -43,6 +43,24 @@ pub struct Answer {
     pub payload: String,
 }
 
+/// What is wrong with a v1 request's fields. Never quotes a field: the
+/// payload is a secret's name sealed to the server, the key a client's.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("client_pubkey is not a PEM public key")]
+    NotPem,
+    #[error("client_pubkey PEM is not base64")]
+    KeyBase64,
+    #[error("client_pubkey is not an RSA SPKI key of 2048 to 8192 bits")]
+    Key,
+    #[error("payload is not base64")]
+    PayloadBase64,
+    #[error("payload does not decrypt with the server key")]
+    Undecryptable,
+    #[error("RSA-OAEP to the client key failed: {0}")]
+    Seal(crypto::CryptoError),
+}
+
 /// PEM `RSA PUBLIC KEY` around SPKI DER (`spki_der`), as the original
 /// writes it.
 pub fn public_key_pem(spki_der: &[u8]) -> String {
@@ -58,7 +76,7 @@ pub fn public_key_pem(spki_der: &[u8]) -> String {
 
 /// Parses a client's RSA public key in the original's form (or a plain
 /// SPKI `PUBLIC KEY`), 2048 to 8192 bits.
-pub fn parse_public_key_pem(pem: &str) -> Result<Encrypter, String> {
+pub fn parse_public_key_pem(pem: &str) -> Result<Encrypter, WireError> {
     let body = ["RSA PUBLIC KEY", "PUBLIC KEY"]
         .iter()
         .find_map(|label| {
@@ -68,13 +86,10 @@ pub fn parse_public_key_pem(pem: &str) -> Result<Encrypter, String> {
             let stop = start + pem[start..].find(&end)?;
             Some(pem[start..stop].split_whitespace().collect::<String>())
         })
-        .ok_or("client_pubkey is not a PEM public key")?;
-    let der = B64
-        .decode(body)
-        .map_err(|_| "client_pubkey PEM is not base64")?;
+        .ok_or(WireError::NotPem)?;
+    let der = B64.decode(body).map_err(|_| WireError::KeyBase64)?;
     // AWS-LC refuses moduli outside 2048..=8192 bits itself.
-    Encrypter::from_spki_der(&der)
-        .map_err(|_| "client_pubkey is not an RSA SPKI key of 2048 to 8192 bits".into())
+    Encrypter::from_spki_der(&der).map_err(|_| WireError::Key)
 }
 
 /// The string the client signs.
@@ -88,19 +103,18 @@ pub fn max_plaintext(key: &Encrypter) -> usize {
 }
 
 /// Decrypts a payload (the secret name) with the server key.
-pub fn open_payload(key: &Decrypter, payload_b64: &str) -> Result<SecretBytes, String> {
+pub fn open_payload(key: &Decrypter, payload_b64: &str) -> Result<SecretBytes, WireError> {
     let ct = B64
         .decode(payload_b64)
-        .map_err(|_| "payload is not base64")?;
-    crypto::oaep_decrypt(key, LABEL, &ct)
-        .map_err(|_| "payload does not decrypt with the server key".into())
+        .map_err(|_| WireError::PayloadBase64)?;
+    crypto::oaep_decrypt(key, LABEL, &ct).map_err(|_| WireError::Undecryptable)
 }
 
 /// Encrypts a value to the client's key.
-pub fn seal_value(key: &Encrypter, value: &[u8]) -> Result<String, String> {
+pub fn seal_value(key: &Encrypter, value: &[u8]) -> Result<String, WireError> {
     crypto::oaep_encrypt(key, LABEL, value)
         .map(|ct| B64.encode(ct))
-        .map_err(|e| format!("RSA-OAEP to the client key failed: {e}"))
+        .map_err(WireError::Seal)
 }
 
 #[cfg(test)]

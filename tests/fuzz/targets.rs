@@ -2,7 +2,7 @@
 //!
 //! * cargo-fuzz (`tests/fuzz/fuzz_targets/<name>.rs`), which explores new
 //!   inputs with libFuzzer's coverage feedback;
-//! * the ordinary test suite (`tests/fuzz_corpus.rs`), which replays every
+//! * the ordinary test suite (`tests/it/fuzz_corpus.rs`), which replays every
 //!   committed corpus file and every crash input in `tests/fuzz/regressions/`
 //!   through the same functions on every `cargo test`.
 //!
@@ -21,10 +21,10 @@ use locket::protocol::{self, Answer, Header, Request, RequestBody};
 use locket::{crypto, source, v1};
 
 /// A fuzz target body: takes any bytes, panics only on a bug.
-pub type Target = fn(&[u8]);
+pub(super) type Target = fn(&[u8]);
 
 /// Every target, by the name cargo-fuzz knows it under.
-pub const TARGETS: &[(&str, Target)] = &[
+pub(super) const TARGETS: &[(&str, Target)] = &[
     ("request", request),
     ("keys", keys),
     ("config", config),
@@ -32,20 +32,20 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 /// The client key whose signatures the `request` seeds carry.
-pub fn client_key() -> &'static ClientKey {
+pub(super) fn client_key() -> &'static ClientKey {
     static KEY: OnceLock<ClientKey> = OnceLock::new();
     KEY.get_or_init(|| ClientKey::from_seed(&[7; 32]))
 }
 
 /// A fixed RSA key (test-only, committed; also the seeds' server key), so
 /// that sealed answers in the corpus open on every run.
-pub fn reply_key() -> &'static ReplyKey {
+pub(super) fn reply_key() -> &'static ReplyKey {
     static KEY: OnceLock<ReplyKey> = OnceLock::new();
     KEY.get_or_init(|| ReplyKey::from_pem(include_str!("reply-key.pem")).expect("test reply key"))
 }
 
 /// The request header the `answer` seeds were sealed for.
-pub fn answer_header() -> Header {
+pub(super) fn answer_header() -> Header {
     Header {
         client: "fuzz".into(),
         server_fingerprint: format!("sha256:{}", "ab".repeat(32)),
@@ -57,7 +57,7 @@ pub fn answer_header() -> Header {
 /// `POST /v1/secrets` up to the RSA operation: the wire decoder, the
 /// canonical signed bytes and the signature check, then the decoder of the
 /// plaintext request body that runs right after the unwrap.
-pub fn request(data: &[u8]) {
+pub(super) fn request(data: &[u8]) {
     let verifying = client_key().verifying_key();
     if let Ok(req) = Request::decode(data) {
         let signed = req.signed_bytes();
@@ -78,7 +78,7 @@ pub fn request(data: &[u8]) {
 
 /// Key and PEM parsing: registry public keys, client and server key files,
 /// the server key a client fetches, reply keys, and the v1 PEM form.
-pub fn keys(data: &[u8]) {
+pub(super) fn keys(data: &[u8]) {
     let _ = keys::parse_reply_key(data);
     let _ = crypto::Encrypter::from_spki_der(data);
     let Ok(text) = std::str::from_utf8(data) else {
@@ -105,7 +105,7 @@ pub fn keys(data: &[u8]) {
 /// Configuration: the server's TOML (with the registry built from it), the
 /// original registry's YAML import, and the dotenv, JSON and TOML secret
 /// file formats.
-pub fn config(data: &[u8]) {
+pub(super) fn config(data: &[u8]) {
     let _ = source::dotenv::parse_dotenv(data);
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -134,7 +134,7 @@ pub fn config(data: &[u8]) {
 /// The client opening an answer: the JSON envelope, the RSA unwrap with the
 /// reply key and the AEAD open (for the sealed seeds), then the plaintext
 /// answer decoder directly.
-pub fn answer(data: &[u8]) {
+pub(super) fn answer(data: &[u8]) {
     if let Ok(answer) = protocol::open_answer(data, reply_key(), &answer_header()) {
         check_answer(&answer);
     }
@@ -156,7 +156,7 @@ fn check_answer(answer: &Answer) {
 
 /// Valid inputs for each target, from which the committed seed corpus was
 /// written (`cargo run --manifest-path tests/fuzz/Cargo.toml --bin write-seeds`).
-pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+pub(super) fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
     let server = ServerKey::from_pem(include_str!("reply-key.pem")).expect("example server key");
     let public = ServerPublicKey::from_pem(server.public_pem()).expect("public");

@@ -1,6 +1,6 @@
 #![no_main]
 //! cargo-fuzz entry point; the body is `targets::keys` (shared with the
-//! corpus replay in `tests/fuzz_corpus.rs`).
+//! corpus replay in `tests/it/fuzz_corpus.rs`).
 
 #[path = "../targets.rs"]
 mod targets;

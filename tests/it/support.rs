@@ -1,6 +1,5 @@
 //! Shared harness: real servers on loopback (in-process through the library,
 //! or the real `locket` binary), real clients, real files.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
@@ -12,23 +11,23 @@ use std::time::{Duration, Instant};
 use locket::client::Client;
 use locket::config::client::ClientConfig;
 use locket::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};
-use locket::server::{Server, StartError, State};
+use locket::server::{Server, StartError};
 
 /// One RSA-2048 server key per test process (generation is the slow part).
-pub fn server_key() -> &'static ServerKey {
+pub(crate) fn server_key() -> &'static ServerKey {
     static KEY: OnceLock<ServerKey> = OnceLock::new();
     KEY.get_or_init(|| ServerKey::generate(2048).expect("generate server key"))
 }
 
 /// One reply key per test process.
-pub fn reply_key() -> ReplyKey {
+pub(crate) fn reply_key() -> ReplyKey {
     static KEY: OnceLock<ReplyKey> = OnceLock::new();
     KEY.get_or_init(|| ReplyKey::generate().expect("reply key"))
         .clone()
 }
 
 /// A client registered with the test server.
-pub struct Registered {
+pub(crate) struct Registered {
     pub name: &'static str,
     pub key: ClientKey,
     pub networks: Vec<&'static str>,
@@ -36,7 +35,7 @@ pub struct Registered {
 }
 
 impl Registered {
-    pub fn new(
+    pub(crate) fn new(
         name: &'static str,
         seed: u8,
         networks: &[&'static str],
@@ -56,8 +55,42 @@ fn toml_list(items: &[&str]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
+/// A blocking `GET path` over a raw socket, `connection: close`; returns
+/// the whole answer, status line first.
+pub(crate) fn raw_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Sends `sig` to the process `pid` (a server or client under test).
+pub(crate) fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
+}
+
+/// Writes a new file readable by its owner only (mode 0600), as key and
+/// token files must be.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .unwrap();
+}
+
 /// Writes `server.toml`, `secrets.env` and the server key into `dir`.
-pub fn write_server_files(
+pub(crate) fn write_server_files(
     dir: &Path,
     secrets_env: &str,
     clients: &[Registered],
@@ -86,26 +119,31 @@ pub fn write_server_files(
 }
 
 /// A server running in this process on 127.0.0.1:<random port>.
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
-    pub state: Arc<State>,
+    /// The config, secrets and key files, kept until the server is dropped.
+    _dir: tempfile::TempDir,
+    fingerprint: String,
+    public_pem: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), StartError>>>,
 }
 
 impl TestServer {
-    pub async fn start(secrets_env: &str, clients: &[Registered]) -> Self {
+    pub(crate) async fn start(secrets_env: &str, clients: &[Registered]) -> Self {
         Self::start_with(secrets_env, clients, "").await
     }
 
     /// `extra` is TOML inserted at the top level of the config.
-    pub async fn start_with(secrets_env: &str, clients: &[Registered], extra: &str) -> Self {
+    pub(crate) async fn start_with(secrets_env: &str, clients: &[Registered], extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = write_server_files(dir.path(), secrets_env, clients, extra);
         // The binary's own start-up: config, registry, key, first load.
         let server = Server::load(&path).await.expect("the server starts");
-        let state = Arc::clone(server.state());
+        let (fingerprint, public_pem) = (
+            server.fingerprint().to_owned(),
+            server.public_key_pem().to_owned(),
+        );
         let listener = server.bind().await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -114,26 +152,27 @@ impl TestServer {
         }));
         Self {
             addr,
-            dir,
-            state,
+            _dir: dir,
+            fingerprint,
+            public_pem,
             stop: Some(tx),
             task: Some(task),
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn fingerprint(&self) -> String {
-        self.state.key.fingerprint().to_owned()
+    pub(crate) fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
     }
 
-    pub fn public_key(&self) -> ServerPublicKey {
-        ServerPublicKey::from_pem(self.state.key.public_pem()).unwrap()
+    pub(crate) fn public_key(&self) -> ServerPublicKey {
+        ServerPublicKey::from_pem(&self.public_pem).unwrap()
     }
 
-    pub fn client_config(&self, name: &str, bind: Option<IpAddr>) -> ClientConfig {
+    pub(crate) fn client_config(&self, name: &str, bind: Option<IpAddr>) -> ClientConfig {
         let mut c = ClientConfig::single(self.url(), name, "unused");
         c.server_fingerprint = Some(self.fingerprint());
         c.bind = bind;
@@ -141,12 +180,12 @@ impl TestServer {
     }
 
     /// A library client for `name` signing with the key made from `seed`.
-    pub fn client(&self, name: &str, seed: u8, bind: Option<IpAddr>) -> Client {
+    pub(crate) fn client(&self, name: &str, seed: u8, bind: Option<IpAddr>) -> Client {
         let key = ClientKey::from_seed(&[seed; 32]);
         Client::with_reply_key(&self.client_config(name, bind), key, reply_key()).unwrap()
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -157,7 +196,11 @@ impl TestServer {
 }
 
 /// Sends a raw body to `POST /v1/secrets`, optionally from `bind`.
-pub async fn post_raw(addr: SocketAddr, body: Vec<u8>, bind: Option<IpAddr>) -> (u16, String) {
+pub(crate) async fn post_raw(
+    addr: SocketAddr,
+    body: Vec<u8>,
+    bind: Option<IpAddr>,
+) -> (u16, String) {
     let mut b = http_builder();
     if let Some(ip) = bind {
         b = b.local_address(ip);
@@ -176,7 +219,7 @@ pub async fn post_raw(addr: SocketAddr, body: Vec<u8>, bind: Option<IpAddr>) -> 
 }
 
 /// A `locket` binary running as its own process.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,
@@ -185,18 +228,18 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `locket serve --config <config>` with extra args and waits
     /// for its "listening on" line.
-    pub fn start(config: &Path, extra_args: &[&str]) -> Self {
+    pub(crate) fn start(config: &Path, extra_args: &[&str]) -> Self {
         Self::start_with_env(config, extra_args, &[])
     }
 
     /// As [`ServerProcess::start`], with extra environment variables.
-    pub fn start_with_env(config: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with_env(config: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::start_wrapped(&[], config, extra_args, env)
     }
 
     /// As [`ServerProcess::start_with_env`], run through `wrapper` (e.g.
     /// `prlimit --memlock=0:0 --`), which must exec its last argument.
-    pub fn start_wrapped(
+    pub(crate) fn start_wrapped(
         wrapper: &[&str],
         config: &Path,
         extra_args: &[&str],
@@ -255,12 +298,12 @@ impl ServerProcess {
         Self { child, addr, log }
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
     /// Sends SIGTERM and waits for exit; returns the whole log.
-    pub fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -281,26 +324,26 @@ impl ServerProcess {
 
 /// `locket-client`, pinned (through LOCKET_SERVER_FINGERPRINT, which a
 /// flag overrides) to the test server key that [`write_server_files`] uses.
-pub fn client_command() -> Command {
+pub(crate) fn client_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_locket-client"));
     command.env("LOCKET_SERVER_FINGERPRINT", server_key().fingerprint());
     command
 }
 
 /// As [`run_client`], pinned like [`client_command`].
-pub fn run_client_pinned(args: &[&str], cwd: &Path) -> (i32, String, String) {
+pub(crate) fn run_client_pinned(args: &[&str], cwd: &Path) -> (i32, String, String) {
     output_of(client_command().args(args).current_dir(cwd))
 }
 
 /// An HTTP client builder for the tests' raw requests. Plain HTTP only, so
 /// no system CA certificates are loaded: the Nix build sandbox has none,
 /// and loading them would fail there before any request.
-pub fn http_builder() -> reqwest::ClientBuilder {
+pub(crate) fn http_builder() -> reqwest::ClientBuilder {
     locket::tls::http_client(locket::tls::Roots::None)
 }
 
 /// Runs `locket-client` with `args`; returns (exit code, stdout, stderr).
-pub fn run_client(args: &[&str], cwd: &Path) -> (i32, String, String) {
+pub(crate) fn run_client(args: &[&str], cwd: &Path) -> (i32, String, String) {
     output_of(
         Command::new(env!("CARGO_BIN_EXE_locket-client"))
             .args(args)
@@ -321,7 +364,7 @@ fn output_of(command: &mut Command) -> (i32, String, String) {
 }
 
 /// Runs `locket` with `args`; returns (exit code, stdout, stderr).
-pub fn run_server_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
+pub(crate) fn run_server_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_locket"))
         .args(args)
         .current_dir(cwd)
@@ -336,7 +379,7 @@ pub fn run_server_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
 
 /// Asserts the per-source failed-authentication answer: 429 with a
 /// `Retry-After` within the configured one-minute window.
-pub fn assert_rate_limited(r: &reqwest::Response) {
+pub(crate) fn assert_rate_limited(r: &reqwest::Response) {
     assert_eq!(r.status().as_u16(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()

@@ -2,18 +2,16 @@
 //! from ../shared/reference/original-locket.md alone: its own PEM handling,
 //! OAEP and signature code, none of the server's helpers.
 
-mod support;
-
 use std::net::IpAddr;
 use std::path::Path;
 
+use crate::support::{ServerProcess, reply_key};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signer, SigningKey};
 use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
 use rsa::{Oaep, PrivateKey, PublicKey};
 use sha2::Sha256;
-use support::{ServerProcess, reply_key};
 
 /// The v1 client: an ed25519 signing key and an RSA-2048 key of its own.
 struct V1Client {
@@ -75,7 +73,7 @@ impl V1Client {
     }
 
     fn http(&self) -> reqwest::Client {
-        let mut b = support::http_builder();
+        let mut b = crate::support::http_builder();
         if let Some(ip) = self.bind {
             b = b.local_address(ip);
         }
@@ -120,6 +118,17 @@ impl V1Client {
         })
     }
 
+    /// This client's request for `name`, signed now.
+    async fn request(&self, url: &str, name: &str) -> Vec<u8> {
+        self.body(url, name, now()).await.to_string().into_bytes()
+    }
+
+    /// Asks for `name` now: the request and its answer.
+    async fn ask(&self, url: &str, name: &str) -> (u16, String, String) {
+        let request = self.request(url, name).await;
+        self.post(url, request).await
+    }
+
     async fn post(&self, url: &str, body: Vec<u8>) -> (u16, String, String) {
         let r = self
             .http()
@@ -156,7 +165,7 @@ const SYMBOLS: &str = r"\|!@#$%^&*()_+[]{};:,<.>/?`~===";
 
 fn setup(dir: &Path, extra: &str, svc1: &V1Client, svc2: &V1Client) -> std::path::PathBuf {
     let key_path = dir.join("server-key.pem");
-    support::server_key().write_new(&key_path).unwrap();
+    crate::support::server_key().write_new(&key_path).unwrap();
     std::fs::write(
         dir.join("secrets.env"),
         format!("SERVICE1_VAR=one\nSHARED_VAR=shared\nSERVICE2_SYMBOLS='{SYMBOLS}'\nBIG=\"{}\"\nOTHER=other\n", "x".repeat(300)),
@@ -220,7 +229,7 @@ async fn every_row_of_the_original_check_list() {
     // GET: the persistent server key, as RSA PUBLIC KEY around SPKI DER.
     let v1_key = svc1.server_key(&url).await;
     let v2: serde_json::Value = serde_json::from_str(
-        &support::http_builder()
+        &crate::support::http_builder()
             .build()
             .unwrap()
             .get(format!("http://{}/v1/key", server.addr))
@@ -238,15 +247,7 @@ async fn every_row_of_the_original_check_list() {
     );
 
     // Happy path (and the original's symbol line for svc2, from its own address).
-    let (status, ctype, body) = svc1
-        .post(
-            &url,
-            svc1.body(&url, "SERVICE1_VAR", now())
-                .await
-                .to_string()
-                .into_bytes(),
-        )
-        .await;
+    let (status, ctype, body) = svc1.ask(&url, "SERVICE1_VAR").await;
     assert_eq!(
         (status, ctype.as_str()),
         (200, "application/json"),
@@ -254,40 +255,20 @@ async fn every_row_of_the_original_check_list() {
     );
     assert!(body.ends_with("}\n"));
     assert_eq!(svc1.open(&body), "one");
-    let (status, _, body) = svc2
-        .post(
-            &url,
-            svc2.body(&url, "SERVICE2_SYMBOLS", now())
-                .await
-                .to_string()
-                .into_bytes(),
-        )
-        .await;
+    let (status, _, body) = svc2.ask(&url, "SERVICE2_SYMBOLS").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(svc2.open(&body), SYMBOLS);
 
     // 1. CIDR: an address in no client's networks.
     let stranger = V1Client::new(61, Some("127.0.0.3"));
     let (status, _, body) = stranger
-        .post(
-            &url,
-            svc1.body(&url, "SERVICE1_VAR", now())
-                .await
-                .to_string()
-                .into_bytes(),
-        )
+        .post(&url, svc1.request(&url, "SERVICE1_VAR").await)
         .await;
     assert_eq!((status, body.as_str()), (403, "forbidden\n"));
     // ...and a client's own networks apply: svc1's key from svc2's address.
     let svc1_elsewhere = V1Client::new(61, Some("127.0.0.2"));
     let (status, _, _) = svc1_elsewhere
-        .post(
-            &url,
-            svc1.body(&url, "SERVICE1_VAR", now())
-                .await
-                .to_string()
-                .into_bytes(),
-        )
+        .post(&url, svc1.request(&url, "SERVICE1_VAR").await)
         .await;
     assert_eq!(status, 403);
 
@@ -323,65 +304,22 @@ async fn every_row_of_the_original_check_list() {
     assert_eq!(svc1.post(&url, b.to_string().into_bytes()).await.0, 403);
 
     // 6. Replay.
-    let b = svc1
-        .body(&url, "SHARED_VAR", now())
-        .await
-        .to_string()
-        .into_bytes();
+    let b = svc1.request(&url, "SHARED_VAR").await;
     assert_eq!(svc1.post(&url, b.clone()).await.0, 200);
     assert_eq!(svc1.post(&url, b).await.0, 403);
 
     // 7. Unknown service (unregistered key), a service with no secrets, unknown names.
     let unknown = V1Client::new(99, None);
-    assert_eq!(
-        unknown
-            .post(
-                &url,
-                unknown
-                    .body(&url, "SHARED_VAR", now())
-                    .await
-                    .to_string()
-                    .into_bytes()
-            )
-            .await
-            .0,
-        403
-    );
+    assert_eq!(unknown.ask(&url, "SHARED_VAR").await.0, 403);
     let nothing = V1Client::new(63, None);
-    assert_eq!(
-        nothing
-            .post(
-                &url,
-                nothing
-                    .body(&url, "SHARED_VAR", now())
-                    .await
-                    .to_string()
-                    .into_bytes()
-            )
-            .await
-            .0,
-        403
-    );
+    assert_eq!(nothing.ask(&url, "SHARED_VAR").await.0, 403);
     for name in ["NO_SUCH_NAME", "OTHER"] {
-        let (status, _, body) = svc1
-            .post(
-                &url,
-                svc1.body(&url, name, now()).await.to_string().into_bytes(),
-            )
-            .await;
+        let (status, _, body) = svc1.ask(&url, name).await;
         assert_eq!((status, body.as_str()), (404, "not found\n"), "{name}");
     }
 
     // 8. A value over what one RSA-2048 OAEP block carries: 500, explained in the log.
-    assert_eq!(
-        svc1.post(
-            &url,
-            svc1.body(&url, "BIG", now()).await.to_string().into_bytes()
-        )
-        .await
-        .0,
-        500
-    );
+    assert_eq!(svc1.ask(&url, "BIG").await.0, 500);
 
     // OPTIONS and other methods.
     let http = svc1.http();
@@ -416,7 +354,7 @@ async fn every_row_of_the_original_check_list() {
         "unused",
     );
     cfg.bind = Some("127.0.0.2".parse().unwrap());
-    cfg.server_fingerprint = Some(support::server_key().fingerprint().to_owned());
+    cfg.server_fingerprint = Some(crate::support::server_key().fingerprint().to_owned());
     let v2client = locket::client::Client::with_reply_key(
         &cfg,
         locket::keys::ClientKey::from_seed(&[62; 32]),
@@ -424,11 +362,7 @@ async fn every_row_of_the_original_check_list() {
     )
     .unwrap();
     let names = ["SERVICE2_SYMBOLS".to_string()];
-    let v1_body = svc1
-        .body(&url, "SHARED_VAR", now())
-        .await
-        .to_string()
-        .into_bytes();
+    let v1_body = svc1.request(&url, "SHARED_VAR").await;
     let (a, b) = tokio::join!(v2client.fetch(&names), svc1.post(&url, v1_body));
     assert_eq!(a.unwrap()[0].1.expose(), SYMBOLS);
     assert_eq!(b.0, 200);
@@ -462,15 +396,7 @@ async fn per_client_lookup_custom_path_and_separate_key() {
     );
     let server = ServerProcess::start(&config, &[]);
     let url = format!("http://{}/locket", server.addr);
-    let (status, _, body) = svc1
-        .post(
-            &url,
-            svc1.body(&url, "TOKEN", now())
-                .await
-                .to_string()
-                .into_bytes(),
-        )
-        .await;
+    let (status, _, body) = svc1.ask(&url, "TOKEN").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(svc1.open(&body), "per-client-token");
     // A separate 2048-bit compat key, created with mode 0600.
@@ -484,7 +410,7 @@ async fn per_client_lookup_custom_path_and_separate_key() {
     assert_eq!(mode & 0o777, 0o600);
     // The root path is not v1 here.
     assert_eq!(
-        support::http_builder()
+        crate::support::http_builder()
             .build()
             .unwrap()
             .get(format!("http://{}/", server.addr))
@@ -515,7 +441,7 @@ fn import_registry_turns_the_original_yaml_into_clients() {
         indent(b.keypub())
     );
     std::fs::write(dir.path().join("registry.yml"), yaml).unwrap();
-    let (code, out, err) = support::run_server_cmd(
+    let (code, out, err) = crate::support::run_server_cmd(
         &[
             "import-registry",
             "registry.yml",
@@ -544,12 +470,13 @@ fn import_registry_turns_the_original_yaml_into_clients() {
     )
     .unwrap();
     let (code, out, err) =
-        support::run_server_cmd(&["check", "--config", "server.toml"], dir.path());
+        crate::support::run_server_cmd(&["check", "--config", "server.toml"], dir.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("clients: 2"), "{out}");
     // Broken input: a clear error.
     std::fs::write(dir.path().join("bad.yml"), "- name: x\n").unwrap();
-    let (code, _, err) = support::run_server_cmd(&["import-registry", "bad.yml"], dir.path());
+    let (code, _, err) =
+        crate::support::run_server_cmd(&["import-registry", "bad.yml"], dir.path());
     assert_eq!(code, 2);
     assert!(err.contains("keypub"), "{err}");
 }
@@ -592,18 +519,10 @@ async fn undecryptable_payloads_count_toward_the_failed_auth_limit() {
         .send()
         .await
         .unwrap();
-    support::assert_rate_limited(&r);
+    crate::support::assert_rate_limited(&r);
 
     // svc2 calls from its own address and is not affected.
-    let (status, _, body) = svc2
-        .post(
-            &url,
-            svc2.body(&url, "SHARED_VAR", now())
-                .await
-                .to_string()
-                .into_bytes(),
-        )
-        .await;
+    let (status, _, body) = svc2.ask(&url, "SHARED_VAR").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(svc2.open(&body), "shared");
     assert!(

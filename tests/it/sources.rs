@@ -1,15 +1,13 @@
 //! Real sources: a 1Password Connect server on loopback (with a 429 and a
 //! 500 on the way), an `op` stand-in on disk, and command sources.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use locket::source::{CommandFormat, SourceConfig};
+use locket::source::{CommandFormat, LoadError, SourceConfig};
 use warp::Filter;
 
 fn as_map(v: Vec<(String, locket::secret::SecretValue)>) -> BTreeMap<String, String> {
@@ -20,7 +18,7 @@ fn as_map(v: Vec<(String, locket::secret::SecretValue)>) -> BTreeMap<String, Str
 
 fn write_token(dir: &Path, token: &str) -> std::path::PathBuf {
     let path = dir.join("token");
-    locket::fsutil::create_private(&path, token.as_bytes(), 0o600).unwrap();
+    crate::support::write_private(&path, token.as_bytes());
     path
 }
 
@@ -109,6 +107,8 @@ async fn onepassword_connect_with_backoff_reads_each_item_once() {
         timeout: Duration::from_secs(5),
     };
     let err = bad.load().await.unwrap_err();
+    assert!(matches!(err, LoadError::OnePassword(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("401") && err.contains("token_file"), "{err}");
     assert!(!err.contains("wrong-token-999"));
 }
@@ -198,6 +198,8 @@ async fn command_source_success_failure_timeout_garbage_and_clean_env() {
         5000,
     );
     let err = fails.load().await.unwrap_err();
+    assert!(matches!(err, LoadError::Command(_)), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.contains("exit status: 3") && err.contains("no key"),
         "{err}"
@@ -205,7 +207,7 @@ async fn command_source_success_failure_timeout_garbage_and_clean_env() {
 
     let started = std::time::Instant::now();
     let slow = command(&["sleep", "10"], CommandFormat::Json, 300);
-    let err = slow.load().await.unwrap_err();
+    let err = slow.load().await.unwrap_err().to_string();
     assert!(err.contains("did not finish"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
 
@@ -215,13 +217,22 @@ async fn command_source_success_failure_timeout_garbage_and_clean_env() {
         5000,
     );
     let err = garbage.load().await.unwrap_err();
+    assert!(matches!(err, LoadError::Format(_)), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.contains("not valid JSON") && !err.contains("hunter2"),
         "{err}"
     );
 
     let missing = command(&["/no/such/program"], CommandFormat::Json, 5000);
-    assert!(missing.load().await.unwrap_err().contains("cannot run"));
+    assert!(
+        missing
+            .load()
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("cannot run")
+    );
 
     // The program's environment: PATH/HOME/LANG and its own `env`, nothing else.
     let env = command(
@@ -270,7 +281,7 @@ esac
     std::fs::rename(dir.path().join("token"), dir.path().join("op-token")).unwrap();
     let (url, _) = connect_server("connect-token-123").await;
     write_token(dir.path(), "connect-token-123");
-    support::server_key()
+    crate::support::server_key()
         .write_new(&dir.path().join("server-key.pem"))
         .unwrap();
     let key = locket::keys::ClientKey::from_seed(&[44; 32]);
@@ -287,7 +298,7 @@ esac
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let server = support::ServerProcess::start_with_env(
+    let server = crate::support::ServerProcess::start_with_env(
         &dir.path().join("server.toml"),
         &[],
         &[("PATH", &path)],
@@ -297,8 +308,9 @@ esac
         "app",
         "unused",
     );
-    cfg.server_fingerprint = Some(support::server_key().fingerprint().to_owned());
-    let client = locket::client::Client::with_reply_key(&cfg, key, support::reply_key()).unwrap();
+    cfg.server_fingerprint = Some(crate::support::server_key().fingerprint().to_owned());
+    let client =
+        locket::client::Client::with_reply_key(&cfg, key, crate::support::reply_key()).unwrap();
     let got = as_map(client.fetch(&[]).await.unwrap());
     assert_eq!(
         got,

@@ -1,12 +1,10 @@
 //! The real `locket` and `locket-client` binaries: output, exit codes,
 //! files and logs.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use support::{Registered, ServerProcess, run_client, run_server_cmd, write_server_files};
+use crate::support::{Registered, ServerProcess, run_client, run_server_cmd, write_server_files};
 
 const SECRETS: &str = "DB_PASSWORD=\"pa55 w0rd with spaces\"\nAPI_TOKEN=tok_3f9a8b7c6d\nMULTI=\"alpha\nbeta\"\nSYMBOLS='\\|!@#$%^&*()_+[]{};:,<.>/?`~==='\nSHARED_VAR=shared-7781\nNOT_YOURS=forbidden-4411\n";
 const VALUES: &[&str] = &[
@@ -436,7 +434,7 @@ fn fingerprint_creates_a_private_key_and_matches_the_served_key() {
     );
     assert_eq!(out2.trim(), fp);
     let server = ServerProcess::start(&config, &[]);
-    let key = reqwest::blocking_free_get(&format!("http://{}/v1/key", server.addr));
+    let key = crate::support::raw_get(server.addr, "/v1/key");
     assert!(key.contains(&fp), "{key}");
     server.stop();
 }
@@ -451,24 +449,6 @@ fn server_refuses_a_key_file_readable_by_others() {
         run_server_cmd(&["serve", "--config", config.to_str().unwrap()], dir.path());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("chmod 600"), "{err}");
-}
-
-/// A tiny blocking GET over a raw socket (keeps reqwest's blocking feature out).
-mod reqwest {
-    pub fn blocking_free_get(url: &str) -> String {
-        use std::io::{Read, Write};
-        let rest = url.strip_prefix("http://").unwrap();
-        let (host, path) = rest.split_at(rest.find('/').unwrap());
-        let mut s = std::net::TcpStream::connect(host).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    }
 }
 
 #[test]
@@ -489,10 +469,7 @@ fn serve_tells_systemd_when_ready_and_when_stopping() {
     let n = sock.recv(&mut buf).expect("READY=1 arrives");
     assert_eq!(buf[..n].trim_ascii_end(), b"READY=1");
     // Ready means serving: the key endpoint answers now.
-    assert!(
-        reqwest::blocking_free_get(&format!("http://{}/v1/key", server.addr))
-            .starts_with("HTTP/1.1 200")
-    );
+    assert!(crate::support::raw_get(server.addr, "/v1/key").starts_with("HTTP/1.1 200"));
     let log = server.stop();
     let n = sock.recv(&mut buf).expect("STOPPING=1 arrives");
     assert_eq!(buf[..n].trim_ascii_end(), b"STOPPING=1", "{log}");

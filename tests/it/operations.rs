@@ -1,24 +1,22 @@
 //! The server as operators run it: refresh, stale sets, SIGHUP reloads under
 //! load, readiness and metrics, through the real `locket` binary.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{ServerProcess, reply_key};
 use locket::client::{Client, ClientError};
 use locket::config::client::ClientConfig;
 use locket::keys::ClientKey;
-use support::{ServerProcess, reply_key};
 
 const KEY_SEED: u8 = 41;
 
 fn base_config(dir: &Path, extra: &str, secrets: &[&str]) -> std::path::PathBuf {
     let key_path = dir.join("server-key.pem");
     if !key_path.exists() {
-        support::server_key().write_new(&key_path).unwrap();
+        crate::support::server_key().write_new(&key_path).unwrap();
     }
     let quoted: Vec<String> = secrets.iter().map(|s| format!("{s:?}")).collect();
     let text = format!(
@@ -34,7 +32,7 @@ fn base_config(dir: &Path, extra: &str, secrets: &[&str]) -> std::path::PathBuf 
 fn client(server: &ServerProcess) -> Client {
     let mut cfg = ClientConfig::single(format!("http://{}", server.addr), "app", "unused");
     cfg.timeout = Duration::from_secs(5);
-    cfg.server_fingerprint = Some(support::server_key().fingerprint().to_owned());
+    cfg.server_fingerprint = Some(crate::support::server_key().fingerprint().to_owned());
     Client::with_reply_key(&cfg, ClientKey::from_seed(&[KEY_SEED; 32]), reply_key()).unwrap()
 }
 
@@ -45,7 +43,7 @@ async fn value(c: &Client, name: &str) -> Result<String, ClientError> {
 }
 
 async fn get(server: &ServerProcess, path: &str) -> (u16, String) {
-    let r = support::http_builder()
+    let r = crate::support::http_builder()
         .build()
         .unwrap()
         .get(format!("http://{}{path}", server.addr))
@@ -194,8 +192,12 @@ async fn sighup_reload_under_load_valid_then_invalid() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let hup = |pid: u32| unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+    // The load is running once clients are being served.
+    wait_until("the first answers under load", || async {
+        ok.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    let hup = |pid: u32| crate::support::signal(pid, nix::sys::signal::Signal::SIGHUP);
 
     // A valid config that also grants B.
     let text = std::fs::read_to_string(&config)
@@ -219,7 +221,12 @@ async fn sighup_reload_under_load_valid_then_invalid() {
         server.log().contains("config reload rejected")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Clients go on being served after the rejection.
+    let before = ok.load(Ordering::Relaxed);
+    wait_until("answers after the rejection", || async {
+        ok.load(Ordering::Relaxed) >= before + 8
+    })
+    .await;
     assert_eq!(value(&c, "B").await.unwrap(), "b-value");
 
     stop.store(true, Ordering::Relaxed);
@@ -253,8 +260,10 @@ async fn start_unready_listens_answers_503_then_becomes_ready() {
     let dir = tempfile::tempdir().unwrap();
     // Without start_unready, a first load failure is fatal (exit 1).
     let config = base_config(dir.path(), "", &["A"]);
-    let (code, _, err) =
-        support::run_server_cmd(&["serve", "--config", config.to_str().unwrap()], dir.path());
+    let (code, _, err) = crate::support::run_server_cmd(
+        &["serve", "--config", config.to_str().unwrap()],
+        dir.path(),
+    );
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("secrets.json") && err.contains("start_unready"),
@@ -320,7 +329,7 @@ async fn json_logs_audit_lines_watchdog_and_graceful_shutdown() {
     // A request in flight when SIGTERM arrives still gets its answer.
     let header = locket::protocol::Header {
         client: "app".into(),
-        server_fingerprint: support::server_key().fingerprint().to_owned(),
+        server_fingerprint: crate::support::server_key().fingerprint().to_owned(),
         timestamp: locket::clock::unix_now(),
         nonce: locket::crypto::random_bytes().unwrap(),
     };
@@ -329,7 +338,7 @@ async fn json_logs_audit_lines_watchdog_and_graceful_shutdown() {
         reply_key: reply_key().spki_der().to_vec(),
     };
     let public =
-        locket::keys::ServerPublicKey::from_pem(support::server_key().public_pem()).unwrap();
+        locket::keys::ServerPublicKey::from_pem(crate::support::server_key().public_pem()).unwrap();
     let request = locket::protocol::Request::seal(
         header,
         &body,
@@ -341,9 +350,18 @@ async fn json_logs_audit_lines_watchdog_and_graceful_shutdown() {
     let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
     write!(stream, "POST /v1/secrets HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", bytes.len()).unwrap();
     stream.write_all(&bytes[..bytes.len() / 2]).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_millis(300));
+    // The server accepts in order: once a later connection is answered, this
+    // one has been accepted (and is tracked for the graceful shutdown).
+    assert!(crate::support::raw_get(server.addr, "/healthz").starts_with("HTTP/1.1 200"));
+    crate::support::signal(server.child.id(), nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !server
+        .log()
+        .contains("SIGTERM: finishing requests in flight")
+    {
+        assert!(Instant::now() < deadline, "the server never saw SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stream.write_all(&bytes[bytes.len() / 2..]).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
@@ -398,7 +416,7 @@ async fn secret_memory_is_locked_or_the_server_says_why() {
     .unwrap();
     // The server marks itself non-dumpable, which makes its smaps readable
     // by root only.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().as_raw() == 0;
 
     let server = ServerProcess::start(&config, &[]);
     let (_, ready) = get(&server, "/readyz").await;

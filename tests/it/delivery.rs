@@ -1,13 +1,20 @@
 //! Delivering secrets to programs (exec, render --watch) and reaching the
 //! server (failover, TLS), through the real binaries.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Registered, ServerProcess, run_client_pinned, write_server_files};
+use crate::support::{
+    Registered, ServerProcess, run_client_pinned, write_private, write_server_files,
+};
+
+/// `locket-client` as the registered client `app` with its key, pinned.
+fn run_app(dir: &Path, key: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--name", "app", "--key", key];
+    all.extend_from_slice(args);
+    run_client_pinned(&all, dir)
+}
 
 const SECRETS: &str = "APP_USER=alice\nAPP_PASS=\"p@ss word\"\nOTHER=nope\n";
 
@@ -49,7 +56,7 @@ fn exec_passes_secrets_not_the_key_and_keeps_the_exit_code() {
     let url = format!("http://{}", server.addr);
     let env_dump = dir.path().join("env.txt");
     let script = format!("env > {}; exit 7", env_dump.display());
-    let out = support::client_command()
+    let out = crate::support::client_command()
         .args(["--server", &url, "--name", "app"])
         .args([
             "exec",
@@ -84,14 +91,12 @@ fn exec_passes_secrets_not_the_key_and_keeps_the_exit_code() {
     assert!(!env.contains("OTHER="));
 
     // --only limits what is fetched.
-    let (code, _, err) = run_client_pinned(
+    let (code, _, err) = run_app(
+        dir.path(),
+        &key,
         &[
             "--server",
             &url,
-            "--name",
-            "app",
-            "--key",
-            &key,
             "exec",
             "--only",
             "APP_USER",
@@ -100,20 +105,17 @@ fn exec_passes_secrets_not_the_key_and_keeps_the_exit_code() {
             "-c",
             "test -z \"$APP_PASS\" && test \"$APP_USER\" = alice",
         ],
-        dir.path(),
     );
     assert_eq!(code, 0, "{err}");
 
     // A failed fetch runs nothing.
     let marker = dir.path().join("ran");
-    let (code, _, _) = run_client_pinned(
+    let (code, _, _) = run_app(
+        dir.path(),
+        &key,
         &[
             "--server",
             &url,
-            "--name",
-            "app",
-            "--key",
-            &key,
             "exec",
             "--only",
             "OTHER",
@@ -121,23 +123,13 @@ fn exec_passes_secrets_not_the_key_and_keeps_the_exit_code() {
             "touch", // from PATH: the Nix build sandbox has only /bin/sh
             marker.to_str().unwrap(),
         ],
-        dir.path(),
     );
     assert_eq!(code, 3);
     assert!(!marker.exists());
-    let (code, _, err) = run_client_pinned(
-        &[
-            "--server",
-            &url,
-            "--name",
-            "app",
-            "--key",
-            &key,
-            "exec",
-            "--",
-            "/no/such/program",
-        ],
+    let (code, _, err) = run_app(
         dir.path(),
+        &key,
+        &["--server", &url, "exec", "--", "/no/such/program"],
     );
     assert_eq!(code, 127, "{err}");
     server.stop();
@@ -153,7 +145,7 @@ fn render_watch_rewrites_on_change_and_runs_the_hook_once_per_change() {
     let key = key_file(dir.path());
     let out = dir.path().join("out");
     let hook_log = dir.path().join("hook.log");
-    let mut watcher = support::client_command()
+    let mut watcher = crate::support::client_command()
         .args([
             "--server",
             &format!("http://127.0.0.1:{port}"),
@@ -185,10 +177,17 @@ fn render_watch_rewrites_on_change_and_runs_the_hook_once_per_change() {
         }
     };
     let read = |name: &str| std::fs::read_to_string(out.join(name)).ok();
+    // Each watch round is one request, answered in the server's log: wait
+    // for rounds, not for time (a loaded machine may run few in a second).
+    let rounds = |server: &ServerProcess| server.log().matches(" answered").count();
+    let more_rounds = |server: &ServerProcess, n: usize| {
+        let start = rounds(server);
+        wait_for("more watch rounds", &|| rounds(server) >= start + n);
+    };
     wait_for("first render", &|| {
         read("APP_USER").as_deref() == Some("alice")
     });
-    std::thread::sleep(Duration::from_millis(700)); // several unchanged rounds
+    more_rounds(&server, 3); // unchanged rounds
     assert!(!hook_log.exists(), "no change, no hook");
 
     // The server restarts with a changed value and a revoked name; the
@@ -198,7 +197,7 @@ fn render_watch_rewrites_on_change_and_runs_the_hook_once_per_change() {
     let server = ServerProcess::start(&config, &[]);
     wait_for("rewrite", &|| read("APP_USER").as_deref() == Some("bob"));
     wait_for("revoked file removed", &|| !out.join("APP_PASS").exists());
-    std::thread::sleep(Duration::from_millis(700));
+    more_rounds(&server, 3);
     assert_eq!(
         std::fs::read_to_string(&hook_log).unwrap(),
         "changed\n",
@@ -211,13 +210,13 @@ fn render_watch_rewrites_on_change_and_runs_the_hook_once_per_change() {
     wait_for("second rewrite", &|| {
         read("APP_USER").as_deref() == Some("carol")
     });
-    std::thread::sleep(Duration::from_millis(700));
+    more_rounds(&server, 3);
     assert_eq!(
         std::fs::read_to_string(&hook_log).unwrap(),
         "changed\nchanged\n"
     );
 
-    unsafe { libc::kill(watcher.id() as libc::pid_t, libc::SIGTERM) };
+    crate::support::signal(watcher.id(), nix::sys::signal::Signal::SIGTERM);
     let status = watcher.wait().unwrap();
     assert!(
         status.success(),
@@ -261,12 +260,10 @@ fn failover_between_servers() {
 
     // First down, second answers; then a 5xx first.
     for first in [&dead, &broken] {
-        let (code, out, err) = run_client_pinned(
-            &[
-                "--server", first, "--server", &good, "--name", "app", "--key", &key, "get",
-                "APP_USER",
-            ],
+        let (code, out, err) = run_app(
             dir.path(),
+            &key,
+            &["--server", first, "--server", &good, "get", "APP_USER"],
         );
         assert_eq!((code, out.as_str()), (0, "alice\n"), "{err}");
     }
@@ -285,11 +282,10 @@ fn failover_between_servers() {
 
     // A 403 is an answer: the next server is never asked.
     let (second, second_hits) = fake_server(200);
-    let (code, _, err) = run_client_pinned(
-        &[
-            "--server", &good, "--server", &second, "--name", "app", "--key", &key, "get", "OTHER",
-        ],
+    let (code, _, err) = run_app(
         dir.path(),
+        &key,
+        &["--server", &good, "--server", &second, "get", "OTHER"],
     );
     assert_eq!(code, 3, "{err}");
     assert_eq!(second_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
@@ -297,7 +293,9 @@ fn failover_between_servers() {
     // All down: a clear error naming each server, within the timeout.
     let (broken2, _) = fake_server(500);
     let started = Instant::now();
-    let (code, _, err) = run_client_pinned(
+    let (code, _, err) = run_app(
+        dir.path(),
+        &key,
         &[
             "--server",
             &dead,
@@ -305,14 +303,9 @@ fn failover_between_servers() {
             &broken2,
             "--timeout",
             "2s",
-            "--name",
-            "app",
-            "--key",
-            &key,
             "get",
             "APP_USER",
         ],
-        dir.path(),
     );
     let took = started.elapsed();
     assert_eq!(code, 1, "{err}");
@@ -338,12 +331,10 @@ fn tls_with_a_custom_ca() {
             .unwrap();
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.path().join("tls-cert.pem"), cert.pem()).unwrap();
-    locket::fsutil::create_private(
+    write_private(
         &dir.path().join("tls-key.pem"),
         server_key.serialize_pem().as_bytes(),
-        0o600,
-    )
-    .unwrap();
+    );
     let config = write_server_files(
         dir.path(),
         SECRETS,
@@ -360,56 +351,40 @@ fn tls_with_a_custom_ca() {
     let key = key_file(dir.path());
     let url = format!("https://127.0.0.1:{}", server.addr.port());
     let ca_path = dir.path().join("ca.pem");
-    let (code, out, err) = run_client_pinned(
+    let (code, out, err) = run_app(
+        dir.path(),
+        &key,
         &[
             "--server",
             &url,
             "--ca-file",
             ca_path.to_str().unwrap(),
-            "--name",
-            "app",
-            "--key",
-            &key,
             "get",
             "APP_USER",
         ],
-        dir.path(),
     );
     assert_eq!((code, out.as_str()), (0, "alice\n"), "{err}");
     // Without the CA the certificate is not trusted.
-    let (code, out, err) = run_client_pinned(
-        &[
-            "--server",
-            &url,
-            "--timeout",
-            "3s",
-            "--name",
-            "app",
-            "--key",
-            &key,
-            "get",
-            "APP_USER",
-        ],
+    let (code, out, err) = run_app(
         dir.path(),
+        &key,
+        &["--server", &url, "--timeout", "3s", "get", "APP_USER"],
     );
     assert_eq!(code, 1, "{err}");
     assert!(out.is_empty());
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     // Plain HTTP to the TLS port fails too.
-    let (code, _, _) = run_client_pinned(
+    let (code, _, _) = run_app(
+        dir.path(),
+        &key,
         &[
             "--server",
             &format!("http://127.0.0.1:{}", server.addr.port()),
             "--timeout",
             "2s",
-            "--name",
-            "app",
-            "--key",
-            &key,
             "get",
             "APP_USER",
         ],
-        dir.path(),
     );
     assert_eq!(code, 1);
     let log = server.stop();
@@ -433,17 +408,20 @@ fn render_under_umask_0077_lets_the_group_read_0440_files() {
     let server = ServerProcess::start(&config, &[]);
     let key = key_file(dir.path());
     let out = dir.path().join("svc");
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().as_raw() == 0;
     // As root: owner nobody, a group of its own; otherwise what we are.
     let (owner, group) = if root {
         (65534, 4242)
     } else {
-        unsafe { (libc::geteuid(), libc::getegid()) }
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
     };
     let status = Command::new("sh")
         .env(
             "LOCKET_SERVER_FINGERPRINT",
-            support::server_key().fingerprint(),
+            crate::support::server_key().fingerprint(),
         )
         .args(["-c", "umask 077; exec \"$@\"", "sh"])
         .arg(env!("CARGO_BIN_EXE_locket-client"))
@@ -544,7 +522,7 @@ fn http_needs_no_system_ca_certificates() {
     let key = key_file(dir.path());
     let empty = dir.path().join("no-certs");
     std::fs::create_dir(&empty).unwrap();
-    let out = support::client_command()
+    let out = crate::support::client_command()
         .env("SSL_CERT_FILE", empty.join("none.pem"))
         .env("SSL_CERT_DIR", &empty)
         .args(["--server", &format!("http://{}", server.addr)])

@@ -1,15 +1,13 @@
 //! `render`: one file per secret, atomic replacement, modes and ownership,
 //! removal of files no longer granted; through the library and the binary.
 
-mod support;
-
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::support::{Registered, ServerProcess, run_client_pinned, write_server_files};
 use locket::client::render::{self, MANIFEST, RenderOptions};
 use locket::secret::SecretValue;
-use support::{Registered, ServerProcess, run_client_pinned, write_server_files};
 
 fn set(pairs: &[(&str, &str)]) -> Vec<(String, SecretValue)> {
     pairs
@@ -92,15 +90,15 @@ fn bad_names_fail_before_anything_is_written() {
 fn ownership_and_mode_are_applied() {
     // Runs as root in CI (chown needs it); as another user only the own uid works.
     let tmp = tempfile::tempdir().unwrap();
-    let uid = if unsafe { libc::geteuid() } == 0 {
+    let uid = if nix::unistd::geteuid().as_raw() == 0 {
         65534
     } else {
-        unsafe { libc::geteuid() }
+        nix::unistd::geteuid().as_raw()
     };
-    let gid = if unsafe { libc::geteuid() } == 0 {
+    let gid = if nix::unistd::geteuid().as_raw() == 0 {
         65534
     } else {
-        unsafe { libc::getegid() }
+        nix::unistd::getegid().as_raw()
     };
     let mut o = opts(&tmp.path().join("svc"));
     o.mode = 0o440;

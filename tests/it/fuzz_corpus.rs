@@ -3,7 +3,7 @@
 //! `tests/fuzz/corpus/`, and each crash input kept in
 //! `tests/fuzz/regressions/<target>/` once its bug was fixed.
 
-#[path = "fuzz/targets.rs"]
+#[path = "../fuzz/targets.rs"]
 mod targets;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};

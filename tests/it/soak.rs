@@ -9,8 +9,6 @@
 //! RSS stayed bounded, and that the server is ready at the end. It prints
 //! its figures. The duration is `LOCKET_SOAK_SECS` (default 15).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -19,11 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{ServerProcess, reply_key, server_key};
 use locket::client::Client;
 use locket::config::client::ClientConfig;
 use locket::keys::{ClientKey, ServerPublicKey};
 use locket::protocol::{Header, Request, RequestBody};
-use support::{ServerProcess, reply_key, server_key};
 
 const CLIENTS: usize = 8;
 const PER_CLIENT: usize = 5;
@@ -264,7 +262,7 @@ async fn soak_under_attack() {
     let attack = |kind: &'static str, from: &'static str, make: fn(usize) -> Vec<u8>| {
         let tally = Arc::clone(&tally);
         tokio::spawn(async move {
-            let http = support::http_builder()
+            let http = crate::support::http_builder()
                 .local_address(ip(from))
                 .build()
                 .unwrap();
@@ -298,11 +296,11 @@ async fn soak_under_attack() {
     {
         let tally = Arc::clone(&tally);
         tasks.push(tokio::spawn(async move {
-            let good = support::http_builder()
+            let good = crate::support::http_builder()
                 .local_address(ip("127.0.0.4"))
                 .build()
                 .unwrap();
-            let replayer = support::http_builder()
+            let replayer = crate::support::http_builder()
                 .local_address(ip("127.0.0.10"))
                 .build()
                 .unwrap();
@@ -347,7 +345,7 @@ async fn soak_under_attack() {
                 if tick.is_multiple_of(3) {
                     let broken = tick.is_multiple_of(9);
                     write_config(&dir, tick, broken);
-                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+                    crate::support::signal(pid, nix::sys::signal::Signal::SIGHUP);
                     if broken {
                         invalid += 1;
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -381,7 +379,7 @@ async fn soak_under_attack() {
     }
     stop.store(true, Ordering::Relaxed);
     let samples = rss.await.unwrap();
-    let ready = support::http_builder()
+    let ready = crate::support::http_builder()
         .build()
         .unwrap()
         .get(format!("http://{addr}/readyz"))

@@ -1,16 +1,14 @@
 //! The v2 handshake end to end: a real server on 127.0.0.1, the library
 //! client, real HTTP. Happy paths and every rejection.
 
-mod support;
-
 use std::net::IpAddr;
 
+use crate::support::{Registered, TestServer, post_raw, reply_key};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use locket::client::ClientError;
 use locket::keys::ClientKey;
 use locket::protocol::{Header, Request, RequestBody};
-use support::{Registered, TestServer, post_raw, reply_key};
 
 const SYMBOLS: &str = r"\|!@#$%^&*()_+[]{};:,<.>/?`~===";
 
@@ -302,7 +300,7 @@ async fn malformed_and_oversize_bodies() {
     assert_eq!(status, 413, "{body}");
 
     // Other paths and methods.
-    let http = support::http_builder().build().unwrap();
+    let http = crate::support::http_builder().build().unwrap();
     let r = http
         .get(format!("{}/v1/secrets", server.url()))
         .send()
@@ -321,7 +319,7 @@ async fn malformed_and_oversize_bodies() {
 #[tokio::test]
 async fn key_endpoint_gives_pem_and_matching_fingerprint() {
     let server = TestServer::start(&secrets_env(), &clients()).await;
-    let text = support::http_builder()
+    let text = crate::support::http_builder()
         .build()
         .unwrap()
         .get(format!("{}/v1/key", server.url()))
@@ -362,7 +360,7 @@ async fn wrong_pin_is_refused_before_any_request_is_sent() {
                 .unwrap()
                 .push(text.lines().next().unwrap_or("").to_owned());
             // Forward GET /v1/key to the real server.
-            let key = support::http_builder()
+            let key = crate::support::http_builder()
                 .build()
                 .unwrap()
                 .get(format!("{real}/v1/key"))

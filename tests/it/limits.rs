@@ -1,15 +1,13 @@
 //! Abuse limits: failed-authentication floods, slow senders, connection
 //! caps and oversized headers, against a real server on loopback.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::support::{Registered, TestServer, post_raw, reply_key};
 use locket::keys::ClientKey;
 use locket::protocol::{Header, Request, RequestBody};
-use support::{Registered, TestServer, post_raw, reply_key};
 
 fn clients() -> Vec<Registered> {
     vec![Registered::new("app", 51, &["127.0.0.0/8"], &["A"])]
@@ -46,13 +44,13 @@ async fn a_failed_auth_flood_gets_429_and_spares_other_sources() {
         assert_eq!(status, 403, "failure {i}");
     }
     // Over the limit: a failure gets 429 with Retry-After before any work.
-    let http = support::http_builder()
+    let http = crate::support::http_builder()
         .local_address(attacker)
         .build()
         .unwrap();
     let url = format!("{}/v1/secrets", server.url());
     let post = |body: Vec<u8>| http.post(&url).body(body).send();
-    support::assert_rate_limited(&post(sealed(&server, &wrong)).await.unwrap());
+    crate::support::assert_rate_limited(&post(sealed(&server, &wrong)).await.unwrap());
     // The genuine client at that same address is still served: the limit
     // slows failures, it never refuses a request its client signed.
     let genuine = post(sealed(&server, &ClientKey::from_seed(&[51; 32])))
@@ -60,7 +58,7 @@ async fn a_failed_auth_flood_gets_429_and_spares_other_sources() {
         .unwrap();
     assert_eq!(genuine.status(), 200, "a genuine client was locked out");
     // And failures from there are still refused.
-    support::assert_rate_limited(&post(sealed(&server, &wrong)).await.unwrap());
+    crate::support::assert_rate_limited(&post(sealed(&server, &wrong)).await.unwrap());
     // Another source is served as usual.
     let (status, body) = post_raw(
         server.addr,
@@ -113,7 +111,8 @@ async fn the_connection_cap_holds_new_connections_back() {
     tokio::task::spawn_blocking(move || {
         let idle1 = TcpStream::connect(addr).unwrap();
         let _idle2 = TcpStream::connect(addr).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        // No wait needed: the server accepts in order, so the third is
+        // accepted only after the first two hold both slots.
         let mut third = TcpStream::connect(addr).unwrap();
         third
             .set_read_timeout(Some(Duration::from_millis(700)))

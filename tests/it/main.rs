@@ -1,0 +1,19 @@
+//! The integration tests: one binary, a module per area, sharing one
+//! harness (`support`): real servers on loopback (in-process through the
+//! library's own start-up, or the real `locket` binary), real clients, real
+//! files. One binary links the library once instead of once per file.
+
+mod cli;
+mod cmd;
+mod delivery;
+mod fuzz_corpus;
+mod handshake;
+mod limits;
+mod operations;
+mod properties;
+mod protocol_vectors;
+mod render;
+mod soak;
+mod sources;
+mod support;
+mod v1;
