@@ -64,8 +64,10 @@ pub(crate) struct State {
     pub max_request_bytes: u64,
     /// Sources that failed to authenticate too often.
     pub failures: ratelimit::FailureLimiter,
-    request_timeout: Duration,
-    max_connections: usize,
+    /// One permit per connection served at once (`max_connections`).
+    connection_slots: Arc<tokio::sync::Semaphore>,
+    /// The number of permits `connection_slots` stands for now.
+    max_connections: std::sync::atomic::AtomicUsize,
     /// A valid key no client holds: verifications for unknown clients run
     /// against it so they cost the same as for known ones.
     dummy_key: VerifyingKey,
@@ -92,8 +94,8 @@ impl State {
                 config.failed_auth_window.as_secs(),
                 100_000,
             ),
-            request_timeout: config.request_timeout,
-            max_connections: config.max_connections,
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            max_connections: std::sync::atomic::AtomicUsize::new(config.max_connections),
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
             tls: None,
             v1_key: None,
@@ -108,6 +110,38 @@ impl State {
         self.store.replace(set);
         self.metrics.source_load(true);
         first
+    }
+
+    /// Applies the limits a reload may change while serving: the
+    /// failed-authentication limit and window, and `max_connections`
+    /// (`request_timeout` is read per connection). A lower connection cap
+    /// takes effect as connections end: the surplus permits are taken back
+    /// as they come free.
+    pub(crate) fn apply_limits(&self, config: &ServerConfig) {
+        self.failures
+            .set_limits(config.max_failed_auth, config.failed_auth_window.as_secs());
+        let old = self
+            .max_connections
+            .swap(config.max_connections, std::sync::atomic::Ordering::SeqCst);
+        let new = config.max_connections;
+        if new > old {
+            self.connection_slots.add_permits(new - old);
+        } else if new < old {
+            let surplus = u32::try_from(old - new).unwrap_or(u32::MAX);
+            // Free permits are taken back at once (so the new cap holds when
+            // the reload is reported); those in use, as their connections end.
+            match Arc::clone(&self.connection_slots).try_acquire_many_owned(surplus) {
+                Ok(permits) => permits.forget(),
+                Err(_) => {
+                    let slots = Arc::clone(&self.connection_slots);
+                    tokio::spawn(async move {
+                        if let Ok(permits) = slots.acquire_many_owned(surplus).await {
+                            permits.forget();
+                        }
+                    });
+                }
+            }
+        }
     }
 
     /// Spends `nonce` for `client`, for both protocols: `New` the first time
@@ -181,8 +215,7 @@ pub(crate) async fn run(
         .max_buf_size(64 * 1024);
     let builder = builder.http1_only();
     tokio::pin!(shutdown);
-    let slots = Arc::new(tokio::sync::Semaphore::new(state.max_connections));
-    let request_timeout = state.request_timeout;
+    let slots = Arc::clone(&state.connection_slots);
     loop {
         // At the cap, stop accepting: new connections wait in the kernel's
         // listen queue until one closes.
@@ -202,6 +235,8 @@ pub(crate) async fn run(
             },
             () = &mut shutdown => break,
         };
+        // Read per connection: a reload may change it.
+        let request_timeout = state.runtime.load().config.request_timeout;
         let service = warp::service(routes.clone());
         let hyper_service = hyper::service::service_fn(
             move |mut req: hyper::Request<hyper::body::Incoming>| {

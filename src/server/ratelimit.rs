@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
@@ -24,8 +25,9 @@ fn source(ip: IpAddr) -> Source {
 #[derive(Debug)]
 pub(crate) struct FailureLimiter {
     entries: Mutex<HashMap<Source, (u32, i64)>>,
-    limit: u32,
-    window: i64,
+    /// Both change on a config reload ([`FailureLimiter::set_limits`]).
+    limit: AtomicU32,
+    window: AtomicI64,
     capacity: usize,
 }
 
@@ -33,10 +35,25 @@ impl FailureLimiter {
     pub(crate) fn new(limit: u32, window_secs: u64, capacity: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
-            limit,
-            window: window_secs.max(1) as i64,
+            limit: AtomicU32::new(limit),
+            window: AtomicI64::new(window_secs.max(1) as i64),
             capacity,
         }
+    }
+
+    /// Applies new limits (a config reload). Counts already kept stay: a
+    /// source over the new limit is limited at once.
+    pub(crate) fn set_limits(&self, limit: u32, window_secs: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.window
+            .store(window_secs.max(1) as i64, Ordering::Relaxed);
+    }
+
+    fn limits(&self) -> (u32, i64) {
+        (
+            self.limit.load(Ordering::Relaxed),
+            self.window.load(Ordering::Relaxed),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Source, (u32, i64)>> {
@@ -45,13 +62,14 @@ impl FailureLimiter {
 
     /// Seconds to wait when `ip` is over its limit at time `now`.
     pub(crate) fn retry_after(&self, ip: IpAddr, now: i64) -> Option<u64> {
-        if self.limit == 0 {
+        let (limit, window) = self.limits();
+        if limit == 0 {
             return None;
         }
         let entries = self.lock();
         match entries.get(&source(ip)) {
-            Some(&(count, start)) if count >= self.limit && now < start + self.window => {
-                Some((start + self.window - now).max(1) as u64)
+            Some(&(count, start)) if count >= limit && now < start + window => {
+                Some((start + window - now).max(1) as u64)
             }
             _ => None,
         }
@@ -59,20 +77,20 @@ impl FailureLimiter {
 
     /// Counts one failed authentication from `ip`.
     pub(crate) fn failure(&self, ip: IpAddr, now: i64) {
-        if self.limit == 0 {
+        let (limit, window) = self.limits();
+        if limit == 0 {
             return;
         }
         let mut entries = self.lock();
         let key = source(ip);
         if !entries.contains_key(&key) && entries.len() >= self.capacity {
-            let window = self.window;
             entries.retain(|_, (_, start)| now < *start + window);
             if entries.len() >= self.capacity {
                 return;
             }
         }
         let entry = entries.entry(key).or_insert((0, now));
-        if now >= entry.1 + self.window {
+        if now >= entry.1 + window {
             *entry = (0, now);
         }
         entry.0 = entry.0.saturating_add(1);

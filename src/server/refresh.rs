@@ -7,8 +7,11 @@
 //!
 //! A reload (SIGHUP) reads the config file again. A valid config replaces
 //! the registry, limits and sources at once; when its sources differ, they
-//! are loaded first and the reload fails if they do. An invalid config is
-//! rejected with a log line and the old one stays.
+//! are loaded first and the reload fails if they do. An invalid config, or
+//! one that changes a setting that applies only at start (the listener,
+//! keys, TLS, ...), is rejected with a log line naming why, and the running
+//! config stays whole: a reload never applies part of a file or ignores a
+//! setting silently.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -98,6 +101,41 @@ pub(crate) enum ReloadError {
     Config(#[from] ConfigError),
     #[error("the new sources do not load: {0}")]
     Sources(SourceError),
+    #[error(
+        "changed settings that apply only at start: {0}; the running config is kept. Restart locket to apply them, or undo the change and reload again"
+    )]
+    FixedAtStart(String),
+}
+
+/// The settings a running server cannot change (the listener, keys, TLS,
+/// the request-body limit baked into the routes, the replay cache's size,
+/// what happens at start, and the v1 endpoint's existence, path and key),
+/// named as in `server.toml`, for each one that differs. Every other setting
+/// applies on reload: clients, sources, clock_skew, max_answer_bytes,
+/// refresh_interval, max_age, request_timeout, max_connections,
+/// max_failed_auth, failed_auth_window and v1.lookup.
+pub(crate) fn fixed_at_start_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
+    [
+        ("listen", old.listen != new.listen),
+        ("key_file", old.key_file != new.key_file),
+        ("key_bits", old.key_bits != new.key_bits),
+        ("tls", old.tls != new.tls),
+        (
+            "max_request_bytes",
+            old.max_request_bytes != new.max_request_bytes,
+        ),
+        (
+            "replay_cache_size",
+            old.replay_cache_size != new.replay_cache_size,
+        ),
+        ("start_unready", old.start_unready != new.start_unready),
+        ("v1.enable", old.v1.enable != new.v1.enable),
+        ("v1.path", old.v1.path != new.v1.path),
+        ("v1.key_file", old.v1.key_file != new.v1.key_file),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 /// Re-reads `path` and swaps in the new config, or explains why not.
@@ -116,22 +154,9 @@ pub(crate) async fn reload(state: &State, path: &Path) -> Result<(), ReloadError
 async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
     let Checked { config, registry } = ServerConfig::load(path)?;
     let old = state.runtime.load_full();
-    for (what, changed) in [
-        ("listen", config.listen != old.config.listen),
-        ("key_file", config.key_file != old.config.key_file),
-        ("tls", config.tls != old.config.tls),
-        (
-            "max_request_bytes",
-            config.max_request_bytes != old.config.max_request_bytes,
-        ),
-        (
-            "replay_cache_size",
-            config.replay_cache_size != old.config.replay_cache_size,
-        ),
-    ] {
-        if changed {
-            tracing::warn!("{what} changed; it takes effect after a restart");
-        }
+    let fixed = fixed_at_start_changes(&old.config, &config);
+    if !fixed.is_empty() {
+        return Err(ReloadError::FixedAtStart(fixed.join(", ")));
     }
     let new_set = if config.sources != old.config.sources {
         Some(
@@ -143,6 +168,7 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
         None
     };
     let clients = registry.len();
+    state.apply_limits(&config);
     state
         .runtime
         .store(Arc::new(Runtime::new(config, registry)));
@@ -151,4 +177,70 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
     }
     tracing::debug!(clients, "registry swapped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings a reload applies while serving (see [`fixed_at_start_changes`]
+    /// for the others). A unit test checks that every setting is in one list.
+    const APPLIED_ON_RELOAD: &[&str] = &[
+        "clients",
+        "sources",
+        "clock_skew",
+        "max_answer_bytes",
+        "refresh_interval",
+        "max_age",
+        "request_timeout",
+        "max_connections",
+        "max_failed_auth",
+        "failed_auth_window",
+        "v1.lookup",
+    ];
+
+    /// Every setting of `server.toml` is either applied on reload or
+    /// refused by name: a new setting must be put in exactly one list.
+    #[test]
+    fn every_setting_is_applied_or_refused_on_reload() {
+        let mut changed = ServerConfig {
+            tls: Some(crate::config::server::TlsConfig {
+                cert_file: "c".into(),
+                key_file: "k".into(),
+            }),
+            max_age: Some(std::time::Duration::from_secs(60)),
+            ..ServerConfig::default()
+        };
+        changed.v1.key_file = Some("v1.pem".into());
+        let table = toml::Table::try_from(&changed).expect("the config serialises");
+        let mut settings = Vec::new();
+        for (key, value) in &table {
+            match (key.as_str(), value) {
+                ("v1", toml::Value::Table(v1)) => {
+                    settings.extend(v1.keys().map(|k| format!("v1.{k}")));
+                }
+                _ => settings.push(key.clone()),
+            }
+        }
+        // Every setting changed at once: the refused ones are exactly those
+        // `fixed_at_start_changes` names.
+        changed.listen = "127.0.0.1:1".parse().unwrap();
+        changed.key_file = "other.pem".into();
+        changed.key_bits = 4096;
+        changed.max_request_bytes += 1;
+        changed.replay_cache_size += 1;
+        changed.start_unready = !changed.start_unready;
+        changed.v1.enable = !changed.v1.enable;
+        changed.v1.path = "/other".into();
+        let refused = fixed_at_start_changes(&ServerConfig::default(), &changed);
+        for setting in &settings {
+            let applied = APPLIED_ON_RELOAD.contains(&setting.as_str());
+            let is_refused = refused.contains(&setting.as_str());
+            assert!(
+                applied != is_refused,
+                "{setting}: applied on reload = {applied}, refused = {is_refused}; put it in exactly one list"
+            );
+        }
+        assert_eq!(settings.len(), APPLIED_ON_RELOAD.len() + refused.len());
+    }
 }

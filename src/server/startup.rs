@@ -140,6 +140,10 @@ impl Server {
             addr: state.runtime.load().config.listen,
             source,
         })?;
+        // SIGHUP's default action ends the process: its handler is in place
+        // before anything says the server is up.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(StartError::Signals)?;
         {
             let rt = state.runtime.load();
             tracing::info!(
@@ -165,8 +169,6 @@ impl Server {
             Arc::clone(&refresh_now),
             Arc::clone(&stop),
         ));
-        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(StartError::Signals)?;
         tokio::spawn(reload_on_sighup(Arc::clone(&state), self.path, hangup));
         spawn_watchdog();
         if state.health.loaded() {

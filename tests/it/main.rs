@@ -12,6 +12,7 @@ mod limits;
 mod operations;
 mod properties;
 mod protocol_vectors;
+mod reload;
 mod render;
 mod soak;
 mod sources;

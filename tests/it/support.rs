@@ -302,6 +302,31 @@ impl ServerProcess {
         self.log.lock().unwrap().clone()
     }
 
+    /// Sends SIGHUP and waits for the server to say how the reload went;
+    /// returns that log line ("config reloaded" or "config reload rejected").
+    pub(crate) fn reload(&self) -> String {
+        let outcomes = |log: &str| -> Vec<String> {
+            log.lines()
+                .filter(|l| l.contains("config reload"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let before = outcomes(&self.log()).len();
+        signal(self.child.id(), nix::sys::signal::Signal::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(line) = outcomes(&self.log()).get(before) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload outcome in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for exit; returns the whole log.
     pub(crate) fn stop(mut self) -> String {
         let _ = Command::new("kill")

@@ -1,0 +1,232 @@
+//! SIGHUP: a reload applies every setting it can while serving, and refuses
+//! a change to any setting that applies only at start, naming it and
+//! keeping the running config whole. One test per setting, against the real
+//! `locket` binary.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::{
+    Registered, ServerProcess, post_raw, reply_key, server_key, write_server_files,
+};
+use locket::keys::{ClientKey, ServerPublicKey};
+use locket::protocol::{Header, Request, RequestBody};
+
+fn clients() -> Vec<Registered> {
+    vec![Registered::new("app", 71, &["127.0.0.0/8"], &["A"])]
+}
+
+/// A server started with `before` (TOML at the top level of its config),
+/// whose config file then says `after`.
+fn server_then(dir: &Path, before: &str, after: &str) -> ServerProcess {
+    server_then_edit(dir, before, &|_| after.to_owned(), &|text| text)
+}
+
+/// As [`server_then`], with the new file made by `extra` (the top-level
+/// TOML) and then `edit` (applied to the whole text).
+fn server_then_edit(
+    dir: &Path,
+    before: &str,
+    extra: &dyn Fn(&str) -> String,
+    edit: &dyn Fn(String) -> String,
+) -> ServerProcess {
+    let config = write_server_files(dir, "A=a\n", &clients(), before);
+    let server = ServerProcess::start(&config, &[]);
+    write_server_files(dir, "A=a\n", &clients(), &extra(before));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, edit(text)).unwrap();
+    server
+}
+
+/// Changing `setting` from `before` to `after` is refused by name, and the
+/// server goes on serving with its running config.
+fn assert_refused(setting: &str, before: &str, after: &str) {
+    assert_refused_edit(setting, before, &|_| after.to_owned(), &|text| text);
+}
+
+/// As [`assert_refused`], for a change made by editing the file's text.
+fn assert_refused_edit(
+    setting: &str,
+    before: &str,
+    extra: &dyn Fn(&str) -> String,
+    edit: &dyn Fn(String) -> String,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_then_edit(dir.path(), before, extra, edit);
+    let line = server.reload();
+    assert!(
+        line.contains("config reload rejected") && line.contains(setting),
+        "{setting}: {line}"
+    );
+    assert!(line.contains("apply only at start"), "{line}");
+    // Still serving, at the same address, with the old config.
+    assert!(crate::support::raw_get(server.addr, "/readyz").starts_with("HTTP/1.1 200"));
+    // Undoing the change makes the next reload succeed.
+    write_server_files(dir.path(), "A=a\n", &clients(), before);
+    assert!(server.reload().contains("config reloaded"));
+    server.stop();
+}
+
+macro_rules! refused {
+    ($($test:ident: $setting:literal, $before:expr => $after:expr;)*) => {$(
+        #[test]
+        fn $test() {
+            assert_refused($setting, $before, $after);
+        }
+    )*};
+}
+
+#[test]
+fn listen_is_refused() {
+    assert_refused_edit("listen", "", &str::to_owned, &|text| {
+        text.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"")
+    });
+}
+
+#[test]
+fn key_file_is_refused() {
+    assert_refused_edit("key_file", "", &str::to_owned, &|text| {
+        text.replace(
+            "key_file = \"server-key.pem\"",
+            "key_file = \"other-key.pem\"",
+        )
+    });
+}
+
+refused! {
+    key_bits_is_refused: "key_bits", "" => "key_bits = 4096";
+    tls_is_refused: "tls", "" => "[tls]\ncert_file = \"cert.pem\"\nkey_file = \"tls-key.pem\"\n";
+    max_request_bytes_is_refused: "max_request_bytes", "" => "max_request_bytes = 4096";
+    replay_cache_size_is_refused: "replay_cache_size", "" => "replay_cache_size = 5000";
+    start_unready_is_refused: "start_unready", "" => "start_unready = true";
+    v1_enable_is_refused: "v1.enable", "" => "[v1]\nenable = true\n";
+    v1_path_is_refused: "v1.path", "[v1]\nenable = true\n" => "[v1]\nenable = true\npath = \"/go\"\n";
+    v1_key_file_is_refused: "v1.key_file", "[v1]\nenable = true\n" => "[v1]\nenable = true\nkey_file = \"v1-key.pem\"\n";
+}
+
+/// A request signed by a key no client holds: a failed authentication.
+fn forged() -> Vec<u8> {
+    let header = Header {
+        client: "app".into(),
+        server_fingerprint: server_key().fingerprint().to_owned(),
+        timestamp: locket::clock::unix_now(),
+        nonce: locket::crypto::random_bytes().unwrap(),
+    };
+    let body = RequestBody {
+        names: vec!["A".into()],
+        reply_key: reply_key().spki_der().to_vec(),
+    };
+    let public = ServerPublicKey::from_pem(server_key().public_pem()).unwrap();
+    Request::seal(header, &body, &public, &ClientKey::from_seed(&[9; 32]))
+        .unwrap()
+        .encode()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_failed_auth_applies_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_then(dir.path(), "max_failed_auth = 0", "max_failed_auth = 2");
+    let from = Some("127.0.0.6".parse().unwrap());
+    for _ in 0..3 {
+        assert_eq!(
+            post_raw(server.addr, forged(), from).await.0,
+            403,
+            "limit off"
+        );
+    }
+    assert!(server.reload().contains("config reloaded"));
+    let statuses = [
+        post_raw(server.addr, forged(), from).await.0,
+        post_raw(server.addr, forged(), from).await.0,
+        post_raw(server.addr, forged(), from).await.0,
+    ];
+    assert_eq!(statuses, [403, 403, 429], "the new limit of 2 holds");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_auth_window_applies_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = "max_failed_auth = 1\nfailed_auth_window = \"2s\"";
+    let server = server_then(
+        dir.path(),
+        before,
+        "max_failed_auth = 1\nfailed_auth_window = \"1h\"",
+    );
+    assert!(server.reload().contains("config reloaded"));
+    let from: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+    assert_eq!(post_raw(server.addr, forged(), Some(from)).await.0, 403);
+    let limited = crate::support::http_builder()
+        .local_address(from)
+        .build()
+        .unwrap()
+        .post(format!("http://{}/v1/secrets", server.addr))
+        .body(forged())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry > 60,
+        "Retry-After {retry}s: the one-hour window applies"
+    );
+    server.stop();
+}
+
+#[test]
+fn request_timeout_applies_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_then(
+        dir.path(),
+        "request_timeout = \"5m\"",
+        "request_timeout = \"1s\"",
+    );
+    assert!(server.reload().contains("config reloaded"));
+    // A body that never finishes: 408 after the new 1 s, long before 5 min.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /v1/secrets HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    server.stop();
+}
+
+#[test]
+fn max_connections_applies_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_then(dir.path(), "max_connections = 100", "max_connections = 1");
+    assert!(server.reload().contains("config reloaded"));
+    // One idle connection holds the only slot; the next waits unserved.
+    let idle = TcpStream::connect(server.addr).unwrap();
+    let mut next = TcpStream::connect(server.addr).unwrap();
+    next.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    write!(
+        next,
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        next.read(&mut buf).is_err(),
+        "served beyond the new cap of 1"
+    );
+    drop(idle);
+    next.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let n = next.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    server.stop();
+}
