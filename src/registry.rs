@@ -120,7 +120,7 @@ pub struct Registry {
     clients: HashMap<String, RegisteredClient>,
 }
 
-fn parse_network(text: &str) -> Option<IpNet> {
+pub(crate) fn parse_network(text: &str) -> Option<IpNet> {
     let text = text.trim();
     text.parse::<IpNet>()
         .ok()

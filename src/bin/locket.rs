@@ -177,9 +177,13 @@ async fn check(path: &Path) -> Result<(), Failure> {
             config.key_file.display()
         )
     };
-    let secrets = source::load_all(&config.sources)
-        .await
-        .map_err(runtime_error)?;
+    let secrets = source::load_all(&config.sources).await.map_err(|e| {
+        // An operator at a terminal: the command's own words help here.
+        match &e.stderr {
+            Some(stderr) => runtime_error(format!("{e}\nthe command's stderr: {stderr}")),
+            None => runtime_error(e),
+        }
+    })?;
     println!("config: {}", path.display());
     println!("server key: {key}");
     println!("sources: {}", config.sources.len());

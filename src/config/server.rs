@@ -73,6 +73,9 @@ pub struct ServerConfig {
     /// Listen even when the first load fails, answering 503 and reporting
     /// not ready until a load succeeds (default: refuse to start).
     pub start_unready: bool,
+    /// Addresses that may call `/healthz`, `/readyz` and `/metrics` (CIDRs
+    /// or single addresses); others get 403. Default: loopback only.
+    pub health_networks: Vec<String>,
     /// Where secrets come from, in order; later sources win on a name clash.
     pub sources: Vec<SourceConfig>,
     /// Registered clients by name.
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             clients: BTreeMap::new(),
             tls: None,
             v1: crate::v1::Config::default(),
+            health_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }
@@ -214,6 +218,15 @@ impl ServerConfig {
             ));
         }
         self.v1.validate()?;
+        if let Some(bad) = self
+            .health_networks
+            .iter()
+            .find(|n| crate::registry::parse_network(n).is_none())
+        {
+            return invalid(format!(
+                "health_networks: {bad:?} is not a network; use CIDRs or addresses, e.g. [\"127.0.0.0/8\", \"::1/128\", \"10.0.0.5\"]"
+            ));
+        }
         if self.sources.is_empty() {
             return invalid("no [[sources]]: add at least one, e.g. [[sources]] type = \"dotenv\" path = \"secrets.env\"".into());
         }

@@ -28,7 +28,8 @@ pub(crate) struct Readiness {
     pub age_seconds: Option<u64>,
     pub max_age_seconds: u64,
     pub consecutive_failures: u32,
-    /// The last load error (source descriptions and reasons; never values).
+    /// The last load error: the source's number and type and the kind of
+    /// failure only (never a path, command, value or text from the source).
     pub last_error: Option<String>,
     /// `locked`, `empty`, or `unlocked: <why>` for the current set's memory.
     pub secret_memory: String,

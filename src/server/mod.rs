@@ -44,11 +44,29 @@ pub use startup::{Server, StartError, load_key};
 pub(crate) struct Runtime {
     pub config: ServerConfig,
     pub registry: Registry,
+    /// `health_networks`, parsed.
+    pub health_networks: Vec<ipnet::IpNet>,
 }
 
 impl Runtime {
     pub(crate) fn new(config: ServerConfig, registry: Registry) -> Self {
-        Self { config, registry }
+        // Checked when the config was loaded.
+        let health_networks = config
+            .health_networks
+            .iter()
+            .filter_map(|n| crate::registry::parse_network(n))
+            .collect();
+        Self {
+            config,
+            registry,
+            health_networks,
+        }
+    }
+
+    /// Whether `ip` may call the health and metrics endpoints.
+    pub(crate) fn may_see_health(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.health_networks.iter().any(|n| n.contains(&ip))
     }
 }
 

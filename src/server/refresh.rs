@@ -40,7 +40,7 @@ pub(crate) async fn refresh_once(state: &State) -> Result<usize, SourceError> {
             Ok(count)
         }
         Err(e) => {
-            let failures = state.health.failure(e.to_string());
+            let failures = state.health.failure(e.summary());
             state.metrics.source_load(false);
             let age = SystemTime::now()
                 .duration_since(state.store.snapshot().loaded_at())
@@ -197,6 +197,7 @@ mod tests {
         "max_failed_auth",
         "failed_auth_window",
         "v1.lookup",
+        "health_networks",
     ];
 
     /// Every setting of `server.toml` is either applied on reload or

@@ -54,12 +54,27 @@ pub(super) fn routes(
         .and(warp::body::content_length_limit(limit))
         .and(warp::body::bytes())
         .then(handle_secrets);
+    // Health and metrics: only from `health_networks` (default loopback).
+    let observer = with_state
+        .clone()
+        .and(warp::ext::get::<Peer>())
+        .and_then(|state: Arc<State>, peer: Peer| async move {
+            if state.runtime.load().may_see_health(peer.0.ip()) {
+                Ok(state)
+            } else {
+                tracing::debug!(peer = %peer.0, "health or metrics request from outside health_networks");
+                Err(warp::reject::custom(NotAnObserver))
+            }
+        });
     let health = warp::path!("healthz")
         .and(warp::get())
-        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+        .and(observer.clone())
+        .map(|_: Arc<State>| {
+            warp::reply::json(&serde_json::json!({"status": "ok"})).into_response()
+        });
     let ready = warp::path!("readyz")
         .and(warp::get())
-        .and(with_state.clone())
+        .and(observer.clone())
         .map(|state: Arc<State>| {
             let readiness = state.update_gauges();
             let status = if readiness.ready {
@@ -71,7 +86,7 @@ pub(super) fn routes(
         });
     let metrics = warp::path!("metrics")
         .and(warp::get())
-        .and(with_state.clone())
+        .and(observer)
         .map(|state: Arc<State>| {
             state.update_gauges();
             let mut r = Response::new(state.metrics.encode().into());
@@ -98,8 +113,19 @@ pub(super) fn routes(
         .unify()
 }
 
+/// A health or metrics request from outside `health_networks`.
+#[derive(Debug)]
+struct NotAnObserver;
+impl warp::reject::Reject for NotAnObserver {}
+
 async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
-    let (status, code, message) = if err.is_not_found() {
+    let (status, code, message) = if err.find::<NotAnObserver>().is_some() {
+        (
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the health and metrics endpoints answer only from health_networks (default: loopback)",
+        )
+    } else if err.is_not_found() {
         (
             StatusCode::NOT_FOUND,
             "not_found",

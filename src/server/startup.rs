@@ -88,19 +88,20 @@ impl Server {
             None => None,
         };
         let v1_key = crate::v1::load_key(&config.v1)?;
-        let first = match source::load_all(&config.sources).await {
-            Ok(set) => Some(set),
-            Err(e) if config.start_unready => {
-                tracing::error!(error = %e, "first load failed; listening anyway (start_unready), answering 503 until a load succeeds");
-                None
-            }
-            Err(e) => return Err(StartError::FirstLoad(e)),
-        };
+        let first = source::load_all(&config.sources).await;
         let mut state = State::new(key, registry, &config);
         state.tls = tls;
         state.v1_key = v1_key;
-        if let Some(set) = first {
-            state.set_loaded(set);
+        match first {
+            Ok(set) => {
+                state.set_loaded(set);
+            }
+            Err(e) if config.start_unready => {
+                tracing::error!(error = %e, "first load failed; listening anyway (start_unready), answering 503 until a load succeeds");
+                state.health.failure(e.summary());
+                state.metrics.source_load(false);
+            }
+            Err(e) => return Err(StartError::FirstLoad(e)),
         }
         Ok(Self {
             path: path.to_owned(),

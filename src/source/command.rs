@@ -36,7 +36,7 @@ pub(crate) async fn load(
         .collect();
     let stdout = run(argv, timeout, &env, None).await?;
     let text = std::str::from_utf8(&stdout)
-        .map_err(|_| LoadError::Command("its output is not UTF-8".into()))?;
+        .map_err(|_| LoadError::command("its output is not UTF-8".into()))?;
     match format {
         CommandFormat::Json => parse_json(text),
         CommandFormat::Dotenv => parse_dotenv(text.as_bytes()),
@@ -53,7 +53,7 @@ pub(crate) async fn run(
 ) -> Result<Zeroizing<Vec<u8>>, LoadError> {
     let (program, args) = argv
         .split_first()
-        .ok_or_else(|| LoadError::Command("`command` is empty".into()))?;
+        .ok_or_else(|| LoadError::command("`command` is empty".into()))?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -72,7 +72,7 @@ pub(crate) async fn run(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
-        LoadError::Command(format!(
+        LoadError::command(format!(
             "cannot run {program:?}: {e}; check `command` and PATH"
         ))
     })?;
@@ -113,20 +113,24 @@ pub(crate) async fn run(
     };
     let (out, err, complete, status) = tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| LoadError::Command(format!("{program:?} did not finish within {timeout:?} (killed); raise `timeout` or check the program")))?;
+        .map_err(|_| LoadError::command(format!("{program:?} did not finish within {timeout:?} (killed); raise `timeout` or check the program")))?;
     let stderr = cut(&String::from_utf8_lossy(&err));
-    let status = status.map_err(|e| LoadError::Command(format!("waiting for {program:?}: {e}")))?;
+    let status = status.map_err(|e| LoadError::command(format!("waiting for {program:?}: {e}")))?;
     if !status.success() {
-        return Err(LoadError::Command(format!(
-            "{program:?} failed ({status}); stderr: {stderr}"
-        )));
+        tracing::debug!(program = ?program, stderr = ?stderr, "a source command failed; its stderr");
+        return Err(LoadError::Command {
+            message: format!(
+                "{program:?} failed ({status}); its stderr is logged at debug level (--log-level debug) and printed by `locket check`"
+            ),
+            stderr: Some(stderr),
+        });
     }
     match complete {
         Ok(true) => Ok(out),
-        Ok(false) => Err(LoadError::Command(format!(
+        Ok(false) => Err(LoadError::command(format!(
             "{program:?} printed more than {MAX_OUTPUT} bytes"
         ))),
-        Err(e) => Err(LoadError::Command(format!("reading from {program:?}: {e}"))),
+        Err(e) => Err(LoadError::command(format!("reading from {program:?}: {e}"))),
     }
 }
 

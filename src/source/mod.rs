@@ -118,6 +118,18 @@ fn op() -> String {
 
 impl SourceConfig {
     /// A short description for logs and errors (never a value).
+    /// The `type = "..."` of this source.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Dotenv { .. } => "dotenv",
+            Self::Env { .. } => "env",
+            Self::File { .. } => "file",
+            Self::Command { .. } => "command",
+            Self::OnepasswordCli { .. } => "onepassword-cli",
+            Self::OnepasswordConnect { .. } => "onepassword-connect",
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Self::Dotenv { path } => format!("dotenv {}", path.display()),
@@ -226,12 +238,40 @@ pub enum LoadError {
     /// A variable the source names is missing or unusable.
     #[error("{0}")]
     Environment(String),
-    /// The program failed, timed out or printed too much.
-    #[error("{0}")]
-    Command(String),
+    /// The program failed, timed out or printed too much. Its stderr is kept
+    /// apart from the message: it is the program's text, not locket's, and
+    /// may hold anything, so it is logged at debug level only and never
+    /// reaches `/readyz`.
+    #[error("{message}")]
+    Command {
+        message: String,
+        stderr: Option<String>,
+    },
     /// 1Password (the CLI or Connect) refused or failed.
     #[error("{0}")]
     OnePassword(String),
+}
+
+impl LoadError {
+    /// A command failure without stderr to keep.
+    pub(crate) fn command(message: String) -> Self {
+        LoadError::Command {
+            message,
+            stderr: None,
+        }
+    }
+
+    /// What kind of failure this is, in words that carry no source text
+    /// (for `/readyz`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadError::Read { .. } => "unreadable",
+            LoadError::Format(_) => "not in the expected format",
+            LoadError::Environment(_) => "a variable is missing or unusable",
+            LoadError::Command { .. } => "the command failed",
+            LoadError::OnePassword(_) => "1Password failed",
+        }
+    }
 }
 
 /// A `[[sources]]` setting that cannot work (found without I/O).
@@ -239,13 +279,33 @@ pub enum LoadError {
 #[error("{0}")]
 pub struct SettingError(String);
 
-/// A source failed to load. The detail never contains a value.
+/// A source failed to load. The detail never contains a value, nor text
+/// the source itself produced (a command's stderr is in `stderr`, apart).
 #[derive(Debug, thiserror::Error)]
 #[error("source #{index} ({description}) failed to load: {detail}")]
 pub struct SourceError {
     pub index: usize,
     pub description: String,
     pub detail: String,
+    /// What kind of failure (see [`LoadError::kind`]).
+    pub kind: &'static str,
+    /// The start of a failed command's stderr, for the debug log and for
+    /// `locket check` (an operator at a terminal), never for endpoints.
+    pub stderr: Option<String>,
+    /// The source's type, as in `type = "..."`.
+    pub source_type: &'static str,
+}
+
+impl SourceError {
+    /// The failure as `/readyz` shows it: which source by number and type,
+    /// and what kind of failure; no path, URL, command or text from the
+    /// source.
+    pub fn summary(&self) -> String {
+        format!(
+            "source #{} ({}) failed: {}",
+            self.index, self.source_type, self.kind
+        )
+    }
 }
 
 /// Loads every source in order and combines them (later sources win).
@@ -256,6 +316,12 @@ pub async fn load_all(sources: &[SourceConfig]) -> Result<SecretSet, SourceError
             index: i + 1,
             description: source.describe(),
             detail: e.to_string(),
+            kind: e.kind(),
+            stderr: match e {
+                LoadError::Command { stderr, .. } => stderr,
+                _ => None,
+            },
+            source_type: source.type_name(),
         })?;
         let mut overridden = 0usize;
         let count = entries.len();
@@ -267,6 +333,9 @@ pub async fn load_all(sources: &[SourceConfig]) -> Result<SecretSet, SourceError
                     detail: format!(
                         "secret name {name:?} is empty, longer than 256 bytes or has control characters"
                     ),
+                    kind: "a secret name is not acceptable",
+                    stderr: None,
+                    source_type: source.type_name(),
                 });
             }
             if all.insert(name, value).is_some() {

@@ -102,7 +102,10 @@ async fn refresh_serves_new_values_keeps_the_old_set_when_the_source_breaks_and_
     assert_eq!(value(&c, "V").await.unwrap(), "two");
     let (status, ready) = get(&server, "/readyz").await;
     assert_eq!(status, 200, "still within max_age: {ready}");
-    assert!(ready.contains("not valid JSON"), "{ready}");
+    assert!(
+        ready.contains("source #1 (file) failed: not in the expected format"),
+        "{ready}"
+    );
     let (_, metrics) = get(&server, "/metrics").await;
     assert!(metrics.contains("locket_secrets_stale 1"), "{metrics}");
     assert!(
@@ -475,4 +478,55 @@ async fn secret_memory_is_locked_or_the_server_says_why() {
         "{log}"
     );
     assert!(!log.contains(&value_text[..32]), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_endpoints_show_no_source_text_and_answer_only_their_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("server-key.pem");
+    crate::support::server_key().write_new(&key_path).unwrap();
+    // A failing command that prints a would-be secret on stderr.
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nkey_file = \"server-key.pem\"\nstart_unready = true\n\
+         health_networks = [\"127.0.0.1\"]\n\
+         [[sources]]\ntype = \"command\"\n\
+         command = [\"/bin/sh\", \"-c\", \"echo 'token=stderr-secret-4242' >&2; exit 1\"]\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(&config, &[]);
+    let (status, ready) = get(&server, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready.contains("source #1 (command) failed: the command failed"),
+        "{ready}"
+    );
+    let (_, metrics) = get(&server, "/metrics").await;
+    for body in [&ready, &metrics] {
+        assert!(!body.contains("stderr-secret-4242"), "{body}");
+        assert!(!body.contains("/bin/sh"), "{body}");
+    }
+    // From an address outside health_networks: 403 for all three.
+    let outside = crate::support::http_builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = outside
+            .get(format!("http://{}{path}", server.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+        assert!(!r.text().await.unwrap().contains("stderr-secret"));
+    }
+    assert_eq!(get(&server, "/healthz").await.0, 200);
+    // The log at info level never has the program's stderr.
+    let log = server.stop();
+    assert!(
+        log.contains("the command failed") || log.contains("failed"),
+        "{log}"
+    );
+    assert!(!log.contains("stderr-secret-4242"), "{log}");
 }

@@ -198,12 +198,14 @@ async fn command_source_success_failure_timeout_garbage_and_clean_env() {
         5000,
     );
     let err = fails.load().await.unwrap_err();
-    assert!(matches!(err, LoadError::Command(_)), "{err:?}");
-    let err = err.to_string();
-    assert!(
-        err.contains("exit status: 3") && err.contains("no key"),
-        "{err}"
-    );
+    // The program's stderr is kept apart: never in the message (which is
+    // logged and reaches /readyz), only for the debug log and `locket check`.
+    let LoadError::Command { message, stderr } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(stderr.as_deref(), Some("sops: cannot decrypt: no key"));
+    assert!(message.contains("exit status: 3"), "{message}");
+    assert!(!err.to_string().contains("no key"), "{err}");
 
     let started = std::time::Instant::now();
     let slow = command(&["sleep", "10"], CommandFormat::Json, 300);
