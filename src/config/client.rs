@@ -168,9 +168,10 @@ impl ClientConfig {
         let mut from_file = ClientLayer::default();
         if let Some(path) = file {
             super::check_readable(path)?;
-            from_file = Figment::from(Toml::file_exact(path))
+            let text = super::read_toml(path)?;
+            from_file = Figment::from(Toml::string(&text))
                 .extract()
-                .map_err(Box::new)?;
+                .map_err(|e| super::describe(e, Some(&text), Some(path)))?;
             // Paths named in the config file are relative to its folder;
             // from the environment or a flag, to the working directory.
             let base = super::base_dir(Some(path));
@@ -187,7 +188,7 @@ impl ClientConfig {
         }
         let from_env: ClientLayer = Figment::from(Env::prefixed("LOCKET_").only(ENV_KEYS))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(|e| super::describe(e, None, None))?;
         let layer = flags.clone().over(from_env.over(from_file)?)?;
         let missing = |key: &str, flag: &str| {
             ConfigError::Invalid(format!(

@@ -143,10 +143,13 @@ impl ServerConfig {
     /// against the file's folder and validates everything that needs no I/O.
     pub fn load(path: &Path) -> Result<Checked, ConfigError> {
         super::check_readable(path)?;
+        let text = super::read_toml(path)?;
         let figment = Figment::from(Serialized::defaults(Self::default()))
-            .merge(Toml::file_exact(path))
+            .merge(Toml::string(&text))
             .merge(Env::prefixed("LOCKET_").only(ENV_KEYS));
-        let mut cfg: Self = figment.extract().map_err(Box::new)?;
+        let mut cfg: Self = figment
+            .extract()
+            .map_err(|e| super::describe(e, Some(&text), Some(path)))?;
         let base = super::base_dir(Some(path));
         super::resolve(&base, &mut cfg.key_file);
         for s in &mut cfg.sources {
@@ -166,10 +169,11 @@ impl ServerConfig {
     /// left as written) and validates it: what `locket check` does to a
     /// file, minus the file. Used by the fuzz targets and by tests.
     pub fn from_toml_str(text: &str) -> Result<Checked, ConfigError> {
+        super::check_syntax(text, None)?;
         let cfg: Self = Figment::from(Serialized::defaults(Self::default()))
             .merge(Toml::string(text))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(|e| super::describe(e, Some(text), None))?;
         cfg.check()
     }
 

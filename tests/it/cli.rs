@@ -397,7 +397,7 @@ fn check_validates_everything_and_prints_counts_never_values() {
         "[[sources]]\ntype = \"dotenv\"\npath = \"nope.env\"\n",
         "nope.env",
     );
-    bad("[[sources]]\ntype = \"vault\"\n", "vault");
+    bad("[[sources]]\ntype = \"vault\"\n", "`sources[0].type` unknown value");
     bad("listen = \"127.0.0.1:0\"\n", "no [[sources]]");
     // A dotenv line that does not parse: the error must not show the line.
     std::fs::write(
@@ -545,4 +545,79 @@ fn request_text_cannot_forge_log_lines() {
         "a request wrote its own log line: {forged:?}"
     );
     assert!(log.contains("request rejected"), "{log}");
+}
+
+#[test]
+fn config_errors_name_the_place_never_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), "A=1\n", &clients(), "");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let check = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        run_server_cmd(&["check", "--config", config.to_str().unwrap()], dir.path())
+    };
+    let secret = "tok-7b1f-secret";
+    // A syntax error on a line that holds a value.
+    let broken = good.replace(
+        "[[sources]]",
+        &format!("[[sources]]\nenv = {{ VAULT_TOKEN = \"{secret}\" "),
+    );
+    let (code, out, err) = check(&broken);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains(secret) && !out.contains(secret), "{err}");
+    assert!(
+        err.contains("server.toml:") && err.contains("TOML syntax error"),
+        "{err}"
+    );
+    // A value of the wrong type, a secret in the wrong place.
+    let wrong = good.replace(
+        "listen = ",
+        &format!("max_connections = \"{secret}\"\nlisten = "),
+    );
+    let (code, _, err) = check(&wrong);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains(secret), "{err}");
+    assert!(
+        err.contains("server.toml:1:")
+            && err.contains("`max_connections`")
+            && err.contains("found a string"),
+        "{err}"
+    );
+    // A nested key: the path and the line of the key.
+    let nested = good.replace(
+        "[clients.app]",
+        &format!("[clients.app]\nnote = \"{secret}\""),
+    );
+    let (code, _, err) = check(&nested);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains(secret), "{err}");
+    assert!(
+        err.contains("`clients.app.note`") && err.contains("unknown key `note`"),
+        "{err}"
+    );
+    // Inside a source: the source's place (serde reads a tagged source
+    // whole, so the key inside it is not known), never the value.
+    let in_source = good.replace(
+        "type = \"dotenv\"",
+        &format!("type = \"command\"\ncommand = [\"x\"]\nenv = {{ VAULT_TOKEN = 5 }}\n# {secret}"),
+    );
+    let (code, _, err) = check(&in_source);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        !err.contains(secret) && err.contains("`sources[0]`"),
+        "{err}"
+    );
+
+    // The reload error log says the same, without the value.
+    std::fs::write(&config, &good).unwrap();
+    let server = ServerProcess::start(&config, &[]);
+    std::fs::write(&config, &wrong).unwrap();
+    let line = server.reload();
+    assert!(line.contains("config reload rejected"), "{line}");
+    assert!(
+        line.contains("max_connections") && !line.contains(secret),
+        "{line}"
+    );
+    let log = server.stop();
+    assert!(!log.contains(secret), "{log}");
 }
