@@ -27,26 +27,37 @@ pub fn env_var_name(name: &str) -> String {
     out
 }
 
-/// Two secrets that one environment format cannot tell apart.
+/// Secrets that an environment format cannot carry. Names only, never values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "secrets {first:?} and {second:?} both map to variable {var}; ask for one of them, or use --format json"
-)]
-pub struct CollisionError {
-    pub first: String,
-    pub second: String,
-    pub var: String,
+pub enum FormatError {
+    /// Two secrets that the format cannot tell apart.
+    #[error(
+        "secrets {first:?} and {second:?} both map to variable {var}; ask for one of them, or use --format json"
+    )]
+    Collision {
+        first: String,
+        second: String,
+        var: String,
+    },
+    /// A value the format cannot carry safely to every reader it names.
+    #[error("the value of secret {name:?} cannot be written as {format}: {why}; use {instead}")]
+    Unrepresentable {
+        name: String,
+        format: &'static str,
+        why: &'static str,
+        instead: &'static str,
+    },
 }
 
 /// Maps every name with [`env_var_name`], refusing two names that map to one
 /// variable.
-pub fn env_names(secrets: &[(String, SecretValue)]) -> Result<Vec<String>, CollisionError> {
+pub fn env_names(secrets: &[(String, SecretValue)]) -> Result<Vec<String>, FormatError> {
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut out = Vec::with_capacity(secrets.len());
     for (name, _) in secrets {
         let var = env_var_name(name);
         if let Some(other) = seen.insert(var.clone(), name) {
-            return Err(CollisionError {
+            return Err(FormatError::Collision {
                 first: other.to_owned(),
                 second: name.clone(),
                 var,
@@ -64,7 +75,7 @@ fn env_lines(
     export: &str,
     quote: u8,
     escape: impl Fn(u8, &mut SecretBytes),
-) -> Result<SecretBytes, CollisionError> {
+) -> Result<SecretBytes, FormatError> {
     let vars = env_names(secrets)?;
     let size: usize = secrets
         .iter()
@@ -86,21 +97,98 @@ fn env_lines(
     Ok(out)
 }
 
-/// `NAME="value"` lines that a dotenv parser (dotenvy, docker compose,
-/// systemd-style loaders) reads back exactly: double quotes, with `\`, `"`,
-/// `$` and newline escaped as `\\`, `\"`, `\$`, `\n`.
-pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, CollisionError> {
-    env_lines(secrets, "", b'"', |c, out| match c {
-        b'\\' | b'"' | b'$' => out.extend_from_slice(&[b'\\', c]),
-        b'\n' => out.extend_from_slice(b"\\n"),
-        _ => out.push(c),
-    })
+/// Refuses the first value holding a byte of `bad`.
+fn refuse(
+    secrets: &[(String, SecretValue)],
+    bad: &[(u8, &'static str)],
+    format: &'static str,
+    instead: &'static str,
+) -> Result<(), FormatError> {
+    for (name, value) in secrets {
+        if let Some((_, why)) = bad
+            .iter()
+            .find(|(b, _)| value.expose().as_bytes().contains(b))
+        {
+            return Err(FormatError::Unrepresentable {
+                name: name.clone(),
+                format,
+                why,
+                instead,
+            });
+        }
+    }
+    Ok(())
+}
+
+const NUL: (u8, &str) = (0, "it holds a NUL byte, which no environment variable can");
+
+/// `NAME='value'` or `NAME="value"` lines for dotenv parsers (dotenvy,
+/// python-dotenv, docker compose) and for `set -a; . FILE` in sh or bash,
+/// none of which runs anything in them:
+///
+/// * single quotes when the value has no `'`, `\`, newline or carriage
+///   return: every reader takes it literally (no escapes, no `$`
+///   interpolation);
+/// * else double quotes, with `\`, `"`, `$` and newline escaped as `\\`,
+///   `\"`, `\$`, `\n`: dotenvy reads it back exactly; sh reads a newline as
+///   the two characters `\n`; python-dotenv keeps `\$` as written.
+///
+/// python-dotenv also expands `${NAME}` in any value, quoted or not (it has
+/// no escape for it): values with `${`, or with `$` and one of `'`, `\` or a
+/// newline, need `--format json` (or `interpolate=False`) there.
+///
+/// A value that would need double quotes and holds a backtick is refused
+/// (sh runs it inside double quotes, and dotenvy has no escape for it), as
+/// is a NUL byte.
+pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, FormatError> {
+    let needs_double = |v: &str| v.contains(['\'', '\\', '\n', '\r']);
+    refuse(secrets, &[NUL], "dotenv", "--format json")?;
+    for (name, value) in secrets {
+        if needs_double(value.expose()) && value.expose().contains('`') {
+            return Err(FormatError::Unrepresentable {
+                name: name.clone(),
+                format: "dotenv",
+                why: "it holds a backtick and a quote, backslash or newline: sh would run it in double quotes and dotenv parsers cannot escape it",
+                instead: "--format shell or json",
+            });
+        }
+    }
+    let vars = env_names(secrets)?;
+    let size: usize = secrets
+        .iter()
+        .zip(&vars)
+        .map(|((_, v), n)| n.len() + 4 + 2 * v.len())
+        .sum();
+    let mut out = SecretBytes::new(Vec::with_capacity(size));
+    for ((_, value), var) in secrets.iter().zip(&vars) {
+        let value = value.expose();
+        out.extend_from_slice(var.as_bytes());
+        out.push(b'=');
+        if needs_double(value) {
+            out.push(b'"');
+            for c in value.bytes() {
+                match c {
+                    b'\\' | b'"' | b'$' => out.extend_from_slice(&[b'\\', c]),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    _ => out.push(c),
+                }
+            }
+            out.push(b'"');
+        } else {
+            out.push(b'\'');
+            out.extend_from_slice(value.as_bytes());
+            out.push(b'\'');
+        }
+        out.push(b'\n');
+    }
+    Ok(out)
 }
 
 /// `NAME="value"` lines for systemd's `EnvironmentFile=`: double quotes,
 /// with `\`, `"`, `$` and `` ` `` escaped by a backslash; newlines are kept
 /// as they are (systemd allows them inside quotes).
-pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, CollisionError> {
+pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, FormatError> {
+    refuse(secrets, &[NUL], "systemd", "--format json")?;
     env_lines(secrets, "", b'"', |c, out| {
         if matches!(c, b'\\' | b'"' | b'$' | b'`') {
             out.push(b'\\');
@@ -111,7 +199,8 @@ pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, Col
 
 /// Shell `export NAME='value'` lines, safe to `eval` or `source`: single
 /// quotes, with each `'` written as `'\''`.
-pub fn shell(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, CollisionError> {
+pub fn shell(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, FormatError> {
+    refuse(secrets, &[NUL], "shell", "--format json")?;
     env_lines(secrets, "export ", b'\'', |c, out| {
         if c == b'\'' {
             out.extend_from_slice(b"'\\''");
@@ -173,7 +262,8 @@ mod tests {
             "dollar $HOME ${PATH} $",
             "multi\nline\n\nvalue",
             "hash # not a comment",
-            "\\|!@#$%^&*()_+[]{};:,<.>/?`~===",
+            "|!@#$%^&*()_+[]{};:,<.>/?`~===",
+            "\\|!@#$%^&*()_+[]{};:,<.>/?~===",
             "unicodé ✓ \t tab",
         ];
         let secrets: Vec<(String, SecretValue)> = values
@@ -189,6 +279,19 @@ mod tests {
         for ((name, value), (pn, pv)) in secrets.iter().zip(parsed) {
             assert_eq!(*name, pn);
             assert_eq!(value.expose(), pv, "value of {name}");
+        }
+        // A backtick that would need double quotes is refused by name.
+        let tick = vec![("T".to_string(), SecretValue::from("a'b`id`"))];
+        assert!(matches!(
+            dotenv(&tick),
+            Err(FormatError::Unrepresentable { name, .. }) if name == "T"
+        ));
+        let nul = vec![("N".to_string(), SecretValue::from("a\0b"))];
+        for format in [dotenv, shell, systemd_env] {
+            assert!(matches!(
+                format(&nul),
+                Err(FormatError::Unrepresentable { name, .. }) if name == "N"
+            ));
         }
     }
 

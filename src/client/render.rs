@@ -64,7 +64,7 @@ pub enum RenderError {
     #[error("unknown group {0:?}")]
     Group(String),
     #[error(transparent)]
-    Env(#[from] super::output::CollisionError),
+    Env(#[from] super::output::FormatError),
     #[error("cannot name a temporary file: {0}")]
     Random(crate::crypto::CryptoError),
 }

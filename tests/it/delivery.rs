@@ -484,7 +484,7 @@ fn loader_variables_are_passed_only_when_asked_for() {
 
     let (code, out, err) = run(&["env"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "APP_USER=\"alice\"\n");
+    assert_eq!(out, "APP_USER='alice'\n");
     assert!(
         err.contains("not passing BASH_ENV, LD_PRELOAD, PATH"),
         "{err}"
@@ -494,7 +494,7 @@ fn loader_variables_are_passed_only_when_asked_for() {
     let (code, out, err) = run(&["env", "PATH", "APP_USER"]);
     assert_eq!(
         (code, out.as_str()),
-        (0, "APP_USER=\"alice\"\nPATH=\"/evil-bin\"\n"),
+        (0, "APP_USER='alice'\nPATH='/evil-bin'\n"),
         "{err}"
     );
 

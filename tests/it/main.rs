@@ -6,6 +6,7 @@
 mod cli;
 mod cmd;
 mod delivery;
+mod formats;
 mod fuzz_corpus;
 mod handshake;
 mod limits;
