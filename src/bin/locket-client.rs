@@ -130,9 +130,11 @@ enum Command {
     },
 }
 
+/// `NAME=VAR`, split at the last `=`: a variable name has none, a secret
+/// name may.
 fn parse_rename(text: &str) -> Result<(String, String), String> {
     let (name, var) = text
-        .split_once('=')
+        .rsplit_once('=')
         .ok_or_else(|| format!("{text:?} is not NAME=VAR"))?;
     Ok((name.to_owned(), var.to_owned()))
 }

@@ -21,6 +21,10 @@ pub enum VariableError {
         "{var:?} (for secret {name:?}) is not a valid variable name; choose another with --as {name}=NAME"
     )]
     Invalid { var: String, name: String },
+    #[error(
+        "--as {name}={var}: no fetched secret is named {name:?}; check the name (ask for it, and check that it is granted)"
+    )]
+    UnknownRename { name: String, var: String },
     #[error("secrets {first:?} and {second:?} both map to {var}; rename one with --as NAME=VAR")]
     Collision {
         first: String,
@@ -37,6 +41,15 @@ pub fn variables(
     prefix: &str,
     renames: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, SecretValue)>, VariableError> {
+    if let Some((name, var)) = renames
+        .iter()
+        .find(|(name, _)| !secrets.iter().any(|(n, _)| n == *name))
+    {
+        return Err(VariableError::UnknownRename {
+            name: name.clone(),
+            var: var.clone(),
+        });
+    }
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut out = Vec::with_capacity(secrets.len());
     for (name, value) in secrets {
@@ -209,6 +222,16 @@ mod tests {
                 first: "db/password".into(),
                 second: "API".into(),
                 var: "db_password".into()
+            }
+        );
+        // A rename for a secret that was not fetched is an error, not a no-op.
+        renames.clear();
+        renames.insert("a=b".to_string(), "X".to_string());
+        assert_eq!(
+            variables(&s, "", &renames).unwrap_err(),
+            VariableError::UnknownRename {
+                name: "a=b".into(),
+                var: "X".into()
             }
         );
     }

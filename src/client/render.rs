@@ -59,6 +59,14 @@ pub enum RenderError {
     Name(String),
     #[error("two secrets map to the file name {0:?}")]
     Clash(String),
+    #[error(
+        "secret {secret:?} would be written to {path}, which is the --env-file; ask for the secrets by name, or put the env file in another folder"
+    )]
+    EnvFileClash { secret: String, path: PathBuf },
+    #[error(
+        "not written: {0}; their names cannot be file names (empty, `.`, `..`, or starting with `.locket-`); the other secrets were written"
+    )]
+    Refused(String),
     #[error("unknown user {0:?}")]
     User(String),
     #[error("unknown group {0:?}")]
@@ -207,8 +215,31 @@ pub fn render(
     }
     let mut names = BTreeSet::new();
     let mut files = Vec::with_capacity(secrets.len());
+    // A name that cannot be a file is refused alone: the others are still
+    // written, and the error names it once they are.
+    let mut refused = Vec::new();
+    // The env file, when it sits in the folder, takes its name there.
+    let env_file_here = opts
+        .env_file
+        .as_ref()
+        .filter(|p| p.parent() == Some(dir))
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str());
     for (name, value) in secrets {
-        let file = file_name(name)?;
+        let file = match file_name(name) {
+            Ok(f) => f,
+            Err(RenderError::Name(n)) => {
+                refused.push(format!("{n:?}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if env_file_here == Some(file.as_str()) {
+            return Err(RenderError::EnvFileClash {
+                secret: name.clone(),
+                path: dir.join(&file),
+            });
+        }
         if !names.insert(file.clone()) {
             return Err(RenderError::Clash(file));
         }
@@ -267,6 +298,9 @@ pub fn render(
     {
         write_atomic(path, &text, opts.mode, opts.owner, opts.group)?;
         report.written.push(path.display().to_string());
+    }
+    if !refused.is_empty() {
+        return Err(RenderError::Refused(refused.join(", ")));
     }
     Ok(report)
 }

@@ -45,6 +45,31 @@ pub(super) fn load(
     }
 }
 
+/// Where each name came from (its keys, outermost first), so that two keys
+/// making one name (`"a/b"` and `"a"` > `"b"`) are an error naming both.
+type Origins = std::collections::BTreeMap<String, String>;
+
+fn push(
+    out: &mut Vec<(String, SecretValue)>,
+    origins: &mut Origins,
+    keys: &[&str],
+    value: SecretValue,
+) -> Result<(), LoadError> {
+    let name = keys.join("/");
+    let origin = keys
+        .iter()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(" > ");
+    if let Some(other) = origins.insert(name.clone(), origin.clone()) {
+        return Err(LoadError::Format(format!(
+            "keys {other} and {origin} both make the secret name {name:?}; rename one of them"
+        )));
+    }
+    out.push((name, value));
+    Ok(())
+}
+
 /// Parses a JSON object; nested objects become `outer/inner` names.
 pub fn parse_json(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
     // serde_json's own messages quote no input, only line and column.
@@ -56,27 +81,25 @@ pub fn parse_json(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
         ));
     };
     let mut out = Vec::new();
-    flatten_json(String::new(), map, &mut out)?;
+    flatten_json(&[], map, &mut out, &mut Origins::new())?;
     Ok(out)
 }
 
 fn flatten_json(
-    prefix: String,
+    parents: &[&str],
     map: serde_json::Map<String, serde_json::Value>,
     out: &mut Vec<(String, SecretValue)>,
+    origins: &mut Origins,
 ) -> Result<(), LoadError> {
     use serde_json::Value;
     for (key, value) in map {
-        let name = if prefix.is_empty() {
-            key
-        } else {
-            format!("{prefix}/{key}")
-        };
+        let keys: Vec<&str> = parents.iter().copied().chain([key.as_str()]).collect();
+        let name = keys.join("/");
         match value {
-            Value::String(s) => out.push((name, SecretValue::new(s))),
-            Value::Number(n) => out.push((name, SecretValue::new(n.to_string()))),
-            Value::Bool(b) => out.push((name, SecretValue::new(b.to_string()))),
-            Value::Object(inner) => flatten_json(name, inner, out)?,
+            Value::String(s) => push(out, origins, &keys, SecretValue::new(s))?,
+            Value::Number(n) => push(out, origins, &keys, SecretValue::new(n.to_string()))?,
+            Value::Bool(b) => push(out, origins, &keys, SecretValue::new(b.to_string()))?,
+            Value::Object(inner) => flatten_json(&keys, inner, out, origins)?,
             Value::Null | Value::Array(_) => {
                 return Err(LoadError::Format(format!(
                     "{name:?} is null or an array; values must be strings, numbers, booleans or objects"
@@ -97,28 +120,26 @@ pub fn parse_toml(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
         })
     })?;
     let mut out = Vec::new();
-    flatten_toml(String::new(), table, &mut out)?;
+    flatten_toml(&[], table, &mut out, &mut Origins::new())?;
     Ok(out)
 }
 
 fn flatten_toml(
-    prefix: String,
+    parents: &[&str],
     table: toml::Table,
     out: &mut Vec<(String, SecretValue)>,
+    origins: &mut Origins,
 ) -> Result<(), LoadError> {
     use toml::Value;
     for (key, value) in table {
-        let name = if prefix.is_empty() {
-            key
-        } else {
-            format!("{prefix}/{key}")
-        };
+        let keys: Vec<&str> = parents.iter().copied().chain([key.as_str()]).collect();
+        let name = keys.join("/");
         match value {
-            Value::String(s) => out.push((name, SecretValue::new(s))),
-            Value::Integer(i) => out.push((name, SecretValue::new(i.to_string()))),
-            Value::Float(f) => out.push((name, SecretValue::new(f.to_string()))),
-            Value::Boolean(b) => out.push((name, SecretValue::new(b.to_string()))),
-            Value::Table(inner) => flatten_toml(name, inner, out)?,
+            Value::String(s) => push(out, origins, &keys, SecretValue::new(s))?,
+            Value::Integer(i) => push(out, origins, &keys, SecretValue::new(i.to_string()))?,
+            Value::Float(f) => push(out, origins, &keys, SecretValue::new(f.to_string()))?,
+            Value::Boolean(b) => push(out, origins, &keys, SecretValue::new(b.to_string()))?,
+            Value::Table(inner) => flatten_toml(&keys, inner, out, origins)?,
             Value::Datetime(_) | Value::Array(_) => {
                 return Err(LoadError::Format(format!(
                     "{name:?} is an array or datetime; values must be strings, numbers, booleans or tables"
@@ -144,5 +165,15 @@ mod tests {
         assert!(!e.contains("supersecret"), "{e}");
         let e = parse_json("{\"A\": supersecret}").unwrap_err().to_string();
         assert!(!e.contains("supersecret"), "{e}");
+        // Two spellings of one name: an error naming both, in either format.
+        let e = parse_json(r#"{"a/b":"x1","a":{"b":"x2"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#""a/b""#) && e.contains(r#""a" > "b""#), "{e}");
+        assert!(!e.contains("x1") && !e.contains("x2"), "{e}");
+        let e = parse_toml("\"a/b\" = \"x1\"\n[a]\nb = \"x2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#""a/b""#) && e.contains(r#""a" > "b""#), "{e}");
     }
 }

@@ -75,7 +75,15 @@ pub(crate) fn read_token(path: &Path) -> Result<Zeroizing<String>, LoadError> {
     Ok(token)
 }
 
-fn item_secrets(item: Item, out: &mut Vec<(String, SecretValue)>) {
+/// Where each secret name came from (item title, field label), so that two
+/// fields making one name are an error that names both.
+type Origins = std::collections::BTreeMap<String, (String, String)>;
+
+fn item_secrets(
+    item: Item,
+    out: &mut Vec<(String, SecretValue)>,
+    origins: &mut Origins,
+) -> Result<(), LoadError> {
     for field in item.fields {
         let value = match field.value {
             Some(serde_json::Value::String(s)) => Some(SecretValue::new(s)),
@@ -90,10 +98,20 @@ fn item_secrets(item: Item, out: &mut Vec<(String, SecretValue)>) {
                 field.label
             };
             if !label.is_empty() {
-                out.push((format!("{}/{label}", item.title), value));
+                let name = format!("{}/{label}", item.title);
+                if let Some((other_item, other_field)) =
+                    origins.insert(name.clone(), (item.title.clone(), label.clone()))
+                {
+                    return Err(LoadError::OnePassword(format!(
+                        "item {other_item:?} field {other_field:?} and item {:?} field {label:?} both make the secret name {name:?}; rename one of them in 1Password",
+                        item.title
+                    )));
+                }
+                out.push((name, value));
             }
         }
     }
+    Ok(())
 }
 
 /// The `op` CLI: `op item list`, then `op item get` per item.
@@ -128,6 +146,7 @@ pub(crate) async fn load_cli(
     .await?;
     let items: Vec<ItemSummary> = parse(&list, "the output of `op item list`")?;
     let mut out = Vec::new();
+    let mut origins = Origins::new();
     for summary in items {
         let raw = super::command::run(
             &argv(&[
@@ -148,7 +167,7 @@ pub(crate) async fn load_cli(
             &raw,
             &format!("the output of `op item get` for item {:?}", summary.title),
         )?;
-        item_secrets(item, &mut out);
+        item_secrets(item, &mut out, &mut origins)?;
     }
     Ok(out)
 }
@@ -188,10 +207,11 @@ pub(crate) async fn load_connect(
         "GET items",
     )?;
     let mut out = Vec::new();
+    let mut origins = Origins::new();
     for summary in items {
         let raw = get(format!("{base}/v1/vaults/{vault_id}/items/{}", summary.id)).await?;
         let item: Item = parse(&raw, &format!("GET item {:?}", summary.title))?;
-        item_secrets(item, &mut out);
+        item_secrets(item, &mut out, &mut origins)?;
     }
     Ok(out)
 }
@@ -254,7 +274,7 @@ mod tests {
     fn numbers_are_served_as_text_and_errors_never_quote_values() {
         let item: Item = parse(br#"{"title":"db","fields":[{"label":"pin","value":123456},{"label":"on","value":true},{"label":"none"}]}"#, "x").unwrap();
         let mut out = Vec::new();
-        item_secrets(item, &mut out);
+        item_secrets(item, &mut out, &mut Origins::new()).unwrap();
         let got: Vec<(&str, &str)> = out.iter().map(|(n, v)| (n.as_str(), v.expose())).collect();
         assert_eq!(got, [("db/pin", "123456"), ("db/on", "true")]);
         let Err(e) = parse::<Item>(br#"{"title":"db","fields":"hunter2-secret"}"#, "GET item")
@@ -264,5 +284,34 @@ mod tests {
         let e = e.to_string();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    /// Item `web` field `db/password` and item `web/db` field `password`
+    /// make one name: an error naming both, never a silent winner.
+    #[test]
+    fn two_fields_making_one_name_are_an_error_naming_both() {
+        let mut out = Vec::new();
+        let mut origins = Origins::new();
+        let web: Item = parse(
+            br#"{"title":"web","fields":[{"label":"db/password","value":"one-v"}]}"#,
+            "x",
+        )
+        .unwrap();
+        let web_db: Item = parse(
+            br#"{"title":"web/db","fields":[{"label":"password","value":"two-v"}]}"#,
+            "x",
+        )
+        .unwrap();
+        item_secrets(web, &mut out, &mut origins).unwrap();
+        let e = item_secrets(web_db, &mut out, &mut origins)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("item \"web\" field \"db/password\"")
+                && e.contains("item \"web/db\" field \"password\"")
+                && e.contains("\"web/db/password\""),
+            "{e}"
+        );
+        assert!(!e.contains("one-v") && !e.contains("two-v"), "{e}");
     }
 }

@@ -78,12 +78,13 @@ fn writes_files_rewrites_only_changes_and_removes_revoked() {
 }
 
 #[test]
-fn bad_names_fail_before_anything_is_written() {
+fn a_file_name_clash_fails_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let o = opts(tmp.path());
-    assert!(render::render(&set(&[("A", "1"), ("..", "x")]), &o).is_err());
+    // (A name that cannot be a file at all is refused alone: see
+    // reserved_names_are_refused_alone_and_the_env_file_is_never_a_secret.)
+    assert!(render::render(&set(&[("A", "1"), ("a/b", "1"), ("a_b", "2")]), &o).is_err());
     assert!(!tmp.path().join("A").exists());
-    assert!(render::render(&set(&[("a/b", "1"), ("a_b", "2")]), &o).is_err());
 }
 
 #[test]
@@ -205,4 +206,35 @@ fn render_through_the_binary() {
     );
     assert_eq!(code, 2);
     server.stop();
+}
+
+#[test]
+fn reserved_names_are_refused_alone_and_the_env_file_is_never_a_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run/app");
+    // A name that cannot be a file: refused by name, the others written.
+    let e = render::render(
+        &set(&[("A", "1"), ("..", "x"), (".locket-manifest", "y")]),
+        &opts(&dir),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("\"..\"") && e.contains("\".locket-manifest\""),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("A")).unwrap(), "1");
+    // A secret named like the env file in the same folder: an error, and
+    // neither file is written over the other.
+    let mut o = opts(&dir);
+    o.env_file = Some(dir.join("env"));
+    let e = render::render(&set(&[("A", "1"), ("env", "B=2")]), &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"env\"") && e.contains("--env-file"), "{e}");
+    assert!(!dir.join("env").exists());
+    // In another folder, the same names are fine.
+    o.env_file = Some(tmp.path().join("app.env"));
+    render::render(&set(&[("A", "1"), ("env", "B=2")]), &o).unwrap();
+    assert_eq!(std::fs::read_to_string(dir.join("env")).unwrap(), "B=2");
 }
