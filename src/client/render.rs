@@ -11,10 +11,16 @@
 //! tools put in the folder are never touched.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fchmod, fstat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 
 use crate::secret::SecretValue;
 
@@ -59,6 +65,10 @@ pub enum RenderError {
     Name(String),
     #[error("two secrets map to the file name {0:?}")]
     Clash(String),
+    #[error(
+        "{path}: {why}; locket writes secrets only into a real folder (not a symbolic link) owned by root or by the files' owner and writable by no one else; fix the folder or choose another --dir"
+    )]
+    UnsafeFolder { path: PathBuf, why: String },
     #[error(
         "secret {secret:?} would be written to {path}, which is the --env-file; ask for the secrets by name, or put the env file in another folder"
     )]
@@ -115,73 +125,202 @@ pub fn lookup_group(group: &str) -> Result<u32, RenderError> {
     }
 }
 
-/// Atomically replaces `path` with `contents`, created with `mode` and
-/// owned by `owner`/`group`. Leaves nothing behind on failure.
-pub fn write_atomic(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    owner: Option<u32>,
-    group: Option<u32>,
-) -> Result<(), RenderError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let suffix = hex::encode(crate::crypto::random_bytes::<8>().map_err(RenderError::Random)?);
-    let tmp = dir.join(format!("{TMP_PREFIX}{suffix}"));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        // The umask may have narrowed the mode; set it exactly (the file is
-        // still invisible under its temporary name).
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err(&tmp))?;
-        if owner.is_some() || group.is_some() {
-            std::os::unix::fs::fchown(&f, owner, group).map_err(io_err(&tmp))?;
+/// A render folder, opened once without following a link and checked:
+/// every file operation after that is relative to this handle, so a folder
+/// renamed or swapped for a symlink after the check cannot redirect a write
+/// or a removal.
+struct Folder {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Folder {
+    /// Opens `path` (creating it, and its missing parents, when absent) and
+    /// refuses it unless it is a real folder, owned by root or by
+    /// `target_uid`, and not writable by others.
+    fn open(
+        path: &Path,
+        target_uid: u32,
+        create: Option<(u32, Option<u32>, Option<u32>)>,
+    ) -> Result<Self, RenderError> {
+        let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+        let fd = match nix::fcntl::open(path, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) if create.is_some() => {
+                let (mode, owner, group) = create.expect("checked");
+                if let Some(parent) = path.parent() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(io_err(parent))?;
+                }
+                match fs::DirBuilder::new().mode(0o700).create(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_err(path)(e)),
+                }
+                let fd = nix::fcntl::open(path, flags, Mode::empty())
+                    .map_err(|e| unsafe_folder(path, &e))?;
+                // The umask (0077 under the NixOS module's hardening) narrows
+                // the mode given at creation; set it exactly, so that
+                // group-readable files (0440) sit in a folder the group can
+                // enter.
+                fchmod(&fd, Mode::from_bits_truncate(dir_mode(mode)))
+                    .map_err(|e| io_err(path)(e.into()))?;
+                if owner.is_some() || group.is_some() {
+                    fchown(&fd, owner.map(Uid::from_raw), group.map(Gid::from_raw))
+                        .map_err(|e| io_err(path)(e.into()))?;
+                }
+                fd
+            }
+            Err(e) => return Err(unsafe_folder(path, &e)),
+        };
+        let st = fstat(&fd).map_err(|e| io_err(path)(e.into()))?;
+        let why = if st.st_uid != 0 && st.st_uid != target_uid {
+            Some(format!(
+                "it is owned by uid {}, neither root nor the files' owner ({target_uid})",
+                st.st_uid
+            ))
+        } else if st.st_mode & 0o002 != 0 {
+            Some(format!(
+                "others may write to it (mode {:03o})",
+                st.st_mode & 0o777
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(RenderError::UnsafeFolder {
+                path: path.to_owned(),
+                why,
+            });
         }
-        f.write_all(contents).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_err(path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        Ok(Self {
+            fd,
+            path: path.to_owned(),
+        })
     }
-    result?;
-    sync_dir(dir)
+
+    fn err(&self, name: &str) -> impl FnOnce(Errno) -> RenderError + '_ {
+        let path = self.path.join(name);
+        move |e| RenderError::Io {
+            path,
+            source: e.into(),
+        }
+    }
+
+    /// Atomically replaces `name` with `contents`, created with `mode` and
+    /// owned by `owner`/`group`. Leaves nothing behind on failure.
+    fn write_atomic(
+        &self,
+        name: &str,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<u32>,
+        group: Option<u32>,
+    ) -> Result<(), RenderError> {
+        let suffix = hex::encode(crate::crypto::random_bytes::<8>().map_err(RenderError::Random)?);
+        let tmp = format!("{TMP_PREFIX}{suffix}");
+        let result = (|| {
+            let fd = openat(
+                &self.fd,
+                tmp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(mode),
+            )
+            .map_err(self.err(&tmp))?;
+            // The umask may have narrowed the mode; set it exactly (the file
+            // is still invisible under its temporary name).
+            fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(self.err(&tmp))?;
+            if owner.is_some() || group.is_some() {
+                fchown(&fd, owner.map(Uid::from_raw), group.map(Gid::from_raw))
+                    .map_err(self.err(&tmp))?;
+            }
+            let mut f = File::from(fd);
+            f.write_all(contents)
+                .map_err(io_err(&self.path.join(&tmp)))?;
+            f.sync_all().map_err(io_err(&self.path.join(&tmp)))?;
+            renameat(&self.fd, tmp.as_str(), &self.fd, name).map_err(self.err(name))
+        })();
+        if result.is_err() {
+            let _ = unlinkat(&self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        result?;
+        fsync(&self.fd).map_err(self.err("."))
+    }
+
+    /// Whether `name` is a regular file (not a link) holding exactly
+    /// `contents` with this mode and ownership.
+    fn same_file(
+        &self,
+        name: &str,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<u32>,
+        group: Option<u32>,
+    ) -> bool {
+        let Ok(fd) = openat(
+            &self.fd,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        let Ok(st) = fstat(&fd) else {
+            return false;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || st.st_mode & 0o7777 != mode
+            || owner.is_some_and(|u| u != st.st_uid)
+            || group.is_some_and(|g| g != st.st_gid)
+        {
+            return false;
+        }
+        let mut old = zeroize::Zeroizing::new(Vec::new());
+        match io::Read::read_to_end(&mut File::from(fd), &mut old) {
+            Ok(_) => old.as_slice() == contents,
+            Err(_) => false,
+        }
+    }
+
+    /// The text of `name` if it is a regular file (not a link).
+    fn read(&self, name: &str) -> Option<String> {
+        let fd = openat(
+            &self.fd,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        io::read_to_string(File::from(fd)).ok()
+    }
+
+    /// Removes `name` (a file or a link, never what a link points to).
+    /// Returns whether there was one.
+    fn remove(&self, name: &str) -> Result<bool, RenderError> {
+        match unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(self.err(name)(e)),
+        }
+    }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), RenderError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-fn same_file(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    owner: Option<u32>,
-    group: Option<u32>,
-) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return false;
+fn unsafe_folder(path: &Path, e: &Errno) -> RenderError {
+    let why = match e {
+        Errno::ELOOP => "it is a symbolic link".to_owned(),
+        Errno::ENOTDIR => "it is not a folder".to_owned(),
+        other => other.desc().to_owned(),
     };
-    if !meta.is_file()
-        || meta.mode() & 0o7777 != mode
-        || owner.is_some_and(|u| u != meta.uid())
-        || group.is_some_and(|g| g != meta.gid())
-    {
-        return false;
-    }
-    match fs::read(path) {
-        Ok(old) => {
-            let old = zeroize::Zeroizing::new(old);
-            old.as_slice() == contents
-        }
-        Err(_) => false,
+    RenderError::UnsafeFolder {
+        path: path.to_owned(),
+        why,
     }
 }
 
@@ -198,21 +337,10 @@ pub fn render(
     opts: &RenderOptions,
 ) -> Result<RenderReport, RenderError> {
     let dir = &opts.dir;
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(dir))?;
-        // The umask (0077 under the NixOS module's hardening) narrows the
-        // mode given at creation; set it exactly, so that group-readable
-        // files (0440) sit in a folder the group can enter.
-        fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode(opts.mode)))
-            .map_err(io_err(dir))?;
-        if opts.owner.is_some() || opts.group.is_some() {
-            std::os::unix::fs::chown(dir, opts.owner, opts.group).map_err(io_err(dir))?;
-        }
-    }
+    let target_uid = opts
+        .owner
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    let folder = Folder::open(dir, target_uid, Some((opts.mode, opts.owner, opts.group)))?;
     let mut names = BTreeSet::new();
     let mut files = Vec::with_capacity(secrets.len());
     // A name that cannot be a file is refused alone: the others are still
@@ -253,51 +381,45 @@ pub fn render(
     };
     let mut report = RenderReport::default();
     for (file, value) in &files {
-        let path = dir.join(file);
-        if same_file(
-            &path,
-            value.expose().as_bytes(),
-            opts.mode,
-            opts.owner,
-            opts.group,
-        ) {
+        let bytes = value.expose().as_bytes();
+        if folder.same_file(file, bytes, opts.mode, opts.owner, opts.group) {
             report.unchanged.push(file.clone());
         } else {
-            write_atomic(
-                &path,
-                value.expose().as_bytes(),
-                opts.mode,
-                opts.owner,
-                opts.group,
-            )?;
+            folder.write_atomic(file, bytes, opts.mode, opts.owner, opts.group)?;
             report.written.push(file.clone());
         }
     }
-    let manifest_path = dir.join(MANIFEST);
-    let previous = fs::read_to_string(&manifest_path).unwrap_or_default();
+    let previous = folder.read(MANIFEST).unwrap_or_default();
     for old in previous.lines().filter(|l| !l.is_empty()) {
-        if !names.contains(old) && file_name(old).is_ok_and(|f| f == old) {
-            match fs::remove_file(dir.join(old)) {
-                Ok(()) => report.removed.push(old.to_owned()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(RenderError::Io {
-                        path: dir.join(old),
-                        source: e,
-                    });
-                }
-            }
+        if !names.contains(old) && file_name(old).is_ok_and(|f| f == old) && folder.remove(old)? {
+            report.removed.push(old.to_owned());
         }
     }
     let manifest: String = names.iter().map(|n| format!("{n}\n")).collect();
     if previous != manifest {
-        write_atomic(&manifest_path, manifest.as_bytes(), 0o600, None, None)?;
+        folder.write_atomic(MANIFEST, manifest.as_bytes(), 0o600, None, None)?;
     }
-    if let (Some(path), Some(text)) = (&opts.env_file, env_text)
-        && !same_file(path, &text, opts.mode, opts.owner, opts.group)
-    {
-        write_atomic(path, &text, opts.mode, opts.owner, opts.group)?;
-        report.written.push(path.display().to_string());
+    if let (Some(path), Some(text)) = (&opts.env_file, env_text) {
+        // The env file's folder passes the same checks (it is not created).
+        let (env_dir, env_name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+            (Some(d), Some(n)) => (d, n),
+            _ => {
+                return Err(RenderError::UnsafeFolder {
+                    path: path.clone(),
+                    why: "--env-file must name a file in a folder".into(),
+                });
+            }
+        };
+        let env_folder = if env_dir == dir.as_path() {
+            None
+        } else {
+            Some(Folder::open(env_dir, target_uid, None)?)
+        };
+        let env_folder = env_folder.as_ref().unwrap_or(&folder);
+        if !env_folder.same_file(env_name, &text, opts.mode, opts.owner, opts.group) {
+            env_folder.write_atomic(env_name, &text, opts.mode, opts.owner, opts.group)?;
+            report.written.push(path.display().to_string());
+        }
     }
     if !refused.is_empty() {
         return Err(RenderError::Refused(refused.join(", ")));

@@ -238,3 +238,55 @@ fn reserved_names_are_refused_alone_and_the_env_file_is_never_a_secret() {
     render::render(&set(&[("A", "1"), ("env", "B=2")]), &o).unwrap();
     assert_eq!(std::fs::read_to_string(dir.join("env")).unwrap(), "B=2");
 }
+
+#[test]
+fn render_refuses_a_folder_it_cannot_trust_and_never_follows_links() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    // The folder is a symbolic link: refused, nothing written behind it.
+    let link = tmp.path().join("link");
+    symlink(&elsewhere, &link).unwrap();
+    let e = render::render(&set(&[("A", "1")]), &opts(&link))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("symbolic link"), "{e}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    // Writable by others: refused.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = render::render(&set(&[("A", "1")]), &opts(&open))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("others may write"), "{e}");
+    assert!(!open.join("A").exists());
+    // Owned by someone else (needs root to arrange, as CI runs).
+    if nix::unistd::geteuid().is_root() {
+        let foreign = tmp.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+        let e = render::render(&set(&[("A", "1")]), &opts(&foreign))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        assert!(!foreign.join("A").exists());
+    }
+    // A link planted where a secret file goes is replaced, never followed.
+    let dir = tmp.path().join("ok");
+    render::render(&set(&[("A", "1")]), &opts(&dir)).unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    std::fs::remove_file(dir.join("A")).unwrap();
+    symlink(&victim, dir.join("A")).unwrap();
+    render::render(&set(&[("A", "2")]), &opts(&dir)).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    assert!(
+        !std::fs::symlink_metadata(dir.join("A"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("A")).unwrap(), "2");
+}
