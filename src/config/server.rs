@@ -28,6 +28,7 @@ pub const ENV_KEYS: &[&str] = &[
     "replay_cache_size",
     "request_timeout",
     "max_connections",
+    "max_connections_per_source",
     "max_failed_auth",
     "failed_auth_window",
 ];
@@ -58,6 +59,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Most connections served at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// Most connections open at once from one source (IPv4 address or IPv6
+    /// /64); more are closed at once, so one host cannot take every slot.
+    /// Raise it for many clients behind one NAT address.
+    pub max_connections_per_source: usize,
     /// Failed authentications from one source (IPv4 address or IPv6 /64)
     /// within `failed_auth_window` before it gets 429; 0 turns it off.
     pub max_failed_auth: u32,
@@ -106,6 +111,7 @@ impl Default for ServerConfig {
             replay_cache_size: 100_000,
             request_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            max_connections_per_source: 256,
             max_failed_auth: 30,
             failed_auth_window: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(300),
@@ -202,6 +208,9 @@ impl ServerConfig {
         }
         if self.max_answer_bytes < 1024 {
             return invalid("max_answer_bytes must be at least 1024".into());
+        }
+        if self.max_connections_per_source == 0 {
+            return invalid("max_connections_per_source must be at least 1 (default 256)".into());
         }
         if self.request_timeout < Duration::from_secs(1) || self.max_connections == 0 {
             return invalid(

@@ -86,6 +86,8 @@ pub(crate) struct State {
     connection_slots: Arc<tokio::sync::Semaphore>,
     /// The number of permits `connection_slots` stands for now.
     max_connections: std::sync::atomic::AtomicUsize,
+    /// Open connections per source (`max_connections_per_source`).
+    per_source: Arc<ratelimit::ConnectionCounter>,
     /// A valid key no client holds: verifications for unknown clients run
     /// against it so they cost the same as for known ones.
     dummy_key: VerifyingKey,
@@ -114,6 +116,7 @@ impl State {
             ),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             max_connections: std::sync::atomic::AtomicUsize::new(config.max_connections),
+            per_source: Arc::default(),
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
             tls: None,
             v1_key: None,
@@ -253,11 +256,26 @@ pub(crate) async fn run(
             },
             () = &mut shutdown => break,
         };
-        // Read per connection: a reload may change it.
-        let request_timeout = state.runtime.load().config.request_timeout;
+        // Read per connection: a reload may change them.
+        let (request_timeout, per_source_limit) = {
+            let rt = state.runtime.load();
+            (
+                rt.config.request_timeout,
+                rt.config.max_connections_per_source,
+            )
+        };
+        // One host cannot hold every slot: past its share it is closed at
+        // once, and its slot goes back to everyone else.
+        let Some(source_slot) = state.per_source.try_open(addr.ip(), per_source_limit) else {
+            tracing::debug!(peer = %addr, "connection closed: its source has max_connections_per_source open");
+            state.metrics.request("too_many_connections", 0.0);
+            continue;
+        };
         let service = warp::service(routes.clone());
+        let timeout_state = Arc::clone(&state);
         let hyper_service = hyper::service::service_fn(
             move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let timeout_state = Arc::clone(&timeout_state);
                 req.extensions_mut().insert(Peer(addr));
                 let mut service = service.clone();
                 let call = tower_service::Service::call(&mut service, req);
@@ -267,6 +285,12 @@ pub(crate) async fn run(
                         Ok(answer) => answer,
                         Err(_) => {
                             tracing::warn!(peer = %addr, "request took longer than request_timeout; answering 408");
+                            // A sender too slow to finish counts as a failed
+                            // authentication: holding connections open is
+                            // how one host starves the others.
+                            timeout_state
+                                .failures
+                                .failure(addr.ip(), crate::clock::unix_now());
                             let mut r = warp::reply::Response::new(
                                 "{\"error\":\"timeout\",\"message\":\"the request took too long to arrive\"}".into(),
                             );
@@ -284,8 +308,10 @@ pub(crate) async fn run(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = state.tls.clone();
+        let conn_state = Arc::clone(&state);
         tokio::spawn(async move {
             let _slot = slot;
+            let _source_slot = source_slot;
             let io: Box<dyn Io> = match tls {
                 None => Box::new(stream),
                 Some(acceptor) => {
@@ -312,7 +338,18 @@ pub(crate) async fn run(
                 )
                 .await;
             if let Err(e) = result {
-                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                // A request head that never finished within the header
+                // timeout counts as a failed authentication, like a body
+                // that never finished (408 above).
+                let timed_out = e
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout);
+                if timed_out {
+                    conn_state
+                        .failures
+                        .failure(addr.ip(), crate::clock::unix_now());
+                }
+                tracing::debug!(peer = %addr, error = %e, timed_out, "connection ended with an error");
             }
         });
     }

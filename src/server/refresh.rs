@@ -194,6 +194,7 @@ mod tests {
         "max_age",
         "request_timeout",
         "max_connections",
+        "max_connections_per_source",
         "max_failed_auth",
         "failed_auth_window",
         "v1.lookup",

@@ -165,3 +165,95 @@ async fn oversized_headers_are_refused() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
     server.stop().await;
 }
+
+/// A TCP connection to `addr` from the local address `from`.
+async fn connect_from(from: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Asks for /healthz on `s` (keep-alive): whether the server answered, or
+/// closed the connection instead. Waits for one or the other, not a time.
+async fn served(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(s.read(&mut buf).await, Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_host_cannot_take_every_connection_slot() {
+    // Ten slots in all: without a per-source limit, one host's connections
+    // would hold every one of them and nobody else would be served.
+    let server = TestServer::start_with(
+        "A=a\n",
+        &clients(),
+        "max_connections = 10\nmax_connections_per_source = 8",
+    )
+    .await;
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for _ in 0..50 {
+        let mut s = connect_from("127.0.0.5", server.addr).await;
+        if served(&mut s).await {
+            held.push(s);
+        } else {
+            closed += 1;
+        }
+    }
+    assert!(
+        held.len() <= 8,
+        "{} connections from one source",
+        held.len()
+    );
+    assert!(closed >= 42, "{closed} closed of 50");
+    // Another host is served while the flood's connections are open.
+    let client = server.client("app", 51, Some("127.0.0.6".parse().unwrap()));
+    let got = client.fetch(&["A".to_string()]).await.unwrap();
+    assert_eq!(got[0].1.expose(), "a");
+    // And the source never has more than 8 open at once.
+    let mut still_open = 0;
+    for s in &mut held {
+        if served(s).await {
+            still_open += 1;
+        }
+    }
+    assert!(still_open <= 8);
+    drop(held);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn senders_that_time_out_count_as_failed_authentications() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(
+        "A=a\n",
+        &clients(),
+        "request_timeout = \"1s\"\nmax_failed_auth = 2\nfailed_auth_window = \"1h\"",
+    )
+    .await;
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.0.8", server.addr).await;
+        s.write_all(b"POST /v1/secrets HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    }
+    // Two timeouts reached the limit: that address now gets 429.
+    let (status, _) = post_raw(
+        server.addr,
+        b"{}".to_vec(),
+        Some("127.0.0.8".parse().unwrap()),
+    )
+    .await;
+    assert_eq!(status, 429);
+    server.stop().await;
+}
