@@ -88,6 +88,10 @@ pub(crate) struct State {
     max_connections: std::sync::atomic::AtomicUsize,
     /// Open connections per source (`max_connections_per_source`).
     per_source: Arc<ratelimit::ConnectionCounter>,
+    /// Requests stamped before this (unix seconds) are refused: this
+    /// process cannot know whether their nonces were spent (before it
+    /// started, or before a reload widened the clock window).
+    remembered_since: std::sync::atomic::AtomicI64,
     /// A valid key no client holds: verifications for unknown clients run
     /// against it so they cost the same as for known ones.
     dummy_key: VerifyingKey,
@@ -117,6 +121,7 @@ impl State {
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             max_connections: std::sync::atomic::AtomicUsize::new(config.max_connections),
             per_source: Arc::default(),
+            remembered_since: std::sync::atomic::AtomicI64::new(crate::clock::unix_now()),
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
             tls: None,
             v1_key: None,
@@ -165,6 +170,22 @@ impl State {
         }
     }
 
+    /// A reload changes the clock window from `old` to `new` seconds at
+    /// `now`. A wider window must not reopen a request whose nonce was
+    /// remembered only for the narrower one: remembered nonces are kept
+    /// longer by the difference, and requests stamped before `now - old`
+    /// (whose nonces may already be forgotten) are refused from now on.
+    pub(crate) fn widen_clock_window(&self, old: i64, new: i64, now: i64) {
+        if new <= old {
+            return;
+        }
+        if let Ok(mut cache) = self.replay.lock() {
+            cache.extend(new - old);
+        }
+        self.remembered_since
+            .fetch_max(now.saturating_sub(old), std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Spends `nonce` for `client`, for both protocols: `New` the first time
     /// within its window (`timestamp` + the clock skew), then `Replay`.
     /// Each client's nonces are its own, with a guaranteed share of the
@@ -177,6 +198,13 @@ impl State {
         timestamp: i64,
         now: i64,
     ) -> replay::Seen {
+        if timestamp
+            < self
+                .remembered_since
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return replay::Seen::Unknowable;
+        }
         let skew = runtime.config.clock_skew.as_secs() as i64;
         let clients = runtime.registry.len();
         self.replay

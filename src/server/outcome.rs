@@ -42,6 +42,9 @@ pub(crate) enum Outcome<A> {
     AnswerTooLarge { client: String, size: usize },
     /// 503: the replay cache is full.
     Busy { client: String },
+    /// 503 with Retry-After: stamped before this server could know whether
+    /// its nonce was spent (see `State::spend_nonce`); a new request passes.
+    Unknowable { client: String },
     /// 503: no secret set has been loaded yet.
     NotReady,
     /// 500.
@@ -62,6 +65,7 @@ impl<A> Outcome<A> {
             Outcome::Replay { .. } => "replay",
             Outcome::AnswerTooLarge { .. } => "too_large",
             Outcome::Busy { .. } => "busy",
+            Outcome::Unknowable { .. } => "retry",
             Outcome::NotReady => "not_ready",
             Outcome::Internal { .. } => "internal",
         }
@@ -110,6 +114,9 @@ impl<A> Outcome<A> {
             }
             Outcome::Busy { client } => {
                 tracing::error!(request_id = %id, protocol, client = %client, ip = %ip, outcome, "replay cache full; refusing requests until nonces expire (raise replay_cache_size)");
+            }
+            Outcome::Unknowable { client } => {
+                tracing::info!(request_id = %id, protocol, client = %client, ip = %ip, outcome, "request stamped before this server could remember its nonce (a start or a widened clock window); answering 503, retry with a new request");
             }
             Outcome::NotReady => {
                 tracing::warn!(request_id = %id, protocol, ip = %ip, outcome, "no secret set loaded yet; answering 503");

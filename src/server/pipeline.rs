@@ -66,6 +66,7 @@ pub(super) async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outc
         Seen::New => {}
         Seen::Replay => return Outcome::Replay { client: name },
         Seen::Full => return Outcome::Busy { client: name },
+        Seen::Unknowable => return Outcome::Unknowable { client: name },
     }
 
     // Authenticated: now, and only now, the RSA private-key operation. It

@@ -169,6 +169,11 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
     };
     let clients = registry.len();
     state.apply_limits(&config);
+    state.widen_clock_window(
+        old.config.clock_skew.as_secs() as i64,
+        config.clock_skew.as_secs() as i64,
+        crate::clock::unix_now(),
+    );
     state
         .runtime
         .store(Arc::new(Runtime::new(config, registry)));

@@ -25,6 +25,11 @@ pub(crate) enum Seen {
     Replay,
     /// The cache is full of live nonces.
     Full,
+    /// Stamped before this server could have remembered its nonce (before
+    /// it started, or in a window a reload widened): refused, because a
+    /// copy of it may already have been answered. Clients retry with a new
+    /// request.
+    Unknowable,
 }
 
 #[derive(Debug)]
@@ -43,6 +48,14 @@ impl ReplayCache {
             used: HashMap::new(),
             capacity,
             next_sweep: 0,
+        }
+    }
+
+    /// Keeps every remembered nonce `by` seconds longer (a reload widened
+    /// the clock window by that much).
+    pub(crate) fn extend(&mut self, by: i64) {
+        for expires in self.entries.values_mut() {
+            *expires = expires.saturating_add(by);
         }
     }
 

@@ -233,6 +233,16 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
             "busy",
             "server is busy; retry shortly",
         )),
+        Outcome::Unknowable { .. } => {
+            let mut r = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+                "send a new request (this one was made before the server could remember it)",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            r
+        }
         Outcome::NotReady => retry_later(json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",

@@ -140,6 +140,7 @@ async fn handle(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
         Outcome::NotFound { .. } => text(StatusCode::NOT_FOUND, "not found"),
         Outcome::AnswerTooLarge { .. }
         | Outcome::Busy { .. }
+        | Outcome::Unknowable { .. }
         | Outcome::NotReady
         | Outcome::Internal { .. } => {
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
@@ -247,6 +248,11 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
         }
         Seen::Full => {
             return V1Outcome::Busy {
+                client: client_name,
+            };
+        }
+        Seen::Unknowable => {
+            return V1Outcome::Unknowable {
                 client: client_name,
             };
         }

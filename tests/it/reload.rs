@@ -230,3 +230,79 @@ fn max_connections_applies_on_reload() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     server.stop();
 }
+
+/// A request from `app` (seed 71) stamped `timestamp`.
+fn signed_at(timestamp: i64) -> Vec<u8> {
+    let header = Header {
+        client: "app".into(),
+        server_fingerprint: server_key().fingerprint().to_owned(),
+        timestamp,
+        nonce: locket::crypto::random_bytes().unwrap(),
+    };
+    let body = RequestBody {
+        names: vec!["A".into()],
+        reply_key: reply_key().spki_der().to_vec(),
+    };
+    let public = ServerPublicKey::from_pem(server_key().public_pem()).unwrap();
+    Request::seal(header, &body, &public, &ClientKey::from_seed(&[71; 32]))
+        .unwrap()
+        .encode()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_is_not_answered_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), "A=a\n", &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let captured = signed_at(locket::clock::unix_now());
+    assert_eq!(post_raw(server.addr, captured.clone(), None).await.0, 200);
+    server.stop();
+    // A restart forgets every nonce; the new process must not answer a
+    // request made before it started. Wait until that is true of the
+    // captured one (the clock's next second), not for a fixed time.
+    let made = locket::clock::unix_now();
+    while locket::clock::unix_now() <= made {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = ServerProcess::start(&config, &[]);
+    let (status, body) = post_raw(server.addr, captured, None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"retry\""), "{body}");
+    // A new request is answered.
+    assert_eq!(
+        post_raw(server.addr, signed_at(locket::clock::unix_now()), None)
+            .await
+            .0,
+        200
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_widens_the_clock_window_reopens_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_then(dir.path(), "clock_skew = \"2s\"", "clock_skew = \"60s\"");
+    // Accepted within the 2 s window, then replayed once that window has
+    // passed for it but the reloaded 60 s one has not.
+    let ts = locket::clock::unix_now();
+    let captured = signed_at(ts);
+    assert_eq!(post_raw(server.addr, captured.clone(), None).await.0, 200);
+    assert!(server.reload().contains("config reloaded"));
+    let reloaded = locket::clock::unix_now();
+    while locket::clock::unix_now() <= ts + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = post_raw(server.addr, captured, None).await;
+    assert_eq!(status, 403, "answered twice (or not refused as a replay)");
+    // A request stamped before the reload's old window (its nonce may have
+    // been forgotten) is refused with "retry"; a new one is answered.
+    let (status, body) = post_raw(server.addr, signed_at(reloaded - 5), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        post_raw(server.addr, signed_at(locket::clock::unix_now()), None)
+            .await
+            .0,
+        200
+    );
+    server.stop();
+}
