@@ -106,12 +106,12 @@ refused! {
     v1_key_file_is_refused: "v1.key_file", "[v1]\nenable = true\n" => "[v1]\nenable = true\nkey_file = \"v1-key.pem\"\n";
 }
 
-/// A request signed by a key no client holds: a failed authentication.
-fn forged() -> Vec<u8> {
+/// A request for `A` stamped `timestamp`, signed with the key of `seed`.
+fn signed(seed: u8, timestamp: i64) -> Vec<u8> {
     let header = Header {
         client: "app".into(),
         server_fingerprint: server_key().fingerprint().to_owned(),
-        timestamp: locket::clock::unix_now(),
+        timestamp,
         nonce: locket::crypto::random_bytes().unwrap(),
     };
     let body = RequestBody {
@@ -119,9 +119,19 @@ fn forged() -> Vec<u8> {
         reply_key: reply_key().spki_der().to_vec(),
     };
     let public = ServerPublicKey::from_pem(server_key().public_pem()).unwrap();
-    Request::seal(header, &body, &public, &ClientKey::from_seed(&[9; 32]))
+    Request::seal(header, &body, &public, &ClientKey::from_seed(&[seed; 32]))
         .unwrap()
         .encode()
+}
+
+/// A request signed by a key no client holds: a failed authentication.
+fn forged() -> Vec<u8> {
+    signed(9, locket::clock::unix_now())
+}
+
+/// A request from `app` (seed 71) stamped `timestamp`.
+fn signed_at(timestamp: i64) -> Vec<u8> {
+    signed(71, timestamp)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,24 +239,6 @@ fn max_connections_applies_on_reload() {
     let n = next.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     server.stop();
-}
-
-/// A request from `app` (seed 71) stamped `timestamp`.
-fn signed_at(timestamp: i64) -> Vec<u8> {
-    let header = Header {
-        client: "app".into(),
-        server_fingerprint: server_key().fingerprint().to_owned(),
-        timestamp,
-        nonce: locket::crypto::random_bytes().unwrap(),
-    };
-    let body = RequestBody {
-        names: vec!["A".into()],
-        reply_key: reply_key().spki_der().to_vec(),
-    };
-    let public = ServerPublicKey::from_pem(server_key().public_pem()).unwrap();
-    Request::seal(header, &body, &public, &ClientKey::from_seed(&[71; 32]))
-        .unwrap()
-        .encode()
 }
 
 #[tokio::test(flavor = "multi_thread")]
