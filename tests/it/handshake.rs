@@ -296,8 +296,13 @@ async fn malformed_and_oversize_bodies() {
     );
 
     // Over max_request_bytes (64 KiB by default).
-    let (status, body) = post_raw(server.addr, vec![b' '; 200 * 1024], None).await;
-    assert_eq!(status, 413, "{body}");
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        crate::support::post_head_only(addr, "/v1/secrets", 200 * 1024)
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
     // Other paths and methods.
     let http = crate::support::http_builder().build().unwrap();

@@ -70,6 +70,33 @@ pub(crate) fn raw_get(addr: SocketAddr, path: &str) -> String {
     out
 }
 
+/// The answer to `POST path` announcing a body of `content_length` bytes,
+/// sent as the head alone. A server that refuses the size answers at once,
+/// so the test never races its own body against the server closing the
+/// connection (reqwest then reports a broken pipe instead of the 413).
+pub(crate) fn post_head_only(addr: SocketAddr, path: &str, content_length: usize) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {content_length}\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer's head and body; the server closes or keeps the
+    // connection, so read until the head is complete and a little more.
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer to an oversize head: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Sends `sig` to the process `pid` (a server or client under test).
 pub(crate) fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
