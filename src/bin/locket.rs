@@ -180,7 +180,9 @@ async fn check(path: &Path) -> Result<(), Failure> {
     let secrets = source::load_all(&config.sources).await.map_err(|e| {
         // An operator at a terminal: the command's own words help here.
         match &e.stderr {
-            Some(stderr) => runtime_error(format!("{e}\nthe command's stderr: {stderr}")),
+            Some(stderr) => {
+                runtime_error(format!("{e}\nthe command's stderr: {}", stderr.as_str()))
+            }
             None => runtime_error(e),
         }
     })?;

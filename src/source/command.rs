@@ -118,6 +118,7 @@ pub(crate) async fn run(
     let status = status.map_err(|e| LoadError::command(format!("waiting for {program:?}: {e}")))?;
     if !status.success() {
         tracing::debug!(program = ?program, stderr = ?stderr, "a source command failed; its stderr");
+        let stderr = super::ProgramText::new(stderr);
         return Err(LoadError::Command {
             message: format!(
                 "{program:?} failed ({status}); its stderr is logged at debug level (--log-level debug) and printed by `locket check`"

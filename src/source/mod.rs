@@ -245,7 +245,7 @@ pub enum LoadError {
     #[error("{message}")]
     Command {
         message: String,
-        stderr: Option<String>,
+        stderr: Option<ProgramText>,
     },
     /// 1Password (the CLI or Connect) refused or failed.
     #[error("{0}")]
@@ -274,6 +274,29 @@ impl LoadError {
     }
 }
 
+/// Text a source program printed (the start of its stderr). It may hold
+/// anything, a secret included, so its `Debug` form shows only its length:
+/// read it with [`ProgramText::as_str`] where an operator asked for it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProgramText(String);
+
+impl ProgramText {
+    pub(crate) fn new(text: String) -> Self {
+        Self(text)
+    }
+
+    /// The text itself.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ProgramText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProgramText(<{} bytes>)", self.0.len())
+    }
+}
+
 /// A `[[sources]]` setting that cannot work (found without I/O).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -291,7 +314,7 @@ pub struct SourceError {
     pub kind: &'static str,
     /// The start of a failed command's stderr, for the debug log and for
     /// `locket check` (an operator at a terminal), never for endpoints.
-    pub stderr: Option<String>,
+    pub stderr: Option<ProgramText>,
     /// The source's type, as in `type = "..."`.
     pub source_type: &'static str,
 }
