@@ -126,8 +126,8 @@ const NUL: (u8, &str) = (0, "it holds a NUL byte, which no environment variable 
 /// python-dotenv, docker compose) and for `set -a; . FILE` in sh or bash,
 /// none of which runs anything in them:
 ///
-/// * single quotes when the value has no `'`, `\`, newline or carriage
-///   return: every reader takes it literally (no escapes, no `$`
+/// * single quotes when the value has no `'`, `\` or newline: every reader
+///   takes it literally (no escapes, no `$`
 ///   interpolation);
 /// * else double quotes, with `\`, `"`, `$` and newline escaped as `\\`,
 ///   `\"`, `\$`, `\n`: dotenvy reads it back exactly; sh reads a newline as
@@ -139,19 +139,31 @@ const NUL: (u8, &str) = (0, "it holds a NUL byte, which no environment variable 
 ///
 /// A value that would need double quotes and holds a backtick is refused
 /// (sh runs it inside double quotes, and dotenvy has no escape for it), as
-/// is a NUL byte.
+/// is one that ends with a backslash (python-dotenv takes the escaped
+/// backslash and the closing quote for an escaped quote), a carriage return
+/// (python-dotenv reads it as a newline) and a NUL byte.
 pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, FormatError> {
-    let needs_double = |v: &str| v.contains(['\'', '\\', '\n', '\r']);
+    let needs_double = |v: &str| v.contains(['\'', '\\', '\n']);
     refuse(secrets, &[NUL], "dotenv", "--format json")?;
     for (name, value) in secrets {
-        if needs_double(value.expose()) && value.expose().contains('`') {
-            return Err(FormatError::Unrepresentable {
-                name: name.clone(),
-                format: "dotenv",
-                why: "it holds a backtick and a quote, backslash or newline: sh would run it in double quotes and dotenv parsers cannot escape it",
-                instead: "--format shell or json",
-            });
-        }
+        let value = value.expose();
+        let why = if value.contains('\r') {
+            "it holds a carriage return, which python-dotenv reads as a newline"
+        } else if !needs_double(value) {
+            continue;
+        } else if value.contains('`') {
+            "it holds a backtick and a quote, backslash or newline: sh would run it in double quotes and dotenv parsers cannot escape it"
+        } else if value.ends_with('\\') {
+            "it ends with a backslash, which python-dotenv reads as escaping the closing quote (and then misreads the lines after it)"
+        } else {
+            continue;
+        };
+        return Err(FormatError::Unrepresentable {
+            name: name.clone(),
+            format: "dotenv",
+            why,
+            instead: "--format shell or json",
+        });
     }
     let vars = env_names(secrets)?;
     let size: usize = secrets

@@ -3,9 +3,10 @@
 //! documentation promises (`src/client/output.rs`). Readers: `sh` and
 //! `bash` (`set -a; . FILE`), dotenvy, and python-dotenv (installed by
 //! `.ci/test`; this test fails, never skips, without it). systemd's own
-//! `EnvironmentFile=` reader needs a running systemd and is not run on
-//! these values here (the systemd format is checked under sh and bash,
-//! which are stricter about what runs).
+//! `EnvironmentFile=` reader needs a running systemd: the guest-machine
+//! test (`nix/tests/guest/guest-test.sh`) runs it on these same values
+//! (`tests/fixtures/hostile-values.json`); here the systemd format is
+//! checked under sh and bash.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,26 +15,17 @@ use std::process::Command;
 use locket::client::output::{dotenv, shell, systemd_env};
 use locket::secret::SecretValue;
 
-/// Values that try to run `touch MARKER` in every way a reader might.
+/// Values that try to run `touch MARKER` in every way a reader might, and
+/// that play on what each reader treats specially (comments, line
+/// continuations, specifiers, expansion). One list for every test that
+/// needs it, the guest-machine test's systemd included.
 fn hostile(marker: &Path) -> Vec<String> {
-    let m = marker.display();
-    vec![
-        "plain".into(),
-        String::new(),
-        "with space  ".into(),
-        format!("$(touch {m})"),
-        format!("`touch {m}`"),
-        format!("x'; touch {m}; '"),
-        format!("x\"; touch {m}; \""),
-        format!("\\\"$(touch {m})"),
-        format!("a\\\\b'c$(touch {m})"),
-        "dollar $HOME ${HOME} $".into(),
-        "multi\nline".into(),
-        "hash # not a comment".into(),
-        "semi; colon && and || or | pipe > redirect".into(),
-        "unicodé ✓ \t tab".into(),
-        format!("it's `touch {m}`"),
-    ]
+    let list: Vec<String> =
+        serde_json::from_str(include_str!("../fixtures/hostile-values.json")).unwrap();
+    let m = marker.display().to_string();
+    list.into_iter()
+        .map(|v| v.replace("@MARKER@", &m))
+        .collect()
 }
 
 fn secrets(values: &[String]) -> Vec<(String, SecretValue)> {
@@ -111,8 +103,8 @@ fn no_format_runs_anything_under_any_reader_it_names() {
         .partition(|s| dotenv(std::slice::from_ref(s)).is_ok());
     assert_eq!(
         refused.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        ["V14"],
-        "only the backtick that needs double quotes is refused"
+        ["V14", "V15", "V20"],
+        "only the backtick that needs double quotes, the trailing backslash and the carriage return are refused"
     );
     let file = dir.path().join("dotenv.env");
     std::fs::write(&file, dotenv(&carried).unwrap().as_slice()).unwrap();
@@ -126,6 +118,11 @@ fn no_format_runs_anything_under_any_reader_it_names() {
         "dotenvy reads dotenv back exactly"
     );
     let python = python_dotenv_read(&file);
+    assert!(
+        python.keys().eq(want.keys()),
+        "python-dotenv reads exactly the variables written: {:?}",
+        python.keys()
+    );
     for (name, value) in &want {
         // python-dotenv expands `${NAME}` in any value (it has no escape for
         // it) and keeps `\$` as written; the rest it reads back exactly.
@@ -136,6 +133,10 @@ fn no_format_runs_anything_under_any_reader_it_names() {
     }
     for sh in ["sh", "bash"] {
         let read = source_with(sh, &file);
+        assert!(
+            read.keys().eq(want.keys()),
+            "{sh} reads exactly the variables written"
+        );
         for (name, value) in &want {
             if !value.contains('\n') {
                 assert_eq!(read.get(name), Some(value), "{sh} reading dotenv, {name}");

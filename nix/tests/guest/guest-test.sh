@@ -132,6 +132,51 @@ check "with the server stopped, demo-consumer fails to start (after ${took} s)" 
 check "  within the fetch unit's bound (TimeoutStartSec=${FETCH_TIMEOUT}s)" test "$took" -le "$FETCH_TIMEOUT"
 check "  the fetch unit's journal names the server it tried" sh -c "journalctl -u locket-fetch-demo-consumer.service -o cat | grep -q 'http://$SERVER_IP:7410'"
 
+# systemd's own EnvironmentFile= reader (not run anywhere else): values
+# that try to run a command or play on its syntax (comments, line
+# continuations, specifiers, $ expansion), served by a real server from a
+# JSON file, written by the real client as --format systemd, read by
+# systemd for a transient unit, and printed back by env -0.
+h=/run/hostile
+mkdir -p -m 0700 "$h"
+pub=$(locket-client keygen --out "$h/client.key")
+cat >"$h/server.toml" <<EOF
+listen = "127.0.0.1:7411"
+key_file = "$h/server-key.pem"
+key_bits = 2048
+[[sources]]
+type = "file"
+path = "/payload/hostile/values.json"
+[clients.hostile]
+keys = ["$pub"]
+networks = ["127.0.0.0/8"]
+secrets = ["V*"]
+EOF
+fp=$(locket fingerprint --config "$h/server.toml" 2>"$h/fingerprint.log")
+locket serve --config "$h/server.toml" >"$h/server.log" 2>&1 &
+hostile_server=$!
+hostile_client() { locket-client --server http://127.0.0.1:7411 --server-fingerprint "$fp" --name hostile --key "$h/client.key" "$@"; }
+read_back() { # read_back FILE: the V<n> variables systemd gives a unit from it
+  systemd-run --quiet --wait --pipe -p EnvironmentFile="$1" /usr/bin/env -0 | grep -z '^V[0-9]*=' | LC_ALL=C sort -z
+}
+check "a server on 127.0.0.1:7411 serves the hostile values (key $fp)" wait_for 60 hostile_client get V0
+hostile_client env --format systemd >"$h/values.env" 2>"$h/client.log"
+check "  the client writes them as --format systemd" test -s "$h/values.env"
+read_back "$h/values.env" >"$h/got.env0"
+check "  systemd's EnvironmentFile= reads every value back exactly, and no other variable" cmp "$h/got.env0" /payload/hostile/expected.env0
+check "  nothing in them ran" test ! -e /tmp/locket-hostile-ran
+# The same comparison tells a wrong reading apart: shell-format lines
+# (`export NAME='...'`, not meant for systemd) do not read back.
+hostile_client env --format shell >"$h/shell.env" 2>>"$h/client.log"
+read_back "$h/shell.env" >"$h/shell.env0"
+check "  (the comparison can fail: shell-format lines do not read back exactly)" sh -c "test -s $h/shell.env && ! cmp -s $h/shell.env0 /payload/hostile/expected.env0"
+if [ "$failed" != 0 ]; then
+  echo "--- hostile: server log, client log"
+  tail -20 "$h/server.log" "$h/client.log" "$h/fingerprint.log"
+  tr '\0' '\n' <"$h/got.env0" | head -40
+fi
+kill "$hostile_server"
+
 if [ "$failed" != 0 ]; then
   for u in locket.service locket-fetch-demo-consumer.service locket-fetch-group-consumer.service demo-consumer.service group-consumer.service; do
     echo "--- journal of $u"

@@ -131,6 +131,18 @@ def main():
             "DEMO_FETCH": shlex.join(fetch["demo-consumer"]),
         }
         write(os.path.join(payload, "env.sh"), "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
+        # systemd's own EnvironmentFile= reader on the values that try to
+        # run something (tests/fixtures/hostile-values.json, shared with
+        # tests/it/formats.rs): what a server serves them as, and what env -0
+        # must print for them, sorted as `LC_ALL=C sort -z` sorts.
+        with open(os.path.join(REPO, "tests", "fixtures", "hostile-values.json"), encoding="utf-8") as f:
+            hostile = [v.replace("@MARKER@", "/tmp/locket-hostile-ran") for v in json.load(f)]
+        named = {f"V{i}": v for i, v in enumerate(hostile)}
+        os.makedirs(os.path.join(payload, "hostile"))
+        with open(os.path.join(payload, "hostile", "values.json"), "w", encoding="utf-8") as f:
+            json.dump(named, f, ensure_ascii=False)
+        with open(os.path.join(payload, "hostile", "expected.env0"), "wb") as f:
+            f.write(b"".join(sorted(f"{k}={v}".encode() + b"\0" for k, v in named.items())))
         shutil.copy(os.path.join(HERE, "guest-test.sh"), os.path.join(payload, "test.sh"))
         os.chmod(os.path.join(payload, "test.sh"), 0o755)
         print(f"guest: payload built in {time.time() - started:.0f} s ({du(payload)})", flush=True)
