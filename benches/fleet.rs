@@ -202,6 +202,7 @@ fn crypto_floor(server: &ServerKey, reply: &ReplyKey, names: usize) -> Duration 
         server_fingerprint: server.fingerprint().into(),
         timestamp: 1,
         nonce: [1; 16],
+        instance: None,
     };
     let body = RequestBody {
         names: (0..names).map(|i| format!("S{i:05}")).collect(),

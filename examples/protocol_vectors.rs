@@ -15,6 +15,7 @@ fn main() {
         server_fingerprint: format!("sha256:{}", "ab".repeat(32)),
         timestamp: 1_767_225_600,
         nonce: core::array::from_fn(|i| i as u8),
+        instance: None,
     };
     let wrapped = [0x11u8; 4];
     let ct = [0x22u8; 3];
@@ -55,6 +56,20 @@ fn main() {
         "aead_request_body_sealed = {}",
         hex::encode(sealed.as_slice())
     );
+    // The same header bound to a server instance (version 3).
+    let bound = Header {
+        instance: Some(core::array::from_fn(|i| 0xf0 | i as u8)),
+        ..header.clone()
+    };
+    let bound_signed = bound.signed_bytes(&wrapped, &ct);
+    println!("instance = {}", hex::encode(bound.instance.unwrap()));
+    println!("bound_signed_bytes = {}", hex::encode(&bound_signed));
+    println!(
+        "bound_signature = {}",
+        hex::encode(client.sign(&bound_signed).to_bytes())
+    );
+    println!("bound_request_aad = {}", hex::encode(bound.request_aad()));
+    println!("bound_response_aad = {}", hex::encode(bound.response_aad()));
     println!("```");
 
     // A complete request, sealed to a 2048-bit key printed here (test only).

@@ -62,6 +62,7 @@ async fn main() {
                 server_fingerprint: fingerprint.clone(),
                 timestamp: locket::clock::unix_now(),
                 nonce: locket::crypto::random_bytes().unwrap(),
+                instance: None,
             };
             let body = RequestBody {
                 names: vec!["A".into()],

@@ -28,6 +28,12 @@ use crate::secret::{SecretBytes, SecretValue};
 
 /// The protocol version carried in every message and bound into every MAC.
 pub const VERSION: u8 = 2;
+/// The version of a request bound to one server process (its `instance`,
+/// from `GET /v1/key`): the header's version byte and the JSON `version`.
+/// The encrypted body and the answer stay [`VERSION`].
+pub const BOUND_VERSION: u8 = 3;
+/// Length of a server instance id in bytes.
+pub const INSTANCE_LEN: usize = 16;
 /// OAEP label for the key that encrypts a request.
 pub const REQUEST_KEY_LABEL: &[u8] = b"locket/v2 request key";
 /// OAEP label for the key that encrypts an answer.
@@ -83,6 +89,9 @@ pub struct WireRequest {
     pub server_fingerprint: String,
     pub timestamp: i64,
     pub nonce: String,
+    /// The server process the request is for (version 3 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub wrapped_key: String,
     pub ciphertext: String,
     pub signature: String,
@@ -114,6 +123,12 @@ pub struct WireKey {
     pub public_key: String,
     /// `sha256:` + lowercase hex of the SPKI DER.
     pub fingerprint: String,
+    /// This server process's instance id, base64 of 16 random bytes drawn
+    /// at start. A client that sees it binds its requests to it (version
+    /// 3), so no other process (a restart, a second server sharing the
+    /// key) answers them. Absent from servers before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// The fields of a request that identify it; they are bound into the
@@ -124,6 +139,9 @@ pub struct Header {
     pub server_fingerprint: String,
     pub timestamp: i64,
     pub nonce: [u8; NONCE_LEN],
+    /// The server instance the request is bound to: `Some` makes it a
+    /// version 3 request, which only that server process answers.
+    pub instance: Option<[u8; INSTANCE_LEN]>,
 }
 
 /// A decoded, not yet verified request.
@@ -142,12 +160,25 @@ fn put_lp(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 impl Header {
+    /// The version byte of this header: [`BOUND_VERSION`] when it names an
+    /// instance, else [`VERSION`].
+    pub fn version(&self) -> u8 {
+        if self.instance.is_some() {
+            BOUND_VERSION
+        } else {
+            VERSION
+        }
+    }
+
     fn put_common(&self, out: &mut Vec<u8>) {
-        out.push(VERSION);
+        out.push(self.version());
         put_lp(out, self.client.as_bytes());
         put_lp(out, self.server_fingerprint.as_bytes());
         out.extend_from_slice(&self.timestamp.to_be_bytes());
         put_lp(out, &self.nonce);
+        if let Some(instance) = &self.instance {
+            put_lp(out, instance);
+        }
     }
 
     /// Associated data of the request ciphertext.
@@ -183,6 +214,19 @@ fn b64(field: &str, text: &str) -> Result<Vec<u8>, ProtocolError> {
         .map_err(|_| malformed(format!("field `{field}` is not standard base64")))
 }
 
+/// Decodes an instance id (`GET /v1/key`'s `instance`, a request's
+/// `instance`): base64 of exactly [`INSTANCE_LEN`] bytes.
+pub fn decode_instance(text: &str) -> Result<[u8; INSTANCE_LEN], ProtocolError> {
+    b64("instance", text)?
+        .try_into()
+        .map_err(|_| malformed(format!("field `instance` must be {INSTANCE_LEN} bytes")))
+}
+
+/// Encodes an instance id as `GET /v1/key` and a request carry it.
+pub fn encode_instance(instance: &[u8; INSTANCE_LEN]) -> String {
+    B64.encode(instance)
+}
+
 /// Checks a client name: 1 to 64 characters of `A-Za-z0-9._-`.
 pub fn valid_client_name(name: &str) -> bool {
     !name.is_empty()
@@ -203,9 +247,21 @@ impl Request {
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
         let wire: WireRequest = serde_json::from_slice(body)
             .map_err(|e| malformed(format!("request is not the expected JSON: {e}")))?;
-        if wire.version != VERSION {
-            return Err(ProtocolError::Version(wire.version));
-        }
+        let instance = match (wire.version, &wire.instance) {
+            (VERSION, None) => None,
+            (BOUND_VERSION, Some(text)) => Some(decode_instance(text)?),
+            (VERSION, Some(_)) => {
+                return Err(malformed(format!(
+                    "field `instance` needs version {BOUND_VERSION}"
+                )));
+            }
+            (BOUND_VERSION, None) => {
+                return Err(malformed(format!(
+                    "version {BOUND_VERSION} needs field `instance`"
+                )));
+            }
+            (other, _) => return Err(ProtocolError::Version(other)),
+        };
         if !valid_client_name(&wire.client) {
             return Err(malformed(
                 "field `client` must be 1-64 characters of A-Za-z0-9._-",
@@ -239,6 +295,7 @@ impl Request {
                 server_fingerprint: wire.server_fingerprint,
                 timestamp: wire.timestamp,
                 nonce,
+                instance,
             },
             wrapped_key,
             ciphertext,
@@ -249,11 +306,12 @@ impl Request {
     /// The JSON body to send.
     pub fn encode(&self) -> Vec<u8> {
         let wire = WireRequest {
-            version: VERSION,
+            version: self.header.version(),
             client: self.header.client.clone(),
             server_fingerprint: self.header.server_fingerprint.clone(),
             timestamp: self.header.timestamp,
             nonce: B64.encode(self.header.nonce),
+            instance: self.header.instance.as_ref().map(encode_instance),
             wrapped_key: B64.encode(&self.wrapped_key),
             ciphertext: B64.encode(&self.ciphertext),
             signature: B64.encode(self.signature.to_bytes()),

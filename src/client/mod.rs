@@ -117,6 +117,19 @@ impl ClientError {
 struct Endpoint {
     url: String,
     key: OnceCell<ServerPublicKey>,
+    /// The server process that `GET /v1/key` last named (servers before
+    /// protocol version 3 name none): requests are bound to it.
+    instance: std::sync::Mutex<Option<[u8; protocol::INSTANCE_LEN]>>,
+}
+
+impl Endpoint {
+    fn instance(&self) -> Option<[u8; protocol::INSTANCE_LEN]> {
+        *self.instance.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_instance(&self, instance: Option<[u8; protocol::INSTANCE_LEN]>) {
+        *self.instance.lock().unwrap_or_else(|e| e.into_inner()) = instance;
+    }
 }
 
 /// A client of one server.
@@ -254,6 +267,7 @@ impl Client {
                 .map(|url| Endpoint {
                     url: url.clone(),
                     key: OnceCell::new(),
+                    instance: std::sync::Mutex::new(None),
                 })
                 .collect(),
             order: config.server_order,
@@ -277,11 +291,37 @@ impl Client {
     ) -> Result<&'a ServerPublicKey, ClientError> {
         endpoint
             .key
-            .get_or_try_init(|| self.fetch_server_key(&endpoint.url))
+            .get_or_try_init(|| async {
+                let (key, instance) = self.fetch_server_key(&endpoint.url).await?;
+                endpoint.set_instance(instance);
+                Ok(key)
+            })
             .await
     }
 
-    async fn fetch_server_key(&self, server: &str) -> Result<ServerPublicKey, ClientError> {
+    /// Asks the server again which process it is (after it refused a
+    /// request bound to another: it restarted, or a second server sharing
+    /// the key answered). The key must be the one already trusted.
+    async fn refresh_instance(&self, endpoint: &Endpoint) -> Result<(), ClientError> {
+        let (key, instance) = self.fetch_server_key(&endpoint.url).await?;
+        if let Some(known) = endpoint.key.get()
+            && known.fingerprint != key.fingerprint
+        {
+            return Err(ClientError::Protocol(format!(
+                "the server at {} changed its key from {} to {} while this client ran; run it again",
+                endpoint.url, known.fingerprint, key.fingerprint
+            )));
+        }
+        endpoint.set_instance(instance);
+        Ok(())
+    }
+
+    /// The server's key, checked against the pin, and the instance id it
+    /// announced (if any).
+    async fn fetch_server_key(
+        &self,
+        server: &str,
+    ) -> Result<(ServerPublicKey, Option<[u8; protocol::INSTANCE_LEN]>), ClientError> {
         let unreachable = |e: String| ClientError::Unreachable {
             server: server.to_owned(),
             detail: e,
@@ -311,9 +351,15 @@ impl Client {
         })?;
         let key = ServerPublicKey::from_pem(&wire.public_key)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let instance = wire
+            .instance
+            .as_deref()
+            .map(protocol::decode_instance)
+            .transpose()
+            .map_err(|e| ClientError::Protocol(format!("GET {}: {e}", protocol::KEY_PATH)))?;
         let server = server.to_owned();
         match self.trust.check(&server, &key.fingerprint)? {
-            Ok(()) => Ok(key),
+            Ok(()) => Ok((key, instance)),
             Err(Refusal::Pin { expected }) => Err(ClientError::PinMismatch {
                 server,
                 expected,
@@ -419,6 +465,7 @@ impl Client {
             server_fingerprint: server_key.fingerprint.clone(),
             timestamp: crate::clock::unix_now(),
             nonce: crate::crypto::random_bytes().map_err(|e| ClientError::Local(e.to_string()))?,
+            instance: endpoint.instance(),
         };
         let body = RequestBody {
             names: names.to_vec(),
@@ -480,12 +527,29 @@ impl Client {
                 Ok(answer.secrets)
             }
             403 => Err(ClientError::Denied { request_id }),
+            503 if error_code(&bytes).as_deref() == Some("retry") => {
+                // Made before this server could remember it, or bound to
+                // another instance: learn the current one, then the retry
+                // loop sends a new request.
+                self.refresh_instance(endpoint).await?;
+                Err(ClientError::Server {
+                    status,
+                    message: error_message(&bytes),
+                })
+            }
             _ => Err(ClientError::Server {
                 status,
                 message: error_message(&bytes),
             }),
         }
     }
+}
+
+/// The `error` code of an unsealed error answer.
+fn error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<WireError>(body)
+        .ok()
+        .map(|e| e.error)
 }
 
 fn error_message(body: &[u8]) -> String {

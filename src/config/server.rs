@@ -31,6 +31,7 @@ pub const ENV_KEYS: &[&str] = &[
     "max_connections_per_source",
     "max_failed_auth",
     "failed_auth_window",
+    "require_bound_requests",
 ];
 
 /// `server.toml`. Unknown keys are errors, so a typo is never silently
@@ -59,6 +60,12 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Most connections served at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// Length of the listen queue: connections the kernel accepts before
+    /// the server takes them. A fleet restarting at once opens thousands
+    /// together; a short queue makes the rest retry their SYN after a
+    /// second or more. Capped by the kernel's `net.core.somaxconn` (the
+    /// server warns when it is).
+    pub listen_backlog: u32,
     /// Most connections open at once from one source (IPv4 address or IPv6
     /// /64); more are closed at once, so one host cannot take every slot.
     /// Raise it for many clients behind one NAT address.
@@ -68,6 +75,11 @@ pub struct ServerConfig {
     pub max_failed_auth: u32,
     #[serde(with = "humantime_serde")]
     pub failed_auth_window: Duration,
+    /// Refuse requests that are not bound to this server process (protocol
+    /// version 2, from clients before version 3 existed). Bound requests
+    /// are answered once across restarts and across servers sharing a key;
+    /// set this once every client sends them.
+    pub require_bound_requests: bool,
     /// Reload the sources this often (with up to 10% jitter); `0s` never.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
@@ -111,9 +123,11 @@ impl Default for ServerConfig {
             replay_cache_size: 100_000,
             request_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            listen_backlog: 4096,
             max_connections_per_source: 256,
             max_failed_auth: 30,
             failed_auth_window: Duration::from_secs(60),
+            require_bound_requests: false,
             refresh_interval: Duration::from_secs(300),
             max_age: None,
             start_unready: false,
@@ -216,6 +230,9 @@ impl ServerConfig {
             return invalid(
                 "request_timeout must be at least 1s and max_connections at least 1".into(),
             );
+        }
+        if self.listen_backlog == 0 {
+            return invalid("listen_backlog must be at least 1 (default 4096)".into());
         }
         if self.replay_cache_size < 1000 {
             return invalid("replay_cache_size must be at least 1000".into());

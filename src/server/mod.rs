@@ -92,6 +92,11 @@ pub(crate) struct State {
     /// process cannot know whether their nonces were spent (before it
     /// started, or before a reload widened the clock window).
     remembered_since: std::sync::atomic::AtomicI64,
+    /// This process's instance id (`GET /v1/key`'s `instance`): random at
+    /// every start, so a bound (version 3) request is answered by this
+    /// process only, never by a second server sharing the key or by this
+    /// server after a restart, whose replay caches never saw its nonce.
+    pub instance: [u8; crate::protocol::INSTANCE_LEN],
     /// A valid key no client holds: verifications for unknown clients run
     /// against it so they cost the same as for known ones.
     dummy_key: VerifyingKey,
@@ -122,6 +127,8 @@ impl State {
             max_connections: std::sync::atomic::AtomicUsize::new(config.max_connections),
             per_source: Arc::default(),
             remembered_since: std::sync::atomic::AtomicI64::new(crate::clock::unix_now()),
+            instance: crate::crypto::random_bytes()
+                .expect("the OS random number generator failed at start"),
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
             tls: None,
             v1_key: None,

@@ -44,7 +44,7 @@ pub(crate) enum Outcome<A> {
     Busy { client: String },
     /// 503 with Retry-After: stamped before this server could know whether
     /// its nonce was spent (see `State::spend_nonce`); a new request passes.
-    Unknowable { client: String },
+    Unknowable { client: String, why: &'static str },
     /// 503: no secret set has been loaded yet.
     NotReady,
     /// 500.
@@ -115,8 +115,8 @@ impl<A> Outcome<A> {
             Outcome::Busy { client } => {
                 tracing::error!(request_id = %id, protocol, client = %client, ip = %ip, outcome, "replay cache full; refusing requests until nonces expire (raise replay_cache_size)");
             }
-            Outcome::Unknowable { client } => {
-                tracing::info!(request_id = %id, protocol, client = %client, ip = %ip, outcome, "request stamped before this server could remember its nonce (a start or a widened clock window); answering 503, retry with a new request");
+            Outcome::Unknowable { client, why } => {
+                tracing::info!(request_id = %id, protocol, client = %client, ip = %ip, outcome, "{why}; answering 503, retry with a new request");
             }
             Outcome::NotReady => {
                 tracing::warn!(request_id = %id, protocol, ip = %ip, outcome, "no secret set loaded yet; answering 503");

@@ -54,6 +54,25 @@ pub(super) async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outc
     if let Err(denied) = cheap_checks(state, &runtime, &request, ip, now) {
         return denied;
     }
+    // A bound request names the server process it is for; another process
+    // (a second server sharing the key, or this one before a restart) may
+    // have answered it already, so it is refused here. The client fetches
+    // the key again, learns this instance and sends a new request.
+    match request.header.instance {
+        Some(instance) if instance != state.instance => {
+            return Outcome::Unknowable {
+                client: name,
+                why: "request bound to another server instance (a second server sharing this key, or this server before a restart)",
+            };
+        }
+        None if runtime.config.require_bound_requests => {
+            return Outcome::Denied {
+                client: Some(name),
+                reason: "request not bound to this server instance (version 2), and require_bound_requests is set; upgrade the client".into(),
+            };
+        }
+        _ => {}
+    }
     // Each client's nonces are its own: a registered client that sees
     // another's traffic cannot spend that client's nonce first.
     match state.spend_nonce(
@@ -66,7 +85,12 @@ pub(super) async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outc
         Seen::New => {}
         Seen::Replay => return Outcome::Replay { client: name },
         Seen::Full => return Outcome::Busy { client: name },
-        Seen::Unknowable => return Outcome::Unknowable { client: name },
+        Seen::Unknowable => {
+            return Outcome::Unknowable {
+                client: name,
+                why: "request stamped before this server could remember its nonce (a start or a widened clock window)",
+            };
+        }
     }
 
     // Authenticated: now, and only now, the RSA private-key operation. It

@@ -117,6 +117,7 @@ pub(crate) enum ReloadError {
 pub(crate) fn fixed_at_start_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
     [
         ("listen", old.listen != new.listen),
+        ("listen_backlog", old.listen_backlog != new.listen_backlog),
         ("key_file", old.key_file != new.key_file),
         ("key_bits", old.key_bits != new.key_bits),
         ("tls", old.tls != new.tls),
@@ -202,6 +203,7 @@ mod tests {
         "max_connections_per_source",
         "max_failed_auth",
         "failed_auth_window",
+        "require_bound_requests",
         "v1.lookup",
         "health_networks",
     ];
@@ -232,6 +234,7 @@ mod tests {
         // Every setting changed at once: the refused ones are exactly those
         // `fixed_at_start_changes` names.
         changed.listen = "127.0.0.1:1".parse().unwrap();
+        changed.listen_backlog += 1;
         changed.key_file = "other.pem".into();
         changed.key_bits = 4096;
         changed.max_request_bytes += 1;

@@ -43,6 +43,7 @@ pub(super) fn routes(
                 algorithm: "RSA-OAEP-SHA256".into(),
                 public_key: state.key.public_pem().to_owned(),
                 fingerprint: state.key.fingerprint().to_owned(),
+                instance: Some(protocol::encode_instance(&state.instance)),
             };
             warp::reply::json(&body).into_response()
         });

@@ -119,12 +119,31 @@ impl Server {
         self.state.key.public_pem()
     }
 
-    /// Binds the configured `listen` address.
+    /// Binds the configured `listen` address with a listen queue of
+    /// `listen_backlog` (tokio's own bind, like std's, asks for 128).
     pub async fn bind(&self) -> Result<TcpListener, StartError> {
-        let addr = self.state.runtime.load().config.listen;
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
+        let config = &self.state.runtime.load().config;
+        let (addr, backlog) = (config.listen, config.listen_backlog);
+        let bind = || -> std::io::Result<TcpListener> {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(backlog)
+        };
+        let listener = bind().map_err(|source| StartError::Bind { addr, source })?;
+        if let Some(max) = somaxconn()
+            && max < backlog
+        {
+            tracing::warn!(
+                listen_backlog = backlog,
+                somaxconn = max,
+                "the kernel caps the listen queue at net.core.somaxconn = {max}, below listen_backlog = {backlog}; a burst of connections beyond it waits for SYN retries (raise it: sysctl -w net.core.somaxconn={backlog})"
+            );
+        }
+        Ok(listener)
     }
 
     /// Serves on `listener` until `shutdown` completes, then lets requests
@@ -185,6 +204,15 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The kernel's cap on any listen queue (Linux; `None` where unknown).
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Loads the key at `path`, or creates it with `bits` bits (and says so).

@@ -9,6 +9,7 @@
 
 mod endpoint;
 pub mod import;
+mod shape;
 pub mod wire;
 
 use std::path::PathBuf;

@@ -51,6 +51,7 @@ pub(super) fn answer_header() -> Header {
         server_fingerprint: format!("sha256:{}", "ab".repeat(32)),
         timestamp: 1_700_000_000,
         nonce: [9; protocol::NONCE_LEN],
+        instance: None,
     }
 }
 
@@ -165,6 +166,7 @@ pub(super) fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         server_fingerprint: server.fingerprint().into(),
         timestamp: 1_700_000_000,
         nonce: [3; protocol::NONCE_LEN],
+        instance: None,
     };
     for (i, names) in [
         vec![],

@@ -145,6 +145,7 @@ fn sealed(
             .unwrap_or_else(|| server.fingerprint()),
         timestamp,
         nonce: locket::crypto::random_bytes().unwrap(),
+        instance: None,
     };
     let body = RequestBody {
         names: names(&["SHARED_VAR"]),

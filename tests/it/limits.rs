@@ -19,6 +19,7 @@ fn sealed(server: &TestServer, signer: &ClientKey) -> Vec<u8> {
         server_fingerprint: server.fingerprint(),
         timestamp: locket::clock::unix_now(),
         nonce: locket::crypto::random_bytes().unwrap(),
+        instance: None,
     };
     let body = RequestBody {
         names: vec!["A".into()],
@@ -256,4 +257,56 @@ async fn senders_that_time_out_count_as_failed_authentications() {
     .await;
     assert_eq!(status, 429);
     server.stop().await;
+}
+
+/// The listen queue's length as the kernel reports it (`ss`: Send-Q of a
+/// listening socket is its backlog).
+fn listen_queue(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2; .ci/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("ss: no listener on {port}: {text}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// A fleet restarting at once opens thousands of connections together: the
+/// listen queue is 4,096 by default (std's and tokio's 128 made the rest
+/// wait for SYN retries), configurable, and capped by the kernel's
+/// `somaxconn` with a warning naming both.
+#[test]
+fn the_listen_queue_is_long_and_configurable() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, want) in [
+        ("", 4096.min(somaxconn)),
+        ("listen_backlog = 300", 300.min(somaxconn)),
+    ] {
+        let config = crate::support::write_server_files(dir.path(), "A=a\n", &clients(), extra);
+        let server = crate::support::ServerProcess::start(&config, &[]);
+        assert_eq!(listen_queue(server.addr.port()), want, "{extra:?}");
+        assert!(!server.log().contains("somaxconn"), "{}", server.log());
+        server.stop();
+    }
+    let config = crate::support::write_server_files(
+        dir.path(),
+        "A=a\n",
+        &clients(),
+        "listen_backlog = 2147483647",
+    );
+    let server = crate::support::ServerProcess::start(&config, &[]);
+    assert_eq!(listen_queue(server.addr.port()), somaxconn);
+    let log = server.stop();
+    assert!(
+        log.contains(&format!("net.core.somaxconn = {somaxconn}")) && log.contains("2147483647"),
+        "the cap is named: {log}"
+    );
 }

@@ -335,6 +335,7 @@ async fn json_logs_audit_lines_watchdog_and_graceful_shutdown() {
         server_fingerprint: crate::support::server_key().fingerprint().to_owned(),
         timestamp: locket::clock::unix_now(),
         nonce: locket::crypto::random_bytes().unwrap(),
+        instance: None,
     };
     let body = locket::protocol::RequestBody {
         names: vec!["A".into()],

@@ -24,6 +24,7 @@ fn header(nonce: [u8; 16]) -> Header {
         server_fingerprint: keys().0.fingerprint().into(),
         timestamp: 1_767_225_600,
         nonce,
+        instance: None,
     }
 }
 

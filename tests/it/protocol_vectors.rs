@@ -63,6 +63,7 @@ impl Doc {
             server_fingerprint: self.s("server_fingerprint").to_owned(),
             timestamp: self.s("timestamp").parse().unwrap(),
             nonce: self.hex("nonce").try_into().unwrap(),
+            instance: None,
         }
     }
 }
@@ -85,6 +86,59 @@ fn canonical_bytes_signature_and_aad() {
     assert!(public.verify_strict(&bent, &sig).is_err());
     assert_eq!(hex::encode(header.request_aad()), d.s("request_aad"));
     assert_eq!(hex::encode(header.response_aad()), d.s("response_aad"));
+
+    // Bound to an instance (version 3): the version byte and the instance
+    // change every MAC'd string, so a bound request cannot pass for an
+    // unbound one or for one bound elsewhere.
+    let bound = Header {
+        instance: Some(d.hex("instance").try_into().unwrap()),
+        ..header
+    };
+    let bound_signed = bound.signed_bytes(&d.hex("wrapped_key"), &d.hex("ciphertext"));
+    assert_eq!(hex::encode(&bound_signed), d.s("bound_signed_bytes"));
+    let bound_sig = Signature::from_slice(&d.hex("bound_signature")).unwrap();
+    assert_eq!(key.sign(&bound_signed), bound_sig);
+    assert!(public.verify_strict(&signed, &bound_sig).is_err());
+    assert_eq!(hex::encode(bound.request_aad()), d.s("bound_request_aad"));
+    assert_eq!(hex::encode(bound.response_aad()), d.s("bound_response_aad"));
+}
+
+#[test]
+fn bound_requests_carry_version_3_and_their_instance_on_the_wire() {
+    let d = doc();
+    let server = ServerKey::from_pem(&d.pem).unwrap();
+    let public = locket::keys::ServerPublicKey::from_pem(server.public_pem()).unwrap();
+    let key = ClientKey::from_seed(&d.hex("client_seed").try_into().unwrap());
+    let instance: [u8; 16] = d.hex("instance").try_into().unwrap();
+    let header = Header {
+        instance: Some(instance),
+        server_fingerprint: server.fingerprint().to_owned(),
+        ..d.header()
+    };
+    let body = RequestBody {
+        names: vec!["A".into()],
+        reply_key: ReplyKey::from_pem(&d.pem).unwrap().spki_der().to_vec(),
+    };
+    let request = Request::seal(header, &body, &public, &key).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&request.encode()).unwrap();
+    assert_eq!(json["version"], 3);
+    assert_eq!(json["instance"], B64.encode(instance));
+    let decoded = Request::decode(&request.encode()).unwrap();
+    assert_eq!(decoded.header.instance, Some(instance));
+    assert_eq!(decoded.open(&server).unwrap(), body);
+    // Version and instance go together: each without the other is refused.
+    for (version, instance) in [(3, None), (2, Some(B64.encode(instance)))] {
+        let mut bent = json.clone();
+        bent["version"] = version.into();
+        match instance {
+            Some(i) => bent["instance"] = i.into(),
+            None => {
+                bent.as_object_mut().unwrap().remove("instance");
+            }
+        }
+        let err = Request::decode(&serde_json::to_vec(&bent).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("instance"), "{err}");
+    }
 }
 
 #[test]

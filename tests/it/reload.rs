@@ -108,11 +108,18 @@ refused! {
 
 /// A request for `A` stamped `timestamp`, signed with the key of `seed`.
 fn signed(seed: u8, timestamp: i64) -> Vec<u8> {
+    signed_for(seed, timestamp, None)
+}
+
+/// As [`signed`], bound to the server process `instance` (version 3) when
+/// given.
+fn signed_for(seed: u8, timestamp: i64, instance: Option<[u8; 16]>) -> Vec<u8> {
     let header = Header {
         client: "app".into(),
         server_fingerprint: server_key().fingerprint().to_owned(),
         timestamp,
         nonce: locket::crypto::random_bytes().unwrap(),
+        instance,
     };
     let body = RequestBody {
         names: vec!["A".into()],
@@ -297,4 +304,99 @@ async fn a_reload_that_widens_the_clock_window_reopens_no_request() {
         200
     );
     server.stop();
+}
+
+/// The instance id a server announces on `GET /v1/key`.
+fn instance_of(addr: std::net::SocketAddr) -> [u8; 16] {
+    let answer = crate::support::raw_get(addr, "/v1/key");
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    let key: locket::protocol::WireKey = serde_json::from_str(body).expect("the key JSON");
+    locket::protocol::decode_instance(&key.instance.expect("an instance id")).unwrap()
+}
+
+/// A bound request is answered by the one process it names: not by a
+/// second server sharing the key, not after a restart (in the same second
+/// or not: no clock is involved), and not twice by its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bound_request_is_answered_by_one_server_process_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), "A=a\n", &clients(), "");
+    let a = ServerProcess::start(&config, &[]);
+    let b = ServerProcess::start(&config, &[]);
+    let (instance_a, instance_b) = (instance_of(a.addr), instance_of(b.addr));
+    assert_ne!(instance_a, instance_b, "two processes, two instances");
+    assert_eq!(instance_of(a.addr), instance_a, "stable within a process");
+
+    let captured = signed_for(71, locket::clock::unix_now(), Some(instance_a));
+    assert_eq!(post_raw(a.addr, captured.clone(), None).await.0, 200);
+    let (status, body) = post_raw(b.addr, captured.clone(), None).await;
+    assert_eq!(status, 503, "the server sharing the key answered: {body}");
+    assert!(body.contains("\"retry\""), "{body}");
+    assert_eq!(post_raw(a.addr, captured.clone(), None).await.0, 403);
+    // Bound to B, B answers it.
+    let for_b = signed_for(71, locket::clock::unix_now(), Some(instance_b));
+    assert_eq!(post_raw(b.addr, for_b, None).await.0, 200);
+
+    // A restarts at once; the captured request is refused by the new
+    // process whatever the clock says.
+    a.stop();
+    let a = ServerProcess::start(&config, &[]);
+    assert_ne!(instance_of(a.addr), instance_a);
+    let (status, body) = post_raw(a.addr, captured, None).await;
+    assert_eq!(status, 503, "answered again after a restart: {body}");
+    a.stop();
+    b.stop();
+}
+
+/// Version 2 (unbound) requests from older clients keep working, until
+/// `require_bound_requests` is set; a reload applies it.
+#[tokio::test(flavor = "multi_thread")]
+async fn require_bound_requests_refuses_unbound_ones_and_applies_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_then(dir.path(), "", "require_bound_requests = true");
+    let now = locket::clock::unix_now;
+    assert_eq!(post_raw(server.addr, signed_at(now()), None).await.0, 200);
+    assert!(server.reload().contains("config reloaded"));
+    assert_eq!(post_raw(server.addr, signed_at(now()), None).await.0, 403);
+    assert!(
+        server.log().contains("require_bound_requests"),
+        "the log names the setting"
+    );
+    let bound = signed_for(71, now(), Some(instance_of(server.addr)));
+    assert_eq!(post_raw(server.addr, bound, None).await.0, 200);
+    server.stop();
+}
+
+/// A client that learnt one instance and meets another (its server
+/// restarted while it ran) asks for the key again and is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_follows_its_server_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), "A=a\n", &clients(), "");
+    let first = ServerProcess::start(&config, &[]);
+    let addr = first.addr;
+    let mut client_config =
+        locket::config::client::ClientConfig::single(format!("http://{addr}"), "app", "unused");
+    client_config.server_fingerprint = Some(server_key().fingerprint().to_owned());
+    let client = locket::client::Client::with_reply_key(
+        &client_config,
+        ClientKey::from_seed(&[71; 32]),
+        reply_key(),
+    )
+    .unwrap();
+    let got = client.fetch(&["A".into()]).await.unwrap();
+    assert_eq!(got[0].1.expose(), "a");
+    first.stop();
+    // The same address, a new process (and instance).
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("127.0.0.1:0", &addr.to_string())).unwrap();
+    let second = ServerProcess::start(&config, &[]);
+    let got = client.fetch(&["A".into()]).await.unwrap();
+    assert_eq!(got[0].1.expose(), "a");
+    assert!(
+        second.log().contains("bound to another server instance"),
+        "the client's first request went to the old instance: {}",
+        second.log()
+    );
+    second.stop();
 }

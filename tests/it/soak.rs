@@ -96,6 +96,7 @@ fn sealed(signer: &ClientKey, client: &str) -> Vec<u8> {
         server_fingerprint: public.fingerprint.clone(),
         timestamp: locket::clock::unix_now(),
         nonce: locket::crypto::random_bytes().unwrap(),
+        instance: None,
     };
     let body = RequestBody {
         names: vec![format!("{client}/K0")],

@@ -97,6 +97,38 @@ pub(crate) fn post_head_only(addr: SocketAddr, path: &str, content_length: usize
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The answer's head to `POST path` from the local address `from`,
+/// announcing `content_length` bytes but sending only `first` of them: a
+/// server that refuses on those bytes (or before any) answers at once; one
+/// that waits for the rest answers only at its request timeout.
+pub(crate) async fn post_first_bytes(
+    addr: SocketAddr,
+    from: &str,
+    path: &str,
+    content_length: usize,
+    first: &[u8],
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {content_length}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(first).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no answer: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Sends `sig` to the process `pid` (a server or client under test).
 pub(crate) fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");

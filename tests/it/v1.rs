@@ -516,6 +516,9 @@ async fn undecryptable_payloads_count_toward_the_failed_auth_limit() {
             "attempt {attempt}"
         );
     }
+    // Limited: refused before a byte of the body is read.
+    let head = crate::support::post_first_bytes(server.addr, "127.0.0.1", "/", 1 << 20, b"{").await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
     let valid = svc1.body(&url, "SERVICE1_VAR", now()).await;
     let r = svc1
         .http()
@@ -537,4 +540,42 @@ async fn undecryptable_payloads_count_toward_the_failed_auth_limit() {
             .contains("payload does not decrypt with the server key"),
         "the log says why the requests were refused"
     );
+}
+
+/// `[v1]` refuses a body at its first bytes that cannot be the original's
+/// JSON, and a stranger before its body: announced as 1 MiB, each is
+/// answered after a few bytes, without the rest ever being sent (a server
+/// that read on would answer only at its 5-minute request timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_that_cannot_be_the_originals_are_refused_at_their_first_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc1 = V1Client::new(61, None);
+    let svc2 = V1Client::new(62, Some("127.0.0.2"));
+    let config = setup(dir.path(), "", &svc1, &svc2);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("request_timeout = \"5m\"\n{text}")).unwrap();
+    let server = ServerProcess::start(&config, &[]);
+    let mut long = br#"{"payload":""#.to_vec();
+    long.extend(std::iter::repeat_n(b'A', 9000));
+    for (from, first, status) in [
+        ("127.0.0.1", &b"garbage"[..], "400"),
+        ("127.0.0.1", b"{\"payload\":[", "400"),
+        ("127.0.0.1", b"{\"payload\":\"\xff", "400"),
+        ("127.0.0.1", &long, "400"),
+        // In no client's networks: refused before the body.
+        ("127.0.0.9", b"", "403"),
+    ] {
+        let answer = crate::support::post_first_bytes(server.addr, from, "/", 1 << 20, first);
+        let head = tokio::time::timeout(std::time::Duration::from_secs(60), answer)
+            .await
+            .expect("no answer before the rest of the body");
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{from} {:?}: {head}",
+            String::from_utf8_lossy(&first[..first.len().min(20)])
+        );
+    }
+    let log = server.stop();
+    assert!(log.contains("not the original locket's JSON"), "{log}");
+    // The original's own requests still pass (every_row_of_the_original_check_list).
 }
