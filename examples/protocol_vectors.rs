@@ -3,7 +3,7 @@
 //! `tests/it/protocol_vectors.rs` recomputes every value from the doc's inputs.
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use locket::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};
+use locket::keys::{ClientKey, ReplyKey, ReplyPublicKey, ServerKey, ServerPublicKey};
 use locket::protocol::{self, Header, Request, RequestBody};
 use locket::secret::SecretValue;
 
@@ -88,8 +88,21 @@ fn main() {
     let request = Request::seal(header.clone(), &body, &public, &client).unwrap();
     let sealed_answer = protocol::seal_answer(
         protocol::encode_answer(&[("DB_PASSWORD", &SecretValue::from("s3cret\nvalue"))], &[]),
-        &public.key,
+        &ReplyPublicKey::Rsa(public.key.clone()),
         &header,
+    )
+    .unwrap();
+    // The same answer sealed with HPKE to an X25519 reply key, for the
+    // request of the first block (its header).
+    let x25519_private = [0x5au8; 32];
+    let x25519 = ReplyKey::from_x25519_private(&x25519_private).unwrap();
+    let x25519_answer = protocol::seal_answer(
+        protocol::encode_answer(&[("DB_PASSWORD", &SecretValue::from("s3cret\nvalue"))], &[]),
+        &locket::keys::parse_reply_key(x25519.spki_der()).unwrap(),
+        &Header {
+            server_fingerprint: format!("sha256:{}", "ab".repeat(32)),
+            ..header.clone()
+        },
     )
     .unwrap();
     println!("\n```pem");
@@ -107,5 +120,11 @@ fn main() {
         serde_json::to_string(&sealed_answer).unwrap()
     );
     println!("full_answer_value = {}", B64.encode("s3cret\nvalue"));
+    println!("x25519_reply_private = {}", hex::encode(x25519_private));
+    println!("x25519_reply_spki = {}", hex::encode(x25519.spki_der()));
+    println!(
+        "x25519_answer = {}",
+        serde_json::to_string(&x25519_answer).unwrap()
+    );
     println!("```");
 }

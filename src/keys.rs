@@ -277,21 +277,53 @@ impl ServerPublicKey {
     }
 }
 
-/// Parses a reply key sent by a client (SPKI DER), bounding its size.
-pub fn parse_reply_key(der: &[u8]) -> Result<crypto::Encrypter, KeyError> {
-    let key = crypto::Encrypter::from_spki_der(der)
-        .map_err(|e| KeyError::Encoding(format!("reply key is not RSA SPKI DER: {e}")))?;
-    check_rsa_bits(key.bits())?;
-    Ok(key)
+/// The SPKI DER of an X25519 public key (RFC 8410) before its 32 bytes:
+/// SEQUENCE { SEQUENCE { OID 1.3.101.110 }, BIT STRING { 0 unused bits } }.
+pub const X25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
+];
+
+/// A reply key as the server receives it: what the answer is sealed to.
+#[derive(Clone, Debug)]
+pub enum ReplyPublicKey {
+    /// RSA-OAEP wraps the answer's AES key (2048 to 8192 bits).
+    Rsa(crypto::Encrypter),
+    /// HPKE seals the answer to this X25519 key.
+    X25519([u8; 32]),
 }
 
-/// The client's ephemeral RSA key for answers; lives only in memory, held
-/// once, by AWS-LC. A clone is another handle on the same key (tests and
-/// benchmarks reuse one instead of paying for generation each time).
+/// Parses a reply key sent by a client (SPKI DER): X25519, or RSA of 2048
+/// to 8192 bits.
+pub fn parse_reply_key(der: &[u8]) -> Result<ReplyPublicKey, KeyError> {
+    if let Some(raw) = der.strip_prefix(&X25519_SPKI_PREFIX) {
+        return raw.try_into().map(ReplyPublicKey::X25519).map_err(|_| {
+            KeyError::Encoding("an X25519 reply key must hold exactly 32 bytes".into())
+        });
+    }
+    let key = crypto::Encrypter::from_spki_der(der).map_err(|e| {
+        KeyError::Encoding(format!("reply key is neither X25519 nor RSA SPKI DER: {e}"))
+    })?;
+    check_rsa_bits(key.bits())?;
+    Ok(ReplyPublicKey::Rsa(key))
+}
+
+/// The client's ephemeral key for answers; lives only in memory. RSA (held
+/// once, by AWS-LC) for servers that predate X25519 reply keys, else
+/// X25519, fresh for each request. A clone is another handle on the same
+/// key (tests and benchmarks reuse an RSA one instead of paying for its
+/// generation each time).
 #[derive(Clone)]
 pub struct ReplyKey {
-    decrypter: crypto::Decrypter,
+    private: ReplyPrivateKey,
     spki_der: Vec<u8>,
+}
+
+/// The private half of a [`ReplyKey`].
+#[derive(Clone)]
+pub enum ReplyPrivateKey {
+    Rsa(crypto::Decrypter),
+    /// Wiped when the last handle goes.
+    X25519(std::sync::Arc<rustls::crypto::hpke::HpkePrivateKey>),
 }
 
 impl fmt::Debug for ReplyKey {
@@ -301,9 +333,41 @@ impl fmt::Debug for ReplyKey {
 }
 
 impl ReplyKey {
-    /// Generates a new reply key ([`REPLY_KEY_BITS`] bits).
+    /// Generates a new RSA reply key ([`REPLY_KEY_BITS`] bits): 50-130 ms
+    /// of prime search.
     pub fn generate() -> Result<Self, KeyError> {
         Self::from_decrypter(generate_rsa(REPLY_KEY_BITS)?)
+    }
+
+    /// Generates a new X25519 reply key: microseconds.
+    pub fn generate_x25519() -> Result<Self, KeyError> {
+        let (public, private) =
+            crypto::hpke_generate().map_err(|e| KeyError::Generate(e.to_string()))?;
+        let mut spki_der = X25519_SPKI_PREFIX.to_vec();
+        spki_der.extend_from_slice(&public);
+        Ok(Self {
+            private: ReplyPrivateKey::X25519(std::sync::Arc::new(private)),
+            spki_der,
+        })
+    }
+
+    /// Uses a raw X25519 private key as a reply key: for published test
+    /// vectors, which must be reproducible.
+    pub fn from_x25519_private(private: &[u8; 32]) -> Result<Self, KeyError> {
+        let invalid = || KeyError::Encoding("not an X25519 private key".into());
+        let public = aws_lc_rs::agreement::PrivateKey::from_private_key(
+            &aws_lc_rs::agreement::X25519,
+            private,
+        )
+        .map_err(|_| invalid())?
+        .compute_public_key()
+        .map_err(|_| invalid())?;
+        let mut spki_der = X25519_SPKI_PREFIX.to_vec();
+        spki_der.extend_from_slice(public.as_ref());
+        Ok(Self {
+            private: ReplyPrivateKey::X25519(std::sync::Arc::new(private.to_vec().into())),
+            spki_der,
+        })
     }
 
     /// Uses the private key in `text` (PKCS#8 or PKCS#1 PEM) as a reply key:
@@ -317,14 +381,14 @@ impl ReplyKey {
             .public_spki_der()
             .map_err(|e| KeyError::Generate(e.to_string()))?;
         Ok(Self {
-            decrypter,
+            private: ReplyPrivateKey::Rsa(decrypter),
             spki_der,
         })
     }
 
-    /// The key in AWS-LC, for unwrapping answer keys.
-    pub fn decrypter(&self) -> &crypto::Decrypter {
-        &self.decrypter
+    /// The private half, to open answers with.
+    pub fn private(&self) -> &ReplyPrivateKey {
+        &self.private
     }
     /// The public half as SPKI DER (sent in every request).
     pub fn spki_der(&self) -> &[u8] {

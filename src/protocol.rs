@@ -16,14 +16,15 @@
 //!   wrapped    = RSA-OAEP-SHA256(reply_key, k', label = RESPONSE_KEY_LABEL)
 //!   ciphertext = AES-256-GCM(k', nonce = 0^96, aad = response_aad(header), answer_plain)
 
-use crate::crypto::Encrypter;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, CryptoError};
-use crate::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};
+use crate::keys::{
+    ClientKey, ReplyKey, ReplyPrivateKey, ReplyPublicKey, ServerKey, ServerPublicKey,
+};
 use crate::secret::{SecretBytes, SecretValue};
 
 /// The protocol version carried in every message and bound into every MAC.
@@ -129,7 +130,18 @@ pub struct WireKey {
     /// key) answers them. Absent from servers before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The reply keys this server seals answers to: [`REPLY_KEY_RSA`]
+    /// always (servers before the field take only RSA), and
+    /// [`REPLY_KEY_X25519`]. A client picks X25519 when it is listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reply_keys: Vec<String>,
 }
+
+/// `GET /v1/key`'s name for RSA reply keys (RSA-OAEP wraps the AES key).
+pub const REPLY_KEY_RSA: &str = "RSA-OAEP-SHA256";
+/// `GET /v1/key`'s name for X25519 reply keys: HPKE (RFC 9180) base mode,
+/// DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
+pub const REPLY_KEY_X25519: &str = "HPKE-X25519-SHA256-AES256GCM";
 
 /// The fields of a request that identify it; they are bound into the
 /// signature and into both AEAD associated data strings.
@@ -533,16 +545,27 @@ impl Answer {
 /// Seals an encoded answer to the client's reply key, bound to `header`.
 pub fn seal_answer(
     mut plain: SecretBytes,
-    reply_key: &Encrypter,
+    reply_key: &ReplyPublicKey,
     header: &Header,
 ) -> Result<WireAnswer, ProtocolError> {
-    let key = crypto::new_aead_key()?;
-    let wrapped = crypto::wrap_key(reply_key, RESPONSE_KEY_LABEL, key.as_slice())?;
-    crypto::seal(&key, &header.response_aad(), &mut plain)?;
+    let (wrapped, ciphertext) = match reply_key {
+        ReplyPublicKey::Rsa(reply_key) => {
+            let key = crypto::new_aead_key()?;
+            let wrapped = crypto::wrap_key(reply_key, RESPONSE_KEY_LABEL, key.as_slice())?;
+            crypto::seal(&key, &header.response_aad(), &mut plain)?;
+            (wrapped, std::mem::take(&mut *plain))
+        }
+        ReplyPublicKey::X25519(public) => crypto::hpke_seal(
+            public,
+            RESPONSE_KEY_LABEL,
+            &header.response_aad(),
+            plain.as_slice(),
+        )?,
+    };
     Ok(WireAnswer {
         version: VERSION,
         wrapped_key: B64.encode(wrapped),
-        ciphertext: B64.encode(plain.as_slice()),
+        ciphertext: B64.encode(ciphertext),
     })
 }
 
@@ -560,9 +583,21 @@ pub fn open_answer(
     }
     let wrapped = b64("wrapped_key", &wire.wrapped_key)?;
     let ciphertext = b64("ciphertext", &wire.ciphertext)?;
-    let key = crypto::unwrap_key(reply.decrypter(), RESPONSE_KEY_LABEL, &wrapped)
-        .map_err(|_| ProtocolError::Unwrap)?;
-    let plain =
-        crypto::open(&key, &header.response_aad(), &ciphertext).map_err(|_| ProtocolError::Open)?;
+    let plain = match reply.private() {
+        ReplyPrivateKey::Rsa(decrypter) => {
+            let key = crypto::unwrap_key(decrypter, RESPONSE_KEY_LABEL, &wrapped)
+                .map_err(|_| ProtocolError::Unwrap)?;
+            crypto::open(&key, &header.response_aad(), &ciphertext)
+                .map_err(|_| ProtocolError::Open)?
+        }
+        ReplyPrivateKey::X25519(private) => crypto::hpke_open(
+            private,
+            &wrapped,
+            RESPONSE_KEY_LABEL,
+            &header.response_aad(),
+            &ciphertext,
+        )
+        .map_err(|_| ProtocolError::Open)?,
+    };
     Answer::decode(&plain)
 }

@@ -117,18 +117,26 @@ impl ClientError {
 struct Endpoint {
     url: String,
     key: OnceCell<ServerPublicKey>,
-    /// The server process that `GET /v1/key` last named (servers before
-    /// protocol version 3 name none): requests are bound to it.
-    instance: std::sync::Mutex<Option<[u8; protocol::INSTANCE_LEN]>>,
+    announced: std::sync::Mutex<Announced>,
+}
+
+/// What `GET /v1/key` last said beside the key.
+#[derive(Clone, Copy, Default)]
+struct Announced {
+    /// The server process (servers before protocol version 3 name none):
+    /// requests are bound to it.
+    instance: Option<[u8; protocol::INSTANCE_LEN]>,
+    /// It seals answers to X25519 reply keys.
+    x25519: bool,
 }
 
 impl Endpoint {
-    fn instance(&self) -> Option<[u8; protocol::INSTANCE_LEN]> {
-        *self.instance.lock().unwrap_or_else(|e| e.into_inner())
+    fn announced(&self) -> Announced {
+        *self.announced.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_instance(&self, instance: Option<[u8; protocol::INSTANCE_LEN]>) {
-        *self.instance.lock().unwrap_or_else(|e| e.into_inner()) = instance;
+    fn set_announced(&self, announced: Announced) {
+        *self.announced.lock().unwrap_or_else(|e| e.into_inner()) = announced;
     }
 }
 
@@ -144,12 +152,13 @@ pub struct Client {
     trust: Trust,
 }
 
-/// The reply key: given, or being generated on its own thread since
-/// [`Client::new`], so that its prime search (most of a cold `get`) overlaps
-/// with building the HTTP client and fetching the server key.
+/// The reply key: a given one (tests, benchmarks), or made for each
+/// request: X25519 where the server takes it (microseconds, fresh every
+/// request, so each answer has its own key), else one RSA key for the life
+/// of this client, made on first need (50-130 ms of prime search).
 struct ReplySlot {
-    key: OnceCell<ReplyKey>,
-    pending: std::sync::Mutex<Option<std::thread::JoinHandle<Result<ReplyKey, KeyError>>>>,
+    given: Option<ReplyKey>,
+    rsa: OnceCell<ReplyKey>,
 }
 
 impl std::fmt::Debug for Client {
@@ -163,24 +172,19 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client for `config`, signing with `key`. Generates the reply key
-    /// (once for the life of this client).
+    /// A client for `config`, signing with `key`.
     pub fn new(config: &ClientConfig, key: ClientKey) -> Result<Self, ClientError> {
-        let pending = std::thread::Builder::new()
-            .name("reply-keygen".into())
-            .spawn(ReplyKey::generate)
-            .map_err(|e| ClientError::Local(format!("cannot start key generation: {e}")))?;
         Self::build(
             config,
             key,
             ReplySlot {
-                key: OnceCell::new(),
-                pending: std::sync::Mutex::new(Some(pending)),
+                given: None,
+                rsa: OnceCell::new(),
             },
         )
     }
 
-    /// As [`Client::new`], with a given reply key.
+    /// As [`Client::new`], with a given reply key for every request.
     pub fn with_reply_key(
         config: &ClientConfig,
         key: ClientKey,
@@ -190,34 +194,30 @@ impl Client {
             config,
             key,
             ReplySlot {
-                key: OnceCell::new_with(Some(reply)),
-                pending: std::sync::Mutex::new(None),
+                given: Some(reply),
+                rsa: OnceCell::new(),
             },
         )
     }
 
-    /// The reply key, waiting for its generation the first time.
-    async fn reply_key(&self) -> Result<&ReplyKey, ClientError> {
+    /// The reply key for one request to `endpoint` (see [`ReplySlot`]).
+    async fn reply_key(&self, endpoint: &Endpoint) -> Result<ReplyKey, ClientError> {
+        if let Some(given) = &self.reply.given {
+            return Ok(given.clone());
+        }
+        if endpoint.announced().x25519 {
+            return Ok(ReplyKey::generate_x25519()?);
+        }
         self.reply
-            .key
+            .rsa
             .get_or_try_init(|| async {
-                let pending = self
-                    .reply
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                let Some(handle) = pending else {
-                    return Err(ClientError::Local(
-                        "reply key generation failed earlier in this process".into(),
-                    ));
-                };
-                match tokio::task::spawn_blocking(move || handle.join()).await {
-                    Ok(Ok(generated)) => generated.map_err(ClientError::from),
-                    _ => Err(ClientError::Local("reply key generation panicked".into())),
+                match tokio::task::spawn_blocking(ReplyKey::generate).await {
+                    Ok(generated) => generated.map_err(ClientError::from),
+                    Err(_) => Err(ClientError::Local("reply key generation panicked".into())),
                 }
             })
             .await
+            .cloned()
     }
 
     fn build(config: &ClientConfig, key: ClientKey, reply: ReplySlot) -> Result<Self, ClientError> {
@@ -267,7 +267,7 @@ impl Client {
                 .map(|url| Endpoint {
                     url: url.clone(),
                     key: OnceCell::new(),
-                    instance: std::sync::Mutex::new(None),
+                    announced: std::sync::Mutex::default(),
                 })
                 .collect(),
             order: config.server_order,
@@ -292,8 +292,8 @@ impl Client {
         endpoint
             .key
             .get_or_try_init(|| async {
-                let (key, instance) = self.fetch_server_key(&endpoint.url).await?;
-                endpoint.set_instance(instance);
+                let (key, announced) = self.fetch_server_key(&endpoint.url).await?;
+                endpoint.set_announced(announced);
                 Ok(key)
             })
             .await
@@ -303,7 +303,7 @@ impl Client {
     /// request bound to another: it restarted, or a second server sharing
     /// the key answered). The key must be the one already trusted.
     async fn refresh_instance(&self, endpoint: &Endpoint) -> Result<(), ClientError> {
-        let (key, instance) = self.fetch_server_key(&endpoint.url).await?;
+        let (key, announced) = self.fetch_server_key(&endpoint.url).await?;
         if let Some(known) = endpoint.key.get()
             && known.fingerprint != key.fingerprint
         {
@@ -312,16 +312,16 @@ impl Client {
                 endpoint.url, known.fingerprint, key.fingerprint
             )));
         }
-        endpoint.set_instance(instance);
+        endpoint.set_announced(announced);
         Ok(())
     }
 
-    /// The server's key, checked against the pin, and the instance id it
-    /// announced (if any).
+    /// The server's key, checked against the pin, and what it announced
+    /// beside it.
     async fn fetch_server_key(
         &self,
         server: &str,
-    ) -> Result<(ServerPublicKey, Option<[u8; protocol::INSTANCE_LEN]>), ClientError> {
+    ) -> Result<(ServerPublicKey, Announced), ClientError> {
         let unreachable = |e: String| ClientError::Unreachable {
             server: server.to_owned(),
             detail: e,
@@ -357,9 +357,16 @@ impl Client {
             .map(protocol::decode_instance)
             .transpose()
             .map_err(|e| ClientError::Protocol(format!("GET {}: {e}", protocol::KEY_PATH)))?;
+        let announced = Announced {
+            instance,
+            x25519: wire
+                .reply_keys
+                .iter()
+                .any(|k| k == protocol::REPLY_KEY_X25519),
+        };
         let server = server.to_owned();
         match self.trust.check(&server, &key.fingerprint)? {
-            Ok(()) => Ok((key, instance)),
+            Ok(()) => Ok((key, announced)),
             Err(Refusal::Pin { expected }) => Err(ClientError::PinMismatch {
                 server,
                 expected,
@@ -459,13 +466,13 @@ impl Client {
         names: &[String],
     ) -> Result<Vec<(String, SecretValue)>, ClientError> {
         let server_key = self.endpoint_key(endpoint).await?;
-        let reply = self.reply_key().await?;
+        let reply = self.reply_key(endpoint).await?;
         let header = Header {
             client: self.name.clone(),
             server_fingerprint: server_key.fingerprint.clone(),
             timestamp: crate::clock::unix_now(),
             nonce: crate::crypto::random_bytes().map_err(|e| ClientError::Local(e.to_string()))?,
-            instance: endpoint.instance(),
+            instance: endpoint.announced().instance,
         };
         let body = RequestBody {
             names: names.to_vec(),
@@ -498,7 +505,7 @@ impl Client {
             .map_err(|e| unreachable(e.to_string()))?;
         match status {
             200 | 404 => {
-                let answer = protocol::open_answer(&bytes, reply, &request.header)
+                let answer = protocol::open_answer(&bytes, &reply, &request.header)
                     .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 if status == 404 {
                     if answer.missing.is_empty() {

@@ -44,6 +44,10 @@ pub(super) fn routes(
                 public_key: state.key.public_pem().to_owned(),
                 fingerprint: state.key.fingerprint().to_owned(),
                 instance: Some(protocol::encode_instance(&state.instance)),
+                reply_keys: vec![
+                    protocol::REPLY_KEY_RSA.into(),
+                    protocol::REPLY_KEY_X25519.into(),
+                ],
             };
             warp::reply::json(&body).into_response()
         });

@@ -79,11 +79,11 @@ impl Shape {
 
     fn step(&mut self, b: u8) -> Result<(), &'static str> {
         let space = matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-        let in_token = matches!(
-            self.at,
-            At::Key { .. } | At::Text { .. } | At::Number { .. }
-        );
-        if space && !in_token {
+        let in_string = matches!(self.at, At::Key { .. } | At::Text { .. });
+        if space && !in_string {
+            if let At::Number { .. } = self.at {
+                self.at = At::Next;
+            }
             self.space += 1;
             return if self.space > MAX_SPACE {
                 Err("too much whitespace")
@@ -192,7 +192,7 @@ mod tests {
             (b"{\"a\":[", 5),
             (b"{\"a\":{", 5),
             (b"{\"a\":true", 5),
-            (b"{\"a\":1.5", 7),
+            (b"{\"a\":1.5", 6),
             (b"{\"a\":\"\xff", 6),
             (b"{\"a\":\"x\"}x", 9),
             (b"{\"a\" 1", 5),

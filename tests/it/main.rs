@@ -15,6 +15,7 @@ mod properties;
 mod protocol_vectors;
 mod reload;
 mod render;
+mod reply_keys;
 mod soak;
 mod sources;
 mod support;

@@ -200,4 +200,24 @@ fn complete_request_and_answer_open_with_the_documented_key() {
     let mut other = request.header.clone();
     other.nonce[15] ^= 0xff;
     assert!(protocol::open_answer(d.s("full_answer").as_bytes(), &reply, &other).is_err());
+
+    // The same answer sealed with HPKE to the documented X25519 reply key.
+    let x25519 =
+        ReplyKey::from_x25519_private(&d.hex("x25519_reply_private").try_into().unwrap()).unwrap();
+    assert_eq!(hex::encode(x25519.spki_der()), d.s("x25519_reply_spki"));
+    assert!(matches!(
+        locket::keys::parse_reply_key(x25519.spki_der()).unwrap(),
+        locket::keys::ReplyPublicKey::X25519(_)
+    ));
+    // It answers the request of the first block (that header).
+    let header = d.header();
+    let answer = protocol::open_answer(d.s("x25519_answer").as_bytes(), &x25519, &header).unwrap();
+    assert_eq!(answer.secrets[0].1.expose(), expected);
+    let mut other = header.clone();
+    other.nonce[15] ^= 0xff;
+    assert!(protocol::open_answer(d.s("x25519_answer").as_bytes(), &x25519, &other).is_err());
+    assert!(
+        protocol::open_answer(d.s("x25519_answer").as_bytes(), &reply, &header).is_err(),
+        "not with the RSA reply key"
+    );
 }

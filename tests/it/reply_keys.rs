@@ -1,0 +1,124 @@
+//! Which reply key a client sends: a fresh X25519 key (HPKE) for every
+//! request to a server that announces it, and one RSA key to a server that
+//! predates it; both answers open. A proxy in front of a real server shows
+//! the client a new or an old `GET /v1/key` and keeps every request body,
+//! which the test opens with the server's key to see the reply key inside.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use warp::Filter;
+
+use crate::support::{Registered, TestServer, server_key};
+use locket::client::Client;
+use locket::keys::{ClientKey, ReplyPublicKey};
+use locket::protocol::Request;
+
+type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// A proxy to `upstream` on a port of its own. `old`: it hides what
+/// servers before X25519 reply keys and instances did not announce.
+async fn proxy(upstream: SocketAddr, old: bool) -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let http = crate::support::http_builder().build().unwrap();
+    let key = {
+        let http = http.clone();
+        warp::path!("v1" / "key").and(warp::get()).then(move || {
+            let http = http.clone();
+            async move {
+                let mut key: serde_json::Value = http
+                    .get(format!("http://{upstream}/v1/key"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if old {
+                    let key = key.as_object_mut().unwrap();
+                    key.remove("reply_keys");
+                    key.remove("instance");
+                }
+                warp::reply::json(&key)
+            }
+        })
+    };
+    let secrets = {
+        let seen = Arc::clone(&seen);
+        warp::path!("v1" / "secrets")
+            .and(warp::post())
+            .and(warp::body::bytes())
+            .then(move |body: bytes::Bytes| {
+                let (http, seen) = (http.clone(), Arc::clone(&seen));
+                async move {
+                    seen.lock().unwrap().push(body.to_vec());
+                    let answer = http
+                        .post(format!("http://{upstream}/v1/secrets"))
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = answer.status().as_u16();
+                    warp::reply::with_status(
+                        answer.bytes().await.unwrap().to_vec(),
+                        warp::http::StatusCode::from_u16(status).unwrap(),
+                    )
+                }
+            })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warp::serve(key.or(secrets)).incoming(listener).run());
+    (url, seen)
+}
+
+/// The reply keys inside the requests the proxy saw, and whether each was
+/// bound to an instance.
+fn reply_keys(seen: &Seen) -> Vec<(ReplyPublicKey, Vec<u8>, bool)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|body| {
+            let request = Request::decode(body).unwrap();
+            let opened = request.open(server_key()).unwrap();
+            (
+                locket::keys::parse_reply_key(&opened.reply_key).unwrap(),
+                opened.reply_key,
+                request.header.instance.is_some(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x25519_reply_keys_for_new_servers_and_rsa_for_old_ones() {
+    let clients = [Registered::new("app", 91, &["127.0.0.0/8"], &["A"])];
+    let server = TestServer::start("A=a-value\n", &clients).await;
+    for old in [false, true] {
+        let (url, seen) = proxy(server.addr, old).await;
+        let mut config = locket::config::client::ClientConfig::single(url, "app", "unused");
+        config.server_fingerprint = Some(server.fingerprint());
+        let client = Client::new(&config, ClientKey::from_seed(&[91; 32])).unwrap();
+        for _ in 0..2 {
+            let got = client.fetch(&["A".into()]).await.unwrap();
+            assert_eq!(got[0].1.expose(), "a-value", "old server: {old}");
+        }
+        let keys = reply_keys(&seen);
+        assert_eq!(keys.len(), 2);
+        for (key, _, bound) in &keys {
+            assert_eq!(
+                matches!(key, ReplyPublicKey::X25519(_)),
+                !old,
+                "X25519 exactly when the server announces it (old server: {old})"
+            );
+            assert_eq!(*bound, !old, "bound exactly when an instance is announced");
+        }
+        assert_eq!(
+            keys[0].1 != keys[1].1,
+            !old,
+            "a fresh X25519 key per request; one RSA key per client"
+        );
+    }
+    server.stop().await;
+}
