@@ -311,4 +311,84 @@ rec {
     ++ (if svc.envFile then [ "--env-file" "${secretsDir consumer}/env" ] else [ ])
     ++ svc.secrets;
 
+  # The server's `clients`, derived from the fleet's own host configurations
+  # (`locket.lib.fleetRegistry { nodes = self.nixosConfigurations; }`), so a
+  # grant exists exactly when a consumer on a host asks for it. Each node is
+  # a NixOS configuration (anything with `.config`); those with
+  # `services.locket.client.enable` become one client each:
+  #   name      services.locket.client.name (default: the host name)
+  #   keys      services.locket.client.publicKey, or the line in publicKeyFile
+  #             (a `.pub` file committed beside the host's config)
+  #   networks  services.locket.client.networks, else the host's addresses
+  #             (networking.interfaces.*.ipv4/ipv6.addresses, one host each)
+  #   secrets   the union of the names its consumers declare
+  # It throws, naming the hosts, when two hosts claim one client name, and
+  # naming the host when it has no public key, no networks, or a consumer
+  # that asks for every secret (an empty `secrets`): a registry cannot
+  # derive a grant from "all".
+  fleetRegistry =
+    { nodes }:
+    let
+      enabled = filter (
+        host:
+        let
+          c = nodes.${host}.config.services.locket.client or { };
+        in
+        c.enable or false
+      ) (attrNames nodes);
+      uniq = list: attrNames (listToAttrs (map (x: { name = x; value = null; }) list));
+      trim = s: head (match "[[:space:]]*([^[:space:]]*)[[:space:]]*" s);
+      hostAddresses =
+        config:
+        concatLists (
+          map (
+            ifname:
+            let
+              i = config.networking.interfaces.${ifname};
+            in
+            map (a: "${a.address}/32") (i.ipv4.addresses or [ ])
+            ++ map (a: "${a.address}/128") (i.ipv6.addresses or [ ])
+          ) (attrNames (config.networking.interfaces or { }))
+        );
+      entry =
+        host:
+        let
+          config = nodes.${host}.config;
+          c = config.services.locket.client;
+          keys =
+            if (c.publicKey or null) != null then
+              [ c.publicKey ]
+            else if (c.publicKeyFile or null) != null then
+              [ (trim (builtins.readFile c.publicKeyFile)) ]
+            else
+              throw "locket.lib.fleetRegistry: host ${host} (client ${c.name}) has no public key: set services.locket.client.publicKey, or publicKeyFile to the .pub file of its key (the line `locket-client keygen` prints)";
+          declared = c.networks or [ ];
+          networks =
+            if declared != [ ] then
+              declared
+            else if hostAddresses config != [ ] then
+              hostAddresses config
+            else
+              throw "locket.lib.fleetRegistry: host ${host} (client ${c.name}) has no networks: set services.locket.client.networks, or give it addresses in networking.interfaces";
+          wantsAll = filter (svc: c.services.${svc}.secrets == [ ]) (attrNames c.services);
+          secrets =
+            if wantsAll != [ ] then
+              throw "locket.lib.fleetRegistry: host ${host}: consumer ${head wantsAll} asks for every secret (secrets = [ ]); list the names it needs, so that the registry grants exactly those"
+            else
+              uniq (concatLists (map (svc: c.services.${svc}.secrets) (attrNames c.services)));
+        in
+        {
+          name = c.name;
+          value = { inherit keys networks secrets; };
+          inherit host;
+        };
+      entries = map entry enabled;
+      claimed = name: map (e: e.host) (filter (e: e.name == name) entries);
+      clash = filter (e: length (claimed e.name) > 1) entries;
+    in
+    if clash != [ ] then
+      throw "locket.lib.fleetRegistry: hosts ${concatStringsSep " and " (claimed (head clash).name)} both claim client name ${(head clash).name}; give each host its own services.locket.client.name"
+    else
+      listToAttrs (map (e: { inherit (e) name value; }) entries);
+
 }

@@ -379,6 +379,39 @@ in
         description = "The client's ed25519 private key (absolute, outside the Nix store), placed by the operator or generated (see generateKey).";
       };
 
+      publicKey = mkOption {
+        type = types.nullOr (types.strMatching "ed25519:[A-Za-z0-9+/]{43}=");
+        default = null;
+        example = "ed25519:OsMR+wXsSJ8Umzy7Ilw4r7yetpvLPsSdLDxQChMW71U=";
+        description = ''
+          The public key line of keyFile (what `locket-client keygen`
+          prints). Not used on this host: `locket.lib.fleetRegistry` reads
+          it to register this client on the server. Or set publicKeyFile.
+        '';
+      };
+
+      publicKeyFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = literalExpression "./keys/web1.pub";
+        description = ''
+          A file holding the public key line (committed beside the host's
+          configuration), for `locket.lib.fleetRegistry` when publicKey is
+          null. Public: it may live in the Nix store.
+        '';
+      };
+
+      networks = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "10.0.1.5/32" ];
+        description = ''
+          Networks this host calls the server from, for
+          `locket.lib.fleetRegistry` (default there: the host's addresses
+          in networking.interfaces).
+        '';
+      };
+
       generateKey = mkOption {
         type = types.bool;
         default = true;

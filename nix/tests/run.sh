@@ -46,6 +46,37 @@ else
   fi
 fi
 
+# 2c. locket.lib.fleetRegistry on the README's three-host fleet: the
+#     registry it derives, as the server's generated config holds it, and
+#     each way a fleet can be wrong failing with a message naming the host.
+if [ -f "$lib/default.nix" ]; then
+  fleet() { nix-instantiate --eval --strict --json nix/tests/fleet.nix --arg libPath "$lib" "$@" 2>&1; }
+  if out=$(fleet) && python3 - "$out" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+want = {
+    "web1": {"keys": ["ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w="], "networks": ["10.0.1.11/32"],
+             "secrets": ["API_TOKEN", "DB_PASSWORD", "QUEUE_URL"]},
+    "web2": {"keys": ["ed25519:OsMR+wXsSJ8Umzy7Ilw4r7yetpvLPsSdLDxQChMW71U="], "networks": ["10.0.1.12/32", "fd00::12/128"],
+             "secrets": ["API_TOKEN"]},
+}
+assert r["registry"] == want, r["registry"]
+assert r["serverClients"] == want, r["serverClients"]
+assert r["failedAssertions"] == [], r["failedAssertions"]
+PY
+  then ok "fleetRegistry: three hosts give the server exactly the grants their consumers declare"; else bad "fleetRegistry: $out"; fi
+  for case in "duplicate:hosts web1 and web2 both claim client name web1" "noKey:host web2 (client web2) has no public key" \
+    "everySecret:host web1: consumer cron asks for every secret" "noNetworks:host web2 (client web2) has no networks"; do
+    if out=$(fleet --argstr break "${case%%:*}"); then
+      bad "fleetRegistry ${case%%:*}: evaluated instead of failing"
+    elif grep -qF "${case#*:}" <<<"$out"; then
+      ok "fleetRegistry ${case%%:*}: refused, naming it"
+    else
+      bad "fleetRegistry ${case%%:*}: $out"
+    fi
+  done
+fi
+
 # 3. flake.lock pin
 if python3 - <<'PY'
 import json, sys

@@ -3,6 +3,7 @@
 #   assertions, warnings          nixos/modules/misc/assertions.nix
 #   system.stateVersion           nixos/modules/misc/version.nix
 #   networking.hostName           nixos/modules/tasks/network-interfaces.nix
+#   networking.interfaces.*.ipv{4,6}.addresses  (the same file)
 #   networking.firewall.*         nixos/modules/services/networking/firewall.nix
 #   environment.systemPackages    nixos/modules/config/system-path.nix
 #   environment.etc               nixos/modules/system/etc/etc.nix
@@ -47,6 +48,32 @@ in
     # One DNS label (letters, digits, `-`, and the `_` NixOS tolerates), or
     # empty to take it from DHCP. NixOS's default is system.nixos.distroId.
     networking.hostName = option (types.strMatching "([[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?)?") "nixos";
+
+    # Static addresses per interface (what fleetRegistry reads): NixOS's
+    # networking.interfaces.<name>.ipv4/ipv6.addresses, each
+    # { address; prefixLength; }.
+    networking.interfaces = option (types.attrsOf (
+      types.submodule {
+        options =
+          lib.genAttrs
+            [
+              "ipv4"
+              "ipv6"
+            ]
+            (v: {
+              addresses = option (types.listOf (
+                types.submodule {
+                  options = {
+                    address = mkOption { type = types.str; };
+                    prefixLength = mkOption {
+                      type = types.addCheck types.int (n: n >= 0 && n <= (if v == "ipv4" then 32 else 128));
+                    };
+                  };
+                }
+              )) [ ];
+            });
+      }
+    )) { };
 
     networking.firewall.enable = option types.bool true;
     # NixOS hands the ports on sorted and without duplicates.
