@@ -38,6 +38,7 @@ pub(crate) mod fsutil;
 pub mod hygiene;
 pub mod keys;
 pub(crate) mod locked;
+pub mod plan;
 pub mod protocol;
 pub mod registry;
 pub mod secret;

@@ -73,6 +73,8 @@ pub struct RegisteredClient {
     pub name: String,
     pub keys: Vec<VerifyingKey>,
     pub networks: Vec<IpNet>,
+    /// The grants as written (exact names and patterns), for plans.
+    grants: Vec<String>,
     patterns: Vec<WildMatch>,
     /// Each pattern's literal prefix (before its first `*` or `?`).
     prefixes: Vec<String>,
@@ -101,6 +103,11 @@ impl RegisteredClient {
             out.extend(set.with_prefix(prefix).filter(|(n, _)| pattern.matches(n)));
         }
         out.into_iter().collect()
+    }
+
+    /// The grants as written: exact names and patterns.
+    pub fn grants(&self) -> &[String] {
+        &self.grants
     }
 
     /// Whether the client's grant list is empty.
@@ -205,6 +212,7 @@ impl Registry {
                     name: name.clone(),
                     keys,
                     networks,
+                    grants: cfg.secrets.clone(),
                     patterns,
                     prefixes,
                     exact,

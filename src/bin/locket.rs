@@ -1,7 +1,7 @@
 //! `locket`: the secrets cache server.
 //!
 //! Exit codes: 0 ok, 1 runtime failure (sources, network), 2 usage or
-//! config error.
+//! config error; `plan`: 0 no change, 2 changes, 1 any error.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use locket::config::server::{Checked, ServerConfig};
@@ -56,6 +56,18 @@ enum Command {
         #[arg(long = "network", value_name = "CIDR", default_value = "10.0.0.0/24")]
         networks: Vec<String>,
     },
+    /// Show what a new config grants and takes away, per client, before it is applied; names only, never values. Exit 0: no change, 2: changes, 1: error.
+    Plan {
+        /// The new config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The config to compare with (default: the one the running `locket serve` on this host was started with).
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
+        /// Also load the new config's sources and list the secret names each client may newly read or no longer read.
+        #[arg(long)]
+        resolve: bool,
+    },
     /// Print the server key fingerprint (creating the key file if absent).
     Fingerprint {
         #[arg(long, value_name = "FILE")]
@@ -106,6 +118,11 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(&config).await,
             Command::Check { config } => check(&config).await,
             Command::Fingerprint { config } => fingerprint(&config),
+            Command::Plan {
+                config,
+                against,
+                resolve,
+            } => plan(&config, against.as_deref(), resolve).await,
             Command::ImportRegistry { file, networks } => import_registry(&file, &networks),
         }
     });
@@ -204,6 +221,94 @@ async fn check(path: &Path) -> Result<(), Failure> {
     }
     println!("OK");
     Ok(())
+}
+
+/// `locket plan`: 0 no change, 2 changes, 1 any error (so `2` is not a
+/// config error here, as `terraform plan -detailed-exitcode` does it).
+async fn plan(new: &Path, against: Option<&Path>, resolve: bool) -> Result<(), Failure> {
+    let fail = |message: String| Failure { code: 1, message };
+    let old_path = match against {
+        Some(path) => path.to_owned(),
+        None => running_server_config().map_err(fail)?,
+    };
+    let load = |path: &Path| {
+        ServerConfig::load(path).map_err(|e| fail(format!("{}: {e}", path.display())))
+    };
+    let old = load(&old_path)?;
+    let new_checked = load(new)?;
+    let names = if resolve {
+        Some(
+            source::load_all(&new_checked.config.sources)
+                .await
+                .map_err(|e| fail(format!("{}: {e}", new.display())))?,
+        )
+    } else {
+        None
+    };
+    let plan = locket::plan::plan(&old.registry, &new_checked.registry, names.as_ref());
+    println!("plan: {} -> {}", old_path.display(), new.display());
+    print!("{plan}");
+    if plan.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: 2,
+            message: format!("{} client(s) change", plan.changes.len()),
+        })
+    }
+}
+
+/// The `--config` of the one `locket serve` running on this host (read
+/// from /proc, relative paths against its working folder).
+fn running_server_config() -> Result<PathBuf, String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").map_err(|e| format!("cannot read /proc: {e}"))? {
+        let Ok(entry) = entry else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_locket = args
+            .first()
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "locket"));
+        if !is_locket || !args.iter().any(|a| *a == b"serve") {
+            continue;
+        }
+        let config = args
+            .windows(2)
+            .find(|w| w[0] == b"--config")
+            .map(|w| w[1])
+            .or_else(|| args.iter().find_map(|a| a.strip_prefix(b"--config=")));
+        if let Some(config) = config.and_then(|c| std::str::from_utf8(c).ok()) {
+            let path = Path::new(config);
+            let path = if path.is_absolute() {
+                path.to_owned()
+            } else {
+                std::fs::read_link(entry.path().join("cwd"))
+                    .map(|cwd| cwd.join(path))
+                    .unwrap_or_else(|_| path.to_owned())
+            };
+            found.push(path);
+        }
+    }
+    found.sort();
+    found.dedup();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(
+            "no running `locket serve` found on this host to compare with; pass --against OLD.toml"
+                .into(),
+        ),
+        _ => Err(format!(
+            "several `locket serve` are running ({}); pass --against with the one to compare with",
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 fn fingerprint(path: &Path) -> Result<(), Failure> {

@@ -169,6 +169,10 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
         None
     };
     let clients = registry.len();
+    // What the new registry grants and takes away, by name, in the log.
+    for change in crate::plan::plan(&old.registry, &registry, None).changes {
+        tracing::info!(client = %change.name(), change = %change.one_line(), "registry change");
+    }
     state.apply_limits(&config);
     state.widen_clock_window(
         old.config.clock_skew.as_secs() as i64,

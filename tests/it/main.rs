@@ -11,6 +11,7 @@ mod fuzz_corpus;
 mod handshake;
 mod limits;
 mod operations;
+mod plan;
 mod properties;
 mod protocol_vectors;
 mod reload;
