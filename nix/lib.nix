@@ -122,6 +122,7 @@ rec {
       listenAddress ? "127.0.0.1",
       port ? defaultPort,
       keyFile ? null, # operator-provided key file (passed as a credential), or null
+      nextKeyFile ? null, # the next key of a rotation (a credential), or null
       stateDirectory ? "/var/lib/locket",
       sources ? [ ],
       clients ? { },
@@ -139,6 +140,9 @@ rec {
       listen = "${host}:${toString port}";
       key_file = if keyFile == null then "${stateDirectory}/server-key.pem" else "${credDir}/server-key";
       sources = creds.sources;
+    }
+    // (if nextKeyFile == null then { } else { next_key_file = "${credDir}/server-next-key"; })
+    // {
       clients = mapAttrs (_: c: {
         inherit (c) keys networks secrets;
       }) clients;
@@ -178,6 +182,7 @@ rec {
   serverCredentials =
     {
       keyFile ? null,
+      nextKeyFile ? null,
       sources ? [ ],
       settings ? { },
       unit ? "locket.service",
@@ -185,12 +190,14 @@ rec {
     }:
     (credentialize unit sources).credentials
     ++ (if keyFile == null then [ ] else [ "server-key:${toString keyFile}" ])
+    ++ (if nextKeyFile == null then [ ] else [ "server-next-key:${toString nextKeyFile}" ])
     ++ map (e: "${e.credential}:${toString e.value}") (settingsSecrets settings);
 
   # Problems with the server options, as messages (empty when all is well).
   serverErrors =
     {
       keyFile ? null,
+      nextKeyFile ? null,
       sources ? [ ],
       clients ? { },
       settings ? { },
@@ -221,6 +228,8 @@ rec {
       keyInStore =
         if keyFile != null && isStorePath keyFile then
           [ "services.locket.keyFile (${toString keyFile}) is in the Nix store, which every user can read: place the key outside the store, or leave keyFile null to generate one" ]
+        else if nextKeyFile != null && isStorePath nextKeyFile then
+          [ "services.locket.nextKeyFile (${toString nextKeyFile}) is in the Nix store, which every user can read: place the key outside the store" ]
         else
           [ ];
       clientErrors = concatLists (
@@ -248,13 +257,19 @@ rec {
       name,
       keyFile,
       serverFingerprint ? null,
+      serverFingerprints ? [ ],
       knownServersFile ? null,
       bind ? null,
     }:
+    let
+      pins = (if serverFingerprint == null then [ ] else [ serverFingerprint ]) ++ serverFingerprints;
+    in
     dropNulls {
       inherit server name bind;
       key_file = toString keyFile;
-      server_fingerprint = serverFingerprint;
+      # One pin as `server_fingerprint`; during a rotation the list.
+      server_fingerprint = if length pins == 1 then head pins else null;
+      server_fingerprints = if length pins > 1 then pins else null;
       known_servers_file = if knownServersFile == null then null else toString knownServersFile;
     };
 
@@ -263,12 +278,13 @@ rec {
       name,
       keyFile,
       serverFingerprint ? null,
+      serverFingerprints ? [ ],
       knownServersFile ? null,
       services ? { },
       ...
     }:
     (
-      if serverFingerprint == null && knownServersFile == null then
+      if serverFingerprint == null && serverFingerprints == [ ] && knownServersFile == null then
         [ "services.locket.client: the server's key is not pinned, and the client refuses an unpinned server: set serverFingerprint to the output of `locket fingerprint` on the server (or knownServersFile to a file of `<URL> <fingerprint>` lines)" ]
       else
         [ ]
@@ -280,6 +296,9 @@ rec {
         [ ]
       else
         [ "services.locket.client.serverFingerprint must be sha256:<64 lowercase hex digits> (from `locket fingerprint`)" ]
+    )
+    ++ map (fp: "services.locket.client.serverFingerprints: ${fp} must be sha256:<64 lowercase hex digits> (from `locket fingerprint`)") (
+      filter (fp: match "sha256:[0-9a-f]{64}" fp == null) serverFingerprints
     )
     ++ concatLists (
       map (

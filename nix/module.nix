@@ -53,6 +53,7 @@ let
       listenAddress
       port
       keyFile
+      nextKeyFile
       clients
       settings
       sources
@@ -70,6 +71,7 @@ let
       name
       keyFile
       serverFingerprint
+      serverFingerprints
       knownServersFile
       bind
       ;
@@ -286,6 +288,23 @@ in
       '';
     };
 
+    nextKeyFile = mkOption {
+      type = types.nullOr secretPath;
+      default = null;
+      example = "/run/secrets/locket-server-next-key.pem";
+      description = ''
+        The next server key of a rotation (PKCS#8 PEM, outside the Nix
+        store, handed over with LoadCredential=): announced beside the
+        current key, and requests encrypted to either are answered. The
+        workflow: set it and roll its fingerprint out to clients
+        (`services.locket.client.serverFingerprints`), then swap keyFile and
+        nextKeyFile (promote), then drop nextKeyFile (retire). With a
+        generated key, stage the next one with
+        `settings.next_key_file = "/var/lib/locket/server-next-key.pem"`,
+        which the server creates.
+      '';
+    };
+
     sources = mkOption {
       type = types.listOf sourceModule;
       default = [ ];
@@ -352,6 +371,18 @@ in
           Pinned server key fingerprint (`locket fingerprint` on the server).
           The client refuses a server it has not pinned: set this, or
           `knownServersFile`.
+        '';
+      };
+
+      serverFingerprints = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "sha256:0b8e4f2c7d1a9e3b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b" ];
+        description = ''
+          More pinned server keys, trusted like serverFingerprint: during a
+          server key rotation, the next key's fingerprint
+          (`locket fingerprint --next` on the server), so clients keep
+          working when it is promoted.
         '';
       };
 

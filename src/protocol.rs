@@ -135,6 +135,19 @@ pub struct WireKey {
     /// [`REPLY_KEY_X25519`]. A client picks X25519 when it is listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reply_keys: Vec<String>,
+    /// The next server key during a rotation: a client whose pins hold it
+    /// but not the current key encrypts to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<WireNextKey>,
+}
+
+/// `GET /v1/key`'s `next`: the key a rotation will promote.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireNextKey {
+    /// SPKI PEM.
+    pub public_key: String,
+    /// `sha256:` + lowercase hex of the SPKI DER.
+    pub fingerprint: String,
 }
 
 /// `GET /v1/key`'s name for RSA reply keys (RSA-OAEP wraps the AES key).

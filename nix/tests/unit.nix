@@ -2,6 +2,8 @@
 # evaluates to { passed = N; failed = [ { name; expected; actual; } ]; }.
 let
   l = import ../lib.nix;
+  fpA = "5505e055cbbabb0aa17c8bfb0cd25ebb58046a36173767e14eb62367cce443b2";
+  fpB = "0b8e4f2c7d1a9e3b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b";
   app = {
     keys = [ "ed25519:OsMR+wXsSJ8Umzy7Ilw4r7yetpvLPsSdLDxQChMW71U=" ];
     networks = [ "10.0.1.0/24" ];
@@ -18,6 +20,53 @@ let
     envFile = true;
   };
   tests = {
+    # A rotation: the next key is a credential, named in server.toml.
+    nextKeyIsACredential = {
+      expr =
+        let
+          args = {
+            keyFile = "/run/secrets/a.pem";
+            nextKeyFile = "/run/secrets/b.pem";
+          };
+        in
+        {
+          inherit (l.mkServerSettings args) key_file next_key_file;
+          credentials = l.serverCredentials args;
+        };
+      expected = {
+        key_file = "/run/credentials/locket.service/server-key";
+        next_key_file = "/run/credentials/locket.service/server-next-key";
+        credentials = [
+          "server-key:/run/secrets/a.pem"
+          "server-next-key:/run/secrets/b.pem"
+        ];
+      };
+    };
+    # One pin stays `server_fingerprint`; two become `server_fingerprints`.
+    clientPins = {
+      expr = map (extra: removeAttrs (l.mkClientSettings ({ server = "http://s"; name = "c"; keyFile = "/k"; } // extra)) [ "server" "name" "key_file" ]) [
+        { serverFingerprint = "sha256:${fpA}"; }
+        { serverFingerprint = "sha256:${fpA}"; serverFingerprints = [ "sha256:${fpB}" ]; }
+        { serverFingerprints = [ "sha256:${fpB}" ]; }
+      ];
+      expected = [
+        { server_fingerprint = "sha256:${fpA}"; }
+        { server_fingerprints = [ "sha256:${fpA}" "sha256:${fpB}" ]; }
+        { server_fingerprint = "sha256:${fpB}"; }
+      ];
+    };
+    rotationPinsCountAsPinnedAndAreChecked = {
+      expr = map (extra: builtins.length (l.clientErrors ({ name = "c"; keyFile = "/k"; } // extra))) [
+        { serverFingerprints = [ "sha256:${fpB}" ]; }
+        { serverFingerprints = [ "sha256:XYZ" ]; }
+        { }
+      ];
+      expected = [
+        0
+        1
+        1
+      ];
+    };
     defaults = {
       expr = l.mkServerSettings { };
       expected = {

@@ -40,7 +40,7 @@ struct Cli {
     /// ed25519 private key file (config `key_file`, LOCKET_KEY_FILE).
     #[arg(long = "key", global = true, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// Expected server key fingerprint, `sha256:<hex>` (config `server_fingerprint`, LOCKET_SERVER_FINGERPRINT).
+    /// Expected server key fingerprint, `sha256:<hex>`; during a server key rotation the current and the next, comma-separated (config `server_fingerprint` or `server_fingerprints`, LOCKET_SERVER_FINGERPRINT).
     #[arg(long, global = true, value_name = "FP")]
     server_fingerprint: Option<String>,
     /// Local address to connect from (config `bind`, LOCKET_BIND).
@@ -220,6 +220,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         name: cli.name,
         key_file: cli.key,
         server_fingerprint: cli.server_fingerprint,
+        server_fingerprints: None,
         bind: cli.bind,
         timeout: cli.timeout,
         ca_file: cli.ca_file,

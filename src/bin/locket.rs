@@ -72,6 +72,9 @@ enum Command {
     Fingerprint {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// The next key's (`next_key_file`, created if absent) instead: the pin to roll out before promoting it.
+        #[arg(long)]
+        next: bool,
     },
 }
 
@@ -117,7 +120,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(&config).await,
             Command::Check { config } => check(&config).await,
-            Command::Fingerprint { config } => fingerprint(&config),
+            Command::Fingerprint { config, next } => fingerprint(&config, next),
             Command::Plan {
                 config,
                 against,
@@ -311,10 +314,20 @@ fn running_server_config() -> Result<PathBuf, String> {
     }
 }
 
-fn fingerprint(path: &Path) -> Result<(), Failure> {
+fn fingerprint(path: &Path, next: bool) -> Result<(), Failure> {
     let config = ServerConfig::load(path).map_err(config_error)?.config;
-    let key = locket::server::load_key(&config.key_file, config.key_bits, "server key")
-        .map_err(config_error)?;
+    let (file, what) = if next {
+        let file = config.next_key_file.as_ref().ok_or_else(|| {
+            config_error(format!(
+                "{} sets no next_key_file: add one to stage the next key of a rotation",
+                path.display()
+            ))
+        })?;
+        (file, "next server key")
+    } else {
+        (&config.key_file, "server key")
+    };
+    let key = locket::server::load_key(file, config.key_bits, what).map_err(config_error)?;
     println!("{}", key.fingerprint());
     Ok(())
 }

@@ -367,6 +367,16 @@ impl Client {
         let server = server.to_owned();
         match self.trust.check(&server, &key.fingerprint)? {
             Ok(()) => Ok((key, announced)),
+            // During a rotation a client may pin only the next key (the
+            // server announces it beside the current one): it encrypts to
+            // that. Only an explicit pin selects it.
+            Err(Refusal::Pin { .. })
+                if let Some(next) = &wire.next
+                    && let Ok(next) = ServerPublicKey::from_pem(&next.public_key)
+                    && self.trust.pinned(&next.fingerprint) =>
+            {
+                Ok((next, announced))
+            }
             Err(Refusal::Pin { expected }) => Err(ClientError::PinMismatch {
                 server,
                 expected,

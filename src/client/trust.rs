@@ -43,7 +43,8 @@ pub enum Refusal {
 /// What decides whether a server key is trusted.
 #[derive(Debug)]
 pub struct Trust {
-    pin: Option<String>,
+    /// `server_fingerprint` and `server_fingerprints`: any of them.
+    pins: Vec<String>,
     file: PathBuf,
     known: Mutex<BTreeMap<String, String>>,
     record_new: bool,
@@ -54,18 +55,30 @@ impl Trust {
     /// The trust of `config`, reading its known-servers file (a missing
     /// file holds no entry).
     pub fn from_config(config: &ClientConfig) -> Result<Self, KnownServersError> {
-        let known = if config.server_fingerprint.is_some() {
-            BTreeMap::new()
-        } else {
+        let pins: Vec<String> = config
+            .server_fingerprint
+            .iter()
+            .chain(&config.server_fingerprints)
+            .cloned()
+            .collect();
+        let known = if pins.is_empty() {
             read(&config.known_servers_file)?
+        } else {
+            BTreeMap::new()
         };
         Ok(Self {
-            pin: config.server_fingerprint.clone(),
+            pins,
             file: config.known_servers_file.clone(),
             known: Mutex::new(known),
             record_new: config.trust_on_first_use,
             insecure: config.insecure_unpinned,
         })
+    }
+
+    /// Whether `fingerprint` is one of the explicit pins
+    /// (`server_fingerprint`, `server_fingerprints`).
+    pub fn pinned(&self, fingerprint: &str) -> bool {
+        self.pins.iter().any(|p| p == fingerprint)
     }
 
     /// Whether `fingerprint`, offered by the server at `url`, may be used.
@@ -75,12 +88,12 @@ impl Trust {
         url: &str,
         fingerprint: &str,
     ) -> Result<Result<(), Refusal>, KnownServersError> {
-        if let Some(expected) = &self.pin {
-            return Ok(if expected == fingerprint {
+        if !self.pins.is_empty() {
+            return Ok(if self.pins.iter().any(|p| p == fingerprint) {
                 Ok(())
             } else {
                 Err(Refusal::Pin {
-                    expected: expected.clone(),
+                    expected: self.pins.join(" or "),
                 })
             });
         }

@@ -18,6 +18,7 @@ pub const ENV_KEYS: &[&str] = &[
     "name",
     "key_file",
     "server_fingerprint",
+    "server_fingerprints",
     "bind",
     "timeout",
     "ca_file",
@@ -54,6 +55,8 @@ pub struct ClientLayer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_fingerprints: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bind: Option<IpAddr>,
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -87,11 +90,33 @@ impl ClientLayer {
         }
     }
 
+    /// The pins this layer names (`server_fingerprints`, or
+    /// `server_fingerprint` split at commas).
+    fn pin_list(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        match (&self.server_fingerprint, &self.server_fingerprints) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(
+                "set `server_fingerprint` or `server_fingerprints`, not both".into(),
+            )),
+            (Some(one), None) => Ok(Some(
+                one.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            )),
+            (None, Some(list)) => Ok(Some(list.clone())),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// `self`, with each unset key taken from `lower`.
     pub fn over(self, lower: ClientLayer) -> Result<ClientLayer, ConfigError> {
         let servers = match self.server_list()? {
             Some(list) => Some(list),
             None => lower.server_list()?,
+        };
+        let pins = match self.pin_list()? {
+            Some(list) => Some(list),
+            None => lower.pin_list()?,
         };
         Ok(ClientLayer {
             server: None,
@@ -99,7 +124,8 @@ impl ClientLayer {
             server_order: self.server_order.or(lower.server_order),
             name: self.name.or(lower.name),
             key_file: self.key_file.or(lower.key_file),
-            server_fingerprint: self.server_fingerprint.or(lower.server_fingerprint),
+            server_fingerprint: None,
+            server_fingerprints: pins,
             bind: self.bind.or(lower.bind),
             timeout: self.timeout.or(lower.timeout),
             ca_file: self.ca_file.or(lower.ca_file),
@@ -121,6 +147,11 @@ pub struct ClientConfig {
     /// the key file). Without it, each server's key must be in
     /// `known_servers_file`, or `insecure_unpinned` must be set.
     pub server_fingerprint: Option<String>,
+    /// More pinned keys, trusted like `server_fingerprint`: during a server
+    /// key rotation, the current and the next (`server_fingerprints =
+    /// [current, next]` in the file; the first becomes
+    /// `server_fingerprint`).
+    pub server_fingerprints: Vec<String>,
     /// Fingerprints recorded per server URL, like ssh's `known_hosts`:
     /// written only on explicit first use (`trust_on_first_use`). Default:
     /// `known_servers` beside the key file.
@@ -153,6 +184,7 @@ impl ClientConfig {
             name: name.into(),
             key_file: key_file.into(),
             server_fingerprint: None,
+            server_fingerprints: Vec::new(),
             known_servers_file: PathBuf::from("known_servers"),
             trust_on_first_use: false,
             insecure_unpinned: false,
@@ -217,14 +249,17 @@ impl ClientConfig {
             )));
         }
         let key_file = layer.key_file.ok_or_else(|| missing("key_file", "--key"))?;
-        if let Some(fp) = &layer.server_fingerprint {
+        let mut pins: Vec<String> = layer.server_fingerprints.unwrap_or_default();
+        for fp in &mut pins {
             let hex = fp.strip_prefix("sha256:").unwrap_or("");
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ConfigError::Invalid(format!(
                     "server_fingerprint {fp:?} must be sha256:<64 hex digits>, as printed by `locket fingerprint`"
                 )));
             }
+            *fp = fp.to_ascii_lowercase();
         }
+        let server_fingerprint = (!pins.is_empty()).then(|| pins.remove(0));
         if let Some(ca) = &layer.ca_file {
             super::check_readable(ca)?;
         }
@@ -239,7 +274,8 @@ impl ClientConfig {
             server_order: layer.server_order.unwrap_or_default(),
             name,
             key_file,
-            server_fingerprint: layer.server_fingerprint.map(|f| f.to_ascii_lowercase()),
+            server_fingerprint,
+            server_fingerprints: pins,
             known_servers_file,
             trust_on_first_use: false,
             insecure_unpinned: layer.insecure_unpinned.unwrap_or(false),
@@ -247,5 +283,75 @@ impl ClientConfig {
             timeout: layer.timeout.unwrap_or(Duration::from_secs(10)),
             ca_file: layer.ca_file,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sha256:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
+    fn load(file: &str, flags: ClientLayer) -> Result<ClientConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(
+            &path,
+            format!("server = \"http://127.0.0.1:7410\"\nname = \"app\"\nkey_file = \"k\"\n{file}"),
+        )
+        .unwrap();
+        ClientConfig::load(Some(&path), &flags)
+    }
+
+    /// A rotation's two pins: a list in the file, or comma-separated in
+    /// `server_fingerprint` (as the flag and LOCKET_SERVER_FINGERPRINT give
+    /// it); a flag replaces the file's pins whole.
+    #[test]
+    fn pins_come_as_a_list_or_comma_separated() {
+        let b = B.to_ascii_lowercase();
+        let c = load(
+            &format!("server_fingerprints = [{A:?}, {B:?}]"),
+            ClientLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.server_fingerprint.as_deref(),
+                c.server_fingerprints.clone()
+            ),
+            (Some(A), vec![b.clone()])
+        );
+        let c = load(
+            &format!("server_fingerprint = \"{A},{B}\""),
+            ClientLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.server_fingerprint.as_deref(),
+                c.server_fingerprints.clone()
+            ),
+            (Some(A), vec![b.clone()])
+        );
+        let flags = ClientLayer {
+            server_fingerprint: Some(B.into()),
+            ..ClientLayer::default()
+        };
+        let c = load(&format!("server_fingerprints = [{A:?}]"), flags).unwrap();
+        assert_eq!(
+            (c.server_fingerprint, c.server_fingerprints),
+            (Some(b), vec![])
+        );
+        let both = load(
+            &format!("server_fingerprint = {A:?}\nserver_fingerprints = [{B:?}]"),
+            ClientLayer::default(),
+        );
+        assert!(both.unwrap_err().to_string().contains("not both"));
+        let bad = load(
+            "server_fingerprints = [\"sha256:12\"]",
+            ClientLayer::default(),
+        );
+        assert!(bad.unwrap_err().to_string().contains("sha256:12"));
     }
 }

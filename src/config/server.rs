@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// RSA private key file; created (mode 0600) on first start if missing.
     pub key_file: PathBuf,
+    /// The next server key, during a rotation: created like `key_file` if
+    /// missing, announced beside the current key, and requests encrypted to
+    /// either are opened. Promote it by swapping the two files' roles.
+    pub next_key_file: Option<PathBuf>,
     /// Size of a newly created server key.
     pub key_bits: usize,
     /// Largest accepted difference between a request's timestamp and the
@@ -116,6 +120,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7410)),
             key_file: PathBuf::from("server-key.pem"),
+            next_key_file: None,
             key_bits: DEFAULT_SERVER_KEY_BITS,
             clock_skew: Duration::from_secs(30),
             max_request_bytes: 64 * 1024,
@@ -172,6 +177,9 @@ impl ServerConfig {
             .map_err(|e| super::describe(e, Some(&text), Some(path)))?;
         let base = super::base_dir(Some(path));
         super::resolve(&base, &mut cfg.key_file);
+        if let Some(k) = cfg.next_key_file.as_mut() {
+            super::resolve(&base, k);
+        }
         for s in &mut cfg.sources {
             s.resolve_paths(&base);
         }
@@ -233,6 +241,12 @@ impl ServerConfig {
         }
         if self.listen_backlog == 0 {
             return invalid("listen_backlog must be at least 1 (default 4096)".into());
+        }
+        if self.next_key_file.as_ref() == Some(&self.key_file) {
+            return invalid(
+                "next_key_file is key_file: stage the next key of a rotation in a file of its own"
+                    .into(),
+            );
         }
         if self.replay_cache_size < 1000 {
             return invalid("replay_cache_size must be at least 1000".into());

@@ -104,6 +104,9 @@ pub(crate) struct State {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// A separate key for the v1 protocol (`[v1] key_file`); else `key`.
     pub v1_key: Option<ServerKey>,
+    /// The next server key during a rotation (`next_key_file`): announced
+    /// by `GET /v1/key`, and requests encrypted to it are opened with it.
+    pub next_key: Option<ServerKey>,
 }
 
 impl State {
@@ -132,7 +135,15 @@ impl State {
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
             tls: None,
             v1_key: None,
+            next_key: None,
         }
+    }
+
+    /// The key (current or next) whose fingerprint is `fingerprint`.
+    pub(crate) fn key_for(&self, fingerprint: &str) -> Option<&ServerKey> {
+        std::iter::once(&self.key)
+            .chain(self.next_key.as_ref())
+            .find(|k| k.fingerprint() == fingerprint)
     }
 
     /// Serves `set` from now on: the store, the health record and the

@@ -131,7 +131,7 @@ fn cheap_checks(
         }
     };
     let clock_ok = clock_ok(now, request.header.timestamp, skew);
-    let fingerprint_ok = request.header.server_fingerprint == state.key.fingerprint();
+    let fingerprint_ok = state.key_for(&request.header.server_fingerprint).is_some();
 
     let denied = |reason: String| {
         Err(Outcome::Denied {
@@ -159,9 +159,14 @@ fn cheap_checks(
     }
     if !fingerprint_ok {
         return denied(format!(
-            "request was made for server key {}, but this server's key is {}",
+            "request was made for server key {}, but this server's key is {}{}",
             request.header.server_fingerprint,
-            state.key.fingerprint()
+            state.key.fingerprint(),
+            state
+                .next_key
+                .as_ref()
+                .map(|k| format!(" (next: {})", k.fingerprint()))
+                .unwrap_or_default()
         ));
     }
     Ok(())
@@ -175,7 +180,13 @@ fn answer(state: &State, runtime: &Runtime, request: Request) -> Outcome {
             reason: "client vanished".into(),
         };
     };
-    let body = match request.open(&state.key) {
+    let Some(key) = state.key_for(&request.header.server_fingerprint) else {
+        return Outcome::Internal {
+            client: Some(name),
+            reason: "server key vanished".into(),
+        };
+    };
+    let body = match request.open(key) {
         Ok(b) => b,
         Err(e) => {
             return Outcome::BadRequest {

@@ -119,6 +119,7 @@ pub(crate) fn fixed_at_start_changes(old: &ServerConfig, new: &ServerConfig) -> 
         ("listen", old.listen != new.listen),
         ("listen_backlog", old.listen_backlog != new.listen_backlog),
         ("key_file", old.key_file != new.key_file),
+        ("next_key_file", old.next_key_file != new.next_key_file),
         ("key_bits", old.key_bits != new.key_bits),
         ("tls", old.tls != new.tls),
         (
@@ -222,6 +223,7 @@ mod tests {
                 key_file: "k".into(),
             }),
             max_age: Some(std::time::Duration::from_secs(60)),
+            next_key_file: Some("next.pem".into()),
             ..ServerConfig::default()
         };
         changed.v1.key_file = Some("v1.pem".into());
@@ -240,6 +242,7 @@ mod tests {
         changed.listen = "127.0.0.1:1".parse().unwrap();
         changed.listen_backlog += 1;
         changed.key_file = "other.pem".into();
+        changed.next_key_file = Some("other-next.pem".into());
         changed.key_bits = 4096;
         changed.max_request_bytes += 1;
         changed.replay_cache_size += 1;

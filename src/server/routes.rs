@@ -48,6 +48,10 @@ pub(super) fn routes(
                     protocol::REPLY_KEY_RSA.into(),
                     protocol::REPLY_KEY_X25519.into(),
                 ],
+                next: state.next_key.as_ref().map(|k| protocol::WireNextKey {
+                    public_key: k.public_pem().to_owned(),
+                    fingerprint: k.fingerprint().to_owned(),
+                }),
             };
             warp::reply::json(&body).into_response()
         });

@@ -87,11 +87,16 @@ impl Server {
             Some(t) => Some(crate::tls::acceptor(&t.cert_file, &t.key_file)?),
             None => None,
         };
+        let next_key = match &config.next_key_file {
+            Some(path) => Some(load_key(path, config.key_bits, "next server key")?),
+            None => None,
+        };
         let v1_key = crate::v1::load_key(&config.v1)?;
         let first = source::load_all(&config.sources).await;
         let mut state = State::new(key, registry, &config);
         state.tls = tls;
         state.v1_key = v1_key;
+        state.next_key = next_key;
         match first {
             Ok(set) => {
                 state.set_loaded(set);
@@ -170,6 +175,7 @@ impl Server {
                 clients = rt.registry.len(),
                 secrets = state.store.snapshot().len(),
                 fingerprint = state.key.fingerprint(),
+                next_fingerprint = state.next_key.as_ref().map(|k| k.fingerprint()),
                 tls = state.tls.is_some(),
                 "locket listening on {addr}"
             );

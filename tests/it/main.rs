@@ -17,6 +17,7 @@ mod protocol_vectors;
 mod reload;
 mod render;
 mod reply_keys;
+mod rotation;
 mod soak;
 mod sources;
 mod support;
