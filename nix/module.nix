@@ -495,8 +495,9 @@ in
         wantedBy = [ "multi-user.target" ];
         after = [ "network-online.target" ];
         wants = [ "network-online.target" ];
-        # A change that a reload applies (clients, sources) reloads: the cache
-        # stays warm and fetches in flight finish. Anything else restarts.
+        # A change that a reload applies (clients, sources) reloads: fetches
+        # in flight finish, and a source that fails on the reload keeps its
+        # last good values. Anything else restarts.
         reloadTriggers = [ serverConfigFile ];
         restartTriggers = [
           (builtins.hashString "sha256" (builtins.toJSON (locketLib.restartSettings serverSettings)))

@@ -197,7 +197,7 @@ async fn check(path: &Path) -> Result<(), Failure> {
             config.key_file.display()
         )
     };
-    let secrets = source::load_all(&config.sources).await.map_err(|e| {
+    let (secrets, duplicates) = source::load_all(&config.sources).await.map_err(|e| {
         // An operator at a terminal: the command's own words help here.
         match &e.stderr {
             Some(stderr) => {
@@ -210,6 +210,15 @@ async fn check(path: &Path) -> Result<(), Failure> {
     println!("server key: {key}");
     println!("sources: {}", config.sources.len());
     println!("secrets: {}", secrets.len());
+    for d in &duplicates {
+        let sources: Vec<String> = d.sources.iter().map(|i| format!("#{i}")).collect();
+        println!(
+            "  {} is defined by sources {}; the value of {} is served (later sources win)",
+            d.name,
+            sources.join(", "),
+            sources.last().map(String::as_str).unwrap_or("-")
+        );
+    }
     println!("clients: {}", registry.len());
     for name in config.clients.keys() {
         if let Some(client) = registry.get(name) {
@@ -243,7 +252,8 @@ async fn plan(new: &Path, against: Option<&Path>, resolve: bool) -> Result<(), F
         Some(
             source::load_all(&new_checked.config.sources)
                 .await
-                .map_err(|e| fail(format!("{}: {e}", new.display())))?,
+                .map_err(|e| fail(format!("{}: {e}", new.display())))?
+                .0,
         )
     } else {
         None

@@ -12,6 +12,7 @@ pub mod output;
 pub mod render;
 pub mod trust;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
@@ -116,7 +117,10 @@ impl ClientError {
 /// One server and its key, fetched at most once.
 struct Endpoint {
     url: String,
-    key: OnceCell<ServerPublicKey>,
+    /// Fetched on first use, and again only when the server refuses a
+    /// request as bound to another process (it restarted, perhaps with a
+    /// promoted key); the lock makes concurrent first uses fetch once.
+    key: tokio::sync::Mutex<Option<Arc<ServerPublicKey>>>,
     announced: std::sync::Mutex<Announced>,
 }
 
@@ -266,7 +270,7 @@ impl Client {
                 .iter()
                 .map(|url| Endpoint {
                     url: url.clone(),
-                    key: OnceCell::new(),
+                    key: tokio::sync::Mutex::new(None),
                     announced: std::sync::Mutex::default(),
                 })
                 .collect(),
@@ -281,38 +285,32 @@ impl Client {
 
     /// The first server's public key, fetched once and checked against the
     /// pin.
-    pub async fn server_key(&self) -> Result<&ServerPublicKey, ClientError> {
+    pub async fn server_key(&self) -> Result<Arc<ServerPublicKey>, ClientError> {
         self.endpoint_key(&self.endpoints[0]).await
     }
 
-    async fn endpoint_key<'a>(
-        &self,
-        endpoint: &'a Endpoint,
-    ) -> Result<&'a ServerPublicKey, ClientError> {
-        endpoint
-            .key
-            .get_or_try_init(|| async {
-                let (key, announced) = self.fetch_server_key(&endpoint.url).await?;
-                endpoint.set_announced(announced);
-                Ok(key)
-            })
-            .await
+    async fn endpoint_key(&self, endpoint: &Endpoint) -> Result<Arc<ServerPublicKey>, ClientError> {
+        let mut key = endpoint.key.lock().await;
+        if let Some(key) = &*key {
+            return Ok(Arc::clone(key));
+        }
+        let (fetched, announced) = self.fetch_server_key(&endpoint.url).await?;
+        let fetched = Arc::new(fetched);
+        endpoint.set_announced(announced);
+        *key = Some(Arc::clone(&fetched));
+        Ok(fetched)
     }
 
-    /// Asks the server again which process it is (after it refused a
-    /// request bound to another: it restarted, or a second server sharing
-    /// the key answered). The key must be the one already trusted.
+    /// Asks the server again which process it is, and which key to use,
+    /// after it refused a request bound to another process: it restarted
+    /// (perhaps having promoted its next key during a rotation), or a
+    /// second server sharing the key answered. The key is checked against
+    /// the pins as on first use.
     async fn refresh_instance(&self, endpoint: &Endpoint) -> Result<(), ClientError> {
-        let (key, announced) = self.fetch_server_key(&endpoint.url).await?;
-        if let Some(known) = endpoint.key.get()
-            && known.fingerprint != key.fingerprint
-        {
-            return Err(ClientError::Protocol(format!(
-                "the server at {} changed its key from {} to {} while this client ran; run it again",
-                endpoint.url, known.fingerprint, key.fingerprint
-            )));
-        }
+        let mut key = endpoint.key.lock().await;
+        let (fetched, announced) = self.fetch_server_key(&endpoint.url).await?;
         endpoint.set_announced(announced);
+        *key = Some(Arc::new(fetched));
         Ok(())
     }
 
@@ -488,7 +486,7 @@ impl Client {
             names: names.to_vec(),
             reply_key: reply.spki_der().to_vec(),
         };
-        let request = Request::seal(header, &body, server_key, &self.key)
+        let request = Request::seal(header, &body, &server_key, &self.key)
             .map_err(|e| ClientError::Local(e.to_string()))?;
         let url = format!("{}{}", endpoint.url, protocol::SECRETS_PATH);
         let unreachable = |e: String| ClientError::Unreachable {

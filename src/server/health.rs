@@ -33,6 +33,9 @@ pub(crate) struct Readiness {
     pub last_error: Option<String>,
     /// `locked`, `empty`, or `unlocked: <why>` for the current set's memory.
     pub secret_memory: String,
+    /// Each source: stale or not, age, load time, how many names (never
+    /// which), failures.
+    pub sources: Vec<crate::source::combine::SourceHealth>,
 }
 
 impl Health {
@@ -48,6 +51,17 @@ impl Health {
         h.last_error = None;
         h.failures = 0;
         first
+    }
+
+    /// A load in which some sources failed, but every one has values
+    /// (theirs kept from earlier): the set is served, stale, as old as its
+    /// oldest source's values. Returns the number of failures in a row.
+    pub(crate) fn partial(&self, oldest: SystemTime, error: String) -> u32 {
+        let mut h = self.lock();
+        h.loaded_at = Some(oldest);
+        h.last_error = Some(error);
+        h.failures += 1;
+        h.failures
     }
 
     /// A load failed; returns the number of failures in a row.
@@ -77,6 +91,7 @@ impl Health {
             consecutive_failures: h.failures,
             last_error: h.last_error.clone(),
             secret_memory: String::new(),
+            sources: Vec::new(),
         }
     }
 }

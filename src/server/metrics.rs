@@ -21,6 +21,13 @@ struct Result_ {
     result: String,
 }
 
+/// A source by its number and type (never its path, command or URL).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+    source_type: String,
+}
+
 /// Every metric the server exports.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -34,6 +41,10 @@ pub(crate) struct Metrics {
     pub stale: Gauge,
     pub ready: Gauge,
     pub memory_locked: Gauge,
+    source_stale: Family<SourceLabel, Gauge>,
+    source_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    source_load: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    source_secrets: Family<SourceLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -93,7 +104,35 @@ impl Default for Metrics {
             "1 when the current set's values are locked in RAM (mlock) and excluded from core dumps",
             memory_locked.clone(),
         );
+        let source_stale = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "source_stale",
+            "1 when the source's last load failed (its last good values are served)",
+            source_stale.clone(),
+        );
+        let source_age = Family::<SourceLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "source_age_seconds",
+            "Age of the values served from the source (NaN: never loaded)",
+            source_age.clone(),
+        );
+        let source_load = Family::<SourceLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "source_load_seconds",
+            "How long the source's last load took",
+            source_load.clone(),
+        );
+        let source_secrets = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "source_secrets",
+            "Names the source holds (a count, never the names)",
+            source_secrets.clone(),
+        );
         Self {
+            source_stale,
+            source_age,
+            source_load,
+            source_secrets,
             registry,
             requests,
             latency,
@@ -118,6 +157,24 @@ impl Metrics {
             })
             .inc();
         self.latency.observe(seconds);
+    }
+
+    /// One source's gauges (before a scrape).
+    pub(crate) fn source(&self, s: &crate::source::combine::SourceHealth) {
+        let label = SourceLabel {
+            source: s.index.to_string(),
+            source_type: s.source_type.to_owned(),
+        };
+        self.source_stale.get_or_create(&label).set(s.stale as i64);
+        self.source_age
+            .get_or_create(&label)
+            .set(s.age_seconds.map(|a| a as f64).unwrap_or(f64::NAN));
+        self.source_load
+            .get_or_create(&label)
+            .set(s.load_ms as f64 / 1000.0);
+        self.source_secrets
+            .get_or_create(&label)
+            .set(s.secrets as i64);
     }
 
     pub(crate) fn source_load(&self, ok: bool) {

@@ -97,6 +97,11 @@ pub(crate) struct State {
     /// process only, never by a second server sharing the key or by this
     /// server after a restart, whose replay caches never saw its nonce.
     pub instance: [u8; crate::protocol::INSTANCE_LEN],
+    /// Each source's last load and values; held while sources load, so a
+    /// refresh and a reload never load at once.
+    pub(crate) sources: tokio::sync::Mutex<crate::source::combine::Sources>,
+    /// The same, for `/readyz` and `/metrics`, which never wait for a load.
+    pub(crate) sources_view: ArcSwap<crate::source::combine::Sources>,
     /// A valid key no client holds: verifications for unknown clients run
     /// against it so they cost the same as for known ones.
     dummy_key: VerifyingKey,
@@ -130,6 +135,8 @@ impl State {
             max_connections: std::sync::atomic::AtomicUsize::new(config.max_connections),
             per_source: Arc::default(),
             remembered_since: std::sync::atomic::AtomicI64::new(crate::clock::unix_now()),
+            sources: tokio::sync::Mutex::default(),
+            sources_view: ArcSwap::default(),
             instance: crate::crypto::random_bytes()
                 .expect("the OS random number generator failed at start"),
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
@@ -154,6 +161,24 @@ impl State {
         self.store.replace(set);
         self.metrics.source_load(true);
         first
+    }
+
+    /// Serves a set in which some sources failed but kept their earlier
+    /// values: stale, as old as the oldest values in it.
+    pub(crate) fn set_partial(&self, set: SecretSet, oldest: std::time::SystemTime, error: String) {
+        self.health.partial(oldest, error);
+        self.store.replace(set);
+    }
+
+    /// Keeps `sources` (after a round of loading) for the next round and
+    /// for readers.
+    pub(crate) fn keep_sources(
+        &self,
+        held: &mut crate::source::combine::Sources,
+        next: crate::source::combine::Sources,
+    ) {
+        self.sources_view.store(Arc::new(next.clone()));
+        *held = next;
     }
 
     /// Applies the limits a reload may change while serving: the
@@ -253,6 +278,10 @@ impl State {
             .set(readiness.age_seconds.map(|a| a as f64).unwrap_or(f64::NAN));
         self.metrics.stale.set(readiness.stale as i64);
         self.metrics.ready.set(readiness.ready as i64);
+        readiness.sources = self.sources_view.load().health();
+        for source in &readiness.sources {
+            self.metrics.source(source);
+        }
         readiness
     }
 }

@@ -22,36 +22,86 @@ use tokio::sync::Notify;
 use super::{Runtime, State};
 use crate::config::ConfigError;
 use crate::config::server::{Checked, ServerConfig};
-use crate::source::{self, SourceError};
+use crate::source::SourceError;
+use crate::source::combine::{Duplicate, Round};
+use crate::store::SecretSet;
 
-/// Loads every source once and swaps in the result. Returns the number of
-/// secrets loaded.
+/// Loads every source once (each failing source keeps its last good
+/// values) and serves the result. Returns the number of secrets served, or
+/// the first source that failed (for the retry backoff).
 pub(crate) async fn refresh_once(state: &State) -> Result<usize, SourceError> {
     let rt = state.runtime.load_full();
-    match source::load_all(&rt.config.sources).await {
-        Ok(set) => {
-            let count = set.len();
-            if state.set_loaded(set) {
-                tracing::info!(secrets = count, "first load succeeded; ready");
-                super::startup::notify_systemd(sd_notify::NotifyState::Ready);
-            } else {
-                tracing::debug!(secrets = count, "secrets refreshed");
-            }
-            Ok(count)
+    let mut held = state.sources.lock().await;
+    let (next, round) = held.load(&rt.config.sources).await;
+    state.keep_sources(&mut held, next);
+    serve_round(state, round, false)
+}
+
+/// Serves what one round of loading produced, and says so: the set when
+/// every source has values (stale if some kept earlier ones), each failure
+/// with what is still served, and the names two sources define (`loud`:
+/// at warn, at start and reload; else at debug, every refresh).
+pub(crate) fn serve_round(state: &State, round: Round, loud: bool) -> Result<usize, SourceError> {
+    log_duplicates(&round.duplicates, loud);
+    let count = round.set.as_ref().map(SecretSet::len);
+    let partial = !round.errors.is_empty();
+    if let Some(set) = round.set {
+        if partial {
+            let oldest = state
+                .sources_view
+                .load()
+                .oldest_success()
+                .unwrap_or_else(SystemTime::now);
+            state.set_partial(set, oldest, round.errors[0].summary());
+        } else if state.set_loaded(set) {
+            tracing::info!(secrets = count, "first load succeeded; ready");
+            super::startup::notify_systemd(sd_notify::NotifyState::Ready);
+        } else {
+            tracing::debug!(secrets = count, "secrets refreshed");
         }
-        Err(e) => {
+    }
+    for e in &round.errors {
+        state.metrics.source_load(false);
+        if let Some(stderr) = &e.stderr {
+            tracing::debug!(
+                source = e.index,
+                stderr = stderr.as_str(),
+                "the failed command's stderr"
+            );
+        }
+        if round.missing.contains(&e.index) {
             let failures = state.health.failure(e.summary());
-            state.metrics.source_load(false);
-            let age = SystemTime::now()
-                .duration_since(state.store.snapshot().loaded_at())
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
             if state.health.loaded() {
-                tracing::warn!(error = %e, failures, age_seconds = age, "refresh failed; still serving the last good set (stale)");
+                tracing::warn!(error = %e, failures, "source failed and has never loaded; still serving the last set without it");
             } else {
-                tracing::error!(error = %e, failures, "load failed; nothing is served until a load succeeds");
+                tracing::error!(error = %e, failures, "load failed; nothing is served until every source has loaded once");
             }
-            Err(e)
+        } else {
+            let age = state
+                .sources_view
+                .load()
+                .health()
+                .get(e.index - 1)
+                .and_then(|s| s.age_seconds)
+                .unwrap_or(0);
+            tracing::warn!(error = %e, age_seconds = age, "refresh failed; still serving this source's last good values (stale), the other sources refreshed");
+        }
+    }
+    match round.errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(count.unwrap_or(0)),
+    }
+}
+
+/// Names two sources define (names only): at warn when `loud`.
+pub(crate) fn log_duplicates(duplicates: &[Duplicate], loud: bool) {
+    for d in duplicates {
+        let sources: Vec<String> = d.sources.iter().map(|i| format!("#{i}")).collect();
+        let winner = d.sources.last().copied().unwrap_or_default();
+        if loud {
+            tracing::warn!(secret = %d.name, "secret is defined by sources {}; the value of #{winner} is served (later sources win)", sources.join(", "));
+        } else {
+            tracing::debug!(secret = %d.name, "secret is defined by sources {}; the value of #{winner} is served", sources.join(", "));
         }
     }
 }
@@ -160,15 +210,19 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
     if !fixed.is_empty() {
         return Err(ReloadError::FixedAtStart(fixed.join(", ")));
     }
-    let new_set = if config.sources != old.config.sources {
-        Some(
-            source::load_all(&config.sources)
-                .await
-                .map_err(ReloadError::Sources)?,
-        )
-    } else {
-        None
-    };
+    // Every source is read again (an edited .env is served at once); one
+    // that fails keeps its last values, unless it is new or changed and so
+    // has none: then the reload is refused and nothing changes.
+    let mut held = state.sources.lock().await;
+    let (next, round) = held.load(&config.sources).await;
+    if let Some(e) = round
+        .errors
+        .iter()
+        .position(|e| round.missing.contains(&e.index))
+    {
+        let mut errors = round.errors;
+        return Err(ReloadError::Sources(errors.swap_remove(e)));
+    }
     let clients = registry.len();
     // What the new registry grants and takes away, by name, in the log.
     for change in crate::plan::plan(&old.registry, &registry, None).changes {
@@ -183,9 +237,10 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
     state
         .runtime
         .store(Arc::new(Runtime::new(config, registry)));
-    if let Some(set) = new_set {
-        state.set_loaded(set);
-    }
+    state.keep_sources(&mut held, next);
+    // Failures here are sources that keep their values: logged as stale,
+    // the reload itself succeeded.
+    let _ = serve_round(state, round, true);
     tracing::debug!(clients, "registry swapped");
     Ok(())
 }

@@ -92,21 +92,27 @@ impl Server {
             None => None,
         };
         let v1_key = crate::v1::load_key(&config.v1)?;
-        let first = source::load_all(&config.sources).await;
+        let (sources, round) = source::combine::Sources::default()
+            .load(&config.sources)
+            .await;
         let mut state = State::new(key, registry, &config);
         state.tls = tls;
         state.v1_key = v1_key;
         state.next_key = next_key;
-        match first {
-            Ok(set) => {
+        state.sources_view = arc_swap::ArcSwap::from_pointee(sources.clone());
+        state.sources = tokio::sync::Mutex::new(sources);
+        refresh::log_duplicates(&round.duplicates, true);
+        match (round.errors.into_iter().next(), round.set) {
+            (None, Some(set)) => {
                 state.set_loaded(set);
             }
-            Err(e) if config.start_unready => {
+            (None, None) => unreachable!("a source without values has failed"),
+            (Some(e), _) if config.start_unready => {
                 tracing::error!(error = %e, "first load failed; listening anyway (start_unready), answering 503 until a load succeeds");
                 state.health.failure(e.summary());
                 state.metrics.source_load(false);
             }
-            Err(e) => return Err(StartError::FirstLoad(e)),
+            (Some(e), _) => return Err(StartError::FirstLoad(e)),
         }
         Ok(Self {
             path: path.to_owned(),

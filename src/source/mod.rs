@@ -1,11 +1,15 @@
 //! Where secrets come from: one file per kind of source behind one enum,
-//! plus [`load_all`], which combines them into one `SecretSet`.
+//! plus [`combine`], which keeps each source's last good values and
+//! combines them into the `SecretSet` that is served.
 //!
 //! Sources are listed in `[[sources]]` and read in order; when two sources
-//! hold the same name, the **later** source wins (like layered config).
-//! A source that fails makes the whole load fail: a partial set is never
-//! served, because a missing secret is worse than a stale one.
+//! hold the same name, the **later** source wins (like layered config), and
+//! the name is reported. A source that fails keeps serving the values it
+//! last loaded while the others refresh; a set is never served without a
+//! source that has never loaded, because a missing secret is worse than a
+//! stale one.
 
+pub mod combine;
 pub(crate) mod command;
 pub mod dotenv;
 mod env;
@@ -331,43 +335,19 @@ impl SourceError {
     }
 }
 
-/// Loads every source in order and combines them (later sources win).
-pub async fn load_all(sources: &[SourceConfig]) -> Result<SecretSet, SourceError> {
-    let mut all = BTreeMap::new();
-    for (i, source) in sources.iter().enumerate() {
-        let entries = source.load().await.map_err(|e| SourceError {
-            index: i + 1,
-            description: source.describe(),
-            detail: e.to_string(),
-            kind: e.kind(),
-            stderr: match e {
-                LoadError::Command { stderr, .. } => stderr,
-                _ => None,
-            },
-            source_type: source.type_name(),
-        })?;
-        let mut overridden = 0usize;
-        let count = entries.len();
-        for (name, value) in entries {
-            if !crate::protocol::valid_secret_name(&name) {
-                return Err(SourceError {
-                    index: i + 1,
-                    description: source.describe(),
-                    detail: format!(
-                        "secret name {name:?} is empty, longer than 256 bytes or has control characters"
-                    ),
-                    kind: "a secret name is not acceptable",
-                    stderr: None,
-                    source_type: source.type_name(),
-                });
-            }
-            if all.insert(name, value).is_some() {
-                overridden += 1;
-            }
-        }
-        tracing::debug!(source = %source.describe(), secrets = count, overridden, "source loaded");
+/// Loads every source once and combines them (later sources win); any
+/// failure is an error. For `locket check` and `locket plan`, which see the
+/// sources fresh; the server keeps each source's last values instead
+/// ([`combine::Sources`]). Also returns the names two sources define.
+pub async fn load_all(
+    sources: &[SourceConfig],
+) -> Result<(SecretSet, Vec<combine::Duplicate>), SourceError> {
+    let (_, round) = combine::Sources::default().load(sources).await;
+    match (round.errors.into_iter().next(), round.set) {
+        (Some(e), _) => Err(e),
+        (None, Some(set)) => Ok((set, round.duplicates)),
+        (None, None) => unreachable!("a source without values has failed"),
     }
-    Ok(SecretSet::new(all))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod cli;
 mod cmd;
 mod delivery;
 mod formats;
+mod freshness;
 mod fuzz_corpus;
 mod handshake;
 mod limits;

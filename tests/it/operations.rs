@@ -149,7 +149,7 @@ async fn refresh_serves_new_values_keeps_the_old_set_when_the_source_breaks_and_
     }
     let log = server.stop();
     assert!(
-        log.contains("refresh failed; still serving the last good set"),
+        log.contains("refresh failed; still serving this source's last good values"),
         "{log}"
     );
     assert!(!log.contains("three") && !log.contains("\"two\""));

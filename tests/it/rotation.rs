@@ -126,10 +126,30 @@ async fn the_server_key_rotates_with_no_failed_fetch() {
     *pins.lock().unwrap() = vec![a.clone(), b.clone()];
     settle().await;
 
+    // A long-running client (a watcher) that learnt the key before the
+    // promotion: its next request after the restart is refused as bound to
+    // the old process, and it moves to the promoted key it also pins.
+    let watcher = {
+        let mut c = ClientConfig::single(url.clone(), "app", "unused");
+        c.server_fingerprint = Some(a.clone());
+        c.server_fingerprints = vec![b.clone()];
+        Client::with_reply_key(&c, ClientKey::from_seed(&[81; 32]), reply_key()).unwrap()
+    };
+    assert_eq!(watcher.server_key().await.unwrap().fingerprint, a);
+    assert_eq!(
+        watcher.fetch(&["A".into()]).await.unwrap()[0].1.expose(),
+        "a-value"
+    );
+
     // 3. Promote: B is current, A is next (still opened).
     server.stop();
     server = ServerProcess::start(&config(d, &listen, "b.pem", Some("a.pem")), &[]);
     settle().await;
+    assert_eq!(
+        watcher.fetch(&["A".into()]).await.unwrap()[0].1.expose(),
+        "a-value"
+    );
+    assert_eq!(watcher.server_key().await.unwrap().fingerprint, b);
     // A client that still pins only A, and one that pins only B, are served.
     assert_eq!(
         fetch(&url, std::slice::from_ref(&a)).await.unwrap(),

@@ -1,0 +1,234 @@
+//! Combining sources into the set that is served, one source at a time:
+//! each source keeps the values it last loaded, so a failing source (a
+//! rate-limited 1Password, a command that times out) serves its own last
+//! good values while every other source refreshes. Later sources win a
+//! name that two define; such names are reported (names only).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::{LoadError, SourceConfig, SourceError};
+use crate::secret::SecretValue;
+use crate::store::SecretSet;
+
+/// One source's last load and last good values.
+#[derive(Debug, Clone)]
+pub struct SourceState {
+    /// The source as configured: a reload keeps the values of a source
+    /// whose settings did not change.
+    pub config: SourceConfig,
+    /// The values of its last successful load (a locked set of their own).
+    values: Option<Arc<SecretSet>>,
+    /// When that load finished.
+    pub last_success: Option<SystemTime>,
+    /// How long the last attempt took.
+    pub last_duration: Duration,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// The last failure, as `/readyz` may show it (number, type, kind).
+    pub last_error: Option<String>,
+}
+
+/// What `/readyz` says about one source: no name of a secret, no path,
+/// command, URL or text the source printed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SourceHealth {
+    /// 1-based, as in the config's `[[sources]]` order.
+    pub index: usize,
+    #[serde(rename = "type")]
+    pub source_type: &'static str,
+    /// The last attempt failed (its last good values are served).
+    pub stale: bool,
+    /// Never loaded: it contributes nothing.
+    pub loaded: bool,
+    pub age_seconds: Option<u64>,
+    pub load_ms: u64,
+    /// How many names it holds (not which).
+    pub secrets: usize,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// A name defined by more than one source: which sources, and the one
+/// whose value is served (the last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    pub name: String,
+    /// 1-based source numbers, in order; the last wins.
+    pub sources: Vec<usize>,
+}
+
+/// Every source's state, in config order.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    states: Vec<SourceState>,
+}
+
+/// The outcome of one round of loading.
+#[derive(Debug)]
+pub struct Round {
+    /// The combined set, when every source has values (fresh or kept).
+    pub set: Option<SecretSet>,
+    /// The sources that failed this round.
+    pub errors: Vec<SourceError>,
+    /// Sources that failed and have no earlier values to keep (only they
+    /// can keep a set from being combined).
+    pub missing: Vec<usize>,
+    pub duplicates: Vec<Duplicate>,
+}
+
+impl Sources {
+    /// Loads every source of `configs` once. A source that fails keeps the
+    /// values it last loaded under the same settings in `self`; a new or
+    /// changed source that fails has none.
+    pub async fn load(&self, configs: &[SourceConfig]) -> (Sources, Round) {
+        let mut states = Vec::with_capacity(configs.len());
+        let mut errors = Vec::new();
+        let mut missing = Vec::new();
+        for (i, config) in configs.iter().enumerate() {
+            let previous = self
+                .states
+                .get(i)
+                .filter(|s| s.config == *config)
+                .or_else(|| self.states.iter().find(|s| s.config == *config));
+            let started = Instant::now();
+            let result = load_one(i, config).await;
+            let last_duration = started.elapsed();
+            match result {
+                Ok(set) => states.push(SourceState {
+                    config: config.clone(),
+                    values: Some(Arc::new(set)),
+                    last_success: Some(SystemTime::now()),
+                    last_duration,
+                    failures: 0,
+                    last_error: None,
+                }),
+                Err(e) => {
+                    let kept = previous.and_then(|p| p.values.clone());
+                    if kept.is_none() {
+                        missing.push(i + 1);
+                    }
+                    states.push(SourceState {
+                        config: config.clone(),
+                        values: kept,
+                        last_success: previous.and_then(|p| p.last_success),
+                        last_duration,
+                        failures: previous.map_or(0, |p| p.failures) + 1,
+                        last_error: Some(e.summary()),
+                    });
+                    errors.push(e);
+                }
+            }
+        }
+        let next = Sources { states };
+        let (set, duplicates) = if missing.is_empty() {
+            let (set, duplicates) = next.combine();
+            (Some(set), duplicates)
+        } else {
+            (None, Vec::new())
+        };
+        (
+            next,
+            Round {
+                set,
+                errors,
+                missing,
+                duplicates,
+            },
+        )
+    }
+
+    /// The served set: every source's values in order, later ones winning.
+    fn combine(&self) -> (SecretSet, Vec<Duplicate>) {
+        let mut all: BTreeMap<String, SecretValue> = BTreeMap::new();
+        let mut defined: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, state) in self.states.iter().enumerate() {
+            let Some(values) = &state.values else {
+                continue;
+            };
+            for (name, value) in values.iter() {
+                defined.entry(name).or_default().push(i + 1);
+                all.insert(name.to_owned(), SecretValue::new(value.expose().to_owned()));
+            }
+        }
+        let duplicates = defined
+            .into_iter()
+            .filter(|(_, sources)| sources.len() > 1)
+            .map(|(name, sources)| Duplicate {
+                name: name.to_owned(),
+                sources,
+            })
+            .collect();
+        (SecretSet::new(all), duplicates)
+    }
+
+    /// Whether any source failed on its last attempt.
+    pub fn stale(&self) -> bool {
+        self.states.iter().any(|s| s.failures > 0)
+    }
+
+    /// When the oldest values served were loaded.
+    pub fn oldest_success(&self) -> Option<SystemTime> {
+        self.states.iter().filter_map(|s| s.last_success).min()
+    }
+
+    /// Each source as `/readyz` shows it.
+    pub fn health(&self) -> Vec<SourceHealth> {
+        let now = SystemTime::now();
+        self.states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SourceHealth {
+                index: i + 1,
+                source_type: s.config.type_name(),
+                stale: s.failures > 0,
+                loaded: s.values.is_some(),
+                age_seconds: s
+                    .last_success
+                    .map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
+                load_ms: s.last_duration.as_millis() as u64,
+                secrets: s.values.as_ref().map_or(0, |v| v.len()),
+                consecutive_failures: s.failures,
+                last_error: s.last_error.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Loads source number `i` (0-based), checking its names.
+async fn load_one(i: usize, source: &SourceConfig) -> Result<SecretSet, SourceError> {
+    let error = |detail: String, kind: &'static str, stderr| SourceError {
+        index: i + 1,
+        description: source.describe(),
+        detail,
+        kind,
+        stderr,
+        source_type: source.type_name(),
+    };
+    let entries = source.load().await.map_err(|e| {
+        let kind = e.kind();
+        let detail = e.to_string();
+        let stderr = match e {
+            LoadError::Command { stderr, .. } => stderr,
+            _ => None,
+        };
+        error(detail, kind, stderr)
+    })?;
+    let mut map = BTreeMap::new();
+    for (name, value) in entries {
+        if !crate::protocol::valid_secret_name(&name) {
+            return Err(error(
+                format!(
+                    "secret name {name:?} is empty, longer than 256 bytes or has control characters"
+                ),
+                "a secret name is not acceptable",
+                None,
+            ));
+        }
+        map.insert(name, value);
+    }
+    Ok(SecretSet::new(map))
+}
