@@ -181,3 +181,27 @@ async fn the_server_key_rotates_with_no_failed_fetch() {
     }
     server.stop();
 }
+
+/// A next key that does not parse stops the start, naming the file; the
+/// same file refused by `fingerprint --next`.
+#[test]
+fn a_next_key_that_does_not_parse_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    crate::support::server_key()
+        .write_new(&d.join("a.pem"))
+        .unwrap();
+    crate::support::write_private(&d.join("b.pem"), b"not a key\n");
+    let path = config(d, "127.0.0.1:0", "a.pem", Some("b.pem"));
+    for args in [
+        vec!["serve", "--config", path.to_str().unwrap()],
+        vec!["fingerprint", "--next", "--config", path.to_str().unwrap()],
+    ] {
+        let (code, _, err) = run_server_cmd(&args, d);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("b.pem") && err.contains("does not hold"),
+            "{err}"
+        );
+    }
+}
