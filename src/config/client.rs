@@ -75,37 +75,18 @@ pub struct ClientLayer {
 impl ClientLayer {
     /// The servers this layer names (`servers`, or `server` split at commas).
     fn server_list(&self) -> Result<Option<Vec<String>>, ConfigError> {
-        match (&self.server, &self.servers) {
-            (Some(_), Some(_)) => Err(ConfigError::Invalid(
-                "set `server` or `servers`, not both".into(),
-            )),
-            (Some(one), None) => Ok(Some(
-                one.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            )),
-            (None, Some(list)) => Ok(Some(list.clone())),
-            (None, None) => Ok(None),
-        }
+        one_or_many(&self.server, &self.servers, "server", "servers")
     }
 
     /// The pins this layer names (`server_fingerprints`, or
     /// `server_fingerprint` split at commas).
     fn pin_list(&self) -> Result<Option<Vec<String>>, ConfigError> {
-        match (&self.server_fingerprint, &self.server_fingerprints) {
-            (Some(_), Some(_)) => Err(ConfigError::Invalid(
-                "set `server_fingerprint` or `server_fingerprints`, not both".into(),
-            )),
-            (Some(one), None) => Ok(Some(
-                one.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            )),
-            (None, Some(list)) => Ok(Some(list.clone())),
-            (None, None) => Ok(None),
-        }
+        one_or_many(
+            &self.server_fingerprint,
+            &self.server_fingerprints,
+            "server_fingerprint",
+            "server_fingerprints",
+        )
     }
 
     /// `self`, with each unset key taken from `lower`.
@@ -132,6 +113,29 @@ impl ClientLayer {
             known_servers_file: self.known_servers_file.or(lower.known_servers_file),
             insecure_unpinned: self.insecure_unpinned.or(lower.insecure_unpinned),
         })
+    }
+}
+
+/// A list given either as one string, comma-separated (`one`: how a flag or
+/// a `LOCKET_*` variable carries it), or as a list (`many`), never both.
+fn one_or_many(
+    one: &Option<String>,
+    many: &Option<Vec<String>>,
+    one_key: &str,
+    many_key: &str,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    match (one, many) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+            "set `{one_key}` or `{many_key}`, not both"
+        ))),
+        (Some(one), None) => Ok(Some(
+            one.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        )),
+        (None, Some(list)) => Ok(Some(list.clone())),
+        (None, None) => Ok(None),
     }
 }
 

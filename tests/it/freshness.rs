@@ -5,11 +5,9 @@
 //! `locket` binary.
 
 use std::path::Path;
-use std::time::Duration;
 
-use crate::support::{ServerProcess, raw_get, reply_key, run_server_cmd};
-use locket::client::{Client, ClientError};
-use locket::config::client::ClientConfig;
+use crate::support::{ServerProcess, raw_get, run_server_cmd, value};
+use locket::client::Client;
 use locket::keys::ClientKey;
 
 const SEED: u8 = 43;
@@ -54,16 +52,7 @@ secrets = [{}]
 }
 
 fn client(server: &ServerProcess) -> Client {
-    let mut cfg = ClientConfig::single(format!("http://{}", server.addr), "app", "unused");
-    cfg.timeout = Duration::from_secs(5);
-    cfg.server_fingerprint = Some(crate::support::server_key().fingerprint().to_owned());
-    Client::with_reply_key(&cfg, ClientKey::from_seed(&[SEED; 32]), reply_key()).unwrap()
-}
-
-async fn value(c: &Client, name: &str) -> Result<String, ClientError> {
-    c.fetch(&[name.to_string()])
-        .await
-        .map(|v| v[0].1.expose().to_owned())
+    crate::support::pinned_client(server, "app", SEED)
 }
 
 fn readyz(server: &ServerProcess) -> serde_json::Value {

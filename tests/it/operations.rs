@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{ServerProcess, reply_key};
+use crate::support::{ServerProcess, reply_key, value};
 use locket::client::{Client, ClientError};
-use locket::config::client::ClientConfig;
 use locket::keys::ClientKey;
 
 const KEY_SEED: u8 = 41;
@@ -30,16 +29,7 @@ fn base_config(dir: &Path, extra: &str, secrets: &[&str]) -> std::path::PathBuf 
 }
 
 fn client(server: &ServerProcess) -> Client {
-    let mut cfg = ClientConfig::single(format!("http://{}", server.addr), "app", "unused");
-    cfg.timeout = Duration::from_secs(5);
-    cfg.server_fingerprint = Some(crate::support::server_key().fingerprint().to_owned());
-    Client::with_reply_key(&cfg, ClientKey::from_seed(&[KEY_SEED; 32]), reply_key()).unwrap()
-}
-
-async fn value(c: &Client, name: &str) -> Result<String, ClientError> {
-    c.fetch(&[name.to_string()])
-        .await
-        .map(|v| v[0].1.expose().to_owned())
+    crate::support::pinned_client(server, "app", KEY_SEED)
 }
 
 async fn get(server: &ServerProcess, path: &str) -> (u16, String) {

@@ -472,3 +472,19 @@ pub(crate) fn assert_rate_limited(r: &reqwest::Response) {
         .unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
 }
+
+/// A library client of `server` for client `name` (key from `seed`),
+/// pinned to the test server key, with a 5 s timeout.
+pub(crate) fn pinned_client(server: &ServerProcess, name: &str, seed: u8) -> Client {
+    let mut cfg = ClientConfig::single(format!("http://{}", server.addr), name, "unused");
+    cfg.timeout = Duration::from_secs(5);
+    cfg.server_fingerprint = Some(server_key().fingerprint().to_owned());
+    Client::with_reply_key(&cfg, ClientKey::from_seed(&[seed; 32]), reply_key()).unwrap()
+}
+
+/// One secret's value, fetched by `c`.
+pub(crate) async fn value(c: &Client, name: &str) -> Result<String, locket::client::ClientError> {
+    c.fetch(&[name.to_string()])
+        .await
+        .map(|v| v[0].1.expose().to_owned())
+}
