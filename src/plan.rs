@@ -3,9 +3,10 @@
 //!
 //! It compares two validated registries client by client: clients added
 //! and removed; per client, grants (exact names and patterns, as written)
-//! gained and lost, keys and networks added and removed. Given the secret
-//! names a source set holds, it also resolves the grants into the names
-//! each client may newly read or no longer read. Names only, never values.
+//! gained and lost, keys and networks added and removed. Given the secrets
+//! each config's sources hold, it also resolves the grants into the names
+//! each client may newly read or no longer read (so a new source whose
+//! names match an old glob shows too). Names only, never values.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -91,9 +92,10 @@ fn readable(c: &RegisteredClient, set: &SecretSet) -> BTreeSet<String> {
         .collect()
 }
 
-/// The plan from `old` to `new`; with `names`, grants are also resolved
-/// against that set of secrets.
-pub fn plan(old: &Registry, new: &Registry, names: Option<&SecretSet>) -> Plan {
+/// The plan from `old` to `new`; with `sets` (the secrets of the old
+/// config's sources, then the new one's), each registry's grants are also
+/// resolved against its own set.
+pub fn plan(old: &Registry, new: &Registry, sets: Option<(&SecretSet, &SecretSet)>) -> Plan {
     let all: BTreeSet<&str> = old
         .iter()
         .chain(new.iter())
@@ -107,11 +109,11 @@ pub fn plan(old: &Registry, new: &Registry, names: Option<&SecretSet>) -> Plan {
                 keys: keys(c).into_iter().collect(),
                 networks: networks(c).into_iter().collect(),
                 grants: grants(c).into_iter().collect(),
-                names: names.map(|set| readable(c, set).into_iter().collect()),
+                names: sets.map(|(_, set)| readable(c, set).into_iter().collect()),
             }),
             (Some(c), None) => Some(ClientChange::Removed {
                 name: name.to_owned(),
-                names: names.map(|set| readable(c, set).into_iter().collect()),
+                names: sets.map(|(set, _)| readable(c, set).into_iter().collect()),
             }),
             (Some(o), Some(n)) => {
                 let change = ClientChange::Changed {
@@ -119,7 +121,7 @@ pub fn plan(old: &Registry, new: &Registry, names: Option<&SecretSet>) -> Plan {
                     grants: Diff::between(&grants(o), &grants(n)),
                     keys: Diff::between(&keys(o), &keys(n)),
                     networks: Diff::between(&networks(o), &networks(n)),
-                    names: names.map(|set| Diff::between(&readable(o, set), &readable(n, set))),
+                    names: sets.map(|(os, ns)| Diff::between(&readable(o, os), &readable(n, ns))),
                 };
                 match &change {
                     ClientChange::Changed {
@@ -306,7 +308,7 @@ mod tests {
                 .map(|n| (n.to_owned(), crate::secret::SecretValue::from("v")))
                 .collect(),
         );
-        let p = plan(&old, &new, Some(&set));
+        let p = plan(&old, &new, Some((&set, &set)));
         let names: Vec<&str> = p
             .changes
             .iter()
@@ -337,7 +339,22 @@ mod tests {
             !text.contains("=v") && !text.contains(": v"),
             "no value: {text}"
         );
-        assert!(plan(&old, &old, Some(&set)).is_empty());
+        assert!(plan(&old, &old, Some((&set, &set))).is_empty());
+        // The same registry over a source set that gained a name its glob
+        // matches: the client may newly read it.
+        let more = SecretSet::new(
+            ["A", "DB_PASSWORD", "DB_USER"]
+                .into_iter()
+                .map(|n| (n.to_owned(), crate::secret::SecretValue::from("v")))
+                .collect(),
+        );
+        let text = plan(&old, &old, Some((&set, &more))).to_string();
+        assert!(
+            text.contains(
+                "~ client web\n    may newly read: DB_USER\n    may no longer read: OLD\n"
+            ),
+            "{text}"
+        );
         assert_eq!(plan(&old, &old, None).to_string(), "no changes\n");
     }
 }

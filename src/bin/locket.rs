@@ -102,7 +102,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            // `plan` keeps 2 for "changes": a usage error there is 1.
+            let plan = std::env::args().skip(1).any(|a| a == "plan");
+            return ExitCode::from(match (e.use_stderr(), plan) {
+                (false, _) => 0,
+                (true, true) => 1,
+                (true, false) => 2,
+            });
         }
     };
     init_logging(&cli.log_level, cli.log_format);
@@ -248,17 +254,29 @@ async fn plan(new: &Path, against: Option<&Path>, resolve: bool) -> Result<(), F
     };
     let old = load(&old_path)?;
     let new_checked = load(new)?;
-    let names = if resolve {
-        Some(
-            source::load_all(&new_checked.config.sources)
-                .await
-                .map_err(|e| fail(format!("{}: {e}", new.display())))?
-                .0,
-        )
+    let sets = if resolve {
+        let load = |config: &ServerConfig, path: &Path| {
+            let sources = config.sources.clone();
+            let path = path.display().to_string();
+            async move {
+                source::load_all(&sources)
+                    .await
+                    .map(|(set, _)| set)
+                    .map_err(|e| fail(format!("{path}: {e}")))
+            }
+        };
+        Some((
+            load(&old.config, &old_path).await?,
+            load(&new_checked.config, new).await?,
+        ))
     } else {
         None
     };
-    let plan = locket::plan::plan(&old.registry, &new_checked.registry, names.as_ref());
+    let plan = locket::plan::plan(
+        &old.registry,
+        &new_checked.registry,
+        sets.as_ref().map(|(o, n)| (o, n)),
+    );
     println!("plan: {} -> {}", old_path.display(), new.display());
     print!("{plan}");
     if plan.is_empty() {

@@ -375,6 +375,15 @@ impl Client {
             {
                 Ok((next, announced))
             }
+            // The same for a key recorded in the known-servers file: after a
+            // promotion the recorded key is the server's next one.
+            Err(Refusal::Known { ref stored, .. })
+                if let Some(next) = &wire.next
+                    && let Ok(next) = ServerPublicKey::from_pem(&next.public_key)
+                    && next.fingerprint == *stored =>
+            {
+                Ok((next, announced))
+            }
             Err(Refusal::Pin { expected }) => Err(ClientError::PinMismatch {
                 server,
                 expected,

@@ -55,13 +55,14 @@ impl Health {
 
     /// A load in which some sources failed, but every one has values
     /// (theirs kept from earlier): the set is served, stale, as old as its
-    /// oldest source's values. Returns the number of failures in a row.
-    pub(crate) fn partial(&self, oldest: SystemTime, error: String) -> u32 {
+    /// oldest source's values. Returns whether it was the first set.
+    pub(crate) fn partial(&self, oldest: SystemTime, error: String) -> bool {
         let mut h = self.lock();
+        let first = h.loaded_at.is_none();
         h.loaded_at = Some(oldest);
         h.last_error = Some(error);
         h.failures += 1;
-        h.failures
+        first
     }
 
     /// A load failed; returns the number of failures in a row.

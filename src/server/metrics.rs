@@ -57,7 +57,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("locket");
         let requests = Family::<Outcome, Counter>::default();
-        registry.register("requests", "Secret requests by outcome (ok, denied, replay, bad_request, not_found, too_large, busy, not_ready, internal)", requests.clone());
+        registry.register("requests", "Secret requests by outcome (ok, denied, replay, bad_request, not_found, too_large, busy, retry, not_ready, rate_limited, too_many_connections, internal)", requests.clone());
         let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register(
             "request_duration_seconds",
@@ -67,7 +67,7 @@ impl Default for Metrics {
         let source_loads = Family::<Result_, Counter>::default();
         registry.register(
             "source_loads",
-            "Loads of the secret sources by result (ok, error)",
+            "Loads of the secret sources by result (ok, error), one per source and attempt",
             source_loads.clone(),
         );
         let reloads = Family::<Result_, Counter>::default();
@@ -157,6 +157,14 @@ impl Metrics {
             })
             .inc();
         self.latency.observe(seconds);
+    }
+
+    /// Forgets every source's gauges (before they are set again).
+    pub(crate) fn clear_sources(&self) {
+        self.source_stale.clear();
+        self.source_age.clear();
+        self.source_load.clear();
+        self.source_secrets.clear();
     }
 
     /// One source's gauges (before a scrape).

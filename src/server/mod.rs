@@ -159,15 +159,21 @@ impl State {
     pub(crate) fn set_loaded(&self, set: SecretSet) -> bool {
         let first = self.health.success(set.loaded_at());
         self.store.replace(set);
-        self.metrics.source_load(true);
         first
     }
 
     /// Serves a set in which some sources failed but kept their earlier
     /// values: stale, as old as the oldest values in it.
-    pub(crate) fn set_partial(&self, set: SecretSet, oldest: std::time::SystemTime, error: String) {
-        self.health.partial(oldest, error);
+    /// Returns whether this was the first set ever served.
+    pub(crate) fn set_partial(
+        &self,
+        set: SecretSet,
+        oldest: std::time::SystemTime,
+        error: String,
+    ) -> bool {
+        let first = self.health.partial(oldest, error);
         self.store.replace(set);
+        first
     }
 
     /// Keeps `sources` (after a round of loading) for the next round and
@@ -279,6 +285,8 @@ impl State {
         self.metrics.stale.set(readiness.stale as i64);
         self.metrics.ready.set(readiness.ready as i64);
         readiness.sources = self.sources_view.load().health();
+        // A source a reload removed leaves no gauges behind.
+        self.metrics.clear_sources();
         for source in &readiness.sources {
             self.metrics.source(source);
         }

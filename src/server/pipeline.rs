@@ -250,6 +250,14 @@ fn answer(state: &State, runtime: &Runtime, request: Request) -> Outcome {
             client: name,
             missing,
         },
+        // An X25519 reply key that cannot be sealed to (a low-order
+        // point) is the requester's broken key, not the server's fault.
+        Err(e @ protocol::ProtocolError::Crypto(crate::crypto::CryptoError::HpkeSeal)) => {
+            Outcome::BadRequest {
+                client: Some(name),
+                reason: format!("reply key refused: {e}"),
+            }
+        }
         Err(e) => Outcome::Internal {
             client: Some(name),
             reason: format!("sealing the answer failed: {e}"),

@@ -30,8 +30,10 @@ use crate::store::SecretSet;
 /// values) and serves the result. Returns the number of secrets served, or
 /// the first source that failed (for the retry backoff).
 pub(crate) async fn refresh_once(state: &State) -> Result<usize, SourceError> {
-    let rt = state.runtime.load_full();
+    // The config is read under the lock: a reload that held it has already
+    // swapped in its sources, which must not be loaded over with old ones.
     let mut held = state.sources.lock().await;
+    let rt = state.runtime.load_full();
     let (next, round) = held.load(&rt.config.sources).await;
     state.keep_sources(&mut held, next);
     serve_round(state, round, false)
@@ -45,15 +47,22 @@ pub(crate) fn serve_round(state: &State, round: Round, loud: bool) -> Result<usi
     log_duplicates(&round.duplicates, loud);
     let count = round.set.as_ref().map(SecretSet::len);
     let partial = !round.errors.is_empty();
+    // One count per source and attempt.
+    for _ in 0..round.loaded {
+        state.metrics.source_load(true);
+    }
     if let Some(set) = round.set {
-        if partial {
+        let first = if partial {
             let oldest = state
                 .sources_view
                 .load()
                 .oldest_success()
                 .unwrap_or_else(SystemTime::now);
-            state.set_partial(set, oldest, round.errors[0].summary());
-        } else if state.set_loaded(set) {
+            state.set_partial(set, oldest, round.errors[0].summary())
+        } else {
+            state.set_loaded(set)
+        };
+        if first {
             tracing::info!(secrets = count, "first load succeeded; ready");
             super::startup::notify_systemd(sd_notify::NotifyState::Ready);
         } else {

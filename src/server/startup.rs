@@ -102,6 +102,9 @@ impl Server {
         state.sources_view = arc_swap::ArcSwap::from_pointee(sources.clone());
         state.sources = tokio::sync::Mutex::new(sources);
         refresh::log_duplicates(&round.duplicates, true);
+        for _ in 0..round.loaded {
+            state.metrics.source_load(true);
+        }
         match (round.errors.into_iter().next(), round.set) {
             (None, Some(set)) => {
                 state.set_loaded(set);

@@ -78,6 +78,8 @@ pub struct Round {
     /// can keep a set from being combined).
     pub missing: Vec<usize>,
     pub duplicates: Vec<Duplicate>,
+    /// How many sources loaded this round.
+    pub loaded: usize,
 }
 
 impl Sources {
@@ -123,6 +125,7 @@ impl Sources {
                 }
             }
         }
+        let loaded = configs.len() - errors.len();
         let next = Sources { states };
         let (set, duplicates) = if missing.is_empty() {
             let (set, duplicates) = next.combine();
@@ -137,6 +140,7 @@ impl Sources {
                 errors,
                 missing,
                 duplicates,
+                loaded,
             },
         )
     }

@@ -104,12 +104,12 @@ impl Shape {
             },
             (At::KeyOrEnd { first: true }, b'}') => At::End,
             (At::KeyOrEnd { .. }, _) => return Err("a key was expected"),
+            (At::Key { escaped: false, .. }, b'"') => At::Colon,
             (At::Key { len, escaped }, c) => {
                 if len >= MAX_KEY {
                     return Err("a key too long for the original's fields");
                 }
                 match (escaped, c) {
-                    (false, b'"') => At::Colon,
                     (false, b'\\') => At::Key {
                         len: len + 1,
                         escaped: true,
@@ -128,12 +128,12 @@ impl Shape {
             },
             (At::Value, b'-' | b'0'..=b'9') => At::Number { len: 1 },
             (At::Value, _) => return Err("a value that is neither a string nor an integer"),
+            (At::Text { escaped: false, .. }, b'"') => At::Next,
             (At::Text { len, escaped }, c) => {
                 if len >= MAX_STRING {
                     return Err("a string longer than any of the original's fields");
                 }
                 match (escaped, c) {
-                    (false, b'"') => At::Next,
                     (false, b'\\') => At::Text {
                         len: len + 1,
                         escaped: true,
@@ -217,5 +217,12 @@ mod tests {
         assert_eq!(check(&spaces).unwrap_err().1, MAX_SPACE);
         let key = format!("{{\"{}\"", "k".repeat(MAX_KEY + 1));
         assert!(check(key.as_bytes()).is_err());
+        // Exactly at the limits: accepted.
+        let at = format!(
+            "{{\"{}\":\"{}\"}}",
+            "k".repeat(MAX_KEY),
+            "v".repeat(MAX_STRING)
+        );
+        check(at.as_bytes()).unwrap();
     }
 }

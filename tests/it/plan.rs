@@ -94,6 +94,9 @@ fn plan_errors_exit_1_naming_the_file() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("missing.toml"), "{err}");
+    // A usage error is 1 too: 2 means "changes" here.
+    let (code, _, _) = run_server_cmd(&["plan", "--config", "new.toml", "--bogus"], dir.path());
+    assert_eq!(code, 1);
     std::fs::write(dir.path().join("bad.toml"), "listen = [").unwrap();
     let (code, _, err) = run_server_cmd(
         &["plan", "--config", "bad.toml", "--against", "old.toml"],

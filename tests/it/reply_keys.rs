@@ -122,3 +122,35 @@ async fn x25519_reply_keys_for_new_servers_and_rsa_for_old_ones() {
     }
     server.stop().await;
 }
+
+/// An X25519 reply key that no answer can be sealed to (a low-order point)
+/// is the requester's error: 400, like a bad RSA key, not a 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_low_order_x25519_reply_key_gets_400() {
+    let clients = [Registered::new("app", 92, &["127.0.0.0/8"], &["A"])];
+    let server = TestServer::start("A=a-value\n", &clients).await;
+    let mut reply_key = locket::keys::X25519_SPKI_PREFIX.to_vec();
+    reply_key.extend_from_slice(&[0u8; 32]);
+    let header = locket::protocol::Header {
+        client: "app".into(),
+        server_fingerprint: server.fingerprint(),
+        timestamp: locket::clock::unix_now(),
+        nonce: locket::crypto::random_bytes().unwrap(),
+        instance: None,
+    };
+    let body = locket::protocol::RequestBody {
+        names: vec!["A".into()],
+        reply_key,
+    };
+    let request = Request::seal(
+        header,
+        &body,
+        &server.public_key(),
+        &ClientKey::from_seed(&[92; 32]),
+    )
+    .unwrap()
+    .encode();
+    let (status, answer) = crate::support::post_raw(server.addr, request, None).await;
+    assert_eq!(status, 400, "{answer}");
+    server.stop().await;
+}

@@ -98,6 +98,20 @@ async fn the_server_key_rotates_with_no_failed_fetch() {
         }
     };
     settle().await;
+    // A client that trusts the server through its known-servers file
+    // (recorded on first use) rather than a pin.
+    let known = |record: bool| {
+        let mut c = ClientConfig::single(url.clone(), "app", "unused");
+        c.known_servers_file = d.join("known_servers");
+        c.trust_on_first_use = record;
+        Client::with_reply_key(&c, ClientKey::from_seed(&[81; 32]), reply_key()).unwrap()
+    };
+    assert_eq!(
+        known(true).fetch(&["A".into()]).await.unwrap()[0]
+            .1
+            .expose(),
+        "a-value"
+    );
 
     // 1. Stage: the server makes and announces the next key, B.
     let staged = config(d, &listen, "a.pem", Some("b.pem"));
@@ -150,6 +164,13 @@ async fn the_server_key_rotates_with_no_failed_fetch() {
         "a-value"
     );
     assert_eq!(watcher.server_key().await.unwrap().fingerprint, b);
+    // The known-servers client still finds its recorded key, now the next.
+    assert_eq!(
+        known(false).fetch(&["A".into()]).await.unwrap()[0]
+            .1
+            .expose(),
+        "a-value"
+    );
     // A client that still pins only A, and one that pins only B, are served.
     assert_eq!(
         fetch(&url, std::slice::from_ref(&a)).await.unwrap(),
