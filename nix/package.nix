@@ -37,6 +37,10 @@ let
     "soak_under_attack"
     # Reads the env formats back with python-dotenv, which .ci/test installs.
     "no_format_runs_anything_under_any_reader_it_names"
+    # Reads the listen queue's length with `ss` (iproute2), not in the sandbox.
+    "the_listen_queue_is_long_and_configurable"
+    # Runs a server in a PID namespace of its own (unshare), which needs root.
+    "plan_compares_with_the_running_servers_config_by_default"
   ];
 in
 rustPlatform.buildRustPackage {
