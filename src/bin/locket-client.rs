@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use locket::client::render::{self, RenderOptions, RenderReport};
+use locket::client::deliver::{self, DeliverError, Plan};
+use locket::client::render::{self, RenderError, RenderOptions, RenderReport, TemplateFile};
+use locket::client::template::Template;
 use locket::client::{Client, ClientError, exec, output};
 use locket::config::client::{ClientConfig, ClientLayer, ServerOrder};
 use locket::keys::ClientKey;
@@ -127,6 +129,23 @@ enum Command {
         /// With --watch: run this shell command after each change (e.g. "systemctl reload-or-restart app").
         #[arg(long, requires = "watch", value_name = "CMD")]
         on_change: Option<String>,
+        /// Also render this template into DIR (repeatable): `{{ NAME }}` is secret NAME's value, `{{ "{{" }}` a literal; the file keeps its name, less a `.tmpl` suffix. An unknown name is an error and nothing is written.
+        #[arg(long = "template", value_name = "FILE")]
+        templates: Vec<PathBuf>,
+    },
+    /// Deliver the consumers of a delivery plan (what the NixOS module's fetch units and watcher run).
+    ///
+    /// The plan is the module's /etc/locket/delivery.toml (format in the README): one request for all of its consumers, their files and templates rendered; with --watch keep doing so, restarting or reloading the units of consumers whose values changed.
+    Deliver {
+        /// The delivery plan (TOML).
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// Deliver only this consumer (repeatable; default: all). Without --watch, when no server answers, a consumer with cache_max_age gets its cached copy if it is recent enough.
+        #[arg(long = "consumer", value_name = "NAME")]
+        consumers: Vec<String>,
+        /// Keep running: every INTERVAL (±10%) fetch for every delivered consumer in one request, rewrite what changed, and restart/reload/notify once per change.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "INTERVAL")]
+        watch: Option<Duration>,
     },
 }
 
@@ -317,8 +336,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 env_file,
                 watch,
                 on_change,
+                templates,
             } => {
-                let options = RenderOptions {
+                let mut options = RenderOptions {
                     dir,
                     mode,
                     owner: owner
@@ -332,12 +352,48 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         .transpose()
                         .map_err(usage)?,
                     env_file,
+                    templates: Vec::new(),
                 };
+                for path in &templates {
+                    let template = Template::read(path).map_err(usage)?;
+                    let file = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .map(|n| n.strip_suffix(".tmpl").unwrap_or(n).to_owned())
+                        .ok_or_else(|| usage(format!("{}: not a file name", path.display())))?;
+                    options.templates.push(TemplateFile {
+                        file,
+                        template,
+                        mode: options.mode,
+                        owner: options.owner,
+                        group: options.group,
+                    });
+                }
                 render_once(&client, &names, &options).await?;
                 if let Some(interval) = watch {
                     watch_loop(&client, &names, &options, interval, on_change.as_deref()).await;
                 }
                 Ok(())
+            }
+            Command::Deliver {
+                plan: plan_path,
+                consumers,
+                watch,
+            } => {
+                let failure = |e: DeliverError| Failure {
+                    code: e.exit_code(),
+                    message: e.to_string(),
+                };
+                let plan = Plan::load(&plan_path).map_err(failure)?;
+                let selected = plan.consumers(&consumers).map_err(failure)?;
+                match watch {
+                    None => deliver::deliver_once(&client, &plan, &selected)
+                        .await
+                        .map_err(failure),
+                    Some(interval) => deliver::watch(&client, &plan, &selected, interval)
+                        .await
+                        .map_err(failure),
+                }
             }
         }
     })
@@ -372,7 +428,10 @@ async fn render_once(
 ) -> Result<RenderReport, Failure> {
     let secrets = client.fetch(names).await?;
     let report = render::render(&secrets, options).map_err(|e| Failure {
-        code: 1,
+        code: match e {
+            RenderError::Template(_) | RenderError::TemplateName { .. } => 2,
+            _ => 1,
+        },
         message: format!("render failed: {e}"),
     })?;
     eprintln!(

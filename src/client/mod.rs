@@ -7,9 +7,12 @@
 //! match the pin, and retries with backoff until one overall deadline. A 403
 //! or 404 is an answer, not a failure: it is returned at once.
 
+pub mod cache;
+pub mod deliver;
 pub mod exec;
 pub mod output;
 pub mod render;
+pub mod template;
 pub mod trust;
 
 use std::sync::Arc;

@@ -38,20 +38,49 @@ pub struct RenderOptions {
     pub group: Option<u32>,
     /// Also write an env file (systemd `EnvironmentFile=` format) here.
     pub env_file: Option<PathBuf>,
+    /// Templates rendered into the folder beside the secrets.
+    pub templates: Vec<TemplateFile>,
+}
+
+/// A template and the file it renders to (in the render folder).
+#[derive(Debug, Clone)]
+pub struct TemplateFile {
+    /// File name in the render folder.
+    pub file: String,
+    pub template: super::template::Template,
+    pub mode: u32,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
 }
 
 /// What changed on disk.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RenderReport {
+    /// Files whose content is new (or that did not exist).
     pub written: Vec<String>,
     pub unchanged: Vec<String>,
+    /// Files rewritten only to restore their mode or owner: the content,
+    /// and so what a consumer reads, is the same.
+    pub repaired: Vec<String>,
     pub removed: Vec<String>,
 }
 
 impl RenderReport {
+    /// Whether what a consumer reads changed: content written or files
+    /// removed. A repaired mode is not a change (it restarts nothing).
     pub fn changed(&self) -> bool {
         !self.written.is_empty() || !self.removed.is_empty()
     }
+}
+
+/// How a file on disk compares with what should be there.
+#[derive(Debug, PartialEq, Eq)]
+enum FileState {
+    Same,
+    /// Same content, other mode or owner.
+    Metadata,
+    /// Other content, or no such regular file.
+    Different,
 }
 
 /// A render problem, naming the path and what to do.
@@ -85,6 +114,10 @@ pub enum RenderError {
     Env(#[from] super::output::FormatError),
     #[error("cannot name a temporary file: {0}")]
     Random(crate::crypto::CryptoError),
+    #[error(transparent)]
+    Template(#[from] super::template::TemplateError),
+    #[error("template output {file:?} {why}; give the template another file name")]
+    TemplateName { file: String, why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RenderError + '_ {
@@ -255,38 +288,68 @@ impl Folder {
     }
 
     /// Whether `name` is a regular file (not a link) holding exactly
-    /// `contents` with this mode and ownership.
-    fn same_file(
+    /// `contents`, and whether it has this mode and ownership.
+    fn state(
         &self,
         name: &str,
         contents: &[u8],
         mode: u32,
         owner: Option<u32>,
         group: Option<u32>,
-    ) -> bool {
+    ) -> FileState {
         let Ok(fd) = openat(
             &self.fd,
             name,
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
             Mode::empty(),
         ) else {
-            return false;
+            return FileState::Different;
         };
         let Ok(st) = fstat(&fd) else {
-            return false;
+            return FileState::Different;
         };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG
-            || st.st_mode & 0o7777 != mode
-            || owner.is_some_and(|u| u != st.st_uid)
-            || group.is_some_and(|g| g != st.st_gid)
-        {
-            return false;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return FileState::Different;
         }
         let mut old = zeroize::Zeroizing::new(Vec::new());
         match io::Read::read_to_end(&mut File::from(fd), &mut old) {
-            Ok(_) => old.as_slice() == contents,
-            Err(_) => false,
+            Ok(_) if old.as_slice() == contents => {}
+            _ => return FileState::Different,
         }
+        if st.st_mode & 0o7777 != mode
+            || owner.is_some_and(|u| u != st.st_uid)
+            || group.is_some_and(|g| g != st.st_gid)
+        {
+            FileState::Metadata
+        } else {
+            FileState::Same
+        }
+    }
+
+    /// Writes `contents` to `name` unless it is already there, recording
+    /// in `report` what happened.
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &self,
+        name: &str,
+        label: &str,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<u32>,
+        group: Option<u32>,
+        report: &mut RenderReport,
+    ) -> Result<(), RenderError> {
+        let list = match self.state(name, contents, mode, owner, group) {
+            FileState::Same => {
+                report.unchanged.push(label.to_owned());
+                return Ok(());
+            }
+            FileState::Metadata => &mut report.repaired,
+            FileState::Different => &mut report.written,
+        };
+        self.write_atomic(name, contents, mode, owner, group)?;
+        list.push(label.to_owned());
+        Ok(())
     }
 
     /// The text of `name` if it is a regular file (not a link).
@@ -373,6 +436,28 @@ pub fn render(
         }
         files.push((file, value));
     }
+    // Templates are rendered before anything is written: an unknown name
+    // fails the whole render and leaves every delivered file as it was.
+    let mut rendered = Vec::with_capacity(opts.templates.len());
+    for t in &opts.templates {
+        let why = if file_name(&t.file).ok().as_deref() != Some(t.file.as_str()) {
+            Some("cannot be a file name (empty, `.`, `..`, has `/`, or starts with `.locket-`)")
+        } else if env_file_here == Some(t.file.as_str()) {
+            Some("is the env file's name")
+        } else if names.contains(&t.file) {
+            Some("is also a secret's file name")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(RenderError::TemplateName {
+                file: t.file.clone(),
+                why: why.to_owned(),
+            });
+        }
+        names.insert(t.file.clone());
+        rendered.push((t, t.template.render(secrets)?));
+    }
     // Prepare the env file before touching anything, so a naming problem
     // fails the whole render.
     let env_text = match &opts.env_file {
@@ -382,12 +467,26 @@ pub fn render(
     let mut report = RenderReport::default();
     for (file, value) in &files {
         let bytes = value.expose().as_bytes();
-        if folder.same_file(file, bytes, opts.mode, opts.owner, opts.group) {
-            report.unchanged.push(file.clone());
-        } else {
-            folder.write_atomic(file, bytes, opts.mode, opts.owner, opts.group)?;
-            report.written.push(file.clone());
-        }
+        folder.update(
+            file,
+            file,
+            bytes,
+            opts.mode,
+            opts.owner,
+            opts.group,
+            &mut report,
+        )?;
+    }
+    for (t, text) in &rendered {
+        folder.update(
+            &t.file,
+            &t.file,
+            text.as_bytes(),
+            t.mode,
+            t.owner,
+            t.group,
+            &mut report,
+        )?;
     }
     let previous = folder.read(MANIFEST).unwrap_or_default();
     for old in previous.lines().filter(|l| !l.is_empty()) {
@@ -416,13 +515,53 @@ pub fn render(
             Some(Folder::open(env_dir, target_uid, None)?)
         };
         let env_folder = env_folder.as_ref().unwrap_or(&folder);
-        if !env_folder.same_file(env_name, &text, opts.mode, opts.owner, opts.group) {
-            env_folder.write_atomic(env_name, &text, opts.mode, opts.owner, opts.group)?;
-            report.written.push(path.display().to_string());
-        }
+        let label = path.display().to_string();
+        env_folder.update(
+            env_name,
+            &label,
+            &text,
+            opts.mode,
+            opts.owner,
+            opts.group,
+            &mut report,
+        )?;
     }
     if !refused.is_empty() {
         return Err(RenderError::Refused(refused.join(", ")));
     }
     Ok(report)
+}
+
+/// Atomically writes a small marker file (a name starting with `.locket-`)
+/// into an existing render folder, with the same folder checks and
+/// link-safe writes as the secrets (the folder may belong to the consumer).
+pub fn write_marker(opts: &RenderOptions, name: &str, contents: &str) -> Result<(), RenderError> {
+    debug_assert!(name.starts_with(".locket-"));
+    let target_uid = opts
+        .owner
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    let folder = Folder::open(&opts.dir, target_uid, None)?;
+    folder.write_atomic(name, contents.as_bytes(), 0o600, None, None)
+}
+
+/// Reads a marker file written by [`write_marker`] (never through a link;
+/// at most 256 bytes, since the folder may belong to the consumer).
+pub fn read_marker(opts: &RenderOptions, name: &str) -> Option<String> {
+    let target_uid = opts
+        .owner
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    let folder = Folder::open(&opts.dir, target_uid, None).ok()?;
+    let fd = openat(
+        &folder.fd,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = fstat(&fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size > 256 {
+        return None;
+    }
+    let text = io::read_to_string(io::Read::take(File::from(fd), 256)).ok()?;
+    Some(text.trim().to_owned())
 }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod cmd;
+mod deliver_plan;
 mod delivery;
 mod formats;
 mod freshness;

@@ -23,6 +23,7 @@ fn opts(dir: &std::path::Path) -> RenderOptions {
         owner: None,
         group: None,
         env_file: None,
+        templates: Vec::new(),
     }
 }
 

@@ -285,6 +285,10 @@ pub(crate) struct ServerProcess {
 }
 
 impl ServerProcess {
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Starts `locket serve --config <config>` with extra args and waits
     /// for its "listening on" line.
     pub(crate) fn start(config: &Path, extra_args: &[&str]) -> Self {

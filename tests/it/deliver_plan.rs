@@ -1,0 +1,519 @@
+//! Delivery to consumers (#15) through the real binaries: templates,
+//! `deliver --plan` (the module's fetch units and its one watcher), restart
+//! actions once per change, and the boot cache with the real
+//! `systemd-creds`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    Registered, ServerProcess, client_command, run_client_pinned, write_server_files,
+};
+
+const SECRETS: &str = "APP_USER=alice\nAPP_PASS=\"p@ss word\"\nOTHER=nope\n";
+
+fn clients() -> Vec<Registered> {
+    vec![Registered::new("app", 41, &["127.0.0.1"], &["APP_*"])]
+}
+
+fn key_file(dir: &Path) -> String {
+    let path = dir.join("app.key");
+    if !path.exists() {
+        locket::keys::ClientKey::from_seed(&[41; 32])
+            .write_new(&path)
+            .unwrap();
+    }
+    path.to_string_lossy().into_owned()
+}
+
+/// `locket-client` as `app` against `server`, with a short timeout.
+fn app_args(server: &str, key: &str) -> Vec<String> {
+    [
+        "--server",
+        server,
+        "--name",
+        "app",
+        "--key",
+        key,
+        "--timeout",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run(args: &[String], more: &[&str], cwd: &Path) -> (i32, String, String) {
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend_from_slice(more);
+    run_client_pinned(&all, cwd)
+}
+
+fn wait_for(what: &str, check: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+#[test]
+fn render_template_fills_placeholders_and_a_bad_one_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let args = app_args(&server.url(), &key_file(dir.path()));
+    let out = dir.path().join("out");
+    let template = dir.path().join("app.ini.tmpl");
+    std::fs::write(
+        &template,
+        "[db]\nuser = {{ APP_USER }}\npass = {{APP_PASS}}\nliteral = {{ \"{{\" }}\n",
+    )
+    .unwrap();
+    let out_s = out.to_str().unwrap();
+    let t = template.to_str().unwrap();
+    let (code, _, err) = run(
+        &args,
+        &["render", "--dir", out_s, "--template", t],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        read(&out.join("app.ini")).as_deref(),
+        Some("[db]\nuser = alice\npass = p@ss word\nliteral = {{\n")
+    );
+    assert_eq!(read(&out.join("APP_USER")).as_deref(), Some("alice"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("app.ini"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o400);
+
+    // An unknown name: exit 2, the error names it, and nothing delivered
+    // is touched (not the template's file, not the secrets).
+    std::fs::write(&template, "pass = {{ APP_PASSWORD }}\n").unwrap();
+    std::fs::write(dir.path().join("secrets.env"), "APP_USER=bob\nAPP_PASS=x\n").unwrap();
+    server.reload();
+    let (code, _, err) = run(
+        &args,
+        &["render", "--dir", out_s, "--template", t],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unknown secret \"APP_PASSWORD\"") && err.contains("line 1"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("p@ss") && !err.contains("bob"),
+        "no value in the error: {err}"
+    );
+    assert_eq!(
+        read(&out.join("APP_USER")).as_deref(),
+        Some("alice"),
+        "nothing rewritten"
+    );
+    assert!(
+        read(&out.join("app.ini")).unwrap().contains("p@ss word"),
+        "template output kept"
+    );
+
+    // An unreadable template: exit 2 naming the file, before any fetch.
+    let missing = dir.path().join("nope.tmpl");
+    let (code, _, err) = run(
+        &args,
+        &[
+            "render",
+            "--dir",
+            out_s,
+            "--template",
+            missing.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read template") && err.contains("nope.tmpl"),
+        "{err}"
+    );
+    assert_eq!(read(&out.join("APP_USER")).as_deref(), Some("alice"));
+    server.stop();
+}
+
+/// A stand-in for `systemctl` that logs its arguments and knows every unit
+/// but `missing.service` (the module's watcher runs the real one; the
+/// guest-machine test runs it under a real systemd).
+fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
+    let log = dir.join("systemctl.log");
+    let path = dir.join("systemctl");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {log}\ncase \"$1\" in show) case \"$*\" in *missing.service*) echo not-found;; *) echo loaded;; esac;; esac\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (path, log)
+}
+
+fn plan(dir: &Path, systemctl: &Path, restart_a: &str, extra: &str) -> PathBuf {
+    let path = dir.join("delivery.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"status_file = "{d}/status.json"
+systemctl = "{s}"
+{extra}
+[consumers.a]
+dir = "{d}/run/a"
+secrets = ["APP_USER"]
+env_file = "{d}/run/a/env"
+restart_units = ["{restart_a}", "shared.service"]
+on_change = ["/bin/sh", "-c", "echo a >> {d}/hooks.log"]
+[consumers.a.templates."a.conf"]
+content = "user={{{{ APP_USER }}}}\n"
+mode = "0440"
+
+[consumers.b]
+dir = "{d}/run/b"
+secrets = ["APP_PASS"]
+restart_units = ["shared.service"]
+reload_units = ["b.service"]
+on_change = ["/bin/sh", "-c", "echo b >> {d}/hooks.log"]
+"#,
+            d = dir.display(),
+            s = systemctl.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn status(dir: &Path) -> serde_json::Value {
+    read(&dir.join("status.json"))
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn rounds(dir: &Path) -> u64 {
+    status(dir)["rounds"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn one_watcher_one_request_per_round_and_one_restart_per_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = write_server_files(d, SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let args = app_args(&server.url(), &key_file(d));
+    let (systemctl, systemctl_log) = fake_systemctl(d);
+    let plan = plan(d, &systemctl, "a.service", "");
+    let plan_s = plan.to_str().unwrap();
+
+    // The fetch units: one consumer each, before it starts; no actions.
+    for c in ["a", "b"] {
+        let (code, _, err) = run(&args, &["deliver", "--plan", plan_s, "--consumer", c], d);
+        assert_eq!(code, 0, "{err}");
+    }
+    assert_eq!(read(&d.join("run/a/APP_USER")).as_deref(), Some("alice"));
+    assert_eq!(
+        read(&d.join("run/a/a.conf")).as_deref(),
+        Some("user=alice\n")
+    );
+    assert_eq!(
+        read(&d.join("run/b/APP_PASS")).as_deref(),
+        Some("p@ss word")
+    );
+    assert!(
+        !d.join("run/a/APP_PASS").exists(),
+        "a gets only its own secret"
+    );
+    assert!(!d.join("hooks.log").exists());
+
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend_from_slice(&["deliver", "--plan", plan_s, "--watch", "100ms"]);
+    let mut watcher = client_command()
+        .args(&all)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("watcher.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let more_rounds = |n: u64| {
+        let start = rounds(d);
+        wait_for("more watch rounds", &|| rounds(d) >= start + n);
+    };
+    more_rounds(4);
+    // Nothing changed: no restart, no reload, no hook (only the start-up
+    // check of the units ran).
+    let calls = || read(&systemctl_log).unwrap_or_default();
+    assert!(
+        calls().lines().all(|l| l.starts_with("show ")),
+        "{}",
+        calls()
+    );
+    assert!(!d.join("hooks.log").exists(), "no change, no hook");
+    let s = status(d);
+    assert!(s["last_success"].is_string(), "{s}");
+    assert_eq!(s["consumers"]["a"]["origin"], "server", "{s}");
+
+    // One request per round for both consumers: the server answers at
+    // most one request per round (two would be one per consumer).
+    let answered = |server: &ServerProcess| server.log().matches(" answered").count() as u64;
+    let (a0, r0) = (answered(&server), rounds(d));
+    more_rounds(4);
+    let (r1, a1) = (rounds(d), answered(&server));
+    assert!(
+        a1 - a0 <= r1 - r0 + 1,
+        "{} requests in {} rounds",
+        a1 - a0,
+        r1 - r0
+    );
+
+    // Both values change at once: each consumer's hook runs once, the unit
+    // both name is restarted once, and b's reload comes in the same round.
+    std::fs::write(d.join("secrets.env"), "APP_USER=bob\nAPP_PASS=new\n").unwrap();
+    server.reload();
+    wait_for("rewrite", &|| {
+        read(&d.join("run/a/a.conf")).as_deref() == Some("user=bob\n")
+    });
+    wait_for("hooks", &|| {
+        read(&d.join("hooks.log")).is_some_and(|h| h.lines().count() == 2)
+    });
+    more_rounds(3);
+    let mut hooks: Vec<String> = read(&d.join("hooks.log"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    hooks.sort();
+    assert_eq!(
+        hooks,
+        ["a", "b"],
+        "one hook run per consumer for one change"
+    );
+    let actions: Vec<String> = calls()
+        .lines()
+        .filter(|l| !l.starts_with("show "))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "try-restart -- a.service shared.service",
+            "try-reload-or-restart -- b.service"
+        ],
+        "one restart for changes that arrived together"
+    );
+    assert_eq!(read(&d.join("run/b/APP_PASS")).as_deref(), Some("new"));
+    let log = read(&d.join("watcher.log")).unwrap();
+    assert!(log.contains("consumer a: changed: APP_USER"), "{log}");
+    assert!(
+        !log.contains("bob") && !log.contains("new\n"),
+        "names only: {log}"
+    );
+    assert_eq!(status(d)["consumers"]["a"]["changes"], 1);
+
+    // A stopped consumer (its folder removed by its fetch unit) is not
+    // delivered again by the watcher.
+    std::fs::remove_dir_all(d.join("run/b")).unwrap();
+    more_rounds(3);
+    assert!(
+        !d.join("run/b").exists(),
+        "the watcher put secrets back for a stopped consumer"
+    );
+    assert_eq!(status(d)["consumers"]["b"]["origin"], "not delivered");
+
+    crate::support::signal(watcher.id(), nix::sys::signal::Signal::SIGTERM);
+    assert!(watcher.wait().unwrap().success());
+    server.stop();
+}
+
+#[test]
+fn a_restart_target_that_does_not_exist_stops_the_watcher_before_it_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = write_server_files(d, SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let args = app_args(&server.url(), &key_file(d));
+    let (systemctl, _) = fake_systemctl(d);
+    let good = plan(d, &systemctl, "a.service", "");
+    let (code, _, err) = run(
+        &args,
+        &[
+            "deliver",
+            "--plan",
+            good.to_str().unwrap(),
+            "--consumer",
+            "a",
+        ],
+        d,
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(d.join("secrets.env"), "APP_USER=bob\n").unwrap();
+    server.reload();
+    let bad = plan(d, &systemctl, "missing.service", "");
+    let (code, _, err) = run(
+        &args,
+        &["deliver", "--plan", bad.to_str().unwrap(), "--watch", "1s"],
+        d,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("consumer a: restart/reload target missing.service does not exist"),
+        "{err}"
+    );
+    assert_eq!(
+        read(&d.join("run/a/APP_USER")).as_deref(),
+        Some("alice"),
+        "nothing delivered"
+    );
+
+    // A plan that does not parse names the file; an unknown consumer is named.
+    std::fs::write(d.join("broken.toml"), "[consumers.a]\ndir = 3\n").unwrap();
+    let (code, _, err) = run(
+        &args,
+        &["deliver", "--plan", d.join("broken.toml").to_str().unwrap()],
+        d,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("broken.toml"), "{err}");
+    let (code, _, err) = run(
+        &args,
+        &[
+            "deliver",
+            "--plan",
+            good.to_str().unwrap(),
+            "--consumer",
+            "zz",
+        ],
+        d,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no consumer \"zz\"") && err.contains("a, b"),
+        "{err}"
+    );
+    server.stop();
+}
+
+/// The boot cache, with the real `systemd-creds` (host key; needs root).
+#[test]
+fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = write_server_files(d, SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let url = server.url();
+    let args = app_args(&url, &key_file(d));
+    let (systemctl, _) = fake_systemctl(d);
+    let creds = which("systemd-creds");
+    let extra = format!(
+        "cache_dir = \"{}/cache\"\nsystemd_creds = \"{}\"\ncache_key = \"host\"",
+        d.display(),
+        creds.display()
+    );
+    let plan_path = plan(d, &systemctl, "a.service", &extra);
+    let text = read(&plan_path).unwrap().replace(
+        "[consumers.a.templates",
+        "cache_max_age = \"1h\"\n[consumers.a.templates",
+    );
+    std::fs::write(&plan_path, text).unwrap();
+    let p = plan_path.to_str().unwrap();
+
+    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    assert_eq!(code, 0, "{err}");
+    let cred = d.join("cache/a.cred");
+    let bytes = std::fs::read(&cred).expect("a cached copy is written");
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("alice"),
+        "encrypted"
+    );
+    assert!(!d.join("cache/b.cred").exists(), "b did not opt in");
+
+    // Never used while a server answers: a stale copy is replaced.
+    let plan = locket::client::deliver::Plan::load(&plan_path).unwrap();
+    let cache = plan.cache().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(cache.store(
+        "a",
+        &[("APP_USER".into(), "stale".into())],
+        std::time::SystemTime::now(),
+    ))
+    .unwrap();
+    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read(&d.join("run/a/APP_USER")).as_deref(), Some("alice"));
+
+    // No server: the copy stands in, and says so.
+    server.stop();
+    std::fs::remove_dir_all(d.join("run/a")).unwrap();
+    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("no server answered") && err.contains("delivered the cached copy"),
+        "{err}"
+    );
+    assert_eq!(read(&d.join("run/a/APP_USER")).as_deref(), Some("alice"));
+    assert_eq!(
+        read(&d.join("run/a/a.conf")).as_deref(),
+        Some("user=alice\n")
+    );
+    assert!(
+        read(&d.join("run/a/.locket-origin"))
+            .unwrap()
+            .starts_with("cache ")
+    );
+    // b has no cache: it fails with the fetch's error.
+    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "b"], d);
+    assert_eq!(code, 1, "{err}");
+    assert!(!d.join("run/b/APP_PASS").exists());
+
+    // Older than its max age: deleted, and the consumer gets nothing.
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    rt.block_on(cache.store("a", &[("APP_USER".into(), "old".into())], two_hours_ago))
+        .unwrap();
+    std::fs::remove_dir_all(d.join("run/a")).unwrap();
+    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("more than cache_max_age (1h)") && err.contains("was deleted"),
+        "{err}"
+    );
+    assert!(!cred.exists(), "the expired copy is deleted");
+    assert!(!d.join("run/a").exists(), "nothing delivered");
+
+    // A copy that does not decrypt: named, kept, nothing delivered.
+    std::fs::write(&cred, b"garbage").unwrap();
+    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot decrypt the cached copy") && err.contains("a.cred"),
+        "{err}"
+    );
+    assert!(cred.exists());
+    assert!(!d.join("run/a").exists());
+    let _ = url;
+}
+
+fn which(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} is not installed (Debian: apt-get install systemd)"))
+}
