@@ -17,6 +17,7 @@ let
     mapAttrs
     match
     removeAttrs
+    replaceStrings
     stringLength
     substring
     tail
@@ -24,6 +25,12 @@ let
 
   imap0 = f: list: genList (i: f i (builtins.elemAt list i)) (length list);
   hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
+  hasSuffix =
+    suffix: s:
+    let
+      n = stringLength s - stringLength suffix;
+    in
+    n >= 0 && substring n (stringLength suffix) s == suffix;
   # Remove attributes whose value is null (TOML has no null).
   dropNulls = attrs: removeAttrs attrs (filter (n: attrs.${n} == null) (attrNames attrs));
 in
@@ -308,27 +315,264 @@ rec {
         else
           [ ]
       ) (attrNames services)
-    );
+    )
+    ++ concatLists (map (svc: consumerErrors svc services.${svc}) (attrNames services));
 
-  # The oneshot that fetches a consumer's secrets, and its render command.
+  # The oneshot that fetches a consumer's secrets, and the folder it fills.
   fetchUnitName = consumer: "locket-fetch-${consumer}";
   secretsDir = consumer: "/run/locket/${consumer}";
 
-  renderArgs =
+  # --- Delivery (issue #15) ---
+  #
+  # The module writes one delivery plan per host (delivery.toml at a fixed
+  # path, so a plan change does not change the units' command lines), and
+  # `locket-client deliver --plan` reads it: once per consumer in its fetch
+  # unit (`--consumer <name>`), and for all of them in the watcher
+  # (`--watch <interval>`), which rewrites what changed and restarts or
+  # reloads the units that asked for it.
+  deliveryPlanPath = "/etc/locket/delivery.toml";
+  watchUnitName = "locket-watch";
+  watchStatusFile = "/run/locket-watch/status.json";
+  # The boot cache: values encrypted with systemd-creds, for consumers
+  # with a cacheMaxAge, so they start when no server answers at boot.
+  cacheStateDir = "/var/lib/locket-client";
+  cacheDir = "/var/lib/locket-client/cache";
+  cacheKeys = [
+    "auto"
+    "host"
+    "tpm2"
+    "host+tpm2"
+  ];
+
+  # A duration as the client reads it (humantime): one or more <number><unit>
+  # spans such as "30s", "12h", "7d" or "1h 30min", the first one not zero.
+  # humantime 2.4's unit names (Unit::from_str), but µs.
+  durationUnits = [
+    "nanos"
+    "nsec"
+    "ns"
+    "usec"
+    "us"
+    "millis"
+    "msec"
+    "ms"
+    "seconds"
+    "second"
+    "secs"
+    "sec"
+    "s"
+    "minutes"
+    "minute"
+    "min"
+    "mins"
+    "m"
+    "hours"
+    "hour"
+    "hr"
+    "hrs"
+    "h"
+    "days"
+    "day"
+    "d"
+    "weeks"
+    "week"
+    "wk"
+    "wks"
+    "w"
+    "months"
+    "month"
+    "M"
+    "years"
+    "year"
+    "yr"
+    "yrs"
+    "y"
+  ];
+  durationPattern =
+    let
+      unit = "(${concatStringsSep "|" durationUnits})";
+    in
+    "0*[1-9][0-9]* *${unit}( *[0-9]+ *${unit})*";
+  validDuration = s: isString s && match durationPattern s != null;
+
+  # A unit name with its type, as NixOS's unitNameType (systemd-lib.nix).
+  unitNamePattern = "[a-zA-Z0-9@%:_.\\-]+[.](service|socket|device|mount|automount|swap|target|path|timer|scope|slice)";
+  validUnitName = u: isString u && match unitNamePattern u != null;
+
+  # The file a secret is delivered to in its consumer's folder: the
+  # client's rule (`/` becomes `_`).
+  secretFileName = name: replaceStrings [ "/" ] [ "_" ] name;
+  # A name the client writes as a file of its own in a consumer's folder.
+  validFileName =
+    f: !(f == "" || f == "." || f == ".." || hasPrefix ".locket-" f || match ".*/.*" f != null);
+
+  # The files of a consumer: secret name -> path, template file -> path.
+  # A consumer that asks for every secret (secrets = [ ]) lists only its
+  # templates: which secrets it gets is known to the server alone.
+  consumerPaths =
     consumer: svc:
-    [
-      "render"
-      "--dir"
-      (secretsDir consumer)
-      "--mode"
-      svc.mode
-      "--owner"
-      svc.user
-      "--group"
-      svc.group
-    ]
-    ++ (if svc.envFile then [ "--env-file" "${secretsDir consumer}/env" ] else [ ])
-    ++ svc.secrets;
+    listToAttrs (
+      map (s: {
+        name = s;
+        value = "${secretsDir consumer}/${secretFileName s}";
+      }) svc.secrets
+    )
+    // mapAttrs (f: _: "${secretsDir consumer}/${f}") (svc.templates or { });
+
+  # LoadCredential= entries of a consumer with `credentials = true`: one per
+  # secret and per template, named like its file. systemd expands
+  # specifiers (%) on both sides of the `:`, so `%` is doubled.
+  consumerCredentials =
+    consumer: svc:
+    let
+      escape = replaceStrings [ "%" ] [ "%%" ];
+      files = map secretFileName svc.secrets ++ attrNames (svc.templates or { });
+    in
+    map (f: "${escape f}:${escape "${secretsDir consumer}/${f}"}") files;
+
+  # The systemd.services attribute of a consumer's unit ("app.service" ->
+  # "app"), or null when the unit is not a service.
+  serviceAttrName =
+    unit:
+    if hasSuffix ".service" unit && stringLength unit > 8 then
+      substring 0 (stringLength unit - 8) unit
+    else
+      null;
+
+  usesCache = svc: (svc.cacheMaxAge or null) != null;
+
+  # A consumer's entry in delivery.toml. Templates default to the
+  # consumer's mode, user and group (the module sets them explicitly).
+  consumerPlan =
+    { runtimeShell }:
+    consumer: svc:
+    dropNulls {
+      dir = secretsDir consumer;
+      secrets = svc.secrets;
+      mode = svc.mode;
+      owner = svc.user;
+      group = svc.group;
+      env_file = if svc.envFile then "${secretsDir consumer}/env" else null;
+      restart_units = svc.restartUnits or [ ];
+      reload_units = svc.reloadUnits or [ ];
+      on_change =
+        if (svc.onChange or null) == null then
+          null
+        else
+          [
+            runtimeShell
+            "-c"
+            svc.onChange
+          ];
+      cache_max_age = svc.cacheMaxAge or null;
+      templates = mapAttrs (_: t: {
+        content = t.content;
+        mode = t.mode or svc.mode;
+        owner = t.owner or svc.user;
+        group = t.group or svc.group;
+      }) (svc.templates or { });
+    };
+
+  # The whole plan (delivery.toml). `systemctl` and `systemdCreds` are the
+  # paths of the host's systemd tools.
+  deliveryPlan =
+    {
+      systemctl,
+      systemdCreds,
+      runtimeShell,
+      cacheKey ? "auto",
+      services ? { },
+    }:
+    {
+      status_file = watchStatusFile;
+      inherit systemctl;
+      systemd_creds = systemdCreds;
+      cache_dir = cacheDir;
+      cache_key = cacheKey;
+      consumers = mapAttrs (consumerPlan { inherit runtimeShell; }) services;
+    };
+
+  # The client's arguments after `--config … --timeout …`: a fetch unit
+  # delivers one consumer, the watcher all of them, every `interval`.
+  deliverArgs = consumer: [
+    "deliver"
+    "--plan"
+    deliveryPlanPath
+    "--consumer"
+    consumer
+  ];
+  watchArgs = interval: [
+    "deliver"
+    "--plan"
+    deliveryPlanPath
+    "--watch"
+    interval
+  ];
+
+  # Problems with one consumer's delivery options, as messages.
+  consumerErrors =
+    consumer: svc:
+    let
+      opt = "services.locket.client.services.${consumer}";
+      dir = secretsDir consumer;
+      secrets = svc.secrets or [ ];
+      secretFiles = map secretFileName secrets;
+      templates = attrNames (svc.templates or { });
+      credentials = svc.credentials or false;
+      unit = svc.unit or "${consumer}.service";
+      envFile = svc.envFile or true;
+      secretOf = f: head (filter (s: secretFileName s == f) secrets);
+      notUnits =
+        option:
+        map (u: "${opt}.${option}: `${toString u}` is not a unit name: give the full name with its type, e.g. ${toString u}.service") (
+          filter (u: !validUnitName u) (svc.${option} or [ ])
+        );
+    in
+    (
+      if credentials && secrets == [ ] then
+        [
+          "${opt}.credentials: secrets is empty (every secret the client may read), but LoadCredential= needs each name: list the secrets in ${opt}.secrets, or set credentials = false and read the files in ${dir}"
+        ]
+      else
+        [ ]
+    )
+    ++ (
+      if credentials && serviceAttrName unit == null then
+        [
+          "${opt}.credentials: the unit ${unit} is not a service, and only a service takes LoadCredential=: set ${opt}.unit to the consuming <name>.service, or set credentials = false"
+        ]
+      else
+        [ ]
+    )
+    ++ (
+      if credentials then
+        map (f: "${opt}.credentials: the file name `${f}` has a `:` or a backslash, which LoadCredential= cannot carry: rename it, or set credentials = false and read the file in ${dir}") (
+          filter (f: match ".*[:\\].*" f != null) (secretFiles ++ templates)
+        )
+      else
+        [ ]
+    )
+    ++ concatLists (
+      map (
+        f:
+        if !validFileName f then
+          [
+            "${opt}.templates.\"${f}\": not a file name in ${dir} (it is empty, `.` or `..`, starts with `.locket-`, or has a `/`): name the file plainly, e.g. app.ini"
+          ]
+        else if f == "env" && envFile then
+          [
+            "${opt}.templates.env: ${dir}/env is the environment file (envFile = true): give the template another name, or set ${opt}.envFile = false"
+          ]
+        else if elem f secretFiles then
+          [
+            "${opt}.templates.\"${f}\": the secret ${secretOf f} is delivered to the same file ${dir}/${f}: give the template another name"
+          ]
+        else
+          [ ]
+      ) templates
+    )
+    ++ notUnits "restartUnits"
+    ++ notUnits "reloadUnits";
 
   # The server's `clients`, derived from the fleet's own host configurations
   # (`locket.lib.fleetRegistry { nodes = self.nixosConfigurations; }`), so a

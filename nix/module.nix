@@ -1,11 +1,26 @@
 # services.locket: the locket server, and the client side (a key, a client
-# config, and per consuming service a oneshot that fetches its secrets into
-# /run/locket/<service>/ before the service starts).
+# config, per consuming service a oneshot that fetches its secrets into
+# /run/locket/<service>/ before the service starts, and one watcher per host
+# that keeps them current).
+#
+# Delivery: each consumer (services.locket.client.services.<name>) is one
+# entry of the delivery plan /etc/locket/delivery.toml: its folder, the
+# secrets, owner and mode, templates, what to restart, reload or run when a
+# value changes, and its boot cache. `locket-fetch-<name>` delivers one
+# consumer before its unit starts (`locket-client deliver --plan …
+# --consumer <name>`); `locket-watch` fetches every consumer again each
+# `watch.interval`, rewrites what changed, and restarts or reloads the
+# units that asked for it. A consumer reads files (one per secret, `env`
+# for EnvironmentFile=, rendered templates), or, with `credentials`, gets
+# them through LoadCredential= in $CREDENTIALS_DIRECTORY. With
+# `cacheMaxAge`, its last values are kept encrypted with systemd-creds
+# (host key and/or TPM2) under /var/lib/locket-client/cache, so it starts
+# even when no server answers at boot.
 #
 # Secrets never enter the Nix store: source files, tokens, the server key and
 # every secret path in `settings` are absolute paths outside the store,
 # handed to the units with LoadCredential=. The generated TOML holds only
-# paths, names and public keys.
+# paths, names, public keys and template text (placeholders, never values).
 #
 # The module sets nothing under `nixpkgs.*` (so it works with read-only
 # pkgs, as in `testers.runNixOSTest` and fleets that set `nixpkgs.pkgs`):
@@ -78,7 +93,21 @@ let
   };
   clientConfigFile = settingsFormat.generate "locket-client.toml" clientSettings;
 
-  # Hardening shared by the server and the fetch units.
+  # The delivery plan, at a fixed path like client.toml: a plan change
+  # restarts the units through restartTriggers, not through their command
+  # lines.
+  systemdCreds = "${config.systemd.package}/bin/systemd-creds";
+  deliveryPlan = locketLib.deliveryPlan {
+    systemctl = "${config.systemd.package}/bin/systemctl";
+    inherit systemdCreds;
+    runtimeShell = pkgs.runtimeShell;
+    inherit (ccfg) cacheKey services;
+  };
+  deliveryPlanFile = settingsFormat.generate "locket-delivery.toml" deliveryPlan;
+  anyCache = lib.any locketLib.usesCache (lib.attrValues ccfg.services);
+  runWatcher = ccfg.watch.enable && ccfg.services != { };
+
+  # Hardening shared by the server and the delivery units.
   hardening = {
     NoNewPrivileges = true;
     PrivateTmp = true;
@@ -160,14 +189,59 @@ let
     };
   };
 
+  # A duration as the client reads it (humantime): "30s", "12h", "7d".
+  durationType = types.strMatching locketLib.durationPattern // {
+    description = "duration (a number and a unit, e.g. 30s, 2m, 12h, 7d; not zero)";
+  };
+  fileModeType = types.strMatching "0[0-7][0-7]0";
+
   consumerModule = types.submodule (
-    { name, ... }:
+    { name, config, ... }:
+    let
+      consumer = config;
+      templateModule = types.submodule {
+        options = {
+          content = mkOption {
+            type = types.lines;
+            example = "[db]\npassword = {{ DB_PASSWORD }}\n";
+            description = ''
+              The template text: each `{{ NAME }}` stands for the value of
+              the secret NAME, one this consumer gets. The text goes to the
+              Nix store, which every user of the host can read:
+              placeholders only, never a value.
+            '';
+          };
+          mode = mkOption {
+            type = fileModeType;
+            default = consumer.mode;
+            defaultText = literalExpression "services.locket.client.services.<name>.mode";
+            description = "Mode of the rendered file.";
+          };
+          owner = mkOption {
+            type = types.str;
+            default = consumer.user;
+            defaultText = literalExpression "services.locket.client.services.<name>.user";
+            description = "Owner of the rendered file.";
+          };
+          group = mkOption {
+            type = types.str;
+            default = consumer.group;
+            defaultText = literalExpression "services.locket.client.services.<name>.group";
+            description = "Group of the rendered file.";
+          };
+        };
+      };
+    in
     {
       options = {
         secrets = mkOption {
           type = types.listOf types.str;
           default = [ ];
-          description = "Secret names to fetch; empty fetches every secret this client may read.";
+          description = ''
+            Secret names to fetch; empty fetches every secret this client
+            may read. Each goes to /run/locket/<name>/<file>, <file> being
+            the name with `/` replaced by `_` (see `paths`).
+          '';
         };
         user = mkOption {
           type = types.str;
@@ -195,61 +269,260 @@ let
           defaultText = literalExpression ''"<name>.service"'';
           description = "The consuming unit, which requires the fetch and starts after it.";
         };
+
+        restartUnits = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "myapp.service" ];
+          description = ''
+            Units the watcher restarts (`systemctl try-restart`: only those
+            running) when a value this consumer gets actually changed; a
+            fetch that brings the same values restarts nothing. For
+            services that read their secrets only when they start: from
+            EnvironmentFile=, from a file read once, and every
+            `credentials = true` consumer (systemd copies credentials at
+            start). Usually the consumer's own unit; restarting it also
+            runs its fetch unit again (PartOf=). Full names with their
+            type, e.g. `myapp.service`.
+          '';
+        };
+
+        reloadUnits = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "nginx.service" ];
+          description = ''
+            Units the watcher reloads (`systemctl try-reload-or-restart`)
+            when a value this consumer gets actually changed: for services
+            that read their secret files again on reload (nginx with a
+            certificate key, a daemon with a SIGHUP handler). A value taken
+            from EnvironmentFile= or LoadCredential= stays the old one
+            across a reload: list such units in restartUnits instead.
+          '';
+        };
+
+        onChange = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "systemctl start myapp-rotate.service";
+          description = ''
+            A shell command (run with `<runtimeShell> -c`) that the watcher
+            runs when a value this consumer gets actually changed, with the
+            new files in place. It runs as root inside the watcher's
+            sandbox: the file system is read-only except /run/locket (and
+            a private /tmp), and the only capabilities are those to write
+            and chown files (CAP_CHOWN, CAP_FOWNER, CAP_DAC_OVERRIDE); for
+            anything more, have it start a unit of your own (`systemctl
+            start …`). Its output goes to the journal of locket-watch.
+          '';
+        };
+
+        templates = mkOption {
+          type = types.attrsOf templateModule;
+          default = { };
+          example = literalExpression ''
+            {
+              "app.ini".content = '''
+                [db]
+                password = {{ DB_PASSWORD }}
+              ''';
+            }
+          '';
+          description = ''
+            Files rendered into /run/locket/<name>/<file>, for programs that
+            want their secrets inside a config file of their own format:
+            each `{{ NAME }}` becomes the value of the secret NAME. They
+            are rendered on every delivery, like the secret files, and with
+            `credentials` handed over as credentials too. A template must
+            not take the file name of a secret, nor `env` while envFile is
+            set.
+          '';
+        };
+
+        credentials = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Hand the secrets and templates to the consumer's unit with
+            LoadCredential= instead of letting it read /run/locket: the
+            module adds `LoadCredential=<file>:/run/locket/<name>/<file>`
+            to `unit` for every secret and template (<file>: the name with
+            `/` replaced by `_`), and the service reads
+            `$CREDENTIALS_DIRECTORY/<file>`.
+
+            Files (the default) suit services that read a path or an
+            EnvironmentFile= and run as a fixed user (set user, group and
+            mode for it). Credentials suit DynamicUser= services, whose user
+            does not exist when the files are written, and services that
+            should not see /run/locket at all (leave user = "root": the
+            files there are then root's alone). systemd copies credentials
+            when the unit starts, so a
+            changed value reaches the service only by a restart: list its
+            unit in restartUnits, not reloadUnits.
+
+            Needs the secrets listed by name (not `[ ]`) and a `.service`
+            unit.
+          '';
+        };
+
+        paths = mkOption {
+          type = types.attrsOf types.str;
+          readOnly = true;
+          default = locketLib.consumerPaths name consumer;
+          defaultText = literalExpression ''{ <secret> = "/run/locket/<name>/<file>"; <template> = "/run/locket/<name>/<template>"; }'';
+          description = ''
+            Where this consumer's files are (read-only): each secret name,
+            and each template's name, to its path, for other options to
+            refer to, e.g.
+            `config.services.locket.client.services.myapp.paths.DB_PASSWORD`.
+            A consumer with `secrets = [ ]` lists only its templates.
+          '';
+        };
+
+        cacheMaxAge = mkOption {
+          type = types.nullOr durationType;
+          default = null;
+          example = "7d";
+          description = ''
+            Keep this consumer's last values in a boot cache, and deliver
+            them when no server answers, for up to this long after they
+            were fetched: the consumer then starts even when the host boots
+            while the servers are down. The values are encrypted with
+            systemd-creds (`services.locket.client.cacheKey`) in
+            /var/lib/locket-client/cache (root only); its fetch unit and the
+            watcher may then write there and use the TPM2. null: no cache,
+            and without a server the consumer does not start.
+          '';
+        };
       };
     }
   );
 
+  # What the fetch units and the watcher share: the client's command line
+  # up to its subcommand, the order after the key and a local server, and
+  # the sandbox of a process that writes into /run/locket as root and
+  # chowns there (the watcher also runs `systemctl try-restart` and
+  # `try-reload-or-restart`, which talk to systemd over AF_UNIX as root).
+  clientCommand =
+    args:
+    utils.escapeSystemdExecArgs (
+      [
+        (getExe' ccfg.package "locket-client")
+        "--config"
+        clientConfigPath
+        "--timeout"
+        "${toString ccfg.fetchTimeout}s"
+      ]
+      ++ args
+    );
+  deliveryOrdering = {
+    after = [
+      "network-online.target"
+    ]
+    ++ optional ccfg.generateKey "locket-client-keygen.service"
+    # A server on this host: wait for it instead of timing out against it.
+    ++ optional cfg.enable "locket.service";
+    wants = [ "network-online.target" ] ++ optional cfg.enable "locket.service";
+  };
+  deliverySandbox =
+    cache:
+    hardening
+    // {
+      # The client retries with backoff across every server until its
+      # deadline (--timeout), then exits with one line naming the servers
+      # it tried.
+      TimeoutStartSec = "${toString (ccfg.fetchTimeout + 15)}s";
+      ReadWritePaths = [ "/run/locket" ] ++ optional cache locketLib.cacheStateDir;
+      # chown(2) is in @privileged, which the shared hardening denies.
+      SystemCallFilter = [ "@system-service" ];
+      CapabilityBoundingSet = [
+        "CAP_CHOWN"
+        "CAP_FOWNER"
+        "CAP_DAC_OVERRIDE"
+      ];
+    }
+    // optionalAttrs cache {
+      # The boot cache is encrypted with systemd-creds. `setup` creates the
+      # host key (/var/lib/systemd/credential.secret) once; `+` runs it
+      # outside the sandbox, which keeps /var/lib/systemd read-only.
+      ExecStartPre = "+${systemdCreds} setup";
+      # The TPM2, when there is one (cacheKey auto, tpm2, host+tpm2), and
+      # no other device.
+      PrivateDevices = false;
+      DevicePolicy = "closed";
+      DeviceAllow = [ "/dev/tpmrm0 rw" ];
+    };
+
   fetchUnit =
     consumer: svc:
-    let
-      timeout = toString ccfg.fetchTimeout;
-    in
-    {
+    deliveryOrdering
+    // {
       description = "Fetch locket secrets for ${svc.unit}";
       before = [ svc.unit ];
       requiredBy = [ svc.unit ];
       partOf = [ svc.unit ];
-      after = [
-        "network-online.target"
-      ]
-      ++ optional ccfg.generateKey "locket-client-keygen.service"
-      # A server on this host: wait for it instead of timing out against it.
-      ++ optional cfg.enable "locket.service";
-      wants = [ "network-online.target" ] ++ optional cfg.enable "locket.service";
-      restartTriggers = [ clientConfigFile ];
-      serviceConfig = hardening // {
+      # The plan sits at a fixed path: a change to this consumer's own
+      # entry restarts this unit (which delivers again); a change to another
+      # consumer's entry does not.
+      restartTriggers = [
+        clientConfigFile
+        (builtins.hashString "sha256" (builtins.toJSON deliveryPlan.consumers.${consumer}))
+      ];
+      serviceConfig = deliverySandbox (locketLib.usesCache svc) // {
         Type = "oneshot";
         RemainAfterExit = true;
-        # The client retries with backoff across every server until this
-        # deadline, then exits with one line naming the servers it tried;
-        # the consumer (which requires this unit) then fails visibly instead
-        # of holding up boot and `nixos-rebuild switch`.
-        ExecStart = utils.escapeSystemdExecArgs (
-          [
-            (getExe' ccfg.package "locket-client")
-            "--config"
-            clientConfigPath
-            "--timeout"
-            "${timeout}s"
-          ]
-          ++ locketLib.renderArgs consumer svc
-        );
+        # Past the client's deadline the consumer (which requires this
+        # unit) fails visibly instead of holding up boot and
+        # `nixos-rebuild switch`.
+        ExecStart = clientCommand (locketLib.deliverArgs consumer);
         ExecStopPost = utils.escapeSystemdExecArgs [
           (getExe' pkgs.coreutils "rm")
           "-rf"
           (locketLib.secretsDir consumer)
         ];
-        TimeoutStartSec = "${toString (ccfg.fetchTimeout + 15)}s";
-        ReadWritePaths = [ "/run/locket" ];
-        # chown(2) is in @privileged, which the shared hardening denies.
-        SystemCallFilter = [ "@system-service" ];
-        CapabilityBoundingSet = [
-          "CAP_CHOWN"
-          "CAP_FOWNER"
-          "CAP_DAC_OVERRIDE"
-        ];
       };
     };
+
+  # One per host: fetches every consumer again each watch.interval,
+  # rewrites the files whose values changed, then restarts, reloads or runs
+  # what those consumers asked for. READY=1 after its first round.
+  watchUnit = deliveryOrdering // {
+    # At boot, after the fetch units have delivered (or given up): the
+    # first round then compares with what the consumers started on.
+    after =
+      deliveryOrdering.after
+      ++ map (consumer: "${locketLib.fetchUnitName consumer}.service") (lib.attrNames ccfg.services);
+    description = "Keep locket secrets current (restart or reload their consumers on a change)";
+    wantedBy = [ "multi-user.target" ];
+    restartTriggers = [
+      deliveryPlanFile
+      clientConfigFile
+    ];
+    serviceConfig = deliverySandbox anyCache // {
+      Type = "notify";
+      NotifyAccess = "main";
+      ExecStart = clientCommand (locketLib.watchArgs ccfg.watch.interval);
+      Restart = "on-failure";
+      RestartSec = 10;
+      # status.json: what the last round delivered, for monitoring.
+      RuntimeDirectory = "locket-watch";
+      RuntimeDirectoryMode = "0755";
+    };
+  };
+
+  # LoadCredential= on the consumers' own units (credentials = true). A
+  # consumer the assertions refuse gets none, so that they report it.
+  credentialUnits = mkMerge (
+    lib.mapAttrsToList (
+      consumer: svc:
+      let
+        unitAttr = locketLib.serviceAttrName svc.unit;
+      in
+      optionalAttrs (svc.credentials && svc.secrets != [ ] && unitAttr != null) {
+        ${unitAttr}.serviceConfig.LoadCredential = locketLib.consumerCredentials consumer svc;
+      }
+    ) ccfg.services
+  );
 in
 {
   options.services.locket = {
@@ -466,15 +739,68 @@ in
         '';
       };
 
+      watch = {
+        enable = mkOption {
+          type = types.bool;
+          default = true;
+          description = ''
+            Run `locket-watch.service`, which fetches every consumer's
+            secrets again each `watch.interval` and applies a change: it
+            rewrites the files, then restarts restartUnits, reloads
+            reloadUnits and runs onChange of the consumers whose values
+            changed. Off: secrets are fetched only when a consumer starts.
+          '';
+        };
+        interval = mkOption {
+          type = durationType;
+          default = "2m";
+          example = "30s";
+          description = "How often the watcher asks the server for new values.";
+        };
+      };
+
+      cacheKey = mkOption {
+        type = types.enum locketLib.cacheKeys;
+        default = "auto";
+        description = ''
+          The key systemd-creds encrypts the boot cache (cacheMaxAge) with:
+          `host` (/var/lib/systemd/credential.secret, made by
+          `systemd-creds setup`), `tpm2` (the TPM2 chip, so that a copy of
+          the disk cannot read the cache), `host+tpm2` (both), or `auto`
+          (systemd-creds' choice: both with a TPM2, else host).
+        '';
+      };
+
       services = mkOption {
         type = types.attrsOf consumerModule;
         default = { };
-        example = literalExpression ''{ myapp = { secrets = [ "DB_PASSWORD" ]; user = "myapp"; }; }'';
+        example = literalExpression ''
+          {
+            myapp = {
+              secrets = [ "DB_PASSWORD" ];
+              user = "myapp";
+              restartUnits = [ "myapp.service" ];
+            };
+            # A DynamicUser= service: LoadCredential= instead of files.
+            worker = {
+              secrets = [ "API_TOKEN" ];
+              credentials = true;
+              restartUnits = [ "worker.service" ];
+            };
+          }
+        '';
         description = ''
-          Per consuming service: a oneshot `locket-fetch-<name>` fetches the
-          secrets into /run/locket/<name>/ (one file per secret, plus `env` for
-          EnvironmentFile=) before the unit starts; the unit requires it, so
-          it never starts without its secrets. Stopping the unit removes them.
+          Per consuming service (by default the unit `<name>.service`): a
+          oneshot `locket-fetch-<name>` delivers its secrets into
+          /run/locket/<name>/ before the unit starts (one file per secret,
+          `env` for EnvironmentFile=, rendered `templates`), or to the unit
+          as credentials (`credentials`). The unit requires the fetch, so it
+          never starts without its secrets (or, with `cacheMaxAge`, its
+          cached ones); stopping the unit removes them. While it runs,
+          `locket-watch` keeps them current and restarts, reloads or runs
+          what the consumer asked for when a value changes
+          (`restartUnits`, `reloadUnits`, `onChange`). All a consumer asks
+          for is one entry of /etc/locket/delivery.toml.
         '';
       };
     };
@@ -540,7 +866,11 @@ in
 
       environment.systemPackages = [ ccfg.package ];
       environment.etc."locket/client.toml".source = clientConfigFile;
-      systemd.tmpfiles.rules = [ "d /run/locket 0755 root root -" ];
+      environment.etc."locket/delivery.toml".source = deliveryPlanFile;
+      systemd.tmpfiles.rules = [
+        "d /run/locket 0755 root root -"
+      ]
+      ++ optional anyCache "d ${locketLib.cacheDir} 0700 root root -";
 
       systemd.services = mkMerge [
         (mkIf ccfg.generateKey {
@@ -567,6 +897,8 @@ in
         (lib.mapAttrs' (
           consumer: svc: lib.nameValuePair (locketLib.fetchUnitName consumer) (fetchUnit consumer svc)
         ) ccfg.services)
+        (mkIf runWatcher { ${locketLib.watchUnitName} = watchUnit; })
+        credentialUnits
       ];
     })
   ];

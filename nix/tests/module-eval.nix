@@ -12,9 +12,12 @@
 {
   libPath ? ../../../shared/nixpkgs-lib/lib,
   lib ? import ./nixpkgs-lib.nix libPath,
+  # flake.nix's checks pass the flake; the cases load it themselves
+  # (./nixos/eval.nix), so it is accepted and not needed.
+  flake ? null,
 }:
 let
-  inherit (lib) hasInfix hasPrefix splitString filter;
+  inherit (lib) hasInfix hasPrefix hasSuffix splitString filter;
   nixos = args: import ./nixos/eval.nix ({ inherit lib; } // args);
   # A configuration through the flake's nixosModules.default, as users
   # import it (no overlay: the module must not need pkgs.locket).
@@ -107,6 +110,87 @@ let
   server = sameHost.units."locket.service";
   fetch = sameHost.units."locket-fetch-web.service";
   serverToml = sameHost.etc."locket/server.toml".value;
+  samePlan = sameHost.etc."locket/delivery.toml".value or { };
+
+  # Delivery (issue #15): two consumers, one with every per-consumer
+  # option on files and a boot cache, one with credentials; `extra` bends
+  # one thing for the cases that compare two configurations.
+  deliveryWith =
+    extra:
+    hostWith { } (
+      { config, ... }:
+      lib.recursiveUpdate {
+        networking.hostName = "web2";
+        services.locket.client = {
+          enable = true;
+          server = "http://10.0.0.1:7410";
+          serverFingerprint = fp;
+          watch.interval = "30s";
+          cacheKey = "tpm2";
+          services.app = {
+            secrets = [
+              "DB_PASSWORD"
+              "db/user"
+            ];
+            user = "app";
+            group = "app";
+            restartUnits = [ "app.service" ];
+            reloadUnits = [ "nginx.service" ];
+            onChange = "echo \"$HOME\" 50% > /run/locket/app/changed";
+            cacheMaxAge = "7d";
+            templates."app.ini".content = "[db]\npassword = {{ DB_PASSWORD }}\n";
+            templates.dsn = {
+              content = "postgres://{{ db/user }}:{{ DB_PASSWORD }}@db/app";
+              mode = "0440";
+              group = "www";
+            };
+          };
+          services.worker = {
+            secrets = [
+              "API/TOKEN"
+              "50%_OFF"
+            ];
+            credentials = true;
+            envFile = false;
+            restartUnits = [ "worker.service" ];
+            templates."worker.conf".content = "token={{ API/TOKEN }}\n";
+          };
+        };
+        # Another module refers to a delivered file through `paths`.
+        systemd.services.app = {
+          environment.DB_PASSWORD_FILE = config.services.locket.client.services.app.paths.DB_PASSWORD;
+          script = "exec sleep infinity";
+        };
+        systemd.services.worker = {
+          serviceConfig.DynamicUser = true;
+          script = "cat \"$CREDENTIALS_DIRECTORY/API_TOKEN\"";
+        };
+      } extra
+    );
+  delivery = deliveryWith { };
+  deliveryPlan = delivery.etc."locket/delivery.toml".value or { };
+  stubPkgs = delivery.pkgs;
+  # A unit's text, "" when it is missing (a missing attribute is an error
+  # tryEval cannot catch: it would stop every check, not fail one).
+  unitOf = h: name: h.units.${name} or "";
+  appFetch = unitOf delivery "locket-fetch-app.service";
+  workerFetch = unitOf delivery "locket-fetch-worker.service";
+  watcher = unitOf delivery "locket-watch.service";
+  execStart = unit: builtins.head (unitLines unit "ExecStart" ++ [ "" ]);
+  # A client host with the given consumers and client options.
+  clientWith =
+    options:
+    host {
+      services.locket.client = {
+        enable = true;
+        server = "http://10.0.0.1:7410";
+        serverFingerprint = fp;
+      }
+      // options;
+    };
+  # The failed assertions of one consumer `c`.
+  refusedConsumer = consumer: (clientWith { services.c = consumer; }).failedAssertions;
+  refusedWith = text: consumer: builtins.any (hasInfix text) (refusedConsumer consumer);
 
   # Cases that must be refused.
   bad = config: host ({ services.locket = { enable = true; } // config; });
@@ -157,9 +241,12 @@ let
       in
       hasInfix e.wrongKey vm.testScript && hasInfix e.wrongAddress vm.testScript;
 
-    # 4. The fetch unit keeps UMask=0077; render sets the folder mode itself.
+    # 4. The fetch unit keeps UMask=0077; the client sets the modes the
+    #    plan names itself.
     fetchUnitRendersGroupReadable =
-      hasInfix "\"--mode\" \"0440\"" fetch && hasInfix "\"--group\" \"www\"" fetch
+      (samePlan.consumers.web.mode or null) == "0440"
+      && (samePlan.consumers.web.group or null) == "www"
+      && (samePlan.consumers.web.owner or null) == "root"
       && builtins.elem "UMask=0077" (lines fetch);
 
     # 5. A fetch gives up in bounded time: no restart loop, a start timeout
@@ -230,9 +317,18 @@ let
       keyFile = ./keys/server-key.pem;
     }).units;
 
-    # 10. Command lines as systemd reads them: % and $ escaped, store paths
-    #     from lib.getExe'.
-    execArgsEscaped = hasInfix "\"50%%_OFF\" \"$$HOME\"" fetch;
+    # 10. Command lines as systemd reads them, store paths from
+    #     lib.getExe'. Secret names no longer go through a command line:
+    #     the plan holds them as they are (TOML has no specifiers), and
+    #     LoadCredential= doubles systemd's specifier character.
+    execArgsEscaped =
+      (samePlan.consumers.web.secrets or null) == [
+        "DB_PASSWORD"
+        "50%_OFF"
+        "$HOME"
+      ]
+      && !(hasInfix "50%" fetch) && !(hasInfix "HOME" (execStart fetch))
+      && builtins.elem "LoadCredential=50%%_OFF:/run/locket/worker/50%%_OFF" (lines (unitOf delivery "worker.service"));
 
     # 11. A registry change reloads: only X-Reload-Triggers differs. A
     #     change a reload cannot apply restarts.
@@ -264,6 +360,271 @@ let
     # 12. No warning from `nix flake check`: known outputs, nixfmt.
     flakeOutputsAreKnown = builtins.all (n: builtins.elem n knownOutputs) (builtins.attrNames flake);
     formatterIsNixfmt = (flake.formatter.x86_64-linux.pname or "") == "nixfmt";
+
+    # 13. Delivery (issue #15). The plan, exactly: every per-consumer
+    #     option, null keys dropped, the host's systemd and shell.
+    deliveryPlanIsExact =
+      deliveryPlan == {
+        status_file = "/run/locket-watch/status.json";
+        systemctl = "${stubPkgs.systemd}/bin/systemctl";
+        systemd_creds = "${stubPkgs.systemd}/bin/systemd-creds";
+        cache_dir = "/var/lib/locket-client/cache";
+        cache_key = "tpm2";
+        consumers = {
+          app = {
+            dir = "/run/locket/app";
+            secrets = [
+              "DB_PASSWORD"
+              "db/user"
+            ];
+            mode = "0400";
+            owner = "app";
+            group = "app";
+            env_file = "/run/locket/app/env";
+            restart_units = [ "app.service" ];
+            reload_units = [ "nginx.service" ];
+            on_change = [
+              stubPkgs.runtimeShell
+              "-c"
+              "echo \"$HOME\" 50% > /run/locket/app/changed"
+            ];
+            cache_max_age = "7d";
+            templates = {
+              "app.ini" = {
+                content = "[db]\npassword = {{ DB_PASSWORD }}\n";
+                mode = "0400";
+                owner = "app";
+                group = "app";
+              };
+              dsn = {
+                content = "postgres://{{ db/user }}:{{ DB_PASSWORD }}@db/app";
+                mode = "0440";
+                owner = "app";
+                group = "www";
+              };
+            };
+          };
+          worker = {
+            dir = "/run/locket/worker";
+            secrets = [
+              "API/TOKEN"
+              "50%_OFF"
+            ];
+            mode = "0400";
+            owner = "root";
+            group = "root";
+            restart_units = [ "worker.service" ];
+            reload_units = [ ];
+            templates."worker.conf" = {
+              content = "token={{ API/TOKEN }}\n";
+              mode = "0400";
+              owner = "root";
+              group = "root";
+            };
+          };
+        };
+      }
+      && hasSuffix "-locket-delivery.toml" (delivery.etc."locket/delivery.toml".source or "");
+
+    # The fetch unit delivers its one consumer from the plan's fixed path.
+    fetchUnitDeliversFromThePlan =
+      builtins.all (
+        { unit, consumer }:
+        hasSuffix ''"--config" "/etc/locket/client.toml" "--timeout" "90s" "deliver" "--plan" "/etc/locket/delivery.toml" "--consumer" "${consumer}"'' (
+          execStart unit
+        )
+        && hasInfix "-locket-" (execStart unit)
+        && hasInfix "/bin/locket-client\" " (execStart unit)
+      ) [
+        { unit = appFetch; consumer = "app"; }
+        { unit = workerFetch; consumer = "worker"; }
+        { unit = fetch; consumer = "web"; }
+      ]
+      # What the fetch unit was before stays: order, removal, bound, sandbox.
+      && builtins.elem "Before=app.service" (lines appFetch)
+      && builtins.elem "PartOf=app.service" (lines appFetch)
+      && builtins.elem "Type=oneshot" (lines appFetch)
+      && builtins.any (hasSuffix ''/bin/rm" "-rf" "/run/locket/app"'') (unitLines appFetch "ExecStopPost")
+      && builtins.elem "TimeoutStartSec=105s" (lines appFetch)
+      && builtins.elem "CapabilityBoundingSet=CAP_CHOWN" (lines appFetch)
+      && (delivery.links."locket-fetch-app.service".requiredBy or null) == [ "app.service" ];
+
+    # Only a change to a consumer's own entry restarts its fetch unit (and
+    # so the consumer); the watcher restarts on any plan change.
+    planChangeRestartsOnlyItsConsumer =
+      let
+        changed = deliveryWith { services.locket.client.services.worker.reloadUnits = [ "other.service" ]; };
+        triggers = h: u: unitLines (unitOf h u) "X-Restart-Triggers";
+      in
+      triggers changed "locket-fetch-app.service" == triggers delivery "locket-fetch-app.service"
+      && triggers changed "locket-fetch-worker.service" != triggers delivery "locket-fetch-worker.service"
+      && triggers changed "locket-watch.service" != triggers delivery "locket-watch.service";
+
+    # One watcher per host, whatever the number of consumers.
+    oneWatcherPerHost =
+      filter (hasInfix "watch") (builtins.attrNames delivery.units) == [ "locket-watch.service" ]
+      && hasSuffix ''"--config" "/etc/locket/client.toml" "--timeout" "90s" "deliver" "--plan" "/etc/locket/delivery.toml" "--watch" "30s"'' (
+        execStart watcher
+      )
+      && builtins.all (l: builtins.elem l (lines watcher)) [
+        "Type=notify"
+        "NotifyAccess=main"
+        "Restart=on-failure"
+        "RestartSec=10"
+        "RuntimeDirectory=locket-watch"
+        "RuntimeDirectoryMode=0755"
+        "ReadWritePaths=/run/locket"
+        "SystemCallFilter=@system-service"
+        "CapabilityBoundingSet=CAP_CHOWN"
+        "CapabilityBoundingSet=CAP_FOWNER"
+        "CapabilityBoundingSet=CAP_DAC_OVERRIDE"
+        "ProtectSystem=strict"
+        "NoNewPrivileges=true"
+        # After the fetch units, so its first round at boot compares with
+        # what the consumers started on.
+        "After=network-online.target locket-client-keygen.service locket-fetch-app.service locket-fetch-worker.service"
+        "Wants=network-online.target"
+      ]
+      && (delivery.links."locket-watch.service".wantedBy or null) == [ "multi-user.target" ];
+    watcherWaitsForALocalServer =
+      let
+        w = unitOf sameHost "locket-watch.service";
+      in
+      builtins.any (hasPrefix "After=network-online.target locket-client-keygen.service locket.service locket-fetch-") (lines w)
+      && builtins.elem "Wants=network-online.target locket.service" (lines w);
+    noWatcherWhenDisabledOrWithoutConsumers =
+      let
+        off = deliveryWith { services.locket.client.watch.enable = false; };
+        none = clientWith { };
+      in
+      !(off.units ? "locket-watch.service")
+      && off.units ? "locket-fetch-app.service"
+      && !(none.units ? "locket-watch.service")
+      && delivery.units ? "locket-watch.service";
+
+    # credentials = true: LoadCredential= on the consumer's own unit, one
+    # per secret (`/` as `_`) and per template.
+    credentialsOnTheConsumersUnit =
+      unitLines (unitOf delivery "worker.service") "LoadCredential" == [
+        "LoadCredential=API_TOKEN:/run/locket/worker/API_TOKEN"
+        "LoadCredential=50%%_OFF:/run/locket/worker/50%%_OFF"
+        "LoadCredential=worker.conf:/run/locket/worker/worker.conf"
+      ]
+      && unitLines (unitOf delivery "app.service") "LoadCredential" == [ ]
+      # Another unit name than the consumer's.
+      && unitLines (unitOf (clientWith {
+        services.c = {
+          secrets = [ "A" ];
+          credentials = true;
+          unit = "other@x.service";
+        };
+      }) "other@x.service") "LoadCredential" == [ "LoadCredential=A:/run/locket/c/A" ];
+
+    # `paths`: where each secret and template is, for other modules.
+    pathsOfSecretsAndTemplates =
+      delivery.config.services.locket.client.services.app.paths == {
+        DB_PASSWORD = "/run/locket/app/DB_PASSWORD";
+        "db/user" = "/run/locket/app/db_user";
+        "app.ini" = "/run/locket/app/app.ini";
+        dsn = "/run/locket/app/dsn";
+      }
+      && builtins.elem ''Environment="DB_PASSWORD_FILE=/run/locket/app/DB_PASSWORD"'' (lines (unitOf delivery "app.service"))
+      && fails (deliveryWith { services.locket.client.services.app.paths.DB_PASSWORD = "/tmp/x"; }).units;
+
+    # The boot cache: the state folder writable, the host key set up
+    # outside the sandbox, the TPM2 reachable; only where a consumer asks.
+    cacheUnitsGetTheCacheAndTheTpm =
+      let
+        cacheLines = [
+          "ReadWritePaths=/var/lib/locket-client"
+          "ExecStartPre=+${stubPkgs.systemd}/bin/systemd-creds setup"
+          "PrivateDevices=false"
+          "DevicePolicy=closed"
+          "DeviceAllow=/dev/tpmrm0 rw"
+        ];
+        has = unit: builtins.all (l: builtins.elem l (lines unit)) cacheLines;
+        hasNone = unit: !(builtins.any (l: builtins.elem l (lines unit)) cacheLines);
+        noCache = deliveryWith { services.locket.client.services.app.cacheMaxAge = null; };
+        rule = "d /var/lib/locket-client/cache 0700 root root -";
+      in
+      has appFetch
+      && has watcher
+      && hasNone workerFetch
+      && builtins.elem "PrivateDevices=true" (lines workerFetch)
+      && builtins.elem rule delivery.tmpfiles.rules
+      && noCache.units ? "locket-watch.service"
+      && hasNone (unitOf noCache "locket-watch.service")
+      && hasNone (unitOf noCache "locket-fetch-app.service")
+      && !(builtins.elem rule noCache.tmpfiles.rules);
+
+    # Durations as the client reads them; cacheKey only what systemd-creds takes.
+    durationsAndCacheKeyAreChecked =
+      !fails (deliveryWith { services.locket.client.watch.interval = "1h 30min"; }).units
+      && fails (deliveryWith { services.locket.client.watch.interval = "soon"; }).units
+      && fails (deliveryWith { services.locket.client.watch.interval = "0s"; }).units
+      && fails (deliveryWith { services.locket.client.services.app.cacheMaxAge = "7"; }).units
+      && fails (deliveryWith { services.locket.client.cacheKey = "tpm"; }).units;
+
+    # Each refusal names the option and says what to do; a control with
+    # the same shape passes.
+    deliveryControlHasNoAssertions =
+      delivery.failedAssertions == [ ]
+      && refusedConsumer {
+        secrets = [ "A" ];
+        envFile = false;
+        templates.env.content = "x";
+        credentials = true;
+      } == [ ];
+    credentialsForEverySecretIsRefused = refusedWith "services.locket.client.services.c.credentials: secrets is empty" {
+      credentials = true;
+    };
+    credentialsOnANonServiceIsRefused =
+      refusedWith "services.locket.client.services.c.credentials: the unit c.socket is not a service" {
+        secrets = [ "A" ];
+        credentials = true;
+        unit = "c.socket";
+      };
+    credentialNameWithAColonIsRefused = refusedWith "the file name `a:b` has a `:`" {
+      secrets = [ "a:b" ];
+      credentials = true;
+    };
+    templateOnASecretsFileIsRefused =
+      refusedWith ''services.locket.client.services.c.templates."db_user": the secret db/user is delivered to the same file /run/locket/c/db_user'' {
+        secrets = [ "db/user" ];
+        templates.db_user.content = "x";
+      };
+    templateOnTheEnvFileIsRefused = refusedWith "services.locket.client.services.c.templates.env: /run/locket/c/env is the environment file" {
+      templates.env.content = "x";
+    };
+    templateWithoutAFileNameIsRefused = builtins.all (
+      name:
+      refusedWith ''services.locket.client.services.c.templates."${name}": not a file name in /run/locket/c'' {
+        templates.${name}.content = "x";
+      }
+    ) [ "" "." ".." ".locket-manifest" "conf/app.ini" ];
+    restartUnitsMustBeUnitNames = refusedWith "services.locket.client.services.c.restartUnits: `app` is not a unit name" {
+      restartUnits = [ "app" ];
+    };
+    reloadUnitsMustBeUnitNames = refusedWith "services.locket.client.services.c.reloadUnits: `nginx` is not a unit name" {
+      reloadUnits = [
+        "nginx"
+        "ok.service"
+      ];
+    };
+
+    # The VM test's client as the guest test expects it: the template, the
+    # restart, the cache, the credential, a 5 s watcher.
+    vmClientDelivery =
+      let
+        c = vm.nodes.client;
+        demo = c.etc."locket/delivery.toml".value.consumers.demo-consumer or { };
+      in
+      (demo.templates."app.ini".content or null) == "[db]\npassword = {{ DB_PASSWORD }}\n"
+      && (demo.restart_units or null) == [ "demo-consumer.service" ]
+      && (demo.cache_max_age or null) == "10m"
+      && builtins.elem "LoadCredential=API_TOKEN:/run/locket/cred-consumer/API_TOKEN" (lines (unitOf c "cred-consumer.service"))
+      && hasSuffix ''"--watch" "5s"'' (execStart (unitOf c "locket-watch.service"))
+      && !(vm.nodes.intruder.units ? "locket-watch.service");
 
     # Security issue: the client side needs a pin.
     unpinnedClientIsRefused = builtins.any (hasInfix "is not pinned") (host {

@@ -8,21 +8,29 @@ for each host (the VM test's server, client and intruder, the server after
 the registry-change specialisation, and a server and client on one host):
 
   * the unit files pass `systemd-analyze verify` (Debian's systemd);
+  * the delivery plan (/etc/locket/delivery.toml) is in place beside
+    client.toml and names exactly the consumers that have a fetch unit;
   * every Exec*= line is split the way systemd splits it (quotes, %%, $$,
     $MAINPID) and every locket command line gets through the real binary's
-    argument parsing;
+    argument parsing (the watcher, locket-watch.service, too: it keeps
+    running, which counts as parsed);
   * the generated server.toml passes `locket check`, with the credentials
     placed where LoadCredential= puts them and the unit's own PATH (so
     `op` must be on it when a onepassword-cli source is configured);
   * with the VM test's addresses on loopback in a network namespace, the
-    server started from its ExecStart serves the client's fetch unit
-    command, logs each refusal the VM test waits for (expectations.nix),
-    reloads on its ExecReload (same process) for the registry change, and
-    a fetch with the server gone fails within its bound, naming the server.
+    server started from its ExecStart serves every fetch unit's command
+    (`deliver --plan … --consumer …`: files, the template, the credential
+    consumer's files), logs each refusal the VM test waits for
+    (expectations.nix), reloads on its ExecReload (same process) for the
+    registry change; with the server gone, a fetch without a cache fails
+    within its bound, naming the server, and one with cacheMaxAge delivers
+    from its boot cache (after its ExecStartPre, `systemd-creds setup`).
 
 Each host sees its own /nix/store (the stub store paths, backed by the
-real binaries built by cargo), /etc/locket, /run/credentials, ... through a
-private mount namespace: nothing on this machine is changed.
+real binaries built by cargo), /etc/locket, /run/credentials, the
+watcher's /run/locket-watch, /var/lib/systemd (where `systemd-creds`
+keeps the host key of the boot cache), ... through a private mount
+namespace: nothing on this machine is changed.
 
 Usage: module_check.py [--lib NIXPKGS_LIB] [--bin DIR]   (root: namespaces)
 Prints one line per check and "N passed, M failed".
@@ -53,9 +61,26 @@ PRIVATE = [
     "/run/credentials",
     "/run/secrets",
     "/run/locket",
+    "/run/locket-watch",
     "/var/lib/locket",
     "/var/lib/locket-client",
+    # systemd-creds' host key (credential.secret), for the boot cache.
+    "/var/lib/systemd",
 ]
+# The units that deliver: one fetch unit per consumer, and one watcher per
+# host, which is no fetch unit (it runs on, for every consumer).
+FETCH_PREFIX = "locket-fetch-"
+WATCHER = "locket-watch.service"
+PLAN = "/etc/locket/delivery.toml"
+
+
+def fetch_units(node):
+    """consumer name -> its fetch unit's name (never the watcher)."""
+    return {
+        u[len(FETCH_PREFIX) : -len(".service")]: u
+        for u, text in sorted(node["units"].items())
+        if text and u.startswith(FETCH_PREFIX) and u.endswith(".service") and u != WATCHER
+    }
 
 passed = 0
 failed = 0
@@ -249,6 +274,9 @@ class Host:
         populate_store(self.dirs["/nix/store"], self.node, self.bins)
 
     def write_etc(self):
+        # Every generated file under /etc/locket, as pkgs.formats.toml writes
+        # it: server.toml, client.toml and the delivery plan (delivery.toml),
+        # all seen at their /etc paths through the private /etc/locket.
         for target, e in self.node["etc"].items():
             if not target.startswith("locket/"):
                 continue
@@ -388,6 +416,26 @@ def verify_units(host):
     check(f"{host.name}: systemd-analyze verify accepts {len(files)} unit(s)", r.returncode == 0 and not problems, "\n    ".join(problems))
 
 
+def delivery_plan(host):
+    """The plan is at /etc/locket/delivery.toml beside client.toml, and
+    names exactly the consumers that have a fetch unit; every delivering
+    unit reads it from there."""
+    fetches = fetch_units(host.node)
+    if not fetches and WATCHER not in host.node["units"]:
+        return
+    entry = host.node["etc"].get("locket/delivery.toml")
+    path = host.host_path(PLAN)
+    consumers = sorted((entry or {}).get("value", {}).get("consumers", {}))
+    check(
+        f"{host.name}: {PLAN} is in place and names the consumers of the fetch units",
+        entry is not None and os.path.isfile(path) and consumers == sorted(fetches),
+        f"plan consumers {consumers}, fetch units {sorted(fetches)}",
+    )
+    for unit in list(fetches.values()) + ([WATCHER] if host.node["units"].get(WATCHER) else []):
+        _, argv = split_exec(unit_values(host.node["units"][unit], "ExecStart")[0], {})
+        check(f"{host.name}: {unit} delivers from {PLAN}", argv[argv.index("deliver") + 1 :][:2] == ["--plan", PLAN] if "deliver" in argv else False, " ".join(argv))
+
+
 def exec_lines(host):
     for unit, text in sorted(host.node["units"].items()):
         if not text:
@@ -467,15 +515,21 @@ def handshake(hosts, registry_change, expect):
         client_cmd = lambda h, *args, bind: h.command(
             [f"{h.bins}/locket-client", "--config", "/etc/locket/client.toml", *args], env={"LOCKET_BIND": addr[bind]}
         )
-        # The fetch units' own command lines, from the client's address.
-        for consumer in ("demo-consumer", "group-consumer"):
-            unit = f"locket-fetch-{consumer}.service"
-            _, argv = split_exec(unit_values(client_h.node["units"][unit], "ExecStart")[0], {})
-            r = run(client_h.command(argv, env={"LOCKET_BIND": addr["client"]}))
+        # The fetch units' own command lines (each consumer's, never the
+        # watcher's), from the client's address, after their ExecStartPre
+        # (`systemd-creds setup` for a consumer with a boot cache), as
+        # systemd runs them.
+        for consumer, unit in fetch_units(client_h.node).items():
+            r = run_unit_start(client_h, unit, addr["client"])
             check(f"handshake: {unit}'s ExecStart delivers", r.returncode == 0, r.stderr.strip())
         st = lambda p: run(client_h.command(["stat", "-c", "%a %U %G", p])).stdout.strip()
+        cat = lambda p: run(client_h.command(["cat", p])).stdout
         check("handshake: demo-consumer's files are 0400 demo:demo", st("/run/locket/demo-consumer/DB_PASSWORD") == "400 demo demo", st("/run/locket/demo-consumer/DB_PASSWORD"))
         check("handshake: group-consumer's folder is 0750 root:readers, its file 0440", (st("/run/locket/group-consumer"), st("/run/locket/group-consumer/API_TOKEN")) == ("750 root readers", "440 root readers"), f"{st('/run/locket/group-consumer')} / {st('/run/locket/group-consumer/API_TOKEN')}")
+        check("handshake: demo-consumer's template app.ini is rendered, 0400 demo:demo", cat("/run/locket/demo-consumer/app.ini") == "[db]\npassword = vm-db-password\n" and st("/run/locket/demo-consumer/app.ini") == "400 demo demo", repr(cat("/run/locket/demo-consumer/app.ini")) + " " + st("/run/locket/demo-consumer/app.ini"))
+        # cred-consumer's files are what its unit's LoadCredential= names.
+        creds = [v.split(":", 1)[1] for v in unit_values(client_h.node["units"]["cred-consumer.service"], "LoadCredential")]
+        check("handshake: the files cred-consumer's LoadCredential= names are delivered, root-only", creds == ["/run/locket/cred-consumer/API_TOKEN"] and cat(creds[0]) == "vm-api-token" and st(creds[0]) == "400 root root", f"{creds} {st(creds[0]) if creds else ''}")
 
         # The refusals the VM test waits for, in its order.
         r = run(client_cmd(client_h, "--key", "/var/lib/locket-client/other.key", "get", "API_TOKEN", bind="client"))
@@ -498,16 +552,46 @@ def handshake(hosts, registry_change, expect):
     finally:
         server.stop()
 
-    # Server gone: the fetch gives up within its bound, naming the server.
-    unit = "locket-fetch-demo-consumer.service"
+    # Server gone: a fetch without a cache (group-consumer) gives up within
+    # its bound, naming the server.
+    unit = "locket-fetch-group-consumer.service"
     text = client_h.node["units"][unit]
-    _, argv = split_exec(unit_values(text, "ExecStart")[0], {})
     bound = int(unit_values(text, "TimeoutStartSec")[0].rstrip("s"))
     started = time.time()
-    r = run(client_h.command(argv, env={"LOCKET_BIND": addr["client"]}), timeout=bound + 30)
+    r = run_unit_start(client_h, unit, addr["client"], timeout=bound + 30)
     took = time.time() - started
     url = f"http://{addr['server']}:7410"
     check(f"bounded fetch: fails in {took:.0f} s (TimeoutStartSec={bound}s) with one line naming {url}", r.returncode != 0 and took < bound and url in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr)
+
+    # Server gone: demo-consumer (cacheMaxAge) starts from its boot cache.
+    # Its ExecStopPost removes what the handshake delivered first, as
+    # stopping the consumer does.
+    unit = "locket-fetch-demo-consumer.service"
+    text = client_h.node["units"][unit]
+    bound = int(unit_values(text, "TimeoutStartSec")[0].rstrip("s"))
+    for value in unit_values(text, "ExecStopPost"):
+        run(client_h.command(split_exec(value, {})[1]))
+    gone = not os.path.exists(client_h.host_path("/run/locket/demo-consumer/DB_PASSWORD"))
+    r = run_unit_start(client_h, unit, addr["client"], timeout=bound + 30)
+    got = run(client_h.command(["cat", "/run/locket/demo-consumer/DB_PASSWORD"])).stdout
+    check("boot cache: with the server gone, demo-consumer's fetch (cacheMaxAge) delivers the cached values", gone and r.returncode == 0 and got == "vm-db-password", r.stderr.strip()[-600:])
+    cache = client_h.host_path("/var/lib/locket-client/cache")
+    mode = oct(os.stat(cache).st_mode & 0o777) if os.path.isdir(cache) else "missing"
+    plain = [f for d, _, fs in os.walk(cache) for f in fs if b"vm-db-password" in open(os.path.join(d, f), "rb").read()]
+    check("boot cache: its folder is 0700, and no value is in it in the clear", mode == "0o700" and not plain, f"{cache}: {mode}, clear values in {plain}")
+
+
+def run_unit_start(host, unit, bind, timeout=60):
+    """A unit's ExecStartPre lines, then its ExecStart, in the host's
+    namespaces; the result of the first that fails, else of ExecStart."""
+    text = host.node["units"][unit]
+    env = {"LOCKET_BIND": bind}
+    for value in unit_values(text, "ExecStartPre"):
+        r = run(host.command(split_exec(value, {})[1], env=env), timeout=timeout)
+        if r.returncode != 0:
+            return r
+    _, argv = split_exec(unit_values(text, "ExecStart")[0], {})
+    return run(host.command(argv, env=env), timeout=timeout)
 
 
 def main():
@@ -546,6 +630,7 @@ def main():
             shutil.copy(os.path.join(REPO, "nix/tests/keys/server-key.pem"), os.path.join(secrets, name))
         for h in list(hosts.values()) + [change_host, same]:
             verify_units(h)
+            delivery_plan(h)
             exec_lines(h)
         locket_check(hosts["server"], 1)
         locket_check(change_host, 2)

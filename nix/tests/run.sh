@@ -38,7 +38,7 @@ else
   # NIX_ABORT_ON_WARN: any evaluation warning (lib.warn: deprecated
   # packages or options) fails the checks, as `nix flake check` must print none.
   if out=$(NIX_ABORT_ON_WARN=1 nix-instantiate --eval --strict --json nix/tests/module-eval.nix -A passed --arg libPath "$lib" 2>&1) \
-    && failedChecks=$(NIX_ABORT_ON_WARN=1 nix-instantiate --eval --strict --json nix/tests/module-eval.nix -A failed --arg libPath "$lib" 2>&1) \
+    && failedChecks=$(NIX_ABORT_ON_WARN=1 nix-instantiate --eval --strict --json --expr "(import ./nix/tests/module-eval.nix { lib = import ./nix/tests/nixpkgs-lib.nix $lib; flake = { }; }).failed" 2>&1) \
     && [ "$failedChecks" = "[]" ]; then
     ok "module evaluation checks ($out passed)"
   else

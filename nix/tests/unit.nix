@@ -19,6 +19,32 @@ let
     mode = "0400";
     envFile = true;
   };
+  # A consumer with every delivery option, as the module hands it over
+  # (templates already carry their defaulted mode, owner and group).
+  full = svc // {
+    secrets = [
+      "DB_PASSWORD"
+      "db/user"
+    ];
+    restartUnits = [ "web.service" ];
+    reloadUnits = [ "nginx.service" ];
+    onChange = "touch /run/locket/web/changed";
+    cacheMaxAge = "7d";
+    credentials = false;
+    templates."app.ini" = {
+      content = "password = {{ DB_PASSWORD }}\n";
+      mode = "0440";
+      owner = "web";
+      group = "www";
+    };
+  };
+  pinned = {
+    name = "app";
+    keyFile = "/k";
+    serverFingerprint = "sha256:${fpA}";
+  };
+  # The messages clientErrors gives for one consumer `c`.
+  consumerErrors = c: l.clientErrors (pinned // { services.c = svc // c; });
   tests = {
     # A rotation: the next key is a credential, named in server.toml.
     nextKeyIsACredential = {
@@ -402,22 +428,249 @@ let
       };
       expected = [ ];
     };
-    renderArgs = {
-      expr = l.renderArgs "web" svc;
+    # Delivery (#15): the fetch unit and the watcher read the plan.
+    deliverArgs = {
+      expr = {
+        fetch = l.deliverArgs "web";
+        watch = l.watchArgs "2m";
+      };
+      expected = {
+        fetch = [
+          "deliver"
+          "--plan"
+          "/etc/locket/delivery.toml"
+          "--consumer"
+          "web"
+        ];
+        watch = [
+          "deliver"
+          "--plan"
+          "/etc/locket/delivery.toml"
+          "--watch"
+          "2m"
+        ];
+      };
+    };
+    consumerPlanWithEveryOption = {
+      expr = l.consumerPlan { runtimeShell = "/bin/sh"; } "web" full;
+      expected = {
+        dir = "/run/locket/web";
+        secrets = [
+          "DB_PASSWORD"
+          "db/user"
+        ];
+        mode = "0400";
+        owner = "web";
+        group = "www";
+        env_file = "/run/locket/web/env";
+        restart_units = [ "web.service" ];
+        reload_units = [ "nginx.service" ];
+        on_change = [
+          "/bin/sh"
+          "-c"
+          "touch /run/locket/web/changed"
+        ];
+        cache_max_age = "7d";
+        templates."app.ini" = {
+          content = "password = {{ DB_PASSWORD }}\n";
+          mode = "0440";
+          owner = "web";
+          group = "www";
+        };
+      };
+    };
+    # TOML has no null: unset options leave their keys out; a template
+    # without mode/owner/group takes the consumer's.
+    consumerPlanDropsNulls = {
+      expr = l.consumerPlan { runtimeShell = "/bin/sh"; } "web" (
+        svc
+        // {
+          envFile = false;
+          templates.t.content = "x";
+        }
+      );
+      expected = {
+        dir = "/run/locket/web";
+        secrets = [
+          "A"
+          "B"
+        ];
+        mode = "0400";
+        owner = "web";
+        group = "www";
+        restart_units = [ ];
+        reload_units = [ ];
+        templates.t = {
+          content = "x";
+          mode = "0400";
+          owner = "web";
+          group = "www";
+        };
+      };
+    };
+    deliveryPlanTopLevel = {
+      expr = removeAttrs (l.deliveryPlan {
+        systemctl = "/s/bin/systemctl";
+        systemdCreds = "/s/bin/systemd-creds";
+        runtimeShell = "/bin/sh";
+        services.web = svc;
+      }) [ "consumers" ];
+      expected = {
+        status_file = "/run/locket-watch/status.json";
+        systemctl = "/s/bin/systemctl";
+        systemd_creds = "/s/bin/systemd-creds";
+        cache_dir = "/var/lib/locket-client/cache";
+        cache_key = "auto";
+      };
+    };
+    pathsAndCredentials = {
+      expr = {
+        paths = l.consumerPaths "web" full;
+        credentials = l.consumerCredentials "web" (
+          full
+          // {
+            secrets = [
+              "API/TOKEN"
+              "50%_OFF"
+            ];
+          }
+        );
+      };
+      expected = {
+        paths = {
+          DB_PASSWORD = "/run/locket/web/DB_PASSWORD";
+          "db/user" = "/run/locket/web/db_user";
+          "app.ini" = "/run/locket/web/app.ini";
+        };
+        credentials = [
+          "API_TOKEN:/run/locket/web/API_TOKEN"
+          "50%%_OFF:/run/locket/web/50%%_OFF"
+          "app.ini:/run/locket/web/app.ini"
+        ];
+      };
+    };
+    serviceAttrName = {
+      expr = map l.serviceAttrName [
+        "web.service"
+        "web@1.service"
+        "web.socket"
+        ".service"
+      ];
       expected = [
-        "render"
-        "--dir"
-        "/run/locket/web"
-        "--mode"
-        "0400"
-        "--owner"
         "web"
-        "--group"
-        "www"
-        "--env-file"
-        "/run/locket/web/env"
-        "A"
-        "B"
+        "web@1"
+        null
+        null
+      ];
+    };
+    validDuration = {
+      expr = map l.validDuration [
+        "30s"
+        "2m"
+        "12h"
+        "7d"
+        "1h 30min"
+        "90 seconds"
+        "0s"
+        "10"
+        "soon"
+        "-5m"
+        ""
+      ];
+      expected = [
+        true
+        true
+        true
+        true
+        true
+        true
+        false
+        false
+        false
+        false
+        false
+      ];
+    };
+    validUnitName = {
+      expr = map l.validUnitName [
+        "app.service"
+        "getty@tty1.service"
+        "dev-disk-by\\x2dlabel.mount"
+        "timers.target"
+        "app"
+        "app.conf"
+        ""
+      ];
+      expected = [
+        true
+        true
+        true
+        true
+        false
+        false
+        false
+      ];
+    };
+    goodDeliveryHasNoErrors = {
+      expr = l.clientErrors (pinned // { services.web = full; });
+      expected = [ ];
+    };
+    consumerErrors = {
+      expr = map consumerErrors [
+        {
+          secrets = [ ];
+          credentials = true;
+        }
+        {
+          credentials = true;
+          unit = "c.socket";
+        }
+        {
+          secrets = [ "a:b" ];
+          credentials = true;
+        }
+        {
+          secrets = [ "db/user" ];
+          templates.db_user.content = "x";
+        }
+        { templates.env.content = "x"; }
+        {
+          envFile = false;
+          templates.env.content = "x";
+        }
+        { templates."a/b".content = "x"; }
+        {
+          restartUnits = [ "app" ];
+          reloadUnits = [
+            "nginx"
+            "ok.service"
+          ];
+        }
+      ];
+      expected = [
+        [
+          "services.locket.client.services.c.credentials: secrets is empty (every secret the client may read), but LoadCredential= needs each name: list the secrets in services.locket.client.services.c.secrets, or set credentials = false and read the files in /run/locket/c"
+        ]
+        [
+          "services.locket.client.services.c.credentials: the unit c.socket is not a service, and only a service takes LoadCredential=: set services.locket.client.services.c.unit to the consuming <name>.service, or set credentials = false"
+        ]
+        [
+          "services.locket.client.services.c.credentials: the file name `a:b` has a `:` or a backslash, which LoadCredential= cannot carry: rename it, or set credentials = false and read the file in /run/locket/c"
+        ]
+        [
+          "services.locket.client.services.c.templates.\"db_user\": the secret db/user is delivered to the same file /run/locket/c/db_user: give the template another name"
+        ]
+        [
+          "services.locket.client.services.c.templates.env: /run/locket/c/env is the environment file (envFile = true): give the template another name, or set services.locket.client.services.c.envFile = false"
+        ]
+        [ ]
+        [
+          "services.locket.client.services.c.templates.\"a/b\": not a file name in /run/locket/c (it is empty, `.` or `..`, starts with `.locket-`, or has a `/`): name the file plainly, e.g. app.ini"
+        ]
+        [
+          "services.locket.client.services.c.restartUnits: `app` is not a unit name: give the full name with its type, e.g. app.service"
+          "services.locket.client.services.c.reloadUnits: `nginx` is not a unit name: give the full name with its type, e.g. nginx.service"
+        ]
       ];
     };
     isStorePath = {

@@ -1,5 +1,7 @@
 # NixOS VM test of the whole handshake: a server, an allowed client and an
-# intruder. Run with `nix flake check` (or `nix build .#checks.x86_64-linux.vm-handshake`).
+# intruder, and delivery on the client (files, a template, credentials, the
+# watcher's restart on a change, the boot cache). Run with `nix flake check`
+# (or `nix build .#checks.x86_64-linux.vm-handshake`).
 #
 # The keys under ./keys are TEST-ONLY and public. They reach the machines
 # through tmpfiles copies so that the module's options point outside the
@@ -82,6 +84,16 @@ in
             ];
             user = "demo";
             group = "demo";
+            # A change restarts it (once), which reads the env file again.
+            restartUnits = [ "demo-consumer.service" ];
+            templates."app.ini".content = "[db]\npassword = {{ DB_PASSWORD }}\n";
+            # With the server down it starts from the cache.
+            cacheMaxAge = "10m";
+          };
+          # A DynamicUser consumer reads its secret as a credential.
+          services.cred-consumer = {
+            secrets = [ "API_TOKEN" ];
+            credentials = true;
           };
           # Group delivery: files 0440 root:readers, read by a DynamicUser
           # consumer through SupplementaryGroups.
@@ -92,6 +104,7 @@ in
             envFile = false;
           };
           fetchTimeout = 20;
+          watch.interval = "5s";
         };
         users.groups.readers = { };
         systemd.services.group-consumer = {
@@ -104,6 +117,19 @@ in
           };
           script = ''
             test "$(cat /run/locket/group-consumer/API_TOKEN)" = vm-api-token
+          '';
+        };
+        systemd.services.cred-consumer = {
+          wantedBy = [ "multi-user.target" ];
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            DynamicUser = true;
+            StateDirectory = "cred-consumer";
+          };
+          script = ''
+            test "$(cat "$CREDENTIALS_DIRECTORY/API_TOKEN")" = vm-api-token
+            echo started > "$STATE_DIRECTORY/proof"
           '';
         };
         users.users.demo = {
@@ -122,10 +148,14 @@ in
             EnvironmentFile = "/run/locket/demo-consumer/env";
             StateDirectory = "demo-consumer";
           };
+          # The env file and the files agree (the value itself changes in
+          # the test); each start appends a line to `starts`.
           script = ''
-            test "$DB_PASSWORD" = vm-db-password
+            test -n "$DB_PASSWORD"
+            test "$DB_PASSWORD" = "$(cat /run/locket/demo-consumer/DB_PASSWORD)"
             test "$(cat /run/locket/demo-consumer/API_TOKEN)" = vm-api-token
             echo started > /var/lib/demo-consumer/proof
+            date +%s%N >> /var/lib/demo-consumer/starts
           '';
         };
       };
@@ -184,10 +214,42 @@ in
           client.succeed("grep -x vm-db-password /run/locket/demo-consumer/DB_PASSWORD")
           client.succeed("test ! -e /run/locket/demo-consumer/MULTI")
 
+      with subtest("a template is rendered beside the secrets, with the consumer's owner and mode"):
+          client.succeed("grep -Fx 'password = vm-db-password' /run/locket/demo-consumer/app.ini")
+          client.succeed("test \"$(stat -c '%a %U %G' /run/locket/demo-consumer/app.ini)\" = '400 demo demo'")
+          client.fail("grep -F '{{' /run/locket/demo-consumer/app.ini")
+
+      with subtest("a DynamicUser consumer reads its secret from LoadCredential="):
+          client.wait_for_unit("cred-consumer.service")
+          client.succeed("grep -x started /var/lib/cred-consumer/proof")
+          client.succeed("test \"$(stat -c '%a %U' /run/locket/cred-consumer/API_TOKEN)\" = '400 root'")
+
       with subtest("group delivery reaches a DynamicUser consumer"):
           client.wait_for_unit("group-consumer.service")
           client.succeed("test \"$(stat -c '%a %U %G' /run/locket/group-consumer)\" = '750 root readers'")
           client.succeed("test \"$(stat -c '%a %U %G' /run/locket/group-consumer/API_TOKEN)\" = '440 root readers'")
+
+      with subtest("a changed value reaches the files and the template, and restarts demo-consumer exactly once"):
+          import time
+          client.wait_for_unit("locket-watch.service")
+          client.succeed("test -s /run/locket-watch/status.json")
+          before = int(client.succeed("wc -l < /var/lib/demo-consumer/starts").strip())
+          # The dotenv source reaches the server as a credential, which a
+          # restart copies again (a reload would read the old copy).
+          server.succeed("sed -i 's/^DB_PASSWORD=.*/DB_PASSWORD=vm-db-password-2/' /etc/locket-test/secrets.env")
+          server.systemctl("restart locket.service")
+          server.wait_for_unit("locket.service")
+          server.wait_for_open_port(7410)
+          client.wait_until_succeeds(f"test $(wc -l < /var/lib/demo-consumer/starts) -gt {before}", timeout=60)
+          client.wait_for_unit("demo-consumer.service")
+          client.succeed("grep -x vm-db-password-2 /run/locket/demo-consumer/DB_PASSWORD")
+          client.succeed("grep -Fx 'password = vm-db-password-2' /run/locket/demo-consumer/app.ini")
+          # Three more watcher rounds (counted in its status, not timed):
+          # the change is not applied twice.
+          r = json.loads(client.succeed("cat /run/locket-watch/status.json"))["rounds"]
+          client.wait_until_succeeds(f"test $(grep -o '\"rounds\": [0-9]*' /run/locket-watch/status.json | grep -o '[0-9]*$') -ge {r + 3}", timeout=120)
+          after = int(client.succeed("wc -l < /var/lib/demo-consumer/starts").strip())
+          assert after == before + 1, f"demo-consumer started {after - before} times for one change"
 
       with subtest("a wrong key from an allowed address, and the right key from a wrong address, are denied"):
           rc = client.execute("locket-client --config /etc/locket/client.toml --key /var/lib/locket-client/other.key get API_TOKEN")[0]
@@ -218,14 +280,22 @@ in
           assert rc == 3, rc
 
       with subtest("with the server down, a fetch gives up in bounded time and its consumer does not start"):
-          import time
           server.systemctl("stop locket.service")
-          client.systemctl("stop demo-consumer.service")
+          # group-consumer has no cache (cacheMaxAge = null).
+          client.systemctl("stop group-consumer.service")
           started = time.monotonic()
-          client.fail("systemctl start demo-consumer.service")
+          client.fail("systemctl start group-consumer.service")
           took = time.monotonic() - started
           assert took < 60, f"the fetch took {took:.0f} s to give up (fetchTimeout = 20)"
-          client.succeed("journalctl -u locket-fetch-demo-consumer | grep -q 'http://${nodes.server.networking.primaryIPAddress}:7410'")
-          client.fail("systemctl is-active demo-consumer.service")
+          client.succeed("journalctl -u locket-fetch-group-consumer | grep -q 'http://${nodes.server.networking.primaryIPAddress}:7410'")
+          client.fail("systemctl is-active group-consumer.service")
+
+      with subtest("with the server down, a consumer with cacheMaxAge starts from its boot cache"):
+          client.succeed("test \"$(stat -c '%a %U' /var/lib/locket-client/cache)\" = '700 root'")
+          client.systemctl("stop demo-consumer.service")
+          client.succeed("systemctl start demo-consumer.service")
+          client.succeed("grep -x vm-db-password-2 /run/locket/demo-consumer/DB_PASSWORD")
+          client.succeed("grep -Fx 'password = vm-db-password-2' /run/locket/demo-consumer/app.ini")
+          client.fail("grep -rq vm-db-password-2 /var/lib/locket-client/cache")
     '';
 }

@@ -131,7 +131,7 @@ pub enum DeliverError {
     #[error("consumer {consumer}: {fetch}; and no cached copy can stand in: {cache}")]
     NoCache {
         consumer: String,
-        fetch: Box<ClientError>,
+        fetch: String,
         cache: Box<CacheError>,
     },
     #[error(transparent)]
@@ -154,7 +154,6 @@ impl DeliverError {
                 ..
             } => 2,
             Self::Fetch(e) => e.exit_code(),
-            Self::NoCache { fetch, .. } => fetch.exit_code(),
             _ => 1,
         }
     }
@@ -411,49 +410,48 @@ pub async fn deliver_once(
             }
         }
         Err(e) if no_server_answered(&e) => {
+            // Each consumer with a boot cache gets its copy; any other
+            // consumer (or one whose copy cannot stand in) fails with the
+            // fetch's own error, after every consumer had its chance.
+            let mut any_failed = false;
             for c in consumers {
-                if let Err(err) = from_cache(c, cache.as_ref(), &e).await {
-                    eprintln!("locket-client: {err}");
-                    first_error.get_or_insert(err);
+                match from_cache(c, cache.as_ref(), &e).await {
+                    Ok(true) => {}
+                    Ok(false) => any_failed = true,
+                    Err(err) => {
+                        eprintln!("locket-client: {err}");
+                        any_failed = true;
+                    }
                 }
             }
-            if first_error.is_none() {
-                return Ok(());
+            if any_failed {
+                return Err(e.into());
             }
-            // Report the fetch error's own code when a consumer had no
-            // cache to fall back on.
+            return Ok(());
         }
         Err(e) => return Err(e.into()),
     }
     first_error.map_or(Ok(()), Err)
 }
 
-/// Delivers `consumer`'s cached copy after `fetch` failed.
+/// Delivers `consumer`'s cached copy after `fetch` failed. `Ok(false)`:
+/// it has no boot cache.
 async fn from_cache(
     consumer: &Consumer,
     cache: Option<&BootCache>,
     fetch: &ClientError,
-) -> Result<(), DeliverError> {
-    let fetch_error = || match fetch {
-        ClientError::AllFailed { timeout, attempts } => ClientError::AllFailed {
-            timeout: *timeout,
-            attempts: attempts.clone(),
-        },
-        other => ClientError::Local(other.to_string()),
-    };
+) -> Result<bool, DeliverError> {
     let (Some(cache), Some(max_age)) = (cache, consumer.cache_max_age) else {
-        return Err(DeliverError::Fetch(fetch_error()));
+        return Ok(false);
     };
-    let cached = match cache.load(&consumer.name, max_age).await {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(DeliverError::NoCache {
-                consumer: consumer.name.clone(),
-                fetch: Box::new(fetch_error()),
-                cache: Box::new(e),
-            });
-        }
-    };
+    let cached = cache
+        .load(&consumer.name, max_age)
+        .await
+        .map_err(|e| DeliverError::NoCache {
+            consumer: consumer.name.clone(),
+            fetch: fetch.to_string(),
+            cache: Box::new(e),
+        })?;
     render::render(&cached.secrets, &consumer.options).map_err(|source| DeliverError::Render {
         consumer: consumer.name.clone(),
         source,
@@ -472,7 +470,7 @@ async fn from_cache(
         cache::human(age),
         cache::human(max_age)
     );
-    Ok(())
+    Ok(true)
 }
 
 /// Checks that every restart and reload target exists, before anything is

@@ -26,6 +26,9 @@ pub(crate) struct Readiness {
     pub loaded: bool,
     pub stale: bool,
     pub age_seconds: Option<u64>,
+    /// When the served set was loaded (RFC 3339, UTC): for a partly failed
+    /// load, its oldest source's last success.
+    pub last_success: Option<String>,
     pub max_age_seconds: u64,
     pub consecutive_failures: u32,
     /// The last load error: the source's number and type and the kind of
@@ -88,6 +91,9 @@ impl Health {
             loaded: h.loaded_at.is_some(),
             stale: h.loaded_at.is_some() && h.failures > 0,
             age_seconds: age.map(|a| a.as_secs()),
+            last_success: h
+                .loaded_at
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             max_age_seconds: max_age.as_secs(),
             consecutive_failures: h.failures,
             last_error: h.last_error.clone(),

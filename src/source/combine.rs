@@ -45,6 +45,8 @@ pub struct SourceHealth {
     /// Never loaded: it contributes nothing.
     pub loaded: bool,
     pub age_seconds: Option<u64>,
+    /// When its values were last loaded (RFC 3339, UTC).
+    pub last_success: Option<String>,
     pub load_ms: u64,
     /// How many names it holds (not which).
     pub secrets: usize,
@@ -193,6 +195,9 @@ impl Sources {
                 age_seconds: s
                     .last_success
                     .map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
+                last_success: s
+                    .last_success
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
                 load_ms: s.last_duration.as_millis() as u64,
                 secrets: s.values.as_ref().map_or(0, |v| v.len()),
                 consecutive_failures: s.failures,

@@ -240,6 +240,24 @@ fn one_watcher_one_request_per_round_and_one_restart_per_change() {
     );
     assert!(!d.join("hooks.log").exists());
 
+    // The folder may belong to the consumer: a link it plants as the
+    // marker is replaced, never written through.
+    let victim = d.join("victim");
+    std::fs::write(&victim, "victim").unwrap();
+    let marker = d.join("run/a/.locket-origin");
+    std::fs::remove_file(&marker).unwrap();
+    std::os::unix::fs::symlink(&victim, &marker).unwrap();
+    let (code, _, err) = run(&args, &["deliver", "--plan", plan_s, "--consumer", "a"], d);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read(&victim).as_deref(), Some("victim"));
+    assert!(
+        std::fs::symlink_metadata(&marker)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    assert_eq!(read(&marker).as_deref(), Some("server"));
+
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     all.extend_from_slice(&["deliver", "--plan", plan_s, "--watch", "100ms"]);
     let mut watcher = client_command()

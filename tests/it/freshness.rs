@@ -115,6 +115,14 @@ async fn a_failing_source_keeps_its_values_while_the_others_refresh() {
         sources[2]["last_error"],
         "source #3 (command) failed: the command failed"
     );
+    // Last success as a time, not only an age: the stale source's is its
+    // first load, and the served set is as old as its oldest source.
+    let when = |v: &serde_json::Value| {
+        let text = v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}"));
+        humantime::parse_rfc3339(text).unwrap()
+    };
+    assert!(when(&sources[2]["last_success"]) <= when(&sources[0]["last_success"]));
+    assert_eq!(ready["last_success"], sources[2]["last_success"], "{ready}");
     let metrics = raw_get(server.addr, "/metrics");
     assert!(
         metrics.contains("locket_source_stale{source=\"3\",source_type=\"command\"} 1")

@@ -102,6 +102,40 @@ systemctl stop demo-consumer.service
 check "stopping the consumer removes its secrets" wait_for 20 test ! -e /run/locket/demo-consumer
 check "  and stops its fetch unit" test "$(show locket-fetch-demo-consumer.service ActiveState)" = inactive
 
+# Delivery (#15): a template, a credential for a DynamicUser consumer, and
+# the host's one watcher restarting a consumer once per change.
+check "demo-consumer starts again, with its template rendered beside the secrets" systemctl start demo-consumer.service
+check "  app.ini holds the value in place of its placeholder" grep -Fxq 'password = vm-db-password' /run/locket/demo-consumer/app.ini
+check "  and has the consumer's owner and mode (0400 demo:demo)" test "$(stat -c '%a %U %G' /run/locket/demo-consumer/app.ini)" = "400 demo demo"
+check "cred-consumer (DynamicUser) starts: it reads \$CREDENTIALS_DIRECTORY/API_TOKEN" systemctl start cred-consumer.service
+check "  the module gave its unit LoadCredential=API_TOKEN:/run/locket/cred-consumer/API_TOKEN" sh -c "systemctl cat cred-consumer.service | grep -Fxq 'LoadCredential=API_TOKEN:/run/locket/cred-consumer/API_TOKEN'"
+check "  its script proved the value under its dynamic user" test -f /var/lib/private/cred-consumer/proof
+starts() { wc -l </var/lib/demo-consumer/starts; }
+rounds() { grep -o '"rounds": [0-9]*' /run/locket-watch/status.json 2>/dev/null | grep -o '[0-9]*$' || echo 0; }
+rounds_at_least() { [ "$(rounds)" -ge "$1" ]; }
+more_rounds() { wait_for 180 rounds_at_least $(($(rounds) + $1)); } # N more watcher rounds: readiness, not time
+starts_after_rounds() { more_rounds "$1" && [ "$(starts)" = "$2" ]; }
+origin_of() { grep -A1 "\"$1\": {" /run/locket-watch/status.json | grep -q "\"origin\": \"$2"; }
+starts0=$(starts)
+check "locket-watch.service (Type=notify, one per host) reaches active" systemctl start locket-watch.service
+check "  it is Type=notify and reports its last success in STATUS=" sh -c "[ \"\$(systemctl show -P Type locket-watch.service)\" = notify ] && systemctl show -P StatusText locket-watch.service | grep -q '^last success 20'"
+check "  and in /run/locket-watch/status.json" grep -q '"last_success": "20' /run/locket-watch/status.json
+check "  three rounds with nothing changed restart nothing" starts_after_rounds 3 "$starts0"
+cred_started=$(show cred-consumer.service ActiveEnterTimestampMonotonic)
+# A new value on the server (its dotenv source reaches it as a credential,
+# which a restart copies again).
+sed -i 's/^DB_PASSWORD=.*/DB_PASSWORD=vm-db-password-2/' /etc/locket-test/secrets.env
+systemctl restart locket.service
+pid=$(show locket.service MainPID)
+check "a changed value reaches demo-consumer's file" wait_for 180 grep -qx vm-db-password-2 /run/locket/demo-consumer/DB_PASSWORD
+check "  and its template" wait_for 60 grep -Fxq 'password = vm-db-password-2' /run/locket/demo-consumer/app.ini
+check "  demo-consumer is restarted for it (restartUnits) and reads the new env file" wait_for 120 test "$(starts)" = $((starts0 + 1))
+check "  exactly once: three more rounds start it no more" starts_after_rounds 3 $((starts0 + 1))
+check "  the watcher's journal names the change, never the value" sh -c "journalctl -u locket-watch.service -o cat | grep -q 'consumer demo-consumer: changed: DB_PASSWORD' && ! journalctl -u locket-watch.service -o cat | grep -q vm-db-password"
+check "  cred-consumer, whose value did not change, was not restarted" test "$(show cred-consumer.service ActiveEnterTimestampMonotonic)" = "$cred_started"
+check "the boot cache holds demo-consumer's copy: 0600 root in a 0700 folder" test "$(stat -c '%a %U' /var/lib/locket-client/cache /var/lib/locket-client/cache/demo-consumer.cred | tr '\n' ' ')" = "700 root 600 root "
+check "  encrypted: no value in the clear" sh -c "! grep -rqa vm-db-password /var/lib/locket-client/cache"
+
 # Refusals: a wrong key from the client's address; the right key from the intruder's.
 in_ns client locket-client --config /etc/locket/client.toml --key /var/lib/locket-client/other.key get API_TOKEN >/dev/null 2>/tmp/cli.err
 check "a wrong key from the client's address is denied (exit 3)" sh -c "[ $? = 3 ] || { cat /tmp/cli.err; false; }"
@@ -122,15 +156,35 @@ check "  every source was read again (SIGHUP re-reads them; a failing one would 
 got=$(as_intruder locket-client --config /etc/locket/client.toml --name intruder get API_TOKEN 2>&1)
 check "  the new client is served" test "$got" = vm-api-token
 
-# The server gone: the fetch gives up within its bound; the consumer does not start.
+# The server gone, as at a boot during an outage: demo-consumer starts on
+# its boot cache within cacheMaxAge, and not after it.
 systemctl stop locket.service
+systemctl stop demo-consumer.service
+check "with the server stopped, demo-consumer (cacheMaxAge = 10m) starts on its boot cache" systemctl start demo-consumer.service
+check "  with the last values the server gave" grep -qx vm-db-password-2 /run/locket/demo-consumer/DB_PASSWORD
+check "  the fetch unit's journal says so, naming the fetch time and the max age" sh -c "journalctl -u locket-fetch-demo-consumer.service -o cat | grep -q 'no server answered.*delivered the cached copy fetched at 20.*cache_max_age 10m'"
+check "  and so does the watcher's status" wait_for 120 origin_of demo-consumer "cache 20"
+systemctl start locket.service
+check "  a server that answers again replaces it (origin: server)" wait_for 180 origin_of demo-consumer server
+# The same outage with a copy older than the max age: the operator's plan
+# with cache_max_age = 1s (the copy is older: the fetch unit tries the
+# servers for its whole fetchTimeout first).
+systemctl stop locket.service
+systemctl stop demo-consumer.service
+plan=$(readlink -f /etc/locket/delivery.toml)
+sed 's/^cache_max_age = .*/cache_max_age = "1s"/' "$plan" >/run/delivery-1s.toml
+ln -sfn /run/delivery-1s.toml /etc/locket/delivery.toml
+check "  (the plan now says cache_max_age = 1s)" grep -qx 'cache_max_age = "1s"' /etc/locket/delivery.toml
 t0=$(date +%s)
 systemctl start demo-consumer.service >/dev/null 2>&1
 rc=$?
 took=$(($(date +%s) - t0))
-check "with the server stopped, demo-consumer fails to start (after ${took} s)" test "$rc" != 0 -a "$(show demo-consumer.service ActiveState)" != active
+ln -sfn "$plan" /etc/locket/delivery.toml
+check "with the server stopped and the copy too old, demo-consumer fails to start (after ${took} s)" test "$rc" != 0 -a "$(show demo-consumer.service ActiveState)" != active
 check "  within the fetch unit's bound (TimeoutStartSec=${FETCH_TIMEOUT}s)" test "$took" -le "$FETCH_TIMEOUT"
 check "  the fetch unit's journal names the server it tried" sh -c "journalctl -u locket-fetch-demo-consumer.service -o cat | grep -q 'http://$SERVER_IP:7410'"
+check "  and says the copy was too old and deleted" sh -c "journalctl -u locket-fetch-demo-consumer.service -o cat | grep -q 'more than cache_max_age (1s); it was deleted'"
+check "  the expired copy is gone, and nothing was delivered" test ! -e /var/lib/locket-client/cache/demo-consumer.cred -a ! -e /run/locket/demo-consumer/DB_PASSWORD
 
 # systemd's own EnvironmentFile= reader (not run anywhere else): values
 # that try to run a command or play on its syntax (comments, line
@@ -178,7 +232,7 @@ fi
 kill "$hostile_server"
 
 if [ "$failed" != 0 ]; then
-  for u in locket.service locket-fetch-demo-consumer.service locket-fetch-group-consumer.service demo-consumer.service group-consumer.service; do
+  for u in locket.service locket-fetch-demo-consumer.service locket-fetch-group-consumer.service demo-consumer.service group-consumer.service locket-fetch-cred-consumer.service cred-consumer.service locket-watch.service; do
     echo "--- journal of $u"
     journalctl -u "$u" -o cat --no-pager | tail -25
   done

@@ -96,6 +96,7 @@ def main():
         etc_locket = os.path.join(root, "etc", "locket")
         os.makedirs(etc_locket)
         os.symlink(client["etc"]["locket/client.toml"]["source"], os.path.join(etc_locket, "client.toml"))
+        os.symlink(client["etc"]["locket/delivery.toml"]["source"], os.path.join(etc_locket, "delivery.toml"))
         os.makedirs(os.path.join(root, "usr", "local", "bin"))
         pkg = next(p for p in mc.store_paths(server) if "-locket-" in p and p.split("-locket-")[1][:1].isdigit())
         for b in ("locket", "locket-client"):

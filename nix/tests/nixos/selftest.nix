@@ -79,6 +79,13 @@ let
     (svc "off" { enable = false; })
   ];
 
+  # Another systemd: NixOS puts systemd.package, not pkgs.systemd, on PATH.
+  ownSystemd = pkgs.util-linux;
+  otherSystemd = run [
+    (svc "o" { serviceConfig.ExecStart = "/bin/o"; })
+    { systemd.package = ownSystemd; }
+  ];
+
   spec = run [
     (svc "s" { serviceConfig.ExecStart = "/bin/s"; })
     { specialisation.other.configuration.systemd.services.s.serviceConfig.ExecStart = lib.mkForce "/bin/other"; }
@@ -182,5 +189,11 @@ in
     )
     (case "testScript gets `nodes`" vmLike.test.testScript "ip 192.168.1.1")
     (case "hostName defaults to the node name in tests" vmLike.test.nodes.zeta.hostName "zeta")
+    (case "systemd.package defaults to pkgs.systemd" (toString (run [ stateVersion ]).config.systemd.package) (toString pkgs.systemd))
+    (check "every service's PATH ends with systemd.package, not pkgs.systemd"
+      (lib.hasInfix ":${ownSystemd.bin}/bin:" otherSystemd.units."o.service"
+        && !(lib.hasInfix "${pkgs.systemd}" otherSystemd.units."o.service"))
+      otherSystemd.units."o.service"
+    )
   ];
 }

@@ -5,7 +5,8 @@
 #                                        and defaults, `unitOption` merging
 #   nixos/lib/systemd-lib.nix            the unit text (serviceToUnit), the
 #                                        default PATH, job scripts, triggers
-#   nixos/modules/system/boot/systemd.nix  systemd.units, the warnings
+#   nixos/modules/system/boot/systemd.nix  systemd.package, systemd.units,
+#                                        the warnings
 #   nixos/modules/config/i18n.nix, locale.nix  LOCALE_ARCHIVE and TZDIR
 #   nixos/modules/system/boot/systemd/tmpfiles.nix  systemd.tmpfiles.rules
 # Left out: sockets, timers (and startAt), targets, paths, mounts, preStop,
@@ -67,9 +68,10 @@ let
     conflicts = "Conflicts";
   };
 
-  # Every service's PATH ends with these (systemd-lib.nix, before 26.05's
-  # enableDefaultPath).
-  defaultPath = with pkgs; [ coreutils findutils gnugrep gnused systemd ];
+  # Every service's PATH ends with these (systemd-lib.nix's
+  # stage2ServiceConfig, before 26.05's enableDefaultPath): systemd is
+  # systemd.package there.
+  defaultPath = with pkgs; [ coreutils findutils gnugrep gnused config.systemd.package ];
 
   # What i18n.nix and locale.nix put in systemd.globalEnvironment with their
   # defaults (i18n.supportedLocales, time.timeZone = null).
@@ -198,6 +200,9 @@ let
 in
 {
   options.systemd = {
+    # As systemd.nix: the systemd whose tools the system (and modules that
+    # call systemctl or systemd-creds) use.
+    package = lib.mkPackageOption pkgs "systemd" { };
     services = option (types.attrsOf (types.submodule serviceModule)) { };
     # The unit files by file name; NixOS links a disabled one to /dev/null.
     units = option (types.attrsOf (
