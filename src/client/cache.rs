@@ -173,27 +173,19 @@ impl BootCache {
             path: self.path(consumer),
             detail,
         };
-        let mut child = tokio::process::Command::new(&self.systemd_creds)
-            .arg("encrypt")
-            .arg(format!("--name={}", Self::name(consumer)))
+        let mut child = self
+            .command("encrypt", consumer)
             .arg(format!("--with-key={}", self.key))
             .arg("-")
             .arg(out)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| fail(format!("cannot run {}: {e}", self.systemd_creds.display())))?;
+            .map_err(|e| fail(self.cannot_run(&e)))?;
         let mut stdin = child.stdin.take().expect("piped");
         let written = stdin.write_all(plain).await;
         drop(stdin);
-        let output = child
-            .wait_with_output()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        if !output.status.success() {
-            return Err(fail(stderr_line(&output.stderr, output.status)));
-        }
+        finish(child).await.map_err(fail)?;
         written.map_err(|e| fail(e.to_string()))
     }
 
@@ -212,27 +204,19 @@ impl BootCache {
             path: path.clone(),
             detail,
         };
-        let mut child = tokio::process::Command::new(&self.systemd_creds)
-            .arg("decrypt")
-            .arg(format!("--name={}", Self::name(consumer)))
+        let mut child = self
+            .command("decrypt", consumer)
             .arg(&path)
             .arg("-")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| fail(format!("cannot run {}: {e}", self.systemd_creds.display())))?;
+            .map_err(|e| fail(self.cannot_run(&e)))?;
         // The plain text is shorter than the credential: one allocation.
         let mut plain = Zeroizing::new(Vec::with_capacity(size + 4096));
         let mut stdout = child.stdout.take().expect("piped");
         let read = stdout.read_to_end(&mut plain).await;
-        let output = child
-            .wait_with_output()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        if !output.status.success() {
-            return Err(fail(stderr_line(&output.stderr, output.status)));
-        }
+        finish(child).await.map_err(fail)?;
         read.map_err(|e| fail(e.to_string()))?;
         let parsed: Plain = serde_json::from_slice(&plain)
             .map_err(|e| fail(format!("not a locket cache ({})", e.classify_name())))?;
@@ -255,6 +239,21 @@ impl BootCache {
         })
     }
 
+    /// `systemd-creds VERB --name=<consumer's credential name>`, its
+    /// errors piped.
+    fn command(&self, verb: &str, consumer: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.systemd_creds);
+        command
+            .arg(verb)
+            .arg(format!("--name={}", Self::name(consumer)))
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn cannot_run(&self, e: &std::io::Error) -> String {
+        format!("cannot run {}: {e}", self.systemd_creds.display())
+    }
+
     /// Deletes `consumer`'s copy (if any).
     pub fn remove(&self, consumer: &str) -> Result<(), CacheError> {
         let path = self.path(consumer);
@@ -267,6 +266,16 @@ impl BootCache {
 }
 
 use std::os::unix::fs::DirBuilderExt as _;
+
+/// Waits for `systemd-creds`; its last error line when it failed.
+async fn finish(child: tokio::process::Child) -> Result<(), String> {
+    let output = child.wait_with_output().await.map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(stderr_line(&output.stderr, output.status))
+    }
+}
 
 /// The last line `systemd-creds` printed, or its exit status.
 fn stderr_line(stderr: &[u8], status: std::process::ExitStatus) -> String {

@@ -50,6 +50,13 @@ fn run(args: &[String], more: &[&str], cwd: &Path) -> (i32, String, String) {
     run_client_pinned(&all, cwd)
 }
 
+/// `locket-client deliver --plan PLAN [MORE...]` as `app`.
+fn deliver(args: &[String], plan: &Path, more: &[&str], cwd: &Path) -> (i32, String, String) {
+    let mut all = vec!["deliver", "--plan", plan.to_str().unwrap()];
+    all.extend_from_slice(more);
+    run(args, &all, cwd)
+}
+
 fn wait_for(what: &str, check: &dyn Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !check() {
@@ -222,7 +229,7 @@ fn one_watcher_one_request_per_round_and_one_restart_per_change() {
 
     // The fetch units: one consumer each, before it starts; no actions.
     for c in ["a", "b"] {
-        let (code, _, err) = run(&args, &["deliver", "--plan", plan_s, "--consumer", c], d);
+        let (code, _, err) = deliver(&args, &plan, &["--consumer", c], d);
         assert_eq!(code, 0, "{err}");
     }
     assert_eq!(read(&d.join("run/a/APP_USER")).as_deref(), Some("alice"));
@@ -247,7 +254,7 @@ fn one_watcher_one_request_per_round_and_one_restart_per_change() {
     let marker = d.join("run/a/.locket-origin");
     std::fs::remove_file(&marker).unwrap();
     std::os::unix::fs::symlink(&victim, &marker).unwrap();
-    let (code, _, err) = run(&args, &["deliver", "--plan", plan_s, "--consumer", "a"], d);
+    let (code, _, err) = deliver(&args, &plan, &["--consumer", "a"], d);
     assert_eq!(code, 0, "{err}");
     assert_eq!(read(&victim).as_deref(), Some("victim"));
     assert!(
@@ -365,26 +372,12 @@ fn a_restart_target_that_does_not_exist_stops_the_watcher_before_it_delivers() {
     let args = app_args(&server.url(), &key_file(d));
     let (systemctl, _) = fake_systemctl(d);
     let good = plan(d, &systemctl, "a.service", "");
-    let (code, _, err) = run(
-        &args,
-        &[
-            "deliver",
-            "--plan",
-            good.to_str().unwrap(),
-            "--consumer",
-            "a",
-        ],
-        d,
-    );
+    let (code, _, err) = deliver(&args, &good, &["--consumer", "a"], d);
     assert_eq!(code, 0, "{err}");
     std::fs::write(d.join("secrets.env"), "APP_USER=bob\n").unwrap();
     server.reload();
     let bad = plan(d, &systemctl, "missing.service", "");
-    let (code, _, err) = run(
-        &args,
-        &["deliver", "--plan", bad.to_str().unwrap(), "--watch", "1s"],
-        d,
-    );
+    let (code, _, err) = deliver(&args, &bad, &["--watch", "1s"], d);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("consumer a: restart/reload target missing.service does not exist"),
@@ -398,24 +391,10 @@ fn a_restart_target_that_does_not_exist_stops_the_watcher_before_it_delivers() {
 
     // A plan that does not parse names the file; an unknown consumer is named.
     std::fs::write(d.join("broken.toml"), "[consumers.a]\ndir = 3\n").unwrap();
-    let (code, _, err) = run(
-        &args,
-        &["deliver", "--plan", d.join("broken.toml").to_str().unwrap()],
-        d,
-    );
+    let (code, _, err) = deliver(&args, &d.join("broken.toml"), &[], d);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("broken.toml"), "{err}");
-    let (code, _, err) = run(
-        &args,
-        &[
-            "deliver",
-            "--plan",
-            good.to_str().unwrap(),
-            "--consumer",
-            "zz",
-        ],
-        d,
-    );
+    let (code, _, err) = deliver(&args, &good, &["--consumer", "zz"], d);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("no consumer \"zz\"") && err.contains("a, b"),
@@ -446,9 +425,8 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
         "cache_max_age = \"1h\"\n[consumers.a.templates",
     );
     std::fs::write(&plan_path, text).unwrap();
-    let p = plan_path.to_str().unwrap();
 
-    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 0, "{err}");
     let cred = d.join("cache/a.cred");
     let bytes = std::fs::read(&cred).expect("a cached copy is written");
@@ -471,14 +449,14 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
         std::time::SystemTime::now(),
     ))
     .unwrap();
-    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 0, "{err}");
     assert_eq!(read(&d.join("run/a/APP_USER")).as_deref(), Some("alice"));
 
     // No server: the copy stands in, and says so.
     server.stop();
     std::fs::remove_dir_all(d.join("run/a")).unwrap();
-    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("no server answered") && err.contains("delivered the cached copy"),
@@ -495,7 +473,7 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
             .starts_with("cache ")
     );
     // b has no cache: it fails with the fetch's error.
-    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "b"], d);
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "b"], d);
     assert_eq!(code, 1, "{err}");
     assert!(!d.join("run/b/APP_PASS").exists());
 
@@ -504,7 +482,7 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
     rt.block_on(cache.store("a", &[("APP_USER".into(), "old".into())], two_hours_ago))
         .unwrap();
     std::fs::remove_dir_all(d.join("run/a")).unwrap();
-    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("more than cache_max_age (1h)") && err.contains("was deleted"),
@@ -515,7 +493,7 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
 
     // A copy that does not decrypt: named, kept, nothing delivered.
     std::fs::write(&cred, b"garbage").unwrap();
-    let (code, _, err) = run(&args, &["deliver", "--plan", p, "--consumer", "a"], d);
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("cannot decrypt the cached copy") && err.contains("a.cred"),
