@@ -46,6 +46,17 @@ else
   fi
 fi
 
+# 2b'. the VM test's testScript (Python, run by NixOS's test driver, which
+#      this machine cannot start) at least compiles.
+if [ -f "$lib/default.nix" ]; then
+  if out=$(nix-instantiate --eval --strict --json nix/tests/nixos/eval.nix -A test.json --arg libPath "$lib" --arg testFile ./nix/tests/vm.nix 2>&1) \
+    && err=$(python3 -c 'import json, sys; compile(json.loads(sys.argv[1])["testScript"], "nix/tests/vm.nix testScript", "exec")' "$out" 2>&1); then
+    ok "the VM test's testScript compiles as Python"
+  else
+    bad "the VM test's testScript: ${err:-$out}"
+  fi
+fi
+
 # 2c. locket.lib.fleetRegistry on the README's three-host fleet: the
 #     registry it derives, as the server's generated config holds it, and
 #     each way a fleet can be wrong failing with a message naming the host.

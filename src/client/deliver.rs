@@ -355,12 +355,17 @@ async fn deliver_set(
     secrets: &[(String, SecretValue)],
     cache: Option<&BootCache>,
     cache_due: bool,
+    refresh: bool,
 ) -> Result<RenderReport, DeliverError> {
-    let report =
-        render::render(secrets, &consumer.options).map_err(|source| DeliverError::Render {
-            consumer: consumer.name.clone(),
-            source,
-        })?;
+    let render = if refresh {
+        render::render_existing
+    } else {
+        render::render
+    };
+    let report = render(secrets, &consumer.options).map_err(|source| DeliverError::Render {
+        consumer: consumer.name.clone(),
+        source,
+    })?;
     write_origin(consumer, "server");
     if let (Some(cache), Some(_)) = (cache, consumer.cache_max_age)
         && (cache_due || report.changed())
@@ -391,7 +396,7 @@ pub async fn deliver_once(
         Ok(all) => {
             for c in consumers {
                 let result = match part(c, &all) {
-                    Ok(set) => deliver_set(c, &set, cache.as_ref(), true).await,
+                    Ok(set) => deliver_set(c, &set, cache.as_ref(), true, false).await,
                     Err(e) => Err(e),
                 };
                 match result {
@@ -625,7 +630,9 @@ async fn round(
                 .is_none_or(|t| now.duration_since(*t).unwrap_or_default() >= max / 4)
         });
         let result = match part(c, &all) {
-            Ok(set) => deliver_set(c, &set, cache, due).await,
+            // The folder may have gone since the check above (its
+            // consumer stopping): then nothing is written.
+            Ok(set) => deliver_set(c, &set, cache, due, true).await,
             Err(e) => Err(e),
         };
         let report = match result {

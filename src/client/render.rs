@@ -399,11 +399,33 @@ pub fn render(
     secrets: &[(String, SecretValue)],
     opts: &RenderOptions,
 ) -> Result<RenderReport, RenderError> {
+    render_in(secrets, opts, true)
+}
+
+/// As [`render`], into a folder that must already exist: the watcher's
+/// refresh, which must not recreate the folder of a consumer that was just
+/// stopped (its fetch unit removed the folder).
+pub fn render_existing(
+    secrets: &[(String, SecretValue)],
+    opts: &RenderOptions,
+) -> Result<RenderReport, RenderError> {
+    render_in(secrets, opts, false)
+}
+
+fn render_in(
+    secrets: &[(String, SecretValue)],
+    opts: &RenderOptions,
+    create: bool,
+) -> Result<RenderReport, RenderError> {
     let dir = &opts.dir;
     let target_uid = opts
         .owner
         .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
-    let folder = Folder::open(dir, target_uid, Some((opts.mode, opts.owner, opts.group)))?;
+    let folder = Folder::open(
+        dir,
+        target_uid,
+        create.then_some((opts.mode, opts.owner, opts.group)),
+    )?;
     let mut names = BTreeSet::new();
     let mut files = Vec::with_capacity(secrets.len());
     // A name that cannot be a file is refused alone: the others are still
