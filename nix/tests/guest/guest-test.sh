@@ -114,6 +114,7 @@ starts() { wc -l </var/lib/demo-consumer/starts; }
 rounds() { grep -o '"rounds": [0-9]*' /run/locket-watch/status.json 2>/dev/null | grep -o '[0-9]*$' || echo 0; }
 rounds_at_least() { [ "$(rounds)" -ge "$1" ]; }
 more_rounds() { wait_for 180 rounds_at_least $(($(rounds) + $1)); } # N more watcher rounds: readiness, not time
+starts_is() { [ "$(starts)" = "$1" ]; } # polled: evaluated on every try
 starts_after_rounds() { more_rounds "$1" && [ "$(starts)" = "$2" ]; }
 origin_of() { grep -A1 "\"$1\": {" /run/locket-watch/status.json | grep -q "\"origin\": \"$2"; }
 starts0=$(starts)
@@ -129,7 +130,7 @@ systemctl restart locket.service
 pid=$(show locket.service MainPID)
 check "a changed value reaches demo-consumer's file" wait_for 180 grep -qx vm-db-password-2 /run/locket/demo-consumer/DB_PASSWORD
 check "  and its template" wait_for 60 grep -Fxq 'password = vm-db-password-2' /run/locket/demo-consumer/app.ini
-check "  demo-consumer is restarted for it (restartUnits) and reads the new env file" wait_for 120 test "$(starts)" = $((starts0 + 1))
+check "  demo-consumer is restarted for it (restartUnits) and reads the new env file" wait_for 120 starts_is $((starts0 + 1))
 check "  exactly once: three more rounds start it no more" starts_after_rounds 3 $((starts0 + 1))
 check "  the watcher's journal names the change, never the value" sh -c "journalctl -u locket-watch.service -o cat | grep -q 'consumer demo-consumer: changed: DB_PASSWORD' && ! journalctl -u locket-watch.service -o cat | grep -q vm-db-password"
 check "  cred-consumer, whose value did not change, was not restarted" test "$(show cred-consumer.service ActiveEnterTimestampMonotonic)" = "$cred_started"
