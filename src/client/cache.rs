@@ -145,7 +145,12 @@ impl BootCache {
             plain.push(b']');
         }
         plain.extend_from_slice(b"]}");
-        let tmp = self.dir.join(format!(".{consumer}.cred.tmp"));
+        // One temporary name per process: the watcher and a fetch unit may
+        // store the same consumer's copy at once, and neither may remove
+        // or rename the other's half-written file.
+        let tmp = self
+            .dir
+            .join(format!(".{consumer}.cred.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let result = self.run_encrypt(consumer, &plain, &tmp).await;
         let result = result.and_then(|()| {

@@ -504,6 +504,97 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
     let _ = url;
 }
 
+/// The watcher and a fetch unit may store one consumer's copy at the same
+/// time: each writes its own temporary file, so neither loses its write
+/// or finds its file gone. A wrapper around the real `systemd-creds` holds
+/// every encryption until both have written theirs.
+#[test]
+fn two_deliveries_storing_one_copy_at_once_both_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = write_server_files(d, SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let args = app_args(&server.url(), &key_file(d));
+    let (systemctl, _) = fake_systemctl(d);
+    let wrapper = d.join("systemd-creds");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh
+{real} \"$@\" || exit $?
+[ \"$1\" = encrypt ] || exit 0
+touch {d}/arrived.$$
+n=0
+until [ -e {d}/go ]; do n=$((n + 1)); [ $n -lt 1200 ] || exit 9; sleep 0.05; done
+",
+            real = which("systemd-creds").display(),
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let extra = format!(
+        "cache_dir = \"{}/cache\"\nsystemd_creds = \"{}\"\ncache_key = \"host\"",
+        d.display(),
+        wrapper.display()
+    );
+    let plan_path = plan(d, &systemctl, "a.service", &extra);
+    let text = read(&plan_path).unwrap().replace(
+        "[consumers.a.templates",
+        "cache_max_age = \"1h\"\n[consumers.a.templates",
+    );
+    std::fs::write(&plan_path, text).unwrap();
+
+    let spawn = || {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(&[
+            "deliver",
+            "--plan",
+            plan_path.to_str().unwrap(),
+            "--consumer",
+            "a",
+        ]);
+        client_command()
+            .args(&all)
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    let second = spawn();
+    let arrived = || {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("arrived."))
+            })
+            .count()
+    };
+    wait_for("both encryptions written", &|| arrived() == 2);
+    std::fs::write(d.join("go"), "").unwrap();
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("warning"), "no store failed: {err}");
+    }
+    let names: Vec<String> = std::fs::read_dir(d.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["a.cred"], "one copy, no temporary file left");
+    // And it is a copy that stands in.
+    server.stop();
+    std::fs::remove_dir_all(d.join("run/a")).unwrap();
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read(&d.join("run/a/APP_USER")).as_deref(), Some("alice"));
+}
+
 fn which(program: &str) -> PathBuf {
     std::env::var_os("PATH")
         .and_then(|paths| {
