@@ -216,14 +216,42 @@ fn rounds(dir: &Path) -> u64 {
     status(dir)["rounds"].as_u64().unwrap_or(0)
 }
 
-#[test]
-fn one_watcher_one_request_per_round_and_one_restart_per_change() {
+/// A running server with the test's secrets, `app`'s client arguments for
+/// it, and the stand-in `systemctl`, all in one temporary folder.
+struct Setup {
+    dir: tempfile::TempDir,
+    server: ServerProcess,
+    args: Vec<String>,
+    systemctl: PathBuf,
+    systemctl_log: PathBuf,
+}
+
+fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let config = write_server_files(d, SECRETS, &clients(), "");
     let server = ServerProcess::start(&config, &[]);
     let args = app_args(&server.url(), &key_file(d));
     let (systemctl, systemctl_log) = fake_systemctl(d);
+    Setup {
+        dir,
+        server,
+        args,
+        systemctl,
+        systemctl_log,
+    }
+}
+
+#[test]
+fn one_watcher_one_request_per_round_and_one_restart_per_change() {
+    let Setup {
+        dir,
+        server,
+        args,
+        systemctl,
+        systemctl_log,
+    } = setup();
+    let d = dir.path();
     let plan = plan(d, &systemctl, "a.service", "");
     let plan_s = plan.to_str().unwrap();
 
@@ -365,12 +393,14 @@ fn one_watcher_one_request_per_round_and_one_restart_per_change() {
 
 #[test]
 fn a_restart_target_that_does_not_exist_stops_the_watcher_before_it_delivers() {
-    let dir = tempfile::tempdir().unwrap();
+    let Setup {
+        dir,
+        server,
+        args,
+        systemctl,
+        ..
+    } = setup();
     let d = dir.path();
-    let config = write_server_files(d, SECRETS, &clients(), "");
-    let server = ServerProcess::start(&config, &[]);
-    let args = app_args(&server.url(), &key_file(d));
-    let (systemctl, _) = fake_systemctl(d);
     let good = plan(d, &systemctl, "a.service", "");
     let (code, _, err) = deliver(&args, &good, &["--consumer", "a"], d);
     assert_eq!(code, 0, "{err}");
@@ -406,25 +436,15 @@ fn a_restart_target_that_does_not_exist_stops_the_watcher_before_it_delivers() {
 /// The boot cache, with the real `systemd-creds` (host key; needs root).
 #[test]
 fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_age() {
-    let dir = tempfile::tempdir().unwrap();
+    let Setup {
+        dir,
+        server,
+        args,
+        systemctl,
+        ..
+    } = setup();
     let d = dir.path();
-    let config = write_server_files(d, SECRETS, &clients(), "");
-    let server = ServerProcess::start(&config, &[]);
-    let url = server.url();
-    let args = app_args(&url, &key_file(d));
-    let (systemctl, _) = fake_systemctl(d);
-    let creds = which("systemd-creds");
-    let extra = format!(
-        "cache_dir = \"{}/cache\"\nsystemd_creds = \"{}\"\ncache_key = \"host\"",
-        d.display(),
-        creds.display()
-    );
-    let plan_path = plan(d, &systemctl, "a.service", &extra);
-    let text = read(&plan_path).unwrap().replace(
-        "[consumers.a.templates",
-        "cache_max_age = \"1h\"\n[consumers.a.templates",
-    );
-    std::fs::write(&plan_path, text).unwrap();
+    let plan_path = cache_plan(d, &systemctl, &which("systemd-creds"));
 
     let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 0, "{err}");
@@ -501,7 +521,6 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
     );
     assert!(cred.exists());
     assert!(!d.join("run/a").exists());
-    let _ = url;
 }
 
 /// The watcher and a fetch unit may store one consumer's copy at the same
@@ -510,12 +529,14 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
 /// every encryption until both have written theirs.
 #[test]
 fn two_deliveries_storing_one_copy_at_once_both_succeed() {
-    let dir = tempfile::tempdir().unwrap();
+    let Setup {
+        dir,
+        server,
+        args,
+        systemctl,
+        ..
+    } = setup();
     let d = dir.path();
-    let config = write_server_files(d, SECRETS, &clients(), "");
-    let server = ServerProcess::start(&config, &[]);
-    let args = app_args(&server.url(), &key_file(d));
-    let (systemctl, _) = fake_systemctl(d);
     let wrapper = d.join("systemd-creds");
     std::fs::write(
         &wrapper,
@@ -534,17 +555,7 @@ until [ -e {d}/go ]; do n=$((n + 1)); [ $n -lt 1200 ] || exit 9; sleep 0.05; don
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let extra = format!(
-        "cache_dir = \"{}/cache\"\nsystemd_creds = \"{}\"\ncache_key = \"host\"",
-        d.display(),
-        wrapper.display()
-    );
-    let plan_path = plan(d, &systemctl, "a.service", &extra);
-    let text = read(&plan_path).unwrap().replace(
-        "[consumers.a.templates",
-        "cache_max_age = \"1h\"\n[consumers.a.templates",
-    );
-    std::fs::write(&plan_path, text).unwrap();
+    let plan_path = cache_plan(d, &systemctl, &wrapper);
 
     let spawn = || {
         let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -593,6 +604,23 @@ until [ -e {d}/go ]; do n=$((n + 1)); [ $n -lt 1200 ] || exit 9; sleep 0.05; don
     let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 0, "{err}");
     assert_eq!(read(&d.join("run/a/APP_USER")).as_deref(), Some("alice"));
+}
+
+/// The test plan with a host-key boot cache for consumer `a` (max age 1h),
+/// encrypted by `systemd_creds`.
+fn cache_plan(d: &Path, systemctl: &Path, systemd_creds: &Path) -> PathBuf {
+    let extra = format!(
+        "cache_dir = \"{}/cache\"\nsystemd_creds = \"{}\"\ncache_key = \"host\"",
+        d.display(),
+        systemd_creds.display()
+    );
+    let plan_path = plan(d, systemctl, "a.service", &extra);
+    let text = read(&plan_path).unwrap().replace(
+        "[consumers.a.templates",
+        "cache_max_age = \"1h\"\n[consumers.a.templates",
+    );
+    std::fs::write(&plan_path, text).unwrap();
+    plan_path
 }
 
 fn which(program: &str) -> PathBuf {
