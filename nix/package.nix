@@ -41,8 +41,9 @@ let
     "the_listen_queue_is_long_and_configurable"
     # Runs a server in a PID namespace of its own (unshare), which needs root.
     "plan_compares_with_the_running_servers_config_by_default"
-    # Encrypts with the real systemd-creds (host key, root), which .ci/test installs.
+    # Both encrypt with the real systemd-creds (host key, root), which .ci/test installs.
     "the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_age"
+    "two_deliveries_storing_one_copy_at_once_both_succeed"
   ];
 in
 rustPlatform.buildRustPackage {
