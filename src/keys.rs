@@ -179,6 +179,17 @@ impl ServerKey {
         }
     }
 
+    /// [`ServerKey::load_or_create`], logging a created key's fingerprint
+    /// (`what` names it: "server key", "next server key", "v1 compat key"),
+    /// so that an operator sees the fingerprint to pin on the first start.
+    pub fn load_or_create_logged(path: &Path, bits: usize, what: &str) -> Result<Self, KeyError> {
+        let (key, created) = Self::load_or_create(path, bits)?;
+        if created {
+            tracing::info!(path = %path.display(), bits = key.bits(), fingerprint = key.fingerprint(), "created a new {what}");
+        }
+        Ok(key)
+    }
+
     /// Loads an existing key file (PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         if let Some(mode) = fsutil::loose_permissions(path).map_err(|source| KeyError::Read {

@@ -565,7 +565,7 @@ pub async fn watch(
         .await;
         publish(plan, &status);
         if first {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            crate::systemd::notify(crate::systemd::NotifyState::Ready);
             first = false;
         }
         tokio::select! {
@@ -742,7 +742,7 @@ fn publish(plan: &Plan, status: &WatchStatus) {
             .map(|(n, c)| format!("; {n} on the boot {}", c.origin))
             .collect::<String>()
     );
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&summary)]);
+    crate::systemd::notify(crate::systemd::NotifyState::Status(&summary));
     let Some(path) = &plan.status_file else {
         return;
     };

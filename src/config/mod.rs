@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod server;
+pub mod v1;
 
 use std::path::{Path, PathBuf};
 

@@ -104,7 +104,7 @@ pub struct ServerConfig {
     /// Serve HTTPS instead of plain HTTP.
     pub tls: Option<TlsConfig>,
     /// The original locket's protocol, for existing Go clients (off by default).
-    pub v1: crate::v1::Config,
+    pub v1: super::v1::Config,
 }
 
 /// `[tls]`: certificate chain and private key, PEM.
@@ -139,7 +139,7 @@ impl Default for ServerConfig {
             sources: Vec::new(),
             clients: BTreeMap::new(),
             tls: None,
-            v1: crate::v1::Config::default(),
+            v1: super::v1::Config::default(),
             health_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
@@ -169,6 +169,16 @@ impl ServerConfig {
     pub fn load(path: &Path) -> Result<Checked, ConfigError> {
         super::check_readable(path)?;
         let text = super::read_toml(path)?;
+        Self::from_file_text(path, &text)
+    }
+
+    /// [`ServerConfig::load`] for text already read from `path` (through a
+    /// handle whose owner and mode the caller checked, as `locket plan`
+    /// does with another process's config): relative paths resolve against
+    /// `path`'s folder.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Checked, ConfigError> {
+        super::check_syntax(text, Some(path))?;
+        let text = text.to_owned();
         let figment = Figment::from(Serialized::defaults(Self::default()))
             .merge(Toml::string(&text))
             .merge(Env::prefixed("LOCKET_").only(ENV_KEYS));

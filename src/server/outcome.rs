@@ -127,10 +127,3 @@ impl<A> Outcome<A> {
         }
     }
 }
-
-/// A fresh id for one request: in its log line and its `X-Request-Id`.
-pub(crate) fn request_id() -> String {
-    crate::crypto::random_bytes::<8>()
-        .map(hex::encode)
-        .unwrap_or_else(|_| "0000000000000000".into())
-}

@@ -17,7 +17,7 @@ use crate::clock::{clock_ok, unix_now};
 use crate::protocol::{self, Request, WireAnswer};
 use crate::server::outcome;
 use crate::server::replay::Seen;
-use crate::server::{Runtime, State};
+use crate::server::state::{Runtime, State};
 
 /// How a v2 request ended.
 pub(crate) type Outcome = outcome::Outcome<WireAnswer>;
@@ -45,7 +45,7 @@ pub(super) async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outc
             };
         }
     };
-    if !state.health.loaded() {
+    if !state.secrets.health.loaded() {
         return Outcome::NotReady;
     }
     let runtime = state.runtime.load_full();
@@ -59,7 +59,7 @@ pub(super) async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outc
     // have answered it already, so it is refused here. The client fetches
     // the key again, learns this instance and sends a new request.
     match request.header.instance {
-        Some(instance) if instance != state.instance => {
+        Some(instance) if instance != state.keys.instance => {
             return Outcome::Unknowable {
                 client: name,
                 why: "request bound to another server instance (a second server sharing this key, or this server before a restart)",
@@ -126,12 +126,18 @@ fn cheap_checks(
             c.allows_ip(ip),
         ),
         None => {
-            let _ = state.dummy_key.verify_strict(&signed, &request.signature);
+            let _ = state
+                .guards
+                .dummy_key
+                .verify_strict(&signed, &request.signature);
             (false, false)
         }
     };
     let clock_ok = clock_ok(now, request.header.timestamp, skew);
-    let fingerprint_ok = state.key_for(&request.header.server_fingerprint).is_some();
+    let fingerprint_ok = state
+        .keys
+        .by_fingerprint(&request.header.server_fingerprint)
+        .is_some();
 
     let denied = |reason: String| {
         Err(Outcome::Denied {
@@ -161,9 +167,10 @@ fn cheap_checks(
         return denied(format!(
             "request was made for server key {}, but this server's key is {}{}",
             request.header.server_fingerprint,
-            state.key.fingerprint(),
+            state.keys.current.fingerprint(),
             state
-                .next_key
+                .keys
+                .next
                 .as_ref()
                 .map(|k| format!(" (next: {})", k.fingerprint()))
                 .unwrap_or_default()
@@ -180,7 +187,10 @@ fn answer(state: &State, runtime: &Runtime, request: Request) -> Outcome {
             reason: "client vanished".into(),
         };
     };
-    let Some(key) = state.key_for(&request.header.server_fingerprint) else {
+    let Some(key) = state
+        .keys
+        .by_fingerprint(&request.header.server_fingerprint)
+    else {
         return Outcome::Internal {
             client: Some(name),
             reason: "server key vanished".into(),
@@ -204,7 +214,7 @@ fn answer(state: &State, runtime: &Runtime, request: Request) -> Outcome {
             };
         }
     };
-    let snapshot = state.store.snapshot();
+    let snapshot = state.secrets.store.snapshot();
     let mut found = Vec::new();
     let mut missing = Vec::new();
     if body.names.is_empty() {

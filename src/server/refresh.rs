@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
-use super::{Runtime, State};
+use super::state::{Runtime, State};
 use crate::config::ConfigError;
 use crate::config::server::{Checked, ServerConfig};
 use crate::source::SourceError;
@@ -32,7 +32,7 @@ use crate::store::SecretSet;
 pub(crate) async fn refresh_once(state: &State) -> Result<usize, SourceError> {
     // The config is read under the lock: a reload that held it has already
     // swapped in its sources, which must not be loaded over with old ones.
-    let mut held = state.sources.lock().await;
+    let mut held = state.secrets.sources.lock().await;
     let rt = state.runtime.load_full();
     let (next, round) = held.load(&rt.config.sources).await;
     state.keep_sources(&mut held, next);
@@ -54,6 +54,7 @@ pub(crate) fn serve_round(state: &State, round: Round, loud: bool) -> Result<usi
     if let Some(set) = round.set {
         let first = if partial {
             let oldest = state
+                .secrets
                 .sources_view
                 .load()
                 .oldest_success()
@@ -64,7 +65,7 @@ pub(crate) fn serve_round(state: &State, round: Round, loud: bool) -> Result<usi
         };
         if first {
             tracing::info!(secrets = count, "first load succeeded; ready");
-            super::startup::notify_systemd(sd_notify::NotifyState::Ready);
+            crate::systemd::notify(crate::systemd::NotifyState::Ready);
         } else {
             tracing::debug!(secrets = count, "secrets refreshed");
         }
@@ -79,14 +80,15 @@ pub(crate) fn serve_round(state: &State, round: Round, loud: bool) -> Result<usi
             );
         }
         if round.missing.contains(&e.index) {
-            let failures = state.health.failure(e.summary());
-            if state.health.loaded() {
+            let failures = state.secrets.health.failure(e.summary());
+            if state.secrets.health.loaded() {
                 tracing::warn!(error = %e, failures, "source failed and has never loaded; still serving the last set without it");
             } else {
                 tracing::error!(error = %e, failures, "load failed; nothing is served until every source has loaded once");
             }
         } else {
             let age = state
+                .secrets
                 .sources_view
                 .load()
                 .health()
@@ -125,7 +127,7 @@ fn jittered(interval: Duration) -> Duration {
 
 /// Runs until `stop` is notified. `now` wakes it for an immediate load.
 pub(crate) async fn refresh_loop(state: Arc<State>, now: Arc<Notify>, stop: Arc<Notify>) {
-    let mut failures: u32 = if state.health.loaded() { 0 } else { 1 };
+    let mut failures: u32 = if state.secrets.health.loaded() { 0 } else { 1 };
     loop {
         let interval = state.runtime.load().config.refresh_interval;
         let wait = if failures > 0 {
@@ -222,7 +224,7 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
     // Every source is read again (an edited .env is served at once); one
     // that fails keeps its last values, unless it is new or changed and so
     // has none: then the reload is refused and nothing changes.
-    let mut held = state.sources.lock().await;
+    let mut held = state.secrets.sources.lock().await;
     let (next, round) = held.load(&config.sources).await;
     if let Some(e) = round
         .errors

@@ -8,28 +8,24 @@ use warp::Filter;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
+use super::conn::Peer;
+use super::gate::{self, json_error, request_id};
 use super::pipeline::{self, Outcome};
-use super::{Peer, State, request_id};
+use super::state::State;
 use crate::clock::unix_now;
-use crate::protocol::{self, WireError, WireKey};
+use crate::protocol::{self, WireKey};
 
 /// The body of every 403: identical whatever the real reason.
 pub(super) const FORBIDDEN_MESSAGE: &str =
     "request denied; the server log has the reason under this request's X-Request-Id";
 
-fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
-    let body = WireError {
-        error: error.into(),
-        message: message.into(),
-    };
-    warp::reply::with_status(warp::reply::json(&body), status).into_response()
-}
-
 use warp::Reply as _;
 
+/// The v2 routes and the health endpoints. Rejections are left to
+/// [`rejection`], which start-up applies after every protocol's routes.
 pub(super) fn routes(
     state: Arc<State>,
-) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let with_state = {
         let state = Arc::clone(&state);
         warp::any().map(move || Arc::clone(&state))
@@ -41,14 +37,14 @@ pub(super) fn routes(
             let body = WireKey {
                 version: protocol::VERSION,
                 algorithm: "RSA-OAEP-SHA256".into(),
-                public_key: state.key.public_pem().to_owned(),
-                fingerprint: state.key.fingerprint().to_owned(),
-                instance: Some(protocol::encode_instance(&state.instance)),
+                public_key: state.keys.current.public_pem().to_owned(),
+                fingerprint: state.keys.current.fingerprint().to_owned(),
+                instance: Some(protocol::encode_instance(&state.keys.instance)),
                 reply_keys: vec![
                     protocol::REPLY_KEY_RSA.into(),
                     protocol::REPLY_KEY_X25519.into(),
                 ],
-                next: state.next_key.as_ref().map(|k| protocol::WireNextKey {
+                next: state.keys.next.as_ref().map(|k| protocol::WireNextKey {
                     public_key: k.public_pem().to_owned(),
                     fingerprint: k.fingerprint().to_owned(),
                 }),
@@ -107,18 +103,13 @@ pub(super) fn routes(
             );
             r
         });
-    let v1 = crate::v1::routes(Arc::clone(&state));
-    v1.or(key)
-        .unify()
-        .or(secrets)
+    key.or(secrets)
         .unify()
         .or(health)
         .unify()
         .or(ready)
         .unify()
         .or(metrics)
-        .unify()
-        .recover(rejection)
         .unify()
 }
 
@@ -127,7 +118,8 @@ pub(super) fn routes(
 struct NotAnObserver;
 impl warp::reject::Reject for NotAnObserver {}
 
-async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
+/// The answer to a request no route took (v2's JSON error shape).
+pub(super) async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
     let (status, code, message) = if err.find::<NotAnObserver>().is_some() {
         (
             StatusCode::FORBIDDEN,
@@ -174,26 +166,6 @@ async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
     Ok(json_error(status, code, message))
 }
 
-/// 429 for a source over its failed-authentication limit, before any work.
-pub(crate) fn rate_limited(state: &State, ip: std::net::IpAddr, id: &str) -> Option<Response> {
-    let retry = state.failures.retry_after(ip, unix_now())?;
-    Some(too_many_failures(state, ip, id, retry))
-}
-
-fn too_many_failures(state: &State, ip: std::net::IpAddr, id: &str, retry: u64) -> Response {
-    tracing::warn!(request_id = %id, ip = %ip, retry_after = retry, outcome = "rate_limited", "too many failed authentications from this source");
-    state.metrics.request("rate_limited", 0.0);
-    let mut r = json_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        "too many failed authentications from this address; retry after the Retry-After delay",
-    );
-    if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
-        r.headers_mut().insert("retry-after", v);
-    }
-    r
-}
-
 async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Response {
     let id = request_id();
     let ip = peer.0.ip().to_canonical();
@@ -201,19 +173,13 @@ async fn handle_secrets(state: Arc<State>, peer: Peer, body: bytes::Bytes) -> Re
     // The limit slows failures only: a request that a registered client
     // signed, from its address, in time, passes even from a limited source
     // (checking that costs one ed25519 verification, no RSA).
-    if let Some(retry) = state.failures.retry_after(ip, unix_now())
+    if let Some(retry) = state.guards.failures.retry_after(ip, unix_now())
         && !pipeline::authenticates(&state, ip, &body)
     {
-        return too_many_failures(&state, ip, &id, retry);
+        return gate::too_many_failures(&state, ip, &id, retry);
     }
     let outcome = pipeline::process(&state, ip, &body).await;
-    if outcome.is_failed_authentication() {
-        state.failures.failure(ip, unix_now());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let ms = (elapsed * 1000.0 * 100.0).round() / 100.0;
-    state.metrics.request(outcome.label(), elapsed);
-    outcome.log(&id, "v2", ip, ms);
+    gate::finish(&state, &outcome, &id, "v2", ip, started);
     let mut response = match outcome {
         Outcome::Ok { answer, .. } => warp::reply::json(&answer).into_response(),
         Outcome::NotFound {

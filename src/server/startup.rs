@@ -11,18 +11,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use sd_notify::NotifyState;
+use warp::Filter;
 
-use super::{State, refresh};
+use super::state::{Keys, State};
+use super::{conn, refresh, routes};
 use crate::config::ConfigError;
 use crate::config::server::{Checked, ServerConfig};
 use crate::keys::{KeyError, ServerKey};
 use crate::source::{self, SourceError};
+use crate::systemd::{self, NotifyState};
 use crate::tls::TlsError;
 
 /// Why the server could not start. [`StartError::exit_code`] maps each to
@@ -69,7 +70,7 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("config", &self.path)
-            .field("fingerprint", &self.state.key.fingerprint())
+            .field("fingerprint", &self.state.keys.current.fingerprint())
             .finish_non_exhaustive()
     }
 }
@@ -82,25 +83,26 @@ impl Server {
     /// lets the refresh loop retry.
     pub async fn load(path: &Path) -> Result<Self, StartError> {
         let Checked { config, registry } = ServerConfig::load(path)?;
-        let key = load_key(&config.key_file, config.key_bits, "server key")?;
+        let key =
+            ServerKey::load_or_create_logged(&config.key_file, config.key_bits, "server key")?;
         let tls = match &config.tls {
             Some(t) => Some(crate::tls::acceptor(&t.cert_file, &t.key_file)?),
             None => None,
         };
         let next_key = match &config.next_key_file {
-            Some(path) => Some(load_key(path, config.key_bits, "next server key")?),
+            Some(path) => Some(ServerKey::load_or_create_logged(
+                path,
+                config.key_bits,
+                "next server key",
+            )?),
             None => None,
         };
         let v1_key = crate::v1::load_key(&config.v1)?;
         let (sources, round) = source::combine::Sources::default()
             .load(&config.sources)
             .await;
-        let mut state = State::new(key, registry, &config);
-        state.tls = tls;
-        state.v1_key = v1_key;
-        state.next_key = next_key;
-        state.sources_view = arc_swap::ArcSwap::from_pointee(sources.clone());
-        state.sources = tokio::sync::Mutex::new(sources);
+        let keys = Keys::new(key, next_key, v1_key, tls);
+        let state = State::new(keys, registry, &config, sources);
         refresh::log_duplicates(&round.duplicates, true);
         for _ in 0..round.loaded {
             state.metrics.source_load(true);
@@ -112,7 +114,7 @@ impl Server {
             (None, None) => unreachable!("a source without values has failed"),
             (Some(e), _) if config.start_unready => {
                 tracing::error!(error = %e, "first load failed; listening anyway (start_unready), answering 503 until a load succeeds");
-                state.health.failure(e.summary());
+                state.secrets.health.failure(e.summary());
                 state.metrics.source_load(false);
             }
             (Some(e), _) => return Err(StartError::FirstLoad(e)),
@@ -125,12 +127,12 @@ impl Server {
 
     /// The server key's fingerprint (what clients pin).
     pub fn fingerprint(&self) -> &str {
-        self.state.key.fingerprint()
+        self.state.keys.current.fingerprint()
     }
 
     /// The server's public key, SPKI PEM (what `GET /v1/key` serves).
     pub fn public_key_pem(&self) -> &str {
-        self.state.key.public_pem()
+        self.state.keys.current.public_pem()
     }
 
     /// Binds the configured `listen` address with a listen queue of
@@ -182,13 +184,13 @@ impl Server {
             let rt = state.runtime.load();
             tracing::info!(
                 clients = rt.registry.len(),
-                secrets = state.store.snapshot().len(),
-                fingerprint = state.key.fingerprint(),
-                next_fingerprint = state.next_key.as_ref().map(|k| k.fingerprint()),
-                tls = state.tls.is_some(),
+                secrets = state.secrets.store.snapshot().len(),
+                fingerprint = state.keys.current.fingerprint(),
+                next_fingerprint = state.keys.next.as_ref().map(|k| k.fingerprint()),
+                tls = state.keys.tls.is_some(),
                 "locket listening on {addr}"
             );
-            if state.tls.is_none() && !addr.ip().is_loopback() {
+            if state.keys.tls.is_none() && !addr.ip().is_loopback() {
                 tracing::warn!(
                     "serving plain HTTP on non-loopback address {addr}: requests and answers are encrypted end to end, but consider TLS or a private network"
                 );
@@ -205,14 +207,15 @@ impl Server {
             Arc::clone(&stop),
         ));
         tokio::spawn(reload_on_sighup(Arc::clone(&state), self.path, hangup));
-        spawn_watchdog();
-        if state.health.loaded() {
-            notify_systemd(NotifyState::Ready);
+        systemd::spawn_watchdog();
+        if state.secrets.health.loaded() {
+            systemd::notify(NotifyState::Ready);
         }
-        let served = super::run(listener, state, async move {
+        let routes = mount(&state);
+        let served = conn::run(listener, state, routes, async move {
             shutdown.await;
             stop.notify_waiters();
-            notify_systemd(NotifyState::Stopping);
+            systemd::notify(NotifyState::Stopping);
         })
         .await;
         served.map_err(|source| StartError::Bind { addr, source })?;
@@ -230,13 +233,21 @@ fn somaxconn() -> Option<u32> {
         .ok()
 }
 
-/// Loads the key at `path`, or creates it with `bits` bits (and says so).
-pub fn load_key(path: &Path, bits: usize, what: &str) -> Result<ServerKey, KeyError> {
-    let (key, created) = ServerKey::load_or_create(path, bits)?;
-    if created {
-        tracing::info!(path = %path.display(), bits = key.bits(), fingerprint = key.fingerprint(), "created a new {what}");
-    }
-    Ok(key)
+/// Every route the server answers: v1 first when `[v1] enable = true` (as
+/// configured at start; its path may be `/`), then v2 and the health
+/// endpoints; anything else gets v2's JSON rejection.
+fn mount(
+    state: &Arc<State>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
++ Clone
++ Send
++ Sync
++ 'static {
+    crate::v1::routes(Arc::clone(state))
+        .or(routes::routes(Arc::clone(state)))
+        .unify()
+        .recover(routes::rejection)
+        .unify()
 }
 
 /// SIGHUP: re-read the config; a valid one replaces the running one.
@@ -244,27 +255,5 @@ async fn reload_on_sighup(state: Arc<State>, path: PathBuf, mut hup: tokio::sign
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading {}", path.display());
         let _ = refresh::reload(&state, &path).await;
-    }
-}
-
-/// Pings systemd's watchdog at half the interval it asks for.
-fn spawn_watchdog() {
-    let Some(interval) = sd_notify::watchdog_enabled() else {
-        return;
-    };
-    let period = (interval / 2).max(Duration::from_millis(100));
-    tokio::spawn(async move {
-        loop {
-            notify_systemd(NotifyState::Watchdog);
-            tokio::time::sleep(period).await;
-        }
-    });
-}
-
-/// Tells systemd `state` (`$NOTIFY_SOCKET`; nothing outside systemd). A
-/// failure is logged, never fatal: the service works, systemd is not told.
-pub(crate) fn notify_systemd(state: NotifyState<'_>) {
-    if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
-        tracing::warn!(error = %e, "could not notify systemd ({state})");
     }
 }

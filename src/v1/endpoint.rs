@@ -22,10 +22,11 @@ use futures_util::{Stream, StreamExt};
 
 use super::{Lookup, shape, wire};
 use crate::clock::{clock_ok, unix_now};
-use crate::keys::ServerKey;
+use crate::server::conn::Peer;
+use crate::server::gate::{self, rate_limited, request_id};
+use crate::server::outcome::Outcome;
 use crate::server::replay::Seen;
-
-use crate::server::{Outcome, Peer, State, rate_limited, request_id};
+use crate::server::state::State;
 
 fn text(status: StatusCode, body: &str) -> Response {
     let mut r = Response::new(format!("{body}\n").into());
@@ -59,7 +60,7 @@ pub(super) fn routes(
     let get = warp::get()
         .and(with_state.clone())
         .map(|state: Arc<State>| {
-            let key = v1_key(&state);
+            let key = state.keys.v1();
             let mut r = text(
                 StatusCode::OK,
                 wire::public_key_pem(key.spki_der()).trim_end(),
@@ -93,10 +94,6 @@ pub(super) fn routes(
     on_path.and(get.or(options).unify().or(post).unify().or(other).unify())
 }
 
-fn v1_key(state: &State) -> &ServerKey {
-    state.v1_key.as_ref().unwrap_or(&state.key)
-}
-
 /// How a v1 request ended; the answer is the sealed value's base64.
 type V1Outcome = Outcome<String>;
 
@@ -125,13 +122,7 @@ async fn handle<B: Buf>(
         }
         Err(refused) => refused,
     };
-    if outcome.is_failed_authentication() {
-        state.failures.failure(ip, unix_now());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let ms = (elapsed * 1000.0 * 100.0).round() / 100.0;
-    state.metrics.request(outcome.label(), elapsed);
-    outcome.log(&id, "v1", ip, ms);
+    gate::finish(&state, &outcome, &id, "v1", ip, started);
     // The original's answers: JSON for a value, one plain-text line else.
     match outcome {
         Outcome::Ok { answer, .. } => {
@@ -216,7 +207,7 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
         }
     };
     // 3. Payload and nonce.
-    let name = match wire::open_payload(v1_key(state).decrypter(), &request.payload) {
+    let name = match wire::open_payload(state.keys.v1().decrypter(), &request.payload) {
         Ok(plain) => match String::from_utf8(plain.to_vec()) {
             Ok(n) => n,
             Err(_) => {
@@ -316,7 +307,7 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
             reason: "the client is granted no secrets".into(),
         };
     }
-    let snapshot = state.store.snapshot();
+    let snapshot = state.secrets.store.snapshot();
     let value = match snapshot.get(&lookup) {
         Some(v) if client.may_read(&lookup) => v,
         _ => {
