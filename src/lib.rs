@@ -10,30 +10,39 @@
 //! and the fuzz targets use; the rest is `pub(crate)`, and `unreachable_pub`
 //! keeps it so.
 //!
-//! Module map:
+//! Module map (the one map of `src/`; the README points here). Floors from
+//! the ground up; a module uses only what is on its floor or below:
+//! * `locked` (internal): memory kept out of swap and core dumps;
+//!   [`secret`]: zeroizing, redacted values; [`clock`]: the protocols' time
+//!   and clock-skew rule; [`hygiene`]: no core dumps; `fsutil` (internal):
+//!   private files; `systemd` (internal): sd_notify, one place.
+//! * [`crypto`]: RSA-OAEP, AES-256-GCM, fingerprints; `store` (internal):
+//!   the current secret set, swapped atomically; [`tls`]: rustls on the one
+//!   crypto provider.
+//! * [`keys`]: server, client and reply keys, their files and text forms,
+//!   and loading (or creating) the server's.
 //! * [`protocol`]: wire types, canonical signed bytes, seal/open.
-//! * [`crypto`]: RSA-OAEP key wrapping, AES-256-GCM, fingerprints.
-//! * [`keys`]: server, client and reply keys and their file/text forms.
-//! * [`secret`]: zeroizing, redacted secret values.
-//! * `locked` (internal): memory kept out of swap and core dumps, for loaded sets.
-//! * [`registry`]: clients, their keys, networks and grants.
-//! * `store` (internal): the current secret set, swapped atomically.
-//! * [`source`]: where secrets come from.
-//! * [`config`]: server and client configuration.
-//! * [`server`]: [`server::Server::load`] and [`server::Server::serve`], the
-//!   start-up `locket serve` and the tests share; routes, the request
-//!   pipeline, the replay cache.
-//! * [`client`]: fetching secrets and handing them to programs.
-//! * `fsutil` (internal): creating private files safely.
-//! * [`hygiene`]: no core dumps for processes that hold secrets.
-//! * [`tls`]: rustls on the one crypto provider, for both sides.
-//! * [`clock`]: the protocols' time and clock-skew rule.
-//! * [`v1`]: the original locket's protocol, all of it (opt-in).
+//! * [`registry`]: clients, their keys, networks and grants;
+//!   [`source`]: where secrets come from (`source/memory.rs`: requests,
+//!   budgets, rate limits and what a source last read; `combine.rs`: each
+//!   source's last good values); [`config`]: server, client and `[v1]`
+//!   settings.
+//! * [`server`]: `state` (keys, guards, secrets), `gate` (what both
+//!   protocols share around a request), `pipeline`/`outcome`, `routes`,
+//!   `conn` (the accept loop), `refresh`, `startup`
+//!   ([`server::Server::load`] and [`server::Server::serve`], which tests
+//!   share with `locket serve`, and which mount v1); [`client`]: fetching
+//!   secrets and handing them to programs; [`plan`]: what a config change
+//!   grants; [`discover`]: the running server's config, for `locket plan`,
+//!   trusting only what deserves it.
+//! * [`v1`]: the original locket's protocol, on `server`'s gate and state.
+//! * `src/bin/`: the two binaries, thin over all of the above.
 
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod discover;
 pub(crate) mod fsutil;
 pub mod hygiene;
 pub mod keys;
@@ -45,5 +54,6 @@ pub mod secret;
 pub mod server;
 pub mod source;
 pub(crate) mod store;
+pub(crate) mod systemd;
 pub mod tls;
 pub mod v1;

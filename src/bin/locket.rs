@@ -245,14 +245,21 @@ async fn check(path: &Path) -> Result<(), Failure> {
 /// config error here, as `terraform plan -detailed-exitcode` does it).
 async fn plan(new: &Path, against: Option<&Path>, resolve: bool) -> Result<(), Failure> {
     let fail = |message: String| Failure { code: 1, message };
-    let old_path = match against {
-        Some(path) => path.to_owned(),
-        None => running_server_config().map_err(fail)?,
-    };
     let load = |path: &Path| {
         ServerConfig::load(path).map_err(|e| fail(format!("{}: {e}", path.display())))
     };
-    let old = load(&old_path)?;
+    // A discovered config is read only through a checked handle (see
+    // `locket::discover`): it is another process's, and --resolve runs it.
+    let (old_path, old) = match against {
+        Some(path) => (path.to_owned(), load(path)?),
+        None => {
+            let running =
+                locket::discover::running_server_config().map_err(|e| fail(e.to_string()))?;
+            let old = ServerConfig::from_file_text(&running.path, &running.text)
+                .map_err(|e| fail(format!("{}: {e}", running.path.display())))?;
+            (running.path, old)
+        }
+    };
     let new_checked = load(new)?;
     let sets = if resolve {
         let load = |config: &ServerConfig, path: &Path| {
@@ -289,59 +296,6 @@ async fn plan(new: &Path, against: Option<&Path>, resolve: bool) -> Result<(), F
     }
 }
 
-/// The `--config` of the one `locket serve` running on this host (read
-/// from /proc, relative paths against its working folder).
-fn running_server_config() -> Result<PathBuf, String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").map_err(|e| format!("cannot read /proc: {e}"))? {
-        let Ok(entry) = entry else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_locket = args
-            .first()
-            .and_then(|a| std::str::from_utf8(a).ok())
-            .is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "locket"));
-        if !is_locket || !args.iter().any(|a| *a == b"serve") {
-            continue;
-        }
-        let config = args
-            .windows(2)
-            .find(|w| w[0] == b"--config")
-            .map(|w| w[1])
-            .or_else(|| args.iter().find_map(|a| a.strip_prefix(b"--config=")));
-        if let Some(config) = config.and_then(|c| std::str::from_utf8(c).ok()) {
-            let path = Path::new(config);
-            let path = if path.is_absolute() {
-                path.to_owned()
-            } else {
-                std::fs::read_link(entry.path().join("cwd"))
-                    .map(|cwd| cwd.join(path))
-                    .unwrap_or_else(|_| path.to_owned())
-            };
-            found.push(path);
-        }
-    }
-    found.sort();
-    found.dedup();
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(
-            "no running `locket serve` found on this host to compare with; pass --against OLD.toml"
-                .into(),
-        ),
-        _ => Err(format!(
-            "several `locket serve` are running ({}); pass --against with the one to compare with",
-            found
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
-}
-
 fn fingerprint(path: &Path, next: bool) -> Result<(), Failure> {
     let config = ServerConfig::load(path).map_err(config_error)?.config;
     let (file, what) = if next {
@@ -355,7 +309,8 @@ fn fingerprint(path: &Path, next: bool) -> Result<(), Failure> {
     } else {
         (&config.key_file, "server key")
     };
-    let key = locket::server::load_key(file, config.key_bits, what).map_err(config_error)?;
+    let key = locket::keys::ServerKey::load_or_create_logged(file, config.key_bits, what)
+        .map_err(config_error)?;
     println!("{}", key.fingerprint());
     Ok(())
 }

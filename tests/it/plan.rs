@@ -180,3 +180,97 @@ fn a_reload_logs_what_the_registry_change_grants() {
     }
     assert!(!log.contains("client=same"), "{log}");
 }
+
+/// Runs `script` with bash in a PID namespace of its own (as root, as CI
+/// runs), with this locket as `$0`, in `dir`: other tests' servers are not
+/// seen, and everything it starts ends with it.
+fn in_pid_namespace(dir: &Path, script: &str) -> std::process::Output {
+    Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "bash", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_locket"))
+        .current_dir(dir)
+        .output()
+        .expect("unshare (util-linux; .ci/test installs it; needs root)")
+}
+
+/// The first review's HIGH finding: a local user's process that merely
+/// calls itself `locket ... serve --config evil.toml` was taken for the
+/// running server, and `plan --resolve` then ran evil.toml's command
+/// source as root. It must not count: its executable is not this locket
+/// and its owner is not root.
+#[test]
+fn plan_never_trusts_a_process_that_only_calls_itself_locket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _) = configs(dir.path());
+    // Readable by the impostor's user, as its own files would be.
+    let evil_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        evil_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        evil_dir.path().join("evil.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\nkey_file = \"k.pem\"\n[[sources]]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"id > {}; echo '{{}}'\"]\n",
+            dir.path().join("PWNED").display()
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+        cd {evil}
+        setpriv --reuid=65534 --regid=65534 --clear-groups \
+          bash -c 'exec -a locket python3 -c "import time; time.sleep(60)" serve --config evil.toml' &
+        until grep -q "serve" /proc/$!/cmdline 2>/dev/null && grep -q "^Uid:.*65534" /proc/$!/status; do
+            kill -0 $! 2>/dev/null || exit 99
+            sleep 0.05
+        done
+        cd {dir}
+        "$0" plan --config new.toml --resolve; rc=$?
+        kill $!
+        exit $rc
+    "#,
+        evil = evil_dir.path().display(),
+        dir = dir.path().display()
+    );
+    let out = in_pid_namespace(dir.path(), &script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !dir.path().join("PWNED").exists(),
+        "plan ran the impostor's command: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--against"), "{stderr}");
+    assert!(
+        stderr.contains("uid 65534"),
+        "the skipped process is named: {stderr}"
+    );
+}
+
+/// A real server whose config others may write: its config is not read
+/// (another user could have put a command source in it), and plan says so.
+#[test]
+fn plan_refuses_a_running_servers_config_that_others_can_write() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (old, _) = configs(dir.path());
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = r#"
+        "$0" serve --config old.toml 2>server.log &
+        until grep -q "listening on" server.log; do
+            kill -0 $! 2>/dev/null || { cat server.log; exit 99; }
+            sleep 0.1
+        done
+        "$0" plan --config new.toml; rc=$?
+        kill $!
+        exit $rc
+    "#;
+    let out = in_pid_namespace(dir.path(), script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("old.toml") && stderr.contains("chmod go-w"),
+        "{stderr}"
+    );
+}
