@@ -326,11 +326,14 @@ fn part(
 
 /// Whether a fetch failed because no server answered (the only case in
 /// which the boot cache may stand in; a denial or a pin mismatch is an
-/// answer, and never falls back).
+/// answer, and never falls back, with one server or with several).
 fn no_server_answered(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::AllFailed { .. } | ClientError::Unreachable { .. }
+        ClientError::AllFailed {
+            unanswered: true,
+            ..
+        } | ClientError::Unreachable { .. }
     )
 }
 

@@ -82,6 +82,10 @@ pub enum ClientError {
     AllFailed {
         timeout: Duration,
         attempts: Vec<String>,
+        /// No server gave an answer (each was unreachable, timed out or
+        /// failed with a 5xx); false when one answered with a pin mismatch,
+        /// a refusal or a bad answer.
+        unanswered: bool,
     },
 }
 
@@ -450,6 +454,9 @@ impl Client {
         {
             return Err(e);
         }
+        let unanswered = last
+            .iter()
+            .all(|e| e.as_ref().is_none_or(ClientError::is_transient));
         let attempts = self
             .endpoints
             .iter()
@@ -462,6 +469,7 @@ impl Client {
         Err(ClientError::AllFailed {
             timeout: self.timeout,
             attempts,
+            unanswered,
         })
     }
 

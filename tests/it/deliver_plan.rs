@@ -473,9 +473,65 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
     assert_eq!(code, 0, "{err}");
     assert_eq!(read(&d.join("run/a/APP_USER")).as_deref(), Some("alice"));
 
-    // No server: the copy stands in, and says so.
-    server.stop();
+    // A pin mismatch is an answer, not an outage: the copy never stands
+    // in for it, with one server or with two (the other one down).
+    let other = locket::keys::ServerKey::generate(2048).unwrap();
     std::fs::remove_dir_all(d.join("run/a")).unwrap();
+    for servers in [
+        vec![server.url()],
+        vec![server.url(), "http://127.0.0.1:9".into()],
+    ] {
+        let mut all: Vec<String> = Vec::new();
+        for s in &servers {
+            all.extend(["--server".to_string(), s.clone()]);
+        }
+        all.extend(args.iter().skip(2).cloned());
+        all.extend(
+            [
+                "deliver",
+                "--plan",
+                plan_path.to_str().unwrap(),
+                "--consumer",
+                "a",
+            ]
+            .map(String::from),
+        );
+        let out = client_command()
+            .env("LOCKET_SERVER_FINGERPRINT", other.fingerprint())
+            .args(&all)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert!(
+            !err.contains("delivered the cached copy"),
+            "{servers:?}: {err}"
+        );
+        assert!(!d.join("run/a/APP_USER").exists(), "{servers:?}: {err}");
+    }
+
+    // A copy dated in the future (a clock that was a year behind when it
+    // was written, say) is refused and kept, never taken as new.
+    let next_year = std::time::SystemTime::now() + Duration::from_secs(365 * 86_400);
+    rt.block_on(cache.store("a", &[("APP_USER".into(), "future".into())], next_year))
+        .unwrap();
+    server.stop();
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in the future"), "{err}");
+    assert!(cred.exists());
+    assert!(!d.join("run/a").exists());
+    // Put back a good copy for what follows.
+    rt.block_on(cache.store(
+        "a",
+        &[("APP_USER".into(), "alice".into())],
+        std::time::SystemTime::now(),
+    ))
+    .unwrap();
+
+    // No server: the copy stands in, and says so.
+    assert!(!d.join("run/a").exists());
     let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 0, "{err}");
     assert!(
