@@ -18,7 +18,8 @@
 //!   private files; `systemd` (internal): sd_notify, one place.
 //! * [`crypto`]: RSA-OAEP, AES-256-GCM, fingerprints; `store` (internal):
 //!   the current secret set, swapped atomically; [`tls`]: rustls on the one
-//!   crypto provider.
+//!   crypto provider; [`sealed`]: copies sealed to this host with
+//!   `systemd-creds` (the client's boot cache, the server's last-good set).
 //! * [`keys`]: server, client and reply keys, their files and text forms,
 //!   and loading (or creating) the server's.
 //! * [`protocol`]: wire types, canonical signed bytes, seal/open.
@@ -50,6 +51,7 @@ pub(crate) mod locked;
 pub mod plan;
 pub mod protocol;
 pub mod registry;
+pub mod sealed;
 pub mod secret;
 pub mod server;
 pub mod source;

@@ -45,6 +45,8 @@ pub(crate) struct Metrics {
     source_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     source_load: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     source_secrets: Family<SourceLabel, Gauge>,
+    source_requests: Family<SourceLabel, Counter>,
+    source_rate_limited: Family<SourceLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,7 +130,21 @@ impl Default for Metrics {
             "Names the source holds (a count, never the names)",
             source_secrets.clone(),
         );
+        let source_requests = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "source_requests",
+            "Requests made to the source's service, counted as the service counts them (1Password: op item list 2-3, op item get 3)",
+            source_requests.clone(),
+        );
+        let source_rate_limited = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "source_waiting",
+            "1 while the source asks nothing: rate-limited by its service, or its request budget spent",
+            source_rate_limited.clone(),
+        );
         Self {
+            source_requests,
+            source_rate_limited,
             source_stale,
             source_age,
             source_load,
@@ -165,6 +181,7 @@ impl Metrics {
         self.source_age.clear();
         self.source_load.clear();
         self.source_secrets.clear();
+        self.source_rate_limited.clear();
     }
 
     /// One source's gauges (before a scrape).
@@ -183,6 +200,16 @@ impl Metrics {
         self.source_secrets
             .get_or_create(&label)
             .set(s.secrets as i64);
+        self.source_rate_limited
+            .get_or_create(&label)
+            .set(s.waiting_until.is_some() as i64);
+        // The counter follows the source's own count (which starts again
+        // only when its settings change: then the counter stays put).
+        let counter = self.source_requests.get_or_create(&label);
+        let seen = counter.get();
+        if s.requests_total > seen {
+            counter.inc_by(s.requests_total - seen);
+        }
     }
 
     pub(crate) fn source_load(&self, ok: bool) {

@@ -34,7 +34,7 @@ pub(crate) async fn refresh_once(state: &State) -> Result<usize, SourceError> {
     // swapped in its sources, which must not be loaded over with old ones.
     let mut held = state.secrets.sources.lock().await;
     let rt = state.runtime.load_full();
-    let (next, round) = held.load(&rt.config.sources).await;
+    let (next, round) = held.load_due(&rt.config.sources).await;
     state.keep_sources(&mut held, next);
     serve_round(state, round, false)
 }
@@ -79,7 +79,11 @@ pub(crate) fn serve_round(state: &State, round: Round, loud: bool) -> Result<usi
                 "the failed command's stderr"
             );
         }
-        if round.missing.contains(&e.index) {
+        if e.wait.as_ref().is_some_and(|w| w.repeated) {
+            // A wait already logged (a rate limit, a spent budget): it
+            // costs no request and says nothing new.
+            tracing::debug!(error = %e, "source still waiting");
+        } else if round.missing.contains(&e.index) {
             let failures = state.secrets.health.failure(e.summary());
             if state.secrets.health.loaded() {
                 tracing::warn!(error = %e, failures, "source failed and has never loaded; still serving the last set without it");

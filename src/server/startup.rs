@@ -112,6 +112,14 @@ impl Server {
                 state.set_loaded(set);
             }
             (None, None) => unreachable!("a source without values has failed"),
+            (Some(e), _) if e.wait.is_some() => {
+                // Exiting would only make systemd start us again, and every
+                // start would ask again: a restart loop is how a rate-limited
+                // account stays limited. Listen, unready, and wait it out.
+                tracing::error!(error = %e, "first load waits for a rate limit or a request budget; listening anyway, answering 503 until a load succeeds");
+                state.secrets.health.failure(e.summary());
+                state.metrics.source_load(false);
+            }
             (Some(e), _) if config.start_unready => {
                 tracing::error!(error = %e, "first load failed; listening anyway (start_unready), answering 503 until a load succeeds");
                 state.secrets.health.failure(e.summary());

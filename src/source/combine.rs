@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use super::memory::{SourceMemory, Usage};
 use super::{LoadError, SourceConfig, SourceError};
 use crate::secret::SecretValue;
 use crate::store::SecretSet;
@@ -30,6 +31,13 @@ pub struct SourceState {
     pub failures: u32,
     /// The last failure, as `/readyz` may show it (number, type, kind).
     pub last_error: Option<String>,
+    /// What the source remembers between rounds (requests, budget, rate
+    /// limit, what it read); kept while its settings stay the same.
+    memory: Arc<tokio::sync::Mutex<SourceMemory>>,
+    /// Its requests and waits as of its last round.
+    pub usage: Usage,
+    /// A rate limit or spent budget it waits out, until then.
+    pub waiting_until: Option<SystemTime>,
 }
 
 /// What `/readyz` says about one source: no name of a secret, no path,
@@ -52,6 +60,23 @@ pub struct SourceHealth {
     pub secrets: usize,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
+    /// Requests to the service (as it counts them) in the last hour and
+    /// day, and since the source's settings last changed.
+    pub requests_last_hour: u32,
+    pub requests_last_day: u32,
+    pub requests_total: u64,
+    /// The request budget, when the source has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reads_per_hour: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reads_per_day: Option<u32>,
+    /// Until when it asks nothing (a rate limit or a spent budget).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_until: Option<String>,
+    /// How often it is read at most, when its day's budget stretches the
+    /// refresh interval (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paced_every_seconds: Option<u64>,
 }
 
 /// A name defined by more than one source: which sources, and the one
@@ -89,18 +114,44 @@ impl Sources {
     /// values it last loaded under the same settings in `self`; a new or
     /// changed source that fails has none.
     pub async fn load(&self, configs: &[SourceConfig]) -> (Sources, Round) {
+        self.load_sources(configs, false).await
+    }
+
+    /// [`Sources::load`] for the refresh loop: a source whose budget paces
+    /// it more slowly than the refresh interval is left as it is until it
+    /// is due (its values stay, fresh as of its last load).
+    pub async fn load_due(&self, configs: &[SourceConfig]) -> (Sources, Round) {
+        self.load_sources(configs, true).await
+    }
+
+    async fn load_sources(&self, configs: &[SourceConfig], due_only: bool) -> (Sources, Round) {
         let mut states = Vec::with_capacity(configs.len());
         let mut errors = Vec::new();
         let mut missing = Vec::new();
+        let mut skipped = 0;
         for (i, config) in configs.iter().enumerate() {
             let previous = self
                 .states
                 .get(i)
                 .filter(|s| s.config == *config)
                 .or_else(|| self.states.iter().find(|s| s.config == *config));
+            let memory = previous.map_or_else(Arc::default, |p| Arc::clone(&p.memory));
+            let mut held = memory.lock().await;
+            if due_only
+                && let Some(p) = previous
+                && p.values.is_some()
+                && held.next_due.is_some_and(|due| Instant::now() < due)
+            {
+                drop(held);
+                states.push(p.clone());
+                skipped += 1;
+                continue;
+            }
             let started = Instant::now();
-            let result = load_one(i, config).await;
+            let result = load_one(i, config, &mut held).await;
             let last_duration = started.elapsed();
+            let usage = held.usage(SystemTime::now());
+            drop(held);
             match result {
                 Ok(set) => states.push(SourceState {
                     config: config.clone(),
@@ -109,6 +160,9 @@ impl Sources {
                     last_duration,
                     failures: 0,
                     last_error: None,
+                    memory,
+                    usage,
+                    waiting_until: None,
                 }),
                 Err(e) => {
                     let kept = previous.and_then(|p| p.values.clone());
@@ -122,12 +176,15 @@ impl Sources {
                         last_duration,
                         failures: previous.map_or(0, |p| p.failures) + 1,
                         last_error: Some(e.summary()),
+                        memory,
+                        usage,
+                        waiting_until: e.wait.as_ref().map(|w| w.until),
                     });
                     errors.push(e);
                 }
             }
         }
-        let loaded = configs.len() - errors.len();
+        let loaded = configs.len() - errors.len() - skipped;
         let next = Sources { states };
         let (set, duplicates) = if missing.is_empty() {
             let (set, duplicates) = next.combine();
@@ -202,13 +259,27 @@ impl Sources {
                 secrets: s.values.as_ref().map_or(0, |v| v.len()),
                 consecutive_failures: s.failures,
                 last_error: s.last_error.clone(),
+                requests_last_hour: s.usage.last_hour,
+                requests_last_day: s.usage.last_day,
+                requests_total: s.usage.requests_total,
+                reads_per_hour: s.config.budget().per_hour,
+                reads_per_day: s.config.budget().per_day,
+                waiting_until: s
+                    .waiting_until
+                    .filter(|t| *t > now)
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                paced_every_seconds: s.usage.paced_every.map(|d| d.as_secs()),
             })
             .collect()
     }
 }
 
 /// Loads source number `i` (0-based), checking its names.
-async fn load_one(i: usize, source: &SourceConfig) -> Result<SecretSet, SourceError> {
+async fn load_one(
+    i: usize,
+    source: &SourceConfig,
+    memory: &mut SourceMemory,
+) -> Result<SecretSet, SourceError> {
     let error = |detail: String, kind: &'static str, stderr| SourceError {
         index: i + 1,
         description: source.describe(),
@@ -216,10 +287,18 @@ async fn load_one(i: usize, source: &SourceConfig) -> Result<SecretSet, SourceEr
         kind,
         stderr,
         source_type: source.type_name(),
+        wait: None,
     };
-    let entries = source.load().await.map_err(|e| {
+    let entries = source.load_with(memory).await.map_err(|e| {
         let kind = e.kind();
         let detail = e.to_string();
+        if let Some(until) = e.waits_until() {
+            let repeated = !memory.announce(until);
+            return SourceError {
+                wait: Some(Box::new(super::Wait { until, repeated })),
+                ..error(detail, kind, None)
+            };
+        }
         let stderr = match e {
             LoadError::Command { stderr, .. } => stderr,
             _ => None,

@@ -14,11 +14,12 @@ pub(crate) mod command;
 pub mod dotenv;
 mod env;
 pub mod file;
+pub mod memory;
 pub(crate) mod onepassword;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,7 @@ use crate::store::SecretSet;
 
 pub use dotenv::parse_dotenv;
 pub use file::{FileFormat, parse_json, parse_toml};
+pub use memory::{Budget, SourceMemory};
 
 /// One `[[sources]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -74,6 +76,15 @@ pub enum SourceConfig {
         op: String,
         #[serde(default = "ten_seconds", with = "humantime_serde")]
         timeout: Duration,
+        /// 1Password requests this source may make per hour and per day
+        /// (0: no limit); default 800 and 1500, well inside a Teams account.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reads_per_hour: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reads_per_day: Option<u32>,
+        /// Items read at once (default 8).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        concurrency: Option<usize>,
     },
     /// A 1Password Connect server.
     OnepasswordConnect {
@@ -82,6 +93,15 @@ pub enum SourceConfig {
         token_file: PathBuf,
         #[serde(default = "ten_seconds", with = "humantime_serde")]
         timeout: Duration,
+        /// Requests per hour and per day (default: no limit; Connect
+        /// answers from its own synced copy).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reads_per_hour: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reads_per_day: Option<u32>,
+        /// Items read at once (default 8).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        concurrency: Option<usize>,
     },
 }
 
@@ -187,6 +207,11 @@ impl SourceConfig {
             {
                 invalid("`timeout` must be more than 0s".into())
             }
+            Self::OnepasswordCli { concurrency: Some(n), .. } | Self::OnepasswordConnect { concurrency: Some(n), .. }
+                if !(1..=64).contains(n) =>
+            {
+                invalid(format!("concurrency = {n} is out of range: use 1 to 64 (default {})", onepassword::DEFAULT_CONCURRENCY))
+            }
             Self::OnepasswordConnect { url, .. } if !(url.starts_with("http://") || url.starts_with("https://")) => {
                 invalid(format!("url {url:?} must start with http:// or https://"))
             }
@@ -194,8 +219,18 @@ impl SourceConfig {
         }
     }
 
-    /// Reads the source once.
+    /// Reads the source once, from nothing remembered.
     pub async fn load(&self) -> Result<Vec<(String, SecretValue)>, LoadError> {
+        self.load_with(&mut SourceMemory::default()).await
+    }
+
+    /// Reads the source, using and updating what it remembers from earlier
+    /// rounds: its requests and budget, a rate limit, and what it read
+    /// (a 1Password source reads only the items that changed).
+    pub async fn load_with(
+        &self,
+        memory: &mut SourceMemory,
+    ) -> Result<Vec<(String, SecretValue)>, LoadError> {
         match self {
             Self::Dotenv { path } => dotenv::load(path),
             Self::Env {
@@ -215,13 +250,62 @@ impl SourceConfig {
                 token_file,
                 op,
                 timeout,
-            } => onepassword::load_cli(op, vault, token_file, *timeout).await,
+                ..
+            } => {
+                let limits = self.limits(*timeout);
+                onepassword::load_cli(op, vault, token_file, limits, memory).await
+            }
             Self::OnepasswordConnect {
                 url,
                 vault,
                 token_file,
                 timeout,
-            } => onepassword::load_connect(url, vault, token_file, *timeout).await,
+                ..
+            } => {
+                let limits = self.limits(*timeout);
+                onepassword::load_connect(url, vault, token_file, limits, memory).await
+            }
+        }
+    }
+
+    /// The request budget in force (0 in the config: no limit).
+    pub fn budget(&self) -> Budget {
+        let pick = |set: Option<u32>, default: Option<u32>| match set {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
+        };
+        match self {
+            Self::OnepasswordCli {
+                reads_per_hour,
+                reads_per_day,
+                ..
+            } => Budget {
+                per_hour: pick(*reads_per_hour, onepassword::DEFAULT_CLI_BUDGET.per_hour),
+                per_day: pick(*reads_per_day, onepassword::DEFAULT_CLI_BUDGET.per_day),
+            },
+            Self::OnepasswordConnect {
+                reads_per_hour,
+                reads_per_day,
+                ..
+            } => Budget {
+                per_hour: pick(*reads_per_hour, None),
+                per_day: pick(*reads_per_day, None),
+            },
+            _ => Budget::default(),
+        }
+    }
+
+    fn limits(&self, timeout: Duration) -> onepassword::Limits {
+        let concurrency = match self {
+            Self::OnepasswordCli { concurrency, .. }
+            | Self::OnepasswordConnect { concurrency, .. } => *concurrency,
+            _ => None,
+        };
+        onepassword::Limits {
+            budget: self.budget(),
+            concurrency: concurrency.unwrap_or(onepassword::DEFAULT_CONCURRENCY),
+            timeout,
         }
     }
 }
@@ -254,6 +338,12 @@ pub enum LoadError {
     /// 1Password (the CLI or Connect) refused or failed.
     #[error("{0}")]
     OnePassword(String),
+    /// The service rate-limited the source: it asks nothing until `until`.
+    #[error("{detail} (until {})", humantime::format_rfc3339_seconds(*.until))]
+    RateLimited { until: SystemTime, detail: String },
+    /// The source's request budget is spent until `until`.
+    #[error("{detail} (until {})", humantime::format_rfc3339_seconds(*.until))]
+    OverBudget { until: SystemTime, detail: String },
 }
 
 impl LoadError {
@@ -274,6 +364,18 @@ impl LoadError {
             LoadError::Environment(_) => "a variable is missing or unusable",
             LoadError::Command { .. } => "the command failed",
             LoadError::OnePassword(_) => "1Password failed",
+            LoadError::RateLimited { .. } => "rate-limited by the service",
+            LoadError::OverBudget { .. } => "request budget spent",
+        }
+    }
+
+    /// Until when the source waits, for a rate limit or a spent budget.
+    pub fn waits_until(&self) -> Option<SystemTime> {
+        match self {
+            LoadError::RateLimited { until, .. } | LoadError::OverBudget { until, .. } => {
+                Some(*until)
+            }
+            _ => None,
         }
     }
 }
@@ -321,6 +423,16 @@ pub struct SourceError {
     pub stderr: Option<ProgramText>,
     /// The source's type, as in `type = "..."`.
     pub source_type: &'static str,
+    /// Until when the source asks nothing (a rate limit, a spent budget).
+    pub wait: Option<Box<Wait>>,
+}
+
+/// A source that waits out a rate limit or a spent budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub until: SystemTime,
+    /// The same wait was already reported: log it quietly.
+    pub repeated: bool,
 }
 
 impl SourceError {

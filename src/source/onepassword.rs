@@ -2,23 +2,88 @@
 //! 1Password Connect server over its REST API. Every item of the configured
 //! vault becomes secrets named `<item title>/<field label>` (so a client
 //! granted `"<service>/*"` reads one item, as the original locket did with
-//! one item per service). Each item is read once per refresh, never once per
-//! field. Tokens come from files and never reach a command line or a log.
+//! one item per service). Tokens come from files and never reach a command
+//! line or a log.
+//!
+//! Reads cost: 1Password limits service accounts per hour and per account
+//! per day, and past a limit every integration of the account is refused.
+//! So a round lists the vault once and gets only the items that are new or
+//! whose `version` (or `updated_at`) changed; items that are gone are
+//! dropped. An unchanged round is one list. Each item read is remembered
+//! at once ([`SourceMemory`]), so a round cut short (a rate limit, a budget,
+//! a failure) never reads it again. Gets run `concurrency` at a time.
+//!
+//! Requests are counted as 1Password counts them ("Use service accounts
+//! with 1Password CLI", section "Commands that make multiple requests",
+//! developer.1password.com/docs/service-accounts/use-with-1password-cli):
+//! `op item list --vault` costs 3 requests with a vault name and 2 with a
+//! vault id, `op item get` 3. The first list names the vault's id in every
+//! item, so later lists use the id. Connect answers from its own synced
+//! copy: one HTTP request is one request, and the vault's id is looked up
+//! once.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::LoadError;
+use super::memory::{Budget, CachedItem, HOUR, Hold, SourceMemory};
 use crate::secret::SecretValue;
+
+/// What 1Password counts for each `op` call (see the module docs).
+pub(crate) const OP_LIST_BY_NAME: u32 = 3;
+pub(crate) const OP_LIST_BY_ID: u32 = 2;
+pub(crate) const OP_GET: u32 = 3;
+
+/// The budget of an `op` source when its config sets none: well inside a
+/// Teams account (1,000 reads per hour per token, 5,000 requests per day
+/// for the whole account), so a failover pair still leaves most of the
+/// account's day to other integrations.
+pub(crate) const DEFAULT_CLI_BUDGET: Budget = Budget {
+    per_hour: Some(800),
+    per_day: Some(1500),
+};
+
+/// What a rate-limited source says, at the first refusal and while it waits.
+const RATE_LIMITED: &str = "1Password answered \"Too many requests\"; the last good values are served and no request is made until the limit resets";
+
+/// Gets at once, when the config does not say.
+pub(crate) const DEFAULT_CONCURRENCY: usize = 8;
+
+/// The share of `reads_per_day` that unchanged rounds may use; the rest is
+/// kept for changed items and a first load.
+const PACING_SHARE: u32 = 4;
+
+/// How a 1Password source reads: its budget and how many gets at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub budget: Budget,
+    pub concurrency: usize,
+    pub timeout: Duration,
+}
 
 #[derive(Deserialize)]
 struct ItemSummary {
     id: String,
     #[serde(default)]
     title: String,
+    #[serde(default)]
+    version: u64,
+    #[serde(default, alias = "updatedAt")]
+    updated_at: String,
+    #[serde(default)]
+    vault: Option<VaultRef>,
+}
+
+#[derive(Deserialize)]
+struct VaultRef {
+    #[serde(default)]
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -79,11 +144,9 @@ pub(crate) fn read_token(path: &Path) -> Result<Zeroizing<String>, LoadError> {
 /// fields making one name are an error that names both.
 type Origins = std::collections::BTreeMap<String, (String, String)>;
 
-fn item_secrets(
-    item: Item,
-    out: &mut Vec<(String, SecretValue)>,
-    origins: &mut Origins,
-) -> Result<(), LoadError> {
+/// An item's fields that have a value, as (label, value).
+fn item_fields(item: Item) -> (String, Vec<(String, SecretValue)>) {
+    let mut out = Vec::new();
     for field in item.fields {
         let value = match field.value {
             Some(serde_json::Value::String(s)) => Some(SecretValue::new(s)),
@@ -91,35 +154,168 @@ fn item_secrets(
             Some(serde_json::Value::Bool(b)) => Some(SecretValue::new(b.to_string())),
             _ => None,
         };
-        if let Some(value) = value {
-            let label = if field.label.is_empty() {
-                field.id
-            } else {
-                field.label
-            };
-            if !label.is_empty() {
-                let name = format!("{}/{label}", item.title);
-                if let Some((other_item, other_field)) =
-                    origins.insert(name.clone(), (item.title.clone(), label.clone()))
-                {
-                    return Err(LoadError::OnePassword(format!(
-                        "item {other_item:?} field {other_field:?} and item {:?} field {label:?} both make the secret name {name:?}; rename one of them in 1Password",
-                        item.title
-                    )));
-                }
-                out.push((name, value));
-            }
+        let label = if field.label.is_empty() {
+            field.id
+        } else {
+            field.label
+        };
+        if let Some(value) = value
+            && !label.is_empty()
+        {
+            out.push((label, value));
         }
     }
-    Ok(())
+    (item.title, out)
 }
 
-/// The `op` CLI: `op item list`, then `op item get` per item.
+/// The secrets of the items in `order` (the vault's listing), as
+/// `<title>/<label>`; two fields making one name are an error naming both.
+fn assemble(
+    order: &[String],
+    memory: &SourceMemory,
+) -> Result<Vec<(String, SecretValue)>, LoadError> {
+    let mut out = Vec::new();
+    let mut origins = Origins::new();
+    for id in order {
+        let Some(item) = memory.items.get(id) else {
+            continue;
+        };
+        for (name, value) in &item.secrets {
+            let (title, label) = name.split_at(item.title_len);
+            let label = &label[1..];
+            if let Some((other_item, other_field)) =
+                origins.insert(name.clone(), (title.to_owned(), label.to_owned()))
+            {
+                return Err(LoadError::OnePassword(format!(
+                    "item {other_item:?} field {other_field:?} and item {title:?} field {label:?} both make the secret name {name:?}; rename one of them in 1Password"
+                )));
+            }
+            out.push((name.clone(), value.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Remembers a freshly read item under `id`.
+fn remember(memory: &mut SourceMemory, id: &str, version: (u64, String), item: Item) {
+    let (title, fields) = item_fields(item);
+    let secrets = fields
+        .into_iter()
+        .map(|(label, value)| (format!("{title}/{label}"), value))
+        .collect();
+    memory.items.insert(
+        id.to_owned(),
+        CachedItem {
+            version,
+            title_len: title.len(),
+            secrets,
+        },
+    );
+}
+
+/// The items of a listing that must be read: new, or of another version.
+/// Items no longer listed are forgotten.
+fn plan_round(
+    memory: &mut SourceMemory,
+    items: &[ItemSummary],
+) -> Vec<(String, (u64, String), String)> {
+    let listed: std::collections::BTreeSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    memory.items.retain(|id, _| listed.contains(id.as_str()));
+    items
+        .iter()
+        .filter(|i| {
+            memory
+                .items
+                .get(&i.id)
+                .is_none_or(|c| c.version != (i.version, i.updated_at.clone()))
+        })
+        .map(|i| {
+            (
+                i.id.clone(),
+                (i.version, i.updated_at.clone()),
+                i.title.clone(),
+            )
+        })
+        .collect()
+}
+
+/// A request refused before it was made: the source waits, and says why.
+fn held(hold: Hold) -> LoadError {
+    match hold {
+        Hold::RateLimited { until } => LoadError::RateLimited {
+            until,
+            detail: RATE_LIMITED.into(),
+        },
+        Hold::OverBudget {
+            until,
+            window,
+            limit,
+        } => LoadError::OverBudget {
+            until,
+            detail: format!(
+                "the next request would pass {window} = {limit}; the last good values are served until room frees (raise {window}, or set it to 0 for no limit)"
+            ),
+        },
+    }
+}
+
+/// Whether `op`'s stderr says the service account is rate-limited, and
+/// until when: the time the message names ("retry in 58 minutes"), else
+/// the end of 1Password's hourly window.
+pub(crate) fn op_rate_limit(stderr: &str, now: SystemTime) -> Option<SystemTime> {
+    let lower = stderr.to_ascii_lowercase();
+    if !(lower.contains("too many requests")
+        || lower.contains("(429)")
+        || lower.contains("rate-limited")
+        || lower.contains("rate limited"))
+    {
+        return None;
+    }
+    let wait = lower
+        .split("retry in ")
+        .nth(1)
+        .or_else(|| lower.split("try again in ").nth(1))
+        .and_then(|rest| {
+            let mut words = rest.split_whitespace();
+            let n: u64 = words.next()?.parse().ok()?;
+            let unit = words.next()?;
+            let secs = if unit.starts_with("hour") {
+                n * 3600
+            } else if unit.starts_with("minute") {
+                n * 60
+            } else if unit.starts_with("second") {
+                n
+            } else {
+                return None;
+            };
+            Some(Duration::from_secs(secs.max(1)))
+        })
+        .unwrap_or(HOUR);
+    Some(now + wait)
+}
+
+/// A vault given as a 1Password id (26 lowercase letters and digits).
+fn is_vault_id(vault: &str) -> bool {
+    vault.len() == 26
+        && vault
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Why a get stopped a round.
+enum Stop {
+    Hold(Hold),
+    Error(LoadError),
+}
+
+/// The `op` CLI: one `op item list`, then `op item get` for each item that
+/// is new or changed, `limits.concurrency` at a time.
 pub(crate) async fn load_cli(
     op: &str,
     vault: &str,
     token_file: &Path,
-    timeout: Duration,
+    limits: Limits,
+    memory: &mut SourceMemory,
 ) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let token = read_token(token_file)?;
     // `op` keeps its config under $HOME unless OP_CONFIG_DIR names a
@@ -137,91 +333,232 @@ pub(crate) async fn load_cli(
             .map(str::to_owned)
             .collect()
     };
-    let list = super::command::run(
-        &argv(&["item", "list", "--vault", vault, "--format", "json"]),
-        timeout,
-        &env,
-        None,
-    )
-    .await?;
+    let vault_arg = memory.vault_id.clone().unwrap_or_else(|| vault.to_owned());
+    let list_cost = if is_vault_id(&vault_arg) {
+        OP_LIST_BY_ID
+    } else {
+        OP_LIST_BY_NAME
+    };
+    memory
+        .spend(limits.budget, list_cost, SystemTime::now())
+        .map_err(held)?;
+    let run = |args: Vec<String>| {
+        let env = &env;
+        async move { super::command::run(&args, limits.timeout, env, None).await }
+    };
+    let list = run(argv(&[
+        "item", "list", "--vault", &vault_arg, "--format", "json",
+    ]))
+    .await
+    .map_err(|e| op_error(e, memory))?;
     let items: Vec<ItemSummary> = parse(&list, "the output of `op item list`")?;
-    let mut out = Vec::new();
-    let mut origins = Origins::new();
-    for summary in items {
-        let raw = super::command::run(
-            &argv(&[
-                "item",
-                "get",
-                &summary.id,
-                "--vault",
-                vault,
-                "--format",
-                "json",
-            ]),
-            timeout,
-            &env,
-            None,
-        )
-        .await?;
-        let item: Item = parse(
-            &raw,
-            &format!("the output of `op item get` for item {:?}", summary.title),
-        )?;
-        item_secrets(item, &mut out, &mut origins)?;
+    if memory.vault_id.is_none()
+        && let Some(id) = items
+            .iter()
+            .find_map(|i| i.vault.as_ref())
+            .map(|v| v.id.clone())
+        && is_vault_id(&id)
+    {
+        memory.vault_id = Some(id);
     }
-    Ok(out)
+    let wanted = plan_round(memory, &items);
+    let shared = Mutex::new(&mut *memory);
+    let stop = AtomicBool::new(false);
+    let vault_arg = &vault_arg;
+    let results: Vec<Result<(), Stop>> = futures_util::stream::iter(wanted)
+        .map(|(id, version, title)| {
+            let (shared, stop, run, argv) = (&shared, &stop, &run, &argv);
+            async move {
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let spent = shared
+                    .lock()
+                    .map_err(|_| Stop::Error(LoadError::OnePassword("internal: poisoned".into())))?
+                    .spend(limits.budget, OP_GET, SystemTime::now());
+                if let Err(hold) = spent {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(Stop::Hold(hold));
+                }
+                let raw = run(argv(&[
+                    "item", "get", &id, "--vault", vault_arg, "--format", "json",
+                ]))
+                .await;
+                let mut memory = shared.lock().map_err(|_| {
+                    Stop::Error(LoadError::OnePassword("internal: poisoned".into()))
+                })?;
+                match raw {
+                    Ok(raw) => {
+                        let item: Item = parse(
+                            &raw,
+                            &format!("the output of `op item get` for item {title:?}"),
+                        )
+                        .map_err(Stop::Error)?;
+                        remember(&mut memory, &id, version, item);
+                        Ok(())
+                    }
+                    // Deleted between the list and the get: gone.
+                    Err(LoadError::Command {
+                        stderr: Some(text), ..
+                    }) if text.as_str().contains("isn't an item") => {
+                        memory.items.remove(&id);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        Err(Stop::Error(op_error(e, &mut memory)))
+                    }
+                }
+            }
+        })
+        .buffer_unordered(limits.concurrency.max(1))
+        .collect()
+        .await;
+    finish_round(results, &items, memory, list_cost, limits.budget)
 }
 
-/// A 1Password Connect server.
+/// The end of a round: the first reason it stopped, else the set; and the
+/// pace of the next rounds inside the day's budget.
+fn finish_round(
+    results: Vec<Result<(), Stop>>,
+    items: &[ItemSummary],
+    memory: &mut SourceMemory,
+    round_cost: u32,
+    budget: Budget,
+) -> Result<Vec<(String, SecretValue)>, LoadError> {
+    for r in results {
+        match r {
+            Ok(()) => {}
+            Err(Stop::Hold(h)) => return Err(held(h)),
+            Err(Stop::Error(e)) => return Err(e),
+        }
+    }
+    memory.paced_every = budget.per_day.map(|day| {
+        let share = (day / PACING_SHARE).max(1);
+        Duration::from_secs(86_400 * u64::from(round_cost) / u64::from(share))
+    });
+    memory.next_due = memory
+        .paced_every
+        .map(|every| std::time::Instant::now() + every);
+    let order: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    assemble(&order, memory)
+}
+
+/// An `op` failure: a rate limit sets the source's wait (and is said so);
+/// anything else passes through.
+fn op_error(e: LoadError, memory: &mut SourceMemory) -> LoadError {
+    if let LoadError::Command {
+        stderr: Some(text), ..
+    } = &e
+        && let Some(until) = op_rate_limit(text.as_str(), SystemTime::now())
+    {
+        memory.rate_limited_until = Some(until);
+        return LoadError::RateLimited {
+            until,
+            detail: RATE_LIMITED.into(),
+        };
+    }
+    e
+}
+
+/// A 1Password Connect server: the vault's id once, then one listing per
+/// round and a GET for each new or changed item.
 pub(crate) async fn load_connect(
     url: &str,
     vault: &str,
     token_file: &Path,
-    timeout: Duration,
+    limits: Limits,
+    memory: &mut SourceMemory,
 ) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let token = read_token(token_file)?;
     let http = crate::tls::http_client(crate::tls::Roots::for_urls([url]))
-        .timeout(timeout)
+        .timeout(limits.timeout)
         .build().map_err(|e| {
         LoadError::OnePassword(format!("HTTP client: {e}; for an https:// Connect server the system's CA certificates must be installed"))
     })?;
     let base = url.trim_end_matches('/');
+    let auth = Zeroizing::new(format!("Bearer {}", token.as_str()));
+    let shared = Mutex::new(&mut *memory);
     let get = |path: String| {
-        let http = http.clone();
-        let auth = Zeroizing::new(format!("Bearer {}", token.as_str()));
-        async move { get_with_backoff(&http, &path, &auth).await }
+        let (http, auth, shared) = (&http, &auth, &shared);
+        async move { get_with_backoff(http, &path, auth, shared, limits.budget).await }
     };
-    let vaults: Vec<Vault> = parse(&get(format!("{base}/v1/vaults")).await?, "GET /v1/vaults")?;
-    let vault_id = vaults
-        .iter()
-        .find(|v| v.id == vault || v.name == vault)
-        .map(|v| v.id.clone())
-        .ok_or_else(|| {
-            LoadError::OnePassword(format!(
-                "vault {vault:?} not found (the token sees {} vaults)",
-                vaults.len()
-            ))
-        })?;
-    let items: Vec<ItemSummary> = parse(
-        &get(format!("{base}/v1/vaults/{vault_id}/items")).await?,
-        "GET items",
-    )?;
-    let mut out = Vec::new();
-    let mut origins = Origins::new();
-    for summary in items {
-        let raw = get(format!("{base}/v1/vaults/{vault_id}/items/{}", summary.id)).await?;
-        let item: Item = parse(&raw, &format!("GET item {:?}", summary.title))?;
-        item_secrets(item, &mut out, &mut origins)?;
+    let cached = shared.lock().ok().and_then(|m| m.vault_id.clone());
+    let vault_id = match cached {
+        Some(id) => id,
+        None => {
+            let vaults: Vec<Vault> =
+                parse(&get(format!("{base}/v1/vaults")).await?, "GET /v1/vaults")?;
+            let id = vaults
+                .iter()
+                .find(|v| v.id == vault || v.name == vault)
+                .map(|v| v.id.clone())
+                .ok_or_else(|| {
+                    LoadError::OnePassword(format!(
+                        "vault {vault:?} not found (the token sees {} vaults)",
+                        vaults.len()
+                    ))
+                })?;
+            if let Ok(mut m) = shared.lock() {
+                m.vault_id = Some(id.clone());
+            }
+            id
+        }
+    };
+    let listed = get(format!("{base}/v1/vaults/{vault_id}/items")).await;
+    if matches!(&listed, Err(LoadError::OnePassword(m)) if m.contains("404"))
+        && let Ok(mut m) = shared.lock()
+    {
+        // The vault went away or was renamed: look it up again next time.
+        m.vault_id = None;
     }
-    Ok(out)
+    let items: Vec<ItemSummary> = parse(&listed?, "GET items")?;
+    let wanted = match shared.lock() {
+        Ok(mut m) => plan_round(&mut m, &items),
+        Err(_) => return Err(LoadError::OnePassword("internal: poisoned".into())),
+    };
+    let stop = AtomicBool::new(false);
+    let results: Vec<Result<(), Stop>> = futures_util::stream::iter(wanted)
+        .map(|(id, version, title)| {
+            let (shared, stop, get, vault_id) = (&shared, &stop, &get, &vault_id);
+            async move {
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                match get(format!("{base}/v1/vaults/{vault_id}/items/{id}")).await {
+                    Ok(raw) => {
+                        let item: Item =
+                            parse(&raw, &format!("GET item {title:?}")).map_err(Stop::Error)?;
+                        if let Ok(mut m) = shared.lock() {
+                            remember(&mut m, &id, version, item);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        Err(Stop::Error(e))
+                    }
+                }
+            }
+        })
+        .buffer_unordered(limits.concurrency.max(1))
+        .collect()
+        .await;
+    // Connect has no service-account limits of its own: no pacing unless
+    // the config set a day's budget.
+    finish_round(results, &items, memory, 1, limits.budget)
 }
 
-/// GET with up to 5 tries, backing off on 429 and 5xx (honouring
-/// `Retry-After` up to 10 s). Errors name the path, never the token.
+/// GET with up to 5 tries, backing off on 5xx. A 429 stops the source
+/// until its `Retry-After` (else a minute): no retry hammers a limited
+/// service. Every try is a request, counted and budgeted. Errors name the
+/// path, never the token.
 async fn get_with_backoff(
     http: &reqwest::Client,
     url: &str,
     auth: &str,
+    memory: &Mutex<&mut SourceMemory>,
+    budget: Budget,
 ) -> Result<Zeroizing<Vec<u8>>, LoadError> {
     let path = url
         .split_once("/v1/")
@@ -229,6 +566,11 @@ async fn get_with_backoff(
         .unwrap_or_else(|| url.to_owned());
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=5 {
+        memory
+            .lock()
+            .map_err(|_| LoadError::OnePassword("internal: poisoned".into()))?
+            .spend(budget, 1, SystemTime::now())
+            .map_err(held)?;
         let response = http
             .get(url)
             .header("authorization", auth)
@@ -243,16 +585,28 @@ async fn get_with_backoff(
                 .map_err(|e| LoadError::OnePassword(format!("GET {path}: {e}")))?;
             return Ok(Zeroizing::new(body.to_vec()));
         }
-        if (status.as_u16() == 429 || status.is_server_error()) && attempt < 5 {
+        if status.as_u16() == 429 {
             let wait = response
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(|s| Duration::from_secs(s.min(10)))
-                .unwrap_or(delay);
-            tracing::debug!(path = %path, status = status.as_u16(), attempt, "1Password Connect busy; backing off");
-            tokio::time::sleep(wait).await;
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(Duration::from_secs(60));
+            let until = SystemTime::now() + wait.max(Duration::from_secs(1));
+            if let Ok(mut m) = memory.lock() {
+                m.rate_limited_until = Some(until);
+            }
+            return Err(LoadError::RateLimited {
+                until,
+                detail: format!(
+                    "GET {path}: 429 Too Many Requests; no request is made until its Retry-After"
+                ),
+            });
+        }
+        if status.is_server_error() && attempt < 5 {
+            tracing::debug!(path = %path, status = status.as_u16(), attempt, "1Password Connect failed; backing off");
+            tokio::time::sleep(delay).await;
             delay *= 2;
             continue;
         }
@@ -270,11 +624,20 @@ async fn get_with_backoff(
 mod tests {
     use super::*;
 
+    fn item(json: &[u8]) -> Item {
+        parse(json, "x").unwrap()
+    }
+
     #[test]
     fn numbers_are_served_as_text_and_errors_never_quote_values() {
-        let item: Item = parse(br#"{"title":"db","fields":[{"label":"pin","value":123456},{"label":"on","value":true},{"label":"none"}]}"#, "x").unwrap();
-        let mut out = Vec::new();
-        item_secrets(item, &mut out, &mut Origins::new()).unwrap();
+        let mut memory = SourceMemory::default();
+        remember(
+            &mut memory,
+            "i1",
+            (1, String::new()),
+            item(br#"{"title":"db","fields":[{"label":"pin","value":123456},{"label":"on","value":true},{"label":"none"}]}"#),
+        );
+        let out = assemble(&["i1".into()], &memory).unwrap();
         let got: Vec<(&str, &str)> = out.iter().map(|(n, v)| (n.as_str(), v.expose())).collect();
         assert_eq!(got, [("db/pin", "123456"), ("db/on", "true")]);
         let Err(e) = parse::<Item>(br#"{"title":"db","fields":"hunter2-secret"}"#, "GET item")
@@ -290,20 +653,20 @@ mod tests {
     /// make one name: an error naming both, never a silent winner.
     #[test]
     fn two_fields_making_one_name_are_an_error_naming_both() {
-        let mut out = Vec::new();
-        let mut origins = Origins::new();
-        let web: Item = parse(
-            br#"{"title":"web","fields":[{"label":"db/password","value":"one-v"}]}"#,
-            "x",
-        )
-        .unwrap();
-        let web_db: Item = parse(
-            br#"{"title":"web/db","fields":[{"label":"password","value":"two-v"}]}"#,
-            "x",
-        )
-        .unwrap();
-        item_secrets(web, &mut out, &mut origins).unwrap();
-        let e = item_secrets(web_db, &mut out, &mut origins)
+        let mut memory = SourceMemory::default();
+        remember(
+            &mut memory,
+            "a",
+            (1, String::new()),
+            item(br#"{"title":"web","fields":[{"label":"db/password","value":"one-v"}]}"#),
+        );
+        remember(
+            &mut memory,
+            "b",
+            (1, String::new()),
+            item(br#"{"title":"web/db","fields":[{"label":"password","value":"two-v"}]}"#),
+        );
+        let e = assemble(&["a".into(), "b".into()], &memory)
             .unwrap_err()
             .to_string();
         assert!(
@@ -313,5 +676,53 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("one-v") && !e.contains("two-v"), "{e}");
+    }
+
+    /// Only new and changed items are read; gone ones are forgotten.
+    #[test]
+    fn a_round_reads_only_new_and_changed_items() {
+        let mut memory = SourceMemory::default();
+        for id in ["same", "changed", "gone"] {
+            remember(
+                &mut memory,
+                id,
+                (3, "t".into()),
+                item(br#"{"title":"x","fields":[]}"#),
+            );
+        }
+        let listing: Vec<ItemSummary> = parse(
+            br#"[{"id":"same","version":3,"updated_at":"t"},{"id":"changed","version":4,"updated_at":"t2"},{"id":"new","version":1}]"#,
+            "x",
+        )
+        .unwrap();
+        let wanted: Vec<String> = plan_round(&mut memory, &listing)
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect();
+        assert_eq!(wanted, ["changed", "new"]);
+        assert!(!memory.items.contains_key("gone"));
+    }
+
+    #[test]
+    fn op_rate_limit_messages_give_the_wait() {
+        let now = SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            op_rate_limit(
+                "[ERROR] 2023/06/26 11:55:32 (429) Too Many Requests: You've reached the maximum number of this type of requests this service account is allowed to make. Please retry in 58 minutes or try other requests.",
+                now
+            ),
+            Some(now + Duration::from_secs(58 * 60))
+        );
+        assert_eq!(
+            op_rate_limit(
+                "Too many requests. Your client has been rate-limited. Try again in  seconds",
+                now
+            ),
+            Some(now + HOUR)
+        );
+        assert_eq!(
+            op_rate_limit("[ERROR] \"x\" isn't an item in the \"v\" vault.", now),
+            None
+        );
     }
 }

@@ -12,6 +12,7 @@ mod freshness;
 mod fuzz_corpus;
 mod handshake;
 mod limits;
+mod onepassword;
 mod operations;
 mod plan;
 mod properties;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use locket::source::{CommandFormat, LoadError, SourceConfig};
-use warp::Filter;
+use locket::source::{CommandFormat, LoadError, SourceConfig, SourceMemory};
+use warp::{Filter, Reply as _};
 
 fn as_map(v: Vec<(String, locket::secret::SecretValue)>) -> BTreeMap<String, String> {
     v.into_iter()
@@ -22,9 +22,22 @@ fn write_token(dir: &Path, token: &str) -> std::path::PathBuf {
     path
 }
 
-/// A fake Connect server with the documented endpoints and JSON shapes.
-/// The first call to the items list answers 429, the first item GET 500.
-async fn connect_server(token: &'static str) -> (String, Arc<AtomicUsize>) {
+/// A fake Connect server with the documented endpoints and JSON shapes
+/// (1Password Connect API reference: camelCase keys, `version`,
+/// `vault{id}`). The first call to the items list answers 429 with
+/// `Retry-After: 1`, the first item GET 500, when `flaky`. Returns the URL and the
+/// counts of item GETs and of every request.
+async fn connect_server(
+    token: &'static str,
+    flaky: bool,
+) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let all = Arc::new(AtomicUsize::new(0));
+    let counted = {
+        let all = Arc::clone(&all);
+        warp::any().map(move || {
+            all.fetch_add(1, Ordering::SeqCst);
+        })
+    };
     let item_gets = Arc::new(AtomicUsize::new(0));
     let list_calls = Arc::new(AtomicUsize::new(0));
     let auth = warp::header::exact(
@@ -38,18 +51,20 @@ async fn connect_server(token: &'static str) -> (String, Arc<AtomicUsize>) {
     });
     let lc = Arc::clone(&list_calls);
     let items = warp::path!("v1" / "vaults" / "v1d" / "items").map(move || {
-        if lc.fetch_add(1, Ordering::SeqCst) == 0 {
-            return warp::reply::with_status(warp::reply::json(&serde_json::json!({"message": "slow down"})), warp::http::StatusCode::TOO_MANY_REQUESTS);
+        if flaky && lc.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut r = warp::reply::with_status(warp::reply::json(&serde_json::json!({"status": 429, "message": "Too Many Requests"})), warp::http::StatusCode::TOO_MANY_REQUESTS).into_response();
+            r.headers_mut().insert("retry-after", warp::http::HeaderValue::from_static("1"));
+            return r;
         }
         warp::reply::with_status(
-            warp::reply::json(&serde_json::json!([{"id": "i1", "title": "db", "vault": {"id": "v1d"}}, {"id": "i2", "title": "api", "vault": {"id": "v1d"}}])),
+            warp::reply::json(&serde_json::json!([{"id": "i1", "title": "db", "version": 2, "updatedAt": "2024-05-01T10:00:00Z", "vault": {"id": "v1d"}}, {"id": "i2", "title": "api", "version": 7, "updatedAt": "2024-05-01T10:00:00Z", "vault": {"id": "v1d"}}])),
             warp::http::StatusCode::OK,
-        )
+        ).into_response()
     });
     let ig = Arc::clone(&item_gets);
     let item = warp::path!("v1" / "vaults" / "v1d" / "items" / String).map(move |id: String| {
         let n = ig.fetch_add(1, Ordering::SeqCst);
-        if n == 0 {
+        if flaky && n == 0 {
             return warp::reply::with_status(warp::reply::json(&serde_json::json!({"message": "oops"})), warp::http::StatusCode::INTERNAL_SERVER_ERROR);
         }
         let body = match id.as_str() {
@@ -62,29 +77,58 @@ async fn connect_server(token: &'static str) -> (String, Arc<AtomicUsize>) {
         };
         warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::OK)
     });
-    let routes = auth.and(items.or(item).or(vaults)).recover(|_| async {
-        Ok::<_, std::convert::Infallible>(warp::reply::with_status(
-            "unauthorized",
-            warp::http::StatusCode::UNAUTHORIZED,
-        ))
-    });
+    let routes = counted
+        .untuple_one()
+        .and(auth)
+        .and(items.or(item).or(vaults))
+        .recover(|_| async {
+            Ok::<_, std::convert::Infallible>(warp::reply::with_status(
+                "unauthorized",
+                warp::http::StatusCode::UNAUTHORIZED,
+            ))
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(warp::serve(routes).incoming(listener).run());
-    (url, item_gets)
+    (url, item_gets, all)
 }
 
 #[tokio::test]
-async fn onepassword_connect_with_backoff_reads_each_item_once() {
+async fn onepassword_connect_honours_429_and_reads_each_item_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, item_gets) = connect_server("connect-token-123").await;
+    let (url, item_gets, all) = connect_server("connect-token-123", true).await;
     let source = SourceConfig::OnepasswordConnect {
         url: url.clone(),
         vault: "prod".into(),
         token_file: write_token(dir.path(), "connect-token-123\n"),
         timeout: Duration::from_secs(5),
+        reads_per_hour: None,
+        reads_per_day: None,
+        concurrency: None,
     };
-    let got = as_map(source.load().await.unwrap());
+    let mut memory = SourceMemory::default();
+    // The vault lookup, then the list answers 429 with Retry-After: 1.
+    let err = source.load_with(&mut memory).await.unwrap_err();
+    assert!(matches!(err, LoadError::RateLimited { .. }), "{err:?}");
+    let until = err.waits_until().unwrap();
+    assert_eq!(all.load(Ordering::SeqCst), 2);
+    // Until Retry-After has passed, retries ask nothing.
+    for _ in 0..5 {
+        if std::time::SystemTime::now() >= until {
+            break;
+        }
+        let again = source.load_with(&mut memory).await.unwrap_err();
+        assert!(matches!(again, LoadError::RateLimited { .. }), "{again:?}");
+    }
+    assert_eq!(
+        all.load(Ordering::SeqCst),
+        2,
+        "a rate-limited source asks nothing"
+    );
+    while std::time::SystemTime::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = as_map(source.load_with(&mut memory).await.unwrap());
     assert_eq!(
         got,
         BTreeMap::from([
@@ -93,7 +137,13 @@ async fn onepassword_connect_with_backoff_reads_each_item_once() {
             ("db/username".to_string(), "dbuser".to_string()),
         ])
     );
-    // Two items, one retried after its 500: three item GETs, not one per field.
+    // Two items, one retried after its 500: three item GETs, not one per
+    // field; and the vault was looked up once.
+    assert_eq!(item_gets.load(Ordering::SeqCst), 3);
+    let before = all.load(Ordering::SeqCst);
+    // Nothing changed: one list, no vault lookup, no item GET.
+    source.load_with(&mut memory).await.unwrap();
+    assert_eq!(all.load(Ordering::SeqCst), before + 1);
     assert_eq!(item_gets.load(Ordering::SeqCst), 3);
 
     // A wrong token: a clear error, without the token in it.
@@ -105,6 +155,9 @@ async fn onepassword_connect_with_backoff_reads_each_item_once() {
             write_token(dir.path(), "wrong-token-999")
         },
         timeout: Duration::from_secs(5),
+        reads_per_hour: None,
+        reads_per_day: None,
+        concurrency: None,
     };
     let err = bad.load().await.unwrap_err();
     assert!(matches!(err, LoadError::OnePassword(_)), "{err:?}");
@@ -142,6 +195,9 @@ esac
         token_file: write_token(dir.path(), "ops_tok_abc"),
         op: op.to_string_lossy().into_owned(),
         timeout: Duration::from_secs(5),
+        reads_per_hour: None,
+        reads_per_day: None,
+        concurrency: None,
     };
     let got = as_map(source.load().await.unwrap());
     assert_eq!(got["payments/api_key"], "pk_live_1");
@@ -285,7 +341,7 @@ esac
     std::fs::set_permissions(&op, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     write_token(dir.path(), "ops_tok_abc");
     std::fs::rename(dir.path().join("token"), dir.path().join("op-token")).unwrap();
-    let (url, _) = connect_server("connect-token-123").await;
+    let (url, _, _) = connect_server("connect-token-123", false).await;
     write_token(dir.path(), "connect-token-123");
     crate::support::server_key()
         .write_new(&dir.path().join("server-key.pem"))
