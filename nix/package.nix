@@ -15,6 +15,7 @@
   rustPlatform,
   stdenv,
   util-linux,
+  python3,
 }:
 let
   fs = lib.fileset;
@@ -39,11 +40,15 @@ let
     "no_format_runs_anything_under_any_reader_it_names"
     # Reads the listen queue's length with `ss` (iproute2), not in the sandbox.
     "the_listen_queue_is_long_and_configurable"
-    # Runs a server in a PID namespace of its own (unshare), which needs root.
+    # Run a server (or an impostor) in a PID namespace of their own
+    # (unshare, setpriv), which needs root.
     "plan_compares_with_the_running_servers_config_by_default"
+    "plan_never_trusts_a_process_that_only_calls_itself_locket"
+    "plan_refuses_a_running_servers_config_that_others_can_write"
     # Both encrypt with the real systemd-creds (host key, root), which .ci/test installs.
     "the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_age"
     "two_deliveries_storing_one_copy_at_once_both_succeed"
+    "a_restart_starts_from_the_sealed_set_and_reads_only_what_changed"
   ];
 in
 rustPlatform.buildRustPackage {
@@ -61,8 +66,12 @@ rustPlatform.buildRustPackage {
   # its CPU-jitter collector (about 40 ms of CPU at the start of every process).
   env.AWS_LC_SYS_NO_JITTER_ENTROPY = "1";
 
-  # prlimit, for the test that runs the server without a memory-lock allowance.
-  nativeCheckInputs = [ util-linux ];
+  # prlimit, for the test that runs the server without a memory-lock
+  # allowance; python3 runs the tests' stand-in for 1Password's `op`.
+  nativeCheckInputs = [
+    util-linux
+    python3
+  ];
 
   # The static variant is the same code; its tests run in the dynamic build.
   doCheck = !stdenv.hostPlatform.isStatic;

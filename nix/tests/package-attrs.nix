@@ -15,6 +15,9 @@ let
     util-linux = {
       pname = "util-linux";
     };
+    python3 = {
+      pname = "python3";
+    };
   };
   relative = p: lib.removePrefix "${root}/" (toString p);
 in

@@ -105,6 +105,38 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// The original locket's protocol, for existing Go clients (off by default).
     pub v1: super::v1::Config,
+    /// Keep the last good set sealed to this host (off by default).
+    pub sealed_set: Option<SealedSetConfig>,
+}
+
+/// `[sealed_set]`: after each good load the whole set, with what each
+/// source remembers of it (1Password item versions), is sealed to this
+/// host with `systemd-creds`; a restart starts from it at once and then
+/// reads only what changed, and a start while the sources cannot be read
+/// serves it, stale, if it is at most `max_age` old.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SealedSetConfig {
+    /// The sealed copy (created mode 0600; its folder 0700).
+    pub path: PathBuf,
+    /// The oldest copy a start may serve.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// `systemd-creds --with-key=`: auto (TPM2 where present, else the
+    /// host key), host, tpm2 or host+tpm2.
+    #[serde(default = "auto")]
+    pub key: String,
+    /// The `systemd-creds` program.
+    #[serde(default = "systemd_creds")]
+    pub systemd_creds: PathBuf,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+fn systemd_creds() -> PathBuf {
+    "systemd-creds".into()
 }
 
 /// `[tls]`: certificate chain and private key, PEM.
@@ -140,6 +172,7 @@ impl Default for ServerConfig {
             clients: BTreeMap::new(),
             tls: None,
             v1: super::v1::Config::default(),
+            sealed_set: None,
             health_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
@@ -199,6 +232,9 @@ impl ServerConfig {
         if let Some(tls) = cfg.tls.as_mut() {
             super::resolve(&base, &mut tls.cert_file);
             super::resolve(&base, &mut tls.key_file);
+        }
+        if let Some(sealed) = cfg.sealed_set.as_mut() {
+            super::resolve(&base, &mut sealed.path);
         }
         cfg.check()
     }
@@ -272,6 +308,17 @@ impl ServerConfig {
             ));
         }
         self.v1.validate()?;
+        if let Some(sealed) = &self.sealed_set {
+            if sealed.max_age.is_zero() {
+                return invalid("sealed_set.max_age must be more than 0s, e.g. \"24h\"".into());
+            }
+            if !["auto", "host", "tpm2", "host+tpm2"].contains(&sealed.key.as_str()) {
+                return invalid(format!(
+                    "sealed_set.key = {:?}: use auto, host, tpm2 or host+tpm2",
+                    sealed.key
+                ));
+            }
+        }
         if let Some(bad) = self
             .health_networks
             .iter()

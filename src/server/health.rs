@@ -36,6 +36,9 @@ pub(crate) struct Readiness {
     pub last_error: Option<String>,
     /// `locked`, `empty`, or `unlocked: <why>` for the current set's memory.
     pub secret_memory: String,
+    /// Where the values served came from: "sources", or "sealed copy
+    /// <time>" while some source still serves the sealed last-good set.
+    pub origin: String,
     /// Each source: stale or not, age, load time, how many names (never
     /// which), failures.
     pub sources: Vec<crate::source::combine::SourceHealth>,
@@ -98,6 +101,7 @@ impl Health {
             consecutive_failures: h.failures,
             last_error: h.last_error.clone(),
             secret_memory: String::new(),
+            origin: String::new(),
             sources: Vec::new(),
         }
     }

@@ -24,6 +24,7 @@ pub(crate) mod ratelimit;
 pub(crate) mod refresh;
 pub(crate) mod replay;
 mod routes;
+pub(crate) mod sealed_set;
 mod startup;
 pub(crate) mod state;
 

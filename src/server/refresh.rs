@@ -35,8 +35,13 @@ pub(crate) async fn refresh_once(state: &State) -> Result<usize, SourceError> {
     let mut held = state.secrets.sources.lock().await;
     let rt = state.runtime.load_full();
     let (next, round) = held.load_due(&rt.config.sources).await;
+    let good = round.errors.is_empty() && round.set.is_some();
     state.keep_sources(&mut held, next);
-    serve_round(state, round, false)
+    let served = serve_round(state, round, false);
+    if good && let Some(cfg) = &rt.config.sealed_set {
+        super::sealed_set::store(cfg, &held, &state.secrets.sealed).await;
+    }
+    served
 }
 
 /// Serves what one round of loading produced, and says so: the set when
@@ -252,10 +257,14 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
     state
         .runtime
         .store(Arc::new(Runtime::new(config, registry)));
+    let good = round.errors.is_empty() && round.set.is_some();
     state.keep_sources(&mut held, next);
     // Failures here are sources that keep their values: logged as stale,
     // the reload itself succeeded.
     let _ = serve_round(state, round, true);
+    if good && let Some(cfg) = &state.runtime.load().config.sealed_set {
+        super::sealed_set::store(cfg, &held, &state.secrets.sealed).await;
+    }
     tracing::debug!(clients, "registry swapped");
     Ok(())
 }
@@ -281,6 +290,7 @@ mod tests {
         "require_bound_requests",
         "v1.lookup",
         "health_networks",
+        "sealed_set",
     ];
 
     /// Every setting of `server.toml` is either applied on reload or
@@ -294,6 +304,12 @@ mod tests {
             }),
             max_age: Some(std::time::Duration::from_secs(60)),
             next_key_file: Some("next.pem".into()),
+            sealed_set: Some(crate::config::server::SealedSetConfig {
+                path: "set.cred".into(),
+                max_age: std::time::Duration::from_secs(3600),
+                key: "host".into(),
+                systemd_creds: "systemd-creds".into(),
+            }),
             ..ServerConfig::default()
         };
         changed.v1.key_file = Some("v1.pem".into());

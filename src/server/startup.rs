@@ -22,7 +22,7 @@ use super::{conn, refresh, routes};
 use crate::config::ConfigError;
 use crate::config::server::{Checked, ServerConfig};
 use crate::keys::{KeyError, ServerKey};
-use crate::source::{self, SourceError};
+use crate::source::SourceError;
 use crate::systemd::{self, NotifyState};
 use crate::tls::TlsError;
 
@@ -98,9 +98,14 @@ impl Server {
             None => None,
         };
         let v1_key = crate::v1::load_key(&config.v1)?;
-        let (sources, round) = source::combine::Sources::default()
-            .load(&config.sources)
-            .await;
+        let initial = match &config.sealed_set {
+            Some(sealed) => super::sealed_set::restore(sealed, &config.sources)
+                .await
+                .map(|r| r.sources),
+            None => None,
+        };
+        let (sources, round) = initial.unwrap_or_default().load(&config.sources).await;
+        let good = round.errors.is_empty() && round.set.is_some();
         let keys = Keys::new(key, next_key, v1_key, tls);
         let state = State::new(keys, registry, &config, sources);
         refresh::log_duplicates(&round.duplicates, true);
@@ -110,6 +115,19 @@ impl Server {
         match (round.errors.into_iter().next(), round.set) {
             (None, Some(set)) => {
                 state.set_loaded(set);
+            }
+            (Some(e), Some(set)) => {
+                // Only a restored sealed set gives every source values
+                // while one of them failed: serve it, stale, and say so.
+                let oldest = state
+                    .secrets
+                    .sources_view
+                    .load()
+                    .oldest_success()
+                    .unwrap_or_else(std::time::SystemTime::now);
+                tracing::warn!(error = %e, "a source failed at start; serving its values from the sealed set (stale) until it loads");
+                state.set_partial(set, oldest, e.summary());
+                state.metrics.source_load(false);
             }
             (None, None) => unreachable!("a source without values has failed"),
             (Some(e), _) if e.wait.is_some() => {
@@ -126,6 +144,10 @@ impl Server {
                 state.metrics.source_load(false);
             }
             (Some(e), _) => return Err(StartError::FirstLoad(e)),
+        }
+        if good && let Some(sealed) = &config.sealed_set {
+            let held = state.secrets.sources.lock().await;
+            super::sealed_set::store(sealed, &held, &state.secrets.sealed).await;
         }
         Ok(Self {
             path: path.to_owned(),

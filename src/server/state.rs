@@ -156,6 +156,8 @@ pub(crate) struct Secrets {
     pub sources: tokio::sync::Mutex<Sources>,
     /// The same, for `/readyz` and `/metrics`, which never wait for a load.
     pub sources_view: ArcSwap<Sources>,
+    /// What the sealed last-good set (`[sealed_set]`) holds now.
+    pub sealed: Mutex<super::sealed_set::SealMark>,
 }
 
 /// Everything a request handler needs. Shared behind an `Arc`.
@@ -186,6 +188,7 @@ impl State {
                 health: health::Health::default(),
                 sources_view: ArcSwap::from_pointee(sources.clone()),
                 sources: tokio::sync::Mutex::new(sources),
+                sealed: Mutex::default(),
             },
             runtime: ArcSwap::from_pointee(Runtime::new(config.clone(), registry)),
             metrics: metrics::Metrics::default(),
@@ -316,6 +319,14 @@ impl State {
         self.metrics.stale.set(readiness.stale as i64);
         self.metrics.ready.set(readiness.ready as i64);
         readiness.sources = self.secrets.sources_view.load().health();
+        readiness.origin = match readiness
+            .sources
+            .iter()
+            .find(|s| s.origin.starts_with("sealed"))
+        {
+            Some(s) => s.origin.clone(),
+            None => "sources".into(),
+        };
         // A source a reload removed leaves no gauges behind.
         self.metrics.clear_sources();
         for source in &readiness.sources {

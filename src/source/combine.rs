@@ -22,7 +22,7 @@ pub struct SourceState {
     /// whose settings did not change.
     pub config: SourceConfig,
     /// The values of its last successful load (a locked set of their own).
-    values: Option<Arc<SecretSet>>,
+    pub(crate) values: Option<Arc<SecretSet>>,
     /// When that load finished.
     pub last_success: Option<SystemTime>,
     /// How long the last attempt took.
@@ -38,6 +38,35 @@ pub struct SourceState {
     pub usage: Usage,
     /// A rate limit or spent budget it waits out, until then.
     pub waiting_until: Option<SystemTime>,
+    /// Its values came from the sealed last-good set of this time, and no
+    /// load has succeeded since.
+    pub sealed_at: Option<SystemTime>,
+}
+
+impl SourceState {
+    /// A source never loaded.
+    pub(crate) fn empty(config: SourceConfig) -> Self {
+        Self {
+            config,
+            values: None,
+            last_success: None,
+            last_duration: Duration::ZERO,
+            failures: 0,
+            last_error: None,
+            memory: Arc::default(),
+            usage: Usage::default(),
+            waiting_until: None,
+            sealed_at: None,
+        }
+    }
+
+    pub(crate) fn memory(&self) -> &tokio::sync::Mutex<SourceMemory> {
+        &self.memory
+    }
+
+    pub(crate) fn set_memory(&mut self, memory: SourceMemory) {
+        self.memory = Arc::new(tokio::sync::Mutex::new(memory));
+    }
 }
 
 /// What `/readyz` says about one source: no name of a secret, no path,
@@ -73,6 +102,9 @@ pub struct SourceHealth {
     /// Until when it asks nothing (a rate limit or a spent budget).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_until: Option<String>,
+    /// Where its values came from: "source", "sealed copy <time>" (the
+    /// server's sealed last-good set, until a load succeeds), or "none".
+    pub origin: String,
     /// How often it is read at most, when its day's budget stretches the
     /// refresh interval (seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +142,14 @@ pub struct Round {
 }
 
 impl Sources {
+    pub(crate) fn from_states(states: Vec<SourceState>) -> Self {
+        Self { states }
+    }
+
+    pub(crate) fn states(&self) -> &[SourceState] {
+        &self.states
+    }
+
     /// Loads every source of `configs` once. A source that fails keeps the
     /// values it last loaded under the same settings in `self`; a new or
     /// changed source that fails has none.
@@ -163,6 +203,7 @@ impl Sources {
                     memory,
                     usage,
                     waiting_until: None,
+                    sealed_at: None,
                 }),
                 Err(e) => {
                     let kept = previous.and_then(|p| p.values.clone());
@@ -179,6 +220,7 @@ impl Sources {
                         memory,
                         usage,
                         waiting_until: e.wait.as_ref().map(|w| w.until),
+                        sealed_at: previous.and_then(|p| p.sealed_at),
                     });
                     errors.push(e);
                 }
@@ -269,6 +311,13 @@ impl Sources {
                     .filter(|t| *t > now)
                     .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
                 paced_every_seconds: s.usage.paced_every.map(|d| d.as_secs()),
+                origin: match (&s.values, s.sealed_at) {
+                    (None, _) => "none".into(),
+                    (Some(_), Some(t)) => {
+                        format!("sealed copy {}", humantime::format_rfc3339_seconds(t))
+                    }
+                    (Some(_), None) => "source".into(),
+                },
             })
             .collect()
     }

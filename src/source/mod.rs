@@ -16,6 +16,7 @@ mod env;
 pub mod file;
 pub mod memory;
 pub(crate) mod onepassword;
+pub mod sealed_set;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -14,6 +14,7 @@ mod handshake;
 mod limits;
 mod onepassword;
 mod operations;
+mod opvault;
 mod plan;
 mod properties;
 mod protocol_vectors;

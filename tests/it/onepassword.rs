@@ -4,109 +4,11 @@
 //! rate-limited.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use locket::source::{LoadError, SourceConfig, SourceMemory};
 
-/// A vault of `n` items for the stand-in, in `dir` (with the stand-in).
-struct Vault {
-    dir: tempfile::TempDir,
-    state: serde_json::Value,
-}
-
-impl Vault {
-    fn new(n: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let op = dir.path().join("op");
-        std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/op-standin.py"),
-            &op,
-        )
-        .unwrap();
-        crate::support::write_private(&dir.path().join("token"), b"ops_tok_test");
-        let items: Vec<serde_json::Value> = (0..n)
-            .map(|i| {
-                serde_json::json!({
-                    "id": format!("item{i:022}aaaa"),
-                    "title": format!("svc{i}"),
-                    "version": 1,
-                    "category": if i % 2 == 0 { "LOGIN" } else { "API_CREDENTIAL" },
-                    "sections": [{"id": "sec1", "label": "db"}],
-                    "fields": [
-                        {"id": "password", "type": "CONCEALED", "purpose": "PASSWORD", "label": "password", "value": format!("pw-{i}-v1")},
-                        {"id": "host", "type": "STRING", "label": "host", "section": "sec1", "value": "db.internal"},
-                        {"id": "notesPlain", "type": "STRING", "purpose": "NOTES", "label": "notesPlain"},
-                    ],
-                })
-            })
-            .collect();
-        let vault = Vault {
-            dir,
-            state: serde_json::json!({
-                "vault": {"id": "gshlsjsajnawtnjynzgwmiebge", "name": "prod"},
-                "token": "ops_tok_test",
-                "items": items,
-            }),
-        };
-        vault.save();
-        vault
-    }
-
-    fn save(&self) {
-        std::fs::write(
-            self.dir.path().join("vault.json"),
-            serde_json::to_vec(&self.state).unwrap(),
-        )
-        .unwrap();
-    }
-
-    fn source(&self, budget: Option<(u32, u32)>, concurrency: usize) -> SourceConfig {
-        SourceConfig::OnepasswordCli {
-            vault: "prod".into(),
-            token_file: self.dir.path().join("token"),
-            op: self.dir.path().join("op").to_string_lossy().into_owned(),
-            timeout: Duration::from_secs(20),
-            reads_per_hour: budget.map(|b| b.0),
-            reads_per_day: budget.map(|b| b.1),
-            concurrency: Some(concurrency),
-        }
-    }
-
-    /// The calls the stand-in allowed, as "list" or "get ID", in order.
-    fn calls(&self) -> Vec<String> {
-        read_lines(&self.dir.path().join("requests.log"))
-            .iter()
-            .map(|l| {
-                let parts: Vec<&str> = l.split(' ').collect();
-                match parts[3] {
-                    "get" => format!("get {}", parts[4]),
-                    _ => "list".to_string(),
-                }
-            })
-            .collect()
-    }
-
-    /// Requests as 1Password counts them (the stand-in's own tally).
-    fn requests(&self) -> u32 {
-        read_lines(&self.dir.path().join("requests.log"))
-            .iter()
-            .map(|l| l.split(' ').nth(1).unwrap().parse::<u32>().unwrap())
-            .sum()
-    }
-
-    fn refused(&self) -> usize {
-        read_lines(&self.dir.path().join("refused.log")).len()
-    }
-}
-
-fn read_lines(path: &PathBuf) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
+use crate::opvault::Vault;
 
 fn as_map(v: Vec<(String, locket::secret::SecretValue)>) -> BTreeMap<String, String> {
     v.into_iter()
@@ -310,5 +212,160 @@ fn a_server_started_while_rate_limited_listens_and_says_so() {
         log.matches("first load waits for a rate limit").count(),
         1,
         "{log}"
+    );
+}
+
+/// A server config in the vault's folder reading it through the stand-in,
+/// with `extra` top-level settings and tables after the sources.
+fn op_server_config(vault: &Vault, extra: &str) -> std::path::PathBuf {
+    let d = vault.dir.path();
+    let config = crate::support::write_server_files(
+        d,
+        "",
+        &[crate::support::Registered::new(
+            "app",
+            31,
+            &["127.0.0.1"],
+            &["svc*"],
+        )],
+        "refresh_interval = \"1h\"",
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[[sources]]\ntype = \"dotenv\"\npath = \"secrets.env\"\n",
+        &format!(
+            "[[sources]]\ntype = \"onepassword-cli\"\nvault = \"prod\"\ntoken_file = \"token\"\nop = \"{}\"\n{extra}\n",
+            d.join("op").display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+const SEALED: &str = "[sealed_set]\npath = \"state/set.cred\"\nmax_age = \"1h\"\nkey = \"host\"\n";
+
+/// The sealed last-good set, with the real `systemd-creds` (host key; as
+/// root, as CI runs): a restart serves at once and reads only what
+/// changed; a start with 1Password unreachable serves the sealed values
+/// and says so; an expired copy or one that does not decrypt is refused by
+/// name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_starts_from_the_sealed_set_and_reads_only_what_changed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut vault = Vault::new(20);
+    let config = op_server_config(&vault, SEALED);
+    let cred = vault.dir.path().join("state/set.cred");
+    let server = crate::support::ServerProcess::start(&config, &[]);
+    assert_eq!(vault.calls().len(), 21);
+    let bytes = std::fs::read(&cred).expect("sealed after the first good load");
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("pw-3-v1"),
+        "no value in the clear"
+    );
+    assert_eq!(
+        std::fs::metadata(&cred).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    drop(server);
+
+    // A restart: the sealed set, then one list and the one changed item.
+    vault.state["items"][3]["version"] = 2.into();
+    vault.state["items"][3]["fields"][0]["value"] = "pw-3-v2".into();
+    vault.save();
+    let server = crate::support::ServerProcess::start(&config, &[]);
+    let calls = vault.calls();
+    assert_eq!(
+        &calls[21..],
+        [
+            "list".to_string(),
+            "get item0000000000000000000003aaaa".into()
+        ],
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("starting from the sealed set"),
+        "{}",
+        server.log()
+    );
+    // The vault's id came back with the set: the list costs 2, the get 3.
+    assert_eq!(vault.requests() - vault.requests_before(21), 2 + 3);
+    let client = crate::support::pinned_client(&server, "app", 31);
+    assert_eq!(
+        crate::support::value(&client, "svc3/password")
+            .await
+            .unwrap(),
+        "pw-3-v2"
+    );
+    assert_eq!(readyz(&server)["origin"], "sources");
+    drop(server);
+
+    // 1Password unreachable at start: the sealed values, stale, and said so.
+    vault.state["unreachable"] = true.into();
+    vault.save();
+    let server = crate::support::ServerProcess::start(&config, &[]);
+    let client = crate::support::pinned_client(&server, "app", 31);
+    assert_eq!(
+        crate::support::value(&client, "svc3/password")
+            .await
+            .unwrap(),
+        "pw-3-v2"
+    );
+    let ready = readyz(&server);
+    assert!(
+        ready["origin"]
+            .as_str()
+            .unwrap()
+            .starts_with("sealed copy "),
+        "{ready}"
+    );
+    assert_eq!(ready["stale"], true, "{ready}");
+    assert!(
+        ready["sources"][0]["origin"]
+            .as_str()
+            .unwrap()
+            .starts_with("sealed copy "),
+        "{ready}"
+    );
+    drop(server);
+
+    // Older than max_age: refused by name and deleted; with 1Password
+    // still unreachable, the server does not start.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("max_age = \"1h\"", "max_age = \"1s\"");
+    std::fs::write(&config, text).unwrap();
+    let sealed_at = std::fs::metadata(&cred).unwrap().modified().unwrap();
+    while std::time::SystemTime::now() < sealed_at + Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, err) = crate::support::run_server_cmd(
+        &["serve", "--config", config.to_str().unwrap()],
+        vault.dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("set.cred") && err.contains("more than sealed_set.max_age"),
+        "{err}"
+    );
+    assert!(!cred.exists(), "the expired copy is deleted");
+
+    // A copy that does not decrypt: refused by name, kept until the next
+    // good load replaces it (1Password reachable again: every item read).
+    vault.state["unreachable"] = false.into();
+    vault.save();
+    std::fs::write(&cred, b"garbage").unwrap();
+    let before = vault.calls().len();
+    let server = crate::support::ServerProcess::start(&config, &[]);
+    assert!(
+        server.log().contains("sealed set refused: cannot decrypt"),
+        "{}",
+        server.log()
+    );
+    assert!(server.log().contains("set.cred"), "{}", server.log());
+    assert_eq!(vault.calls().len() - before, 20 + 1);
+    assert_ne!(
+        std::fs::read(&cred).unwrap(),
+        b"garbage",
+        "replaced after the good load"
     );
 }

@@ -167,6 +167,8 @@ let
     systemd = package "systemd" "258.2" { meta.mainProgram = "systemctl"; };
     # Its first output is `bin`, which lib.getBin and makeBinPath pick.
     util-linux = package "util-linux" "2.41.2" { outputs = [ "bin" "out" ]; };
+    # In the package's nativeCheckInputs (the tests' `op` stand-in).
+    python3 = package "python3" "3.13.9" { meta.mainProgram = "python3"; };
     tzdata = package "tzdata" "2025b" { };
     # The flake's formatter.
     nixfmt = package "nixfmt" "1.1.0" { meta.mainProgram = "nixfmt"; };
