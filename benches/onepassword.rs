@@ -120,6 +120,7 @@ fn main() {
             reads_per_hour: None,
             reads_per_day: None,
             concurrency: None,
+            references: Default::default(),
         }
         .budget();
         for n in [10usize, 100, 1000] {

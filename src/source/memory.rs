@@ -41,15 +41,25 @@ pub(crate) enum Hold {
     },
 }
 
-/// One item as last read: its version and the secrets it made.
+/// One item as last read: its version, title and the fields with a value.
 #[derive(Debug, Clone)]
 pub(crate) struct CachedItem {
     /// The service's version of the item (1Password's `version`, with
     /// `updated_at` as a tie-breaker for services that do not bump it).
     pub version: (u64, String),
-    /// The length of the item's title: each name is `<title>/<label>`.
-    pub title_len: usize,
-    pub secrets: Vec<(String, SecretValue)>,
+    pub title: String,
+    pub fields: Vec<CachedField>,
+}
+
+/// One field of an item, with the section it is in.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedField {
+    pub id: String,
+    pub label: String,
+    /// The section's id and label (empty when the field is in none).
+    pub section_id: String,
+    pub section_label: String,
+    pub value: SecretValue,
 }
 
 /// Everything a source remembers between rounds.

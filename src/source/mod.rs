@@ -86,6 +86,11 @@ pub enum SourceConfig {
         /// Items read at once (default 8).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         concurrency: Option<usize>,
+        /// Secret names mapped to 1Password references
+        /// (`DB_PASSWORD = "op://prod/postgres/password"`): the source then
+        /// serves only these, and reads only the items they name.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        references: BTreeMap<String, String>,
     },
     /// A 1Password Connect server.
     OnepasswordConnect {
@@ -103,6 +108,9 @@ pub enum SourceConfig {
         /// Items read at once (default 8).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         concurrency: Option<usize>,
+        /// As for `onepassword-cli`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        references: BTreeMap<String, String>,
     },
 }
 
@@ -213,6 +221,11 @@ impl SourceConfig {
             {
                 invalid(format!("concurrency = {n} is out of range: use 1 to 64 (default {})", onepassword::DEFAULT_CONCURRENCY))
             }
+            Self::OnepasswordCli { vault, references, .. } | Self::OnepasswordConnect { vault, references, .. }
+                if onepassword::check_references(vault, references).is_err() =>
+            {
+                invalid(onepassword::check_references(vault, references).unwrap_err())
+            }
             Self::OnepasswordConnect { url, .. } if !(url.starts_with("http://") || url.starts_with("https://")) => {
                 invalid(format!("url {url:?} must start with http:// or https://"))
             }
@@ -251,20 +264,22 @@ impl SourceConfig {
                 token_file,
                 op,
                 timeout,
+                references,
                 ..
             } => {
                 let limits = self.limits(*timeout);
-                onepassword::load_cli(op, vault, token_file, limits, memory).await
+                onepassword::load_cli(op, vault, token_file, limits, references, memory).await
             }
             Self::OnepasswordConnect {
                 url,
                 vault,
                 token_file,
                 timeout,
+                references,
                 ..
             } => {
                 let limits = self.limits(*timeout);
-                onepassword::load_connect(url, vault, token_file, limits, memory).await
+                onepassword::load_connect(url, vault, token_file, limits, references, memory).await
             }
         }
     }

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::LoadError;
-use super::memory::{Budget, CachedItem, HOUR, Hold, SourceMemory};
+use super::memory::{Budget, CachedField, CachedItem, HOUR, Hold, SourceMemory};
 use crate::secret::SecretValue;
 
 /// What 1Password counts for each `op` call (see the module docs).
@@ -92,10 +92,22 @@ struct Field {
     id: String,
     #[serde(default)]
     label: String,
+    /// `op` gives `{id, label}`, Connect `{id}` (the label is in the
+    /// item's `sections`).
+    #[serde(default)]
+    section: Option<SectionRef>,
     /// Read as any JSON value, so that a number or boolean is served as
     /// text and a type mismatch never makes serde quote the value.
     #[serde(default)]
     value: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct SectionRef {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    label: Option<String>,
 }
 
 /// Parses 1Password JSON. serde's messages can quote the offending value,
@@ -114,6 +126,8 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, 
 struct Item {
     #[serde(default)]
     title: String,
+    #[serde(default)]
+    sections: Vec<SectionRef>,
     #[serde(default)]
     fields: Vec<Field>,
 }
@@ -144,32 +158,45 @@ pub(crate) fn read_token(path: &Path) -> Result<Zeroizing<String>, LoadError> {
 /// fields making one name are an error that names both.
 type Origins = std::collections::BTreeMap<String, (String, String)>;
 
-/// An item's fields that have a value, as (label, value).
-fn item_fields(item: Item) -> (String, Vec<(String, SecretValue)>) {
-    let mut out = Vec::new();
+/// An item as remembered: its title and the fields that have a value,
+/// with their sections' labels.
+fn cached(version: (u64, String), item: Item) -> CachedItem {
+    let mut fields = Vec::new();
     for field in item.fields {
         let value = match field.value {
-            Some(serde_json::Value::String(s)) => Some(SecretValue::new(s)),
-            Some(serde_json::Value::Number(n)) => Some(SecretValue::new(n.to_string())),
-            Some(serde_json::Value::Bool(b)) => Some(SecretValue::new(b.to_string())),
-            _ => None,
+            Some(serde_json::Value::String(s)) => SecretValue::new(s),
+            Some(serde_json::Value::Number(n)) => SecretValue::new(n.to_string()),
+            Some(serde_json::Value::Bool(b)) => SecretValue::new(b.to_string()),
+            _ => continue,
         };
-        let label = if field.label.is_empty() {
-            field.id
-        } else {
-            field.label
-        };
-        if let Some(value) = value
-            && !label.is_empty()
-        {
-            out.push((label, value));
-        }
+        let section = field.section.unwrap_or_default();
+        let section_label = section
+            .label
+            .or_else(|| {
+                item.sections
+                    .iter()
+                    .find(|s| s.id == section.id)
+                    .and_then(|s| s.label.clone())
+            })
+            .unwrap_or_default();
+        fields.push(CachedField {
+            id: field.id,
+            label: field.label,
+            section_id: section.id,
+            section_label,
+            value,
+        });
     }
-    (item.title, out)
+    CachedItem {
+        version,
+        title: item.title,
+        fields,
+    }
 }
 
 /// The secrets of the items in `order` (the vault's listing), as
-/// `<title>/<label>`; two fields making one name are an error naming both.
+/// `<title>/<label>` (the field's id when it has no label); two fields
+/// making one name are an error naming both.
 fn assemble(
     order: &[String],
     memory: &SourceMemory,
@@ -180,17 +207,181 @@ fn assemble(
         let Some(item) = memory.items.get(id) else {
             continue;
         };
-        for (name, value) in &item.secrets {
-            let (title, label) = name.split_at(item.title_len);
-            let label = &label[1..];
+        for field in &item.fields {
+            let label = if field.label.is_empty() {
+                &field.id
+            } else {
+                &field.label
+            };
+            if label.is_empty() {
+                continue;
+            }
+            let title = &item.title;
+            let name = format!("{title}/{label}");
             if let Some((other_item, other_field)) =
-                origins.insert(name.clone(), (title.to_owned(), label.to_owned()))
+                origins.insert(name.clone(), (title.clone(), label.clone()))
             {
                 return Err(LoadError::OnePassword(format!(
-                    "item {other_item:?} field {other_field:?} and item {title:?} field {label:?} both make the secret name {name:?}; rename one of them in 1Password"
+                    "item {other_item:?} field {other_field:?} and item {title:?} field {label:?} both make the secret name {name:?}; rename one of them in 1Password, or name the secrets with `references`"
                 )));
             }
-            out.push((name.clone(), value.clone()));
+            out.push((name, field.value.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// A secret reference in 1Password's syntax,
+/// `op://<vault>/<item>/[<section>/]<field>`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reference {
+    pub vault: String,
+    pub item: String,
+    pub section: Option<String>,
+    pub field: String,
+}
+
+impl Reference {
+    /// Parses `text`; the error says what is wrong, naming the reference.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("reference {text:?} {why}; write op://<vault>/<item>/[<section>/]<field>")
+        };
+        let rest = text
+            .strip_prefix("op://")
+            .ok_or_else(|| bad("does not start with op://"))?;
+        if rest.contains('?') {
+            return Err(format!(
+                "reference {text:?} has query parameters (?attribute=...), which locket does not support: it serves stored values, not one-time codes"
+            ));
+        }
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts.iter().any(|p| p.trim().is_empty()) {
+            return Err(bad("has an empty part"));
+        }
+        match parts.as_slice() {
+            [vault, item, field] => Ok(Self {
+                vault: (*vault).into(),
+                item: (*item).into(),
+                section: None,
+                field: (*field).into(),
+            }),
+            [vault, item, section, field] => Ok(Self {
+                vault: (*vault).into(),
+                item: (*item).into(),
+                section: Some((*section).into()),
+                field: (*field).into(),
+            }),
+            _ => Err(bad(
+                "does not have 3 or 4 parts (a name with a `/` must be given by its id)",
+            )),
+        }
+    }
+}
+
+/// Checks `references` against the source's vault (no I/O).
+pub(crate) fn check_references(
+    vault: &str,
+    references: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    for (name, text) in references {
+        if !crate::protocol::valid_secret_name(name) {
+            return Err(format!(
+                "references: {name:?} is not a usable secret name (empty, longer than 256 bytes or with control characters)"
+            ));
+        }
+        let r = Reference::parse(text)?;
+        if !r.vault.eq_ignore_ascii_case(vault) {
+            return Err(format!(
+                "reference {text:?} (for {name}) names vault {:?}, but this source reads vault {vault:?}; use one source per vault",
+                r.vault
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The items `references` name, by id, from a listing: each must name one
+/// item (by title, case-insensitive, or by id); the error names the
+/// reference.
+fn referenced_items(
+    references: &std::collections::BTreeMap<String, String>,
+    items: &[ItemSummary],
+) -> Result<std::collections::BTreeSet<String>, LoadError> {
+    let mut ids = std::collections::BTreeSet::new();
+    for text in references.values() {
+        let r = Reference::parse(text).map_err(LoadError::OnePassword)?;
+        let matching: Vec<&ItemSummary> = items
+            .iter()
+            .filter(|i| i.id == r.item || i.title.eq_ignore_ascii_case(&r.item))
+            .collect();
+        match matching.as_slice() {
+            [one] => {
+                ids.insert(one.id.clone());
+            }
+            [] => {
+                return Err(LoadError::OnePassword(format!(
+                    "reference {text:?} names item {:?}, which the vault does not hold",
+                    r.item
+                )));
+            }
+            more => {
+                return Err(LoadError::OnePassword(format!(
+                    "reference {text:?} is ambiguous: {} items are titled {:?}; use the item's id in the reference",
+                    more.len(),
+                    r.item
+                )));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The secrets `references` name, each resolved in the items read: the
+/// field by label or id (case-insensitive), within the section when the
+/// reference names one. A field that matches nothing or more than one is
+/// an error naming the reference.
+fn resolve(
+    references: &std::collections::BTreeMap<String, String>,
+    items: &[ItemSummary],
+    memory: &SourceMemory,
+) -> Result<Vec<(String, SecretValue)>, LoadError> {
+    let mut out = Vec::new();
+    for (name, text) in references {
+        let r = Reference::parse(text).map_err(LoadError::OnePassword)?;
+        let item = items
+            .iter()
+            .find(|i| i.id == r.item || i.title.eq_ignore_ascii_case(&r.item))
+            .and_then(|i| memory.items.get(&i.id))
+            .ok_or_else(|| {
+                LoadError::OnePassword(format!("reference {text:?} names an item not read"))
+            })?;
+        let matches = |a: &str, b: &str| !a.is_empty() && a.eq_ignore_ascii_case(b);
+        let found: Vec<&CachedField> = item
+            .fields
+            .iter()
+            .filter(|f| matches(&f.label, &r.field) || matches(&f.id, &r.field))
+            .filter(|f| {
+                r.section
+                    .as_deref()
+                    .is_none_or(|s| matches(&f.section_label, s) || matches(&f.section_id, s))
+            })
+            .collect();
+        match found.as_slice() {
+            [one] => out.push((name.clone(), one.value.clone())),
+            [] => {
+                return Err(LoadError::OnePassword(format!(
+                    "reference {text:?} (for {name}) names a field item {:?} does not have (or one without a value)",
+                    item.title
+                )));
+            }
+            more => {
+                return Err(LoadError::OnePassword(format!(
+                    "reference {text:?} (for {name}) is ambiguous: {} fields of item {:?} match; name the section, or use the field's id",
+                    more.len(),
+                    item.title
+                )));
+            }
         }
     }
     Ok(out)
@@ -198,19 +389,7 @@ fn assemble(
 
 /// Remembers a freshly read item under `id`.
 fn remember(memory: &mut SourceMemory, id: &str, version: (u64, String), item: Item) {
-    let (title, fields) = item_fields(item);
-    let secrets = fields
-        .into_iter()
-        .map(|(label, value)| (format!("{title}/{label}"), value))
-        .collect();
-    memory.items.insert(
-        id.to_owned(),
-        CachedItem {
-            version,
-            title_len: title.len(),
-            secrets,
-        },
-    );
+    memory.items.insert(id.to_owned(), cached(version, item));
 }
 
 /// The items of a listing that must be read: new, or of another version.
@@ -218,11 +397,18 @@ fn remember(memory: &mut SourceMemory, id: &str, version: (u64, String), item: I
 fn plan_round(
     memory: &mut SourceMemory,
     items: &[ItemSummary],
+    only: Option<&std::collections::BTreeSet<String>>,
 ) -> Vec<(String, (u64, String), String)> {
-    let listed: std::collections::BTreeSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    let wanted = |id: &str| only.is_none_or(|o| o.contains(id));
+    let listed: std::collections::BTreeSet<&str> = items
+        .iter()
+        .map(|i| i.id.as_str())
+        .filter(|id| wanted(id))
+        .collect();
     memory.items.retain(|id, _| listed.contains(id.as_str()));
     items
         .iter()
+        .filter(|i| wanted(&i.id))
         .filter(|i| {
             memory
                 .items
@@ -315,6 +501,7 @@ pub(crate) async fn load_cli(
     vault: &str,
     token_file: &Path,
     limits: Limits,
+    references: &std::collections::BTreeMap<String, String>,
     memory: &mut SourceMemory,
 ) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let token = read_token(token_file)?;
@@ -361,7 +548,12 @@ pub(crate) async fn load_cli(
     {
         memory.vault_id = Some(id);
     }
-    let wanted = plan_round(memory, &items);
+    let only = if references.is_empty() {
+        None
+    } else {
+        Some(referenced_items(references, &items)?)
+    };
+    let wanted = plan_round(memory, &items, only.as_ref());
     let shared = Mutex::new(&mut *memory);
     let stop = AtomicBool::new(false);
     let vault_arg = &vault_arg;
@@ -414,7 +606,14 @@ pub(crate) async fn load_cli(
         .buffer_unordered(limits.concurrency.max(1))
         .collect()
         .await;
-    finish_round(results, &items, memory, list_cost, limits.budget)
+    finish_round(
+        results,
+        &items,
+        memory,
+        list_cost,
+        limits.budget,
+        references,
+    )
 }
 
 /// The end of a round: the first reason it stopped, else the set; and the
@@ -425,6 +624,7 @@ fn finish_round(
     memory: &mut SourceMemory,
     round_cost: u32,
     budget: Budget,
+    references: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<(String, SecretValue)>, LoadError> {
     for r in results {
         match r {
@@ -440,6 +640,9 @@ fn finish_round(
     memory.next_due = memory
         .paced_every
         .map(|every| std::time::Instant::now() + every);
+    if !references.is_empty() {
+        return resolve(references, items, memory);
+    }
     let order: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
     assemble(&order, memory)
 }
@@ -468,6 +671,7 @@ pub(crate) async fn load_connect(
     vault: &str,
     token_file: &Path,
     limits: Limits,
+    references: &std::collections::BTreeMap<String, String>,
     memory: &mut SourceMemory,
 ) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let token = read_token(token_file)?;
@@ -513,8 +717,13 @@ pub(crate) async fn load_connect(
         m.vault_id = None;
     }
     let items: Vec<ItemSummary> = parse(&listed?, "GET items")?;
+    let only = if references.is_empty() {
+        None
+    } else {
+        Some(referenced_items(references, &items)?)
+    };
     let wanted = match shared.lock() {
-        Ok(mut m) => plan_round(&mut m, &items),
+        Ok(mut m) => plan_round(&mut m, &items, only.as_ref()),
         Err(_) => return Err(LoadError::OnePassword("internal: poisoned".into())),
     };
     let stop = AtomicBool::new(false);
@@ -546,7 +755,7 @@ pub(crate) async fn load_connect(
         .await;
     // Connect has no service-account limits of its own: no pacing unless
     // the config set a day's budget.
-    finish_round(results, &items, memory, 1, limits.budget)
+    finish_round(results, &items, memory, 1, limits.budget, references)
 }
 
 /// GET with up to 5 tries, backing off on 5xx. A 429 stops the source
@@ -695,7 +904,7 @@ mod tests {
             "x",
         )
         .unwrap();
-        let wanted: Vec<String> = plan_round(&mut memory, &listing)
+        let wanted: Vec<String> = plan_round(&mut memory, &listing, None)
             .into_iter()
             .map(|(id, _, _)| id)
             .collect();

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use super::SourceConfig;
 use super::combine::{SourceState, Sources};
-use super::memory::{CachedItem, SourceMemory};
+use super::memory::{CachedField, CachedItem, SourceMemory};
 use crate::secret::SecretValue;
 use crate::store::SecretSet;
 
@@ -53,8 +53,17 @@ struct ItemOut<'a> {
     id: &'a str,
     version: u64,
     updated_at: &'a str,
-    title_len: usize,
-    secrets: Vec<(&'a str, &'a str)>,
+    title: &'a str,
+    fields: Vec<FieldOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct FieldOut<'a> {
+    id: &'a str,
+    label: &'a str,
+    section_id: &'a str,
+    section_label: &'a str,
+    value: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -77,8 +86,17 @@ struct ItemIn {
     id: String,
     version: u64,
     updated_at: String,
-    title_len: usize,
-    secrets: Vec<(String, SecretValue)>,
+    title: String,
+    fields: Vec<FieldIn>,
+}
+
+#[derive(Deserialize)]
+struct FieldIn {
+    id: String,
+    label: String,
+    section_id: String,
+    section_label: String,
+    value: SecretValue,
 }
 
 /// What a sealed copy gave back.
@@ -112,11 +130,17 @@ impl Sources {
                     id,
                     version: item.version.0,
                     updated_at: &item.version.1,
-                    title_len: item.title_len,
-                    secrets: item
-                        .secrets
+                    title: &item.title,
+                    fields: item
+                        .fields
                         .iter()
-                        .map(|(n, v)| (n.as_str(), v.expose()))
+                        .map(|f| FieldOut {
+                            id: &f.id,
+                            label: &f.label,
+                            section_id: &f.section_id,
+                            section_label: &f.section_label,
+                            value: f.value.expose(),
+                        })
                         .collect(),
                 })
                 .collect();
@@ -128,11 +152,18 @@ impl Sources {
             size += items
                 .iter()
                 .map(|i| {
-                    128 + i
-                        .secrets
-                        .iter()
-                        .map(|(n, v)| 8 + 6 * (n.len() + v.len()))
-                        .sum::<usize>()
+                    128 + 6 * i.title.len()
+                        + i.fields
+                            .iter()
+                            .map(|f| {
+                                64 + 6
+                                    * (f.id.len()
+                                        + f.label.len()
+                                        + f.section_id.len()
+                                        + f.section_label.len()
+                                        + f.value.len())
+                            })
+                            .sum::<usize>()
                 })
                 .sum::<usize>();
             sources.push(SourceOut {
@@ -191,8 +222,18 @@ impl Sources {
                             i.id,
                             CachedItem {
                                 version: (i.version, i.updated_at),
-                                title_len: i.title_len,
-                                secrets: i.secrets,
+                                title: i.title,
+                                fields: i
+                                    .fields
+                                    .into_iter()
+                                    .map(|f| CachedField {
+                                        id: f.id,
+                                        label: f.label,
+                                        section_id: f.section_id,
+                                        section_label: f.section_label,
+                                        value: f.value,
+                                    })
+                                    .collect(),
                             },
                         )
                     })

@@ -369,3 +369,108 @@ async fn a_restart_starts_from_the_sealed_set_and_reads_only_what_changed() {
         "replaced after the good load"
     );
 }
+
+/// Names that programs can use, in 1Password's own reference syntax: a
+/// mapped source serves only the names it maps and reads only the items
+/// they name; a reference that names nothing, or a field that is
+/// ambiguous, is an error naming the reference.
+#[tokio::test]
+async fn references_name_secrets_and_read_only_their_items() {
+    let mut vault = Vault::new(10);
+    // svc5 has two fields labelled `host`, in two sections.
+    vault.state["items"][5]["sections"] = serde_json::json!([
+        {"id": "sec1", "label": "db"},
+        {"id": "sec2", "label": "cache"}
+    ]);
+    vault.state["items"][5]["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"id": "host2", "type": "STRING", "label": "host", "section": "sec2", "value": "cache.internal"}));
+    vault.save();
+    let with = |refs: &[(&str, &str)]| {
+        let SourceConfig::OnepasswordCli {
+            vault: v,
+            token_file,
+            op,
+            timeout,
+            ..
+        } = vault.source(None, 8)
+        else {
+            unreachable!()
+        };
+        SourceConfig::OnepasswordCli {
+            vault: v,
+            token_file,
+            op,
+            timeout,
+            reads_per_hour: None,
+            reads_per_day: None,
+            concurrency: None,
+            references: refs
+                .iter()
+                .map(|(n, r)| (n.to_string(), r.to_string()))
+                .collect(),
+        }
+    };
+    let source = with(&[
+        ("DB_PASSWORD", "op://prod/svc3/password"),
+        ("DB_HOST", "op://Prod/SVC3/db/host"),
+        ("CACHE_HOST", "op://prod/svc5/cache/host"),
+    ]);
+    source.validate().unwrap();
+    let got = as_map(source.load().await.unwrap());
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            ("CACHE_HOST".to_string(), "cache.internal".to_string()),
+            ("DB_HOST".to_string(), "db.internal".to_string()),
+            ("DB_PASSWORD".to_string(), "pw-3-v1".to_string()),
+        ])
+    );
+    let gets: Vec<String> = vault
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("get"))
+        .collect();
+    assert_eq!(gets.len(), 2, "only the named items are read: {gets:?}");
+
+    let ambiguous = with(&[("HOST", "op://prod/svc5/host")]);
+    let e = ambiguous.load().await.unwrap_err().to_string();
+    assert!(
+        e.contains("op://prod/svc5/host") && e.contains("ambiguous") && !e.contains(".internal"),
+        "{e}"
+    );
+    let nothing = with(&[("X", "op://prod/no-such-item/password")]);
+    let e = nothing.load().await.unwrap_err().to_string();
+    assert!(e.contains("op://prod/no-such-item/password"), "{e}");
+    let no_field = with(&[("X", "op://prod/svc1/nope")]);
+    let e = no_field.load().await.unwrap_err().to_string();
+    assert!(e.contains("op://prod/svc1/nope"), "{e}");
+
+    // Checked without I/O: the syntax, the vault, the name.
+    for (name, reference, says) in [
+        ("X", "op:/prod/svc1/password", "does not start with op://"),
+        ("X", "op://prod/svc1", "3 or 4 parts"),
+        (
+            "X",
+            "op://dev/svc1/password",
+            "this source reads vault \"prod\"",
+        ),
+        (
+            "X",
+            "op://prod/svc1/one-time password?attribute=otp",
+            "query parameters",
+        ),
+        (
+            "BAD\nNAME",
+            "op://prod/svc1/password",
+            "not a usable secret name",
+        ),
+    ] {
+        let e = with(&[(name, reference)])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{reference}: {e}");
+    }
+}

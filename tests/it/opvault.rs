@@ -73,6 +73,7 @@ impl Vault {
             reads_per_hour: budget.map(|b| b.0),
             reads_per_day: budget.map(|b| b.1),
             concurrency: Some(concurrency),
+            references: Default::default(),
         }
     }
 

@@ -105,6 +105,7 @@ async fn onepassword_connect_honours_429_and_reads_each_item_once() {
         reads_per_hour: None,
         reads_per_day: None,
         concurrency: None,
+        references: Default::default(),
     };
     let mut memory = SourceMemory::default();
     // The vault lookup, then the list answers 429 with Retry-After: 1.
@@ -158,6 +159,7 @@ async fn onepassword_connect_honours_429_and_reads_each_item_once() {
         reads_per_hour: None,
         reads_per_day: None,
         concurrency: None,
+        references: Default::default(),
     };
     let err = bad.load().await.unwrap_err();
     assert!(matches!(err, LoadError::OnePassword(_)), "{err:?}");
@@ -198,6 +200,7 @@ esac
         reads_per_hour: None,
         reads_per_day: None,
         concurrency: None,
+        references: Default::default(),
     };
     let got = as_map(source.load().await.unwrap());
     assert_eq!(got["payments/api_key"], "pk_live_1");
