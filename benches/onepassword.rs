@@ -102,7 +102,7 @@ fn main() {
                 .load_with(&mut SourceMemory::default())
                 .await
                 .unwrap();
-            assert_eq!(got.len(), 3);
+            assert_eq!(got.len(), 6, "password and host of 3 items");
         });
         println!(
             "1Password bench: harness ok (run it with `cargo bench --bench onepassword`); 1 passed, 0 failed"
@@ -112,7 +112,7 @@ fn main() {
     rt.block_on(async {
         println!("1Password through `op` (the stand-in), defaults unless said");
         // Round costs and reads per day, for 10, 100 and 1,000 items.
-        let pacing = SourceConfig::OnepasswordCli {
+        let pacing = SourceConfig::OnepasswordCli(locket::source::OnepasswordCliSource {
             vault: "x".into(),
             token_file: "t".into(),
             op: "op".into(),
@@ -121,7 +121,7 @@ fn main() {
             reads_per_day: None,
             concurrency: None,
             references: Default::default(),
-        }
+        })
         .budget();
         for n in [10usize, 100, 1000] {
             let mut vault = Vault::new(n);

@@ -15,8 +15,80 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use zeroize::Zeroizing;
 
-use super::{CommandFormat, LoadError, parse_dotenv, parse_json};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BoxFuture, LoadError, Loaded, SettingError, Source, SourceMemory, parse_dotenv, parse_json,
+};
 use crate::secret::SecretValue;
+
+/// `type = "command"`: a program that prints a JSON object or dotenv text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSource {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub format: CommandFormat,
+    #[serde(default = "super::ten_seconds", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra environment for the program (its environment is otherwise
+    /// empty but for PATH, HOME and LANG).
+    #[serde(default)]
+    pub env: CommandEnv,
+}
+
+/// A command source's extra environment. Its values may be credentials, so
+/// `Debug` shows only the names.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct CommandEnv(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for CommandEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, crate::secret::REDACTED)))
+            .finish()
+    }
+}
+
+/// What a `command` source prints.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandFormat {
+    #[default]
+    Json,
+    Dotenv,
+}
+
+impl Source for CommandSource {
+    fn describe(&self) -> String {
+        format!(
+            "command {:?}",
+            self.command.first().map(String::as_str).unwrap_or("")
+        )
+    }
+
+    fn validate(&self) -> Result<(), SettingError> {
+        if self.command.is_empty() {
+            return Err(SettingError(
+                "`command` is empty: give the program and its arguments, e.g. [\"sops\", \"-d\", \"secrets.json\"]".into(),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(SettingError("`timeout` must be more than 0s".into()));
+        }
+        Ok(())
+    }
+
+    /// One run is one call to whatever the program asks (a KMS, a vault).
+    fn cost(&self) -> u32 {
+        1
+    }
+
+    fn load<'a>(&'a self, _: &'a mut SourceMemory) -> BoxFuture<'a, Loaded> {
+        Box::pin(load(&self.command, self.format, self.timeout, &self.env.0))
+    }
+}
 
 /// Most bytes of stdout read from a command.
 pub(crate) const MAX_OUTPUT: usize = 16 * 1024 * 1024;

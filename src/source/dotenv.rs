@@ -2,12 +2,35 @@
 //! multi-line quoted values, `${VAR}` substitution outside single quotes).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::LoadError;
+use serde::{Deserialize, Serialize};
+
+use super::{BoxFuture, LoadError, Loaded, Source, SourceMemory};
 use crate::secret::SecretValue;
 
-pub(super) fn load(path: &Path) -> Result<Vec<(String, SecretValue)>, LoadError> {
+/// `type = "dotenv"`: a `.env` file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DotenvSource {
+    pub path: PathBuf,
+}
+
+impl Source for DotenvSource {
+    fn describe(&self) -> String {
+        format!("dotenv {}", self.path.display())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        super::resolve_path(base, &mut self.path);
+    }
+
+    fn load<'a>(&'a self, _: &'a mut SourceMemory) -> BoxFuture<'a, Loaded> {
+        Box::pin(async move { load(&self.path) })
+    }
+}
+
+fn load(path: &Path) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let file = std::fs::File::open(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,

@@ -1,9 +1,51 @@
 //! The server's own environment.
 
-use super::LoadError;
+use serde::{Deserialize, Serialize};
+
+use super::{BoxFuture, LoadError, Loaded, SettingError, Source, SourceMemory};
 use crate::secret::SecretValue;
 
-pub(super) fn load(
+/// `type = "env"`: the server's own environment: variables starting with
+/// `prefix` (served without it unless `strip_prefix = false`) and/or the
+/// exact `names` listed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSource {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default = "yes")]
+    pub strip_prefix: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Source for EnvSource {
+    fn describe(&self) -> String {
+        match &self.prefix {
+            Some(p) => format!("env prefix {p:?} (+{} names)", self.names.len()),
+            None => format!("env ({} names)", self.names.len()),
+        }
+    }
+
+    fn validate(&self) -> Result<(), SettingError> {
+        if self.prefix.as_deref().unwrap_or("").is_empty() && self.names.is_empty() {
+            return Err(SettingError(
+                "an env source needs `prefix` or `names` (serving the whole environment is never what you want)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn load<'a>(&'a self, _: &'a mut SourceMemory) -> BoxFuture<'a, Loaded> {
+        Box::pin(async move { load(self.prefix.as_deref(), &self.names, self.strip_prefix) })
+    }
+}
+
+fn load(
     prefix: Option<&str>,
     names: &[String],
     strip_prefix: bool,

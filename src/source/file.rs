@@ -1,12 +1,37 @@
 //! A JSON or TOML file with one object of name -> value.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::LoadError;
+use super::{BoxFuture, LoadError, Loaded, Source, SourceMemory};
 use crate::secret::SecretValue;
+
+/// `type = "file"`: a JSON or TOML file holding one object of name ->
+/// value; nested objects become `outer/inner` names. `format` defaults
+/// from the file extension.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSource {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+}
+
+impl Source for FileSource {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        super::resolve_path(base, &mut self.path);
+    }
+
+    fn load<'a>(&'a self, _: &'a mut SourceMemory) -> BoxFuture<'a, Loaded> {
+        Box::pin(async move { load(&self.path, self.format) })
+    }
+}
 
 /// The format of a `file` source.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -16,10 +41,7 @@ pub enum FileFormat {
     Toml,
 }
 
-pub(super) fn load(
-    path: &Path,
-    format: Option<FileFormat>,
-) -> Result<Vec<(String, SecretValue)>, LoadError> {
+fn load(path: &Path, format: Option<FileFormat>) -> Result<Vec<(String, SecretValue)>, LoadError> {
     let format = match format {
         Some(f) => f,
         None => match path.extension().and_then(|e| e.to_str()) {

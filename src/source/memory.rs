@@ -41,6 +41,30 @@ pub(crate) enum Hold {
     },
 }
 
+impl Hold {
+    /// The error of a source that did not make its request: it waits, and
+    /// serves its last good values meanwhile.
+    pub(crate) fn into_error(self) -> super::LoadError {
+        match self {
+            Hold::RateLimited { until } => super::LoadError::RateLimited {
+                until,
+                detail: "the service rate-limited this source; no request is made until then"
+                    .into(),
+            },
+            Hold::OverBudget {
+                until,
+                window,
+                limit,
+            } => super::LoadError::OverBudget {
+                until,
+                detail: format!(
+                    "the next request would pass {window} = {limit}; the last good values are served until room frees (raise {window}, or set it to 0 for no limit)"
+                ),
+            },
+        }
+    }
+}
+
 /// One item as last read: its version, title and the fields with a value.
 #[derive(Debug, Clone)]
 pub(crate) struct CachedItem {

@@ -1,6 +1,10 @@
-//! Where secrets come from: one file per kind of source behind one enum,
-//! plus [`combine`], which keeps each source's last good values and
-//! combines them into the `SecretSet` that is served.
+//! Where secrets come from: one file per kind of source, each a settings
+//! struct implementing [`Source`] and registered by one line of the
+//! `sources!` list (which builds [`SourceConfig`], the `[[sources]]` entry);
+//! [`memory`], what every source remembers between rounds (requests,
+//! budget, rate-limit waits, what it read); [`combine`], which keeps each
+//! source's last good values and combines them into the `SecretSet` that
+//! is served; and [`sealed_set`], that state as a sealed copy holds it.
 //!
 //! Sources are listed in `[[sources]]` and read in order; when two sources
 //! hold the same name, the **later** source wins (like layered config), and
@@ -18,311 +22,155 @@ pub mod memory;
 pub(crate) mod onepassword;
 pub mod sealed_set;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretValue;
 use crate::store::SecretSet;
 
-pub use dotenv::parse_dotenv;
-pub use file::{FileFormat, parse_json, parse_toml};
+pub use command::{CommandEnv, CommandFormat, CommandSource};
+pub use dotenv::{DotenvSource, parse_dotenv};
+pub use env::EnvSource;
+pub use file::{FileFormat, FileSource, parse_json, parse_toml};
 pub use memory::{Budget, SourceMemory};
+pub use onepassword::{OnepasswordCliSource, OnepasswordConnectSource};
 
-/// One `[[sources]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// A `.env` file, parsed with `dotenvy`.
-    Dotenv { path: PathBuf },
-    /// The server's own environment: variables starting with `prefix`
-    /// (served without it unless `strip_prefix = false`) and/or the exact
-    /// `names` listed.
-    Env {
-        #[serde(default)]
-        prefix: Option<String>,
-        #[serde(default)]
-        names: Vec<String>,
-        #[serde(default = "yes")]
-        strip_prefix: bool,
-    },
-    /// A JSON or TOML file holding one object of name -> value; nested
-    /// objects become `outer/inner` names. `format` defaults from the file
-    /// extension.
-    File {
-        path: PathBuf,
-        #[serde(default)]
-        format: Option<FileFormat>,
-    },
-    /// A program that prints a JSON object or dotenv text.
-    Command {
-        command: Vec<String>,
-        #[serde(default)]
-        format: CommandFormat,
-        #[serde(default = "ten_seconds", with = "humantime_serde")]
-        timeout: Duration,
-        /// Extra environment for the program (its environment is otherwise
-        /// empty but for PATH, HOME and LANG).
-        #[serde(default)]
-        env: CommandEnv,
-    },
-    /// 1Password through the `op` CLI and a service-account token.
-    OnepasswordCli {
-        vault: String,
-        token_file: PathBuf,
-        /// The `op` program (a name looked up in PATH, or a path).
-        #[serde(default = "op")]
-        op: String,
-        #[serde(default = "ten_seconds", with = "humantime_serde")]
-        timeout: Duration,
-        /// 1Password requests this source may make per hour and per day
-        /// (0: no limit); default 800 and 1500, well inside a Teams account.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reads_per_hour: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reads_per_day: Option<u32>,
-        /// Items read at once (default 8).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        concurrency: Option<usize>,
-        /// Secret names mapped to 1Password references
-        /// (`DB_PASSWORD = "op://prod/postgres/password"`): the source then
-        /// serves only these, and reads only the items they name.
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        references: BTreeMap<String, String>,
-    },
-    /// A 1Password Connect server.
-    OnepasswordConnect {
-        url: String,
-        vault: String,
-        token_file: PathBuf,
-        #[serde(default = "ten_seconds", with = "humantime_serde")]
-        timeout: Duration,
-        /// Requests per hour and per day (default: no limit; Connect
-        /// answers from its own synced copy).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reads_per_hour: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reads_per_day: Option<u32>,
-        /// Items read at once (default 8).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        concurrency: Option<usize>,
-        /// As for `onepassword-cli`.
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        references: BTreeMap<String, String>,
-    },
+/// One kind of source. A new kind is a file with a settings struct that
+/// implements this, and one line in the `sources!` list below; refresh,
+/// request counting, budgets, rate-limit waits and the last good values
+/// are the same for every kind ([`SourceMemory`], [`combine`]).
+pub trait Source: std::fmt::Debug + Send + Sync {
+    /// A short description for logs and errors (never a value).
+    fn describe(&self) -> String;
+    /// Checks the settings that need no I/O.
+    fn validate(&self) -> Result<(), SettingError> {
+        Ok(())
+    }
+    /// Makes relative paths absolute against `base` (the config's folder).
+    fn resolve_paths(&mut self, _base: &Path) {}
+    /// The requests this source may make to its service.
+    fn budget(&self) -> Budget {
+        Budget::default()
+    }
+    /// What one load costs its service, in its own requests, when every
+    /// load costs the same (a command run: 1). 0 for local sources and for
+    /// sources that count their own requests as they make them (1Password
+    /// reads only what changed).
+    fn cost(&self) -> u32 {
+        0
+    }
+    /// Reads the source, with what it remembers from earlier rounds (and
+    /// updating it): a source that can read only what changed does so.
+    fn load<'a>(&'a self, memory: &'a mut SourceMemory) -> BoxFuture<'a, Loaded>;
 }
 
-/// A command source's extra environment. Its values may be credentials, so
-/// `Debug` shows only the names.
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct CommandEnv(pub BTreeMap<String, String>);
+/// What one load gives: the names and values, or why not.
+pub type Loaded = Result<Vec<(String, SecretValue)>, LoadError>;
 
-impl std::fmt::Debug for CommandEnv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.keys().map(|k| (k, crate::secret::REDACTED)))
-            .finish()
+/// A boxed future, as [`Source::load`] returns (the trait is used as
+/// `dyn Source`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Makes `path` absolute against `base` when it is relative.
+pub(crate) fn resolve_path(base: &Path, path: &mut std::path::PathBuf) {
+    if path.is_relative() {
+        *path = base.join(&*path);
     }
 }
 
-/// What a `command` source prints.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum CommandFormat {
-    #[default]
-    Json,
-    Dotenv,
+/// The default `timeout` of sources that run or call something.
+pub(crate) fn ten_seconds() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
-fn yes() -> bool {
-    true
+/// The kinds of source, by their `type = "..."`: one line each.
+macro_rules! sources {
+    ($($(#[$doc:meta])* $name:literal => $variant:ident($settings:ty),)*) => {
+        /// One `[[sources]]` entry; `type` picks the kind.
+        #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+        #[serde(tag = "type")]
+        pub enum SourceConfig {
+            $($(#[$doc])* #[serde(rename = $name)] $variant($settings),)*
+        }
+
+        impl SourceConfig {
+            /// The `type = "..."` of this source.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $name,)*
+                }
+            }
+
+            fn kind(&self) -> &dyn Source {
+                match self {
+                    $(Self::$variant(s) => s,)*
+                }
+            }
+
+            fn kind_mut(&mut self) -> &mut dyn Source {
+                match self {
+                    $(Self::$variant(s) => s,)*
+                }
+            }
+        }
+    };
 }
 
-fn ten_seconds() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn op() -> String {
-    "op".into()
+sources! {
+    /// A `.env` file, parsed with `dotenvy`.
+    "dotenv" => Dotenv(DotenvSource),
+    /// The server's own environment.
+    "env" => Env(EnvSource),
+    /// A JSON or TOML file of name -> value.
+    "file" => File(FileSource),
+    /// A program that prints a JSON object or dotenv text.
+    "command" => Command(CommandSource),
+    /// 1Password through the `op` CLI and a service-account token.
+    "onepassword-cli" => OnepasswordCli(OnepasswordCliSource),
+    /// A 1Password Connect server.
+    "onepassword-connect" => OnepasswordConnect(OnepasswordConnectSource),
 }
 
 impl SourceConfig {
     /// A short description for logs and errors (never a value).
-    /// The `type = "..."` of this source.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Dotenv { .. } => "dotenv",
-            Self::Env { .. } => "env",
-            Self::File { .. } => "file",
-            Self::Command { .. } => "command",
-            Self::OnepasswordCli { .. } => "onepassword-cli",
-            Self::OnepasswordConnect { .. } => "onepassword-connect",
-        }
-    }
-
     pub fn describe(&self) -> String {
-        match self {
-            Self::Dotenv { path } => format!("dotenv {}", path.display()),
-            Self::Env { prefix, names, .. } => match prefix {
-                Some(p) => format!("env prefix {p:?} (+{} names)", names.len()),
-                None => format!("env ({} names)", names.len()),
-            },
-            Self::File { path, .. } => format!("file {}", path.display()),
-            Self::Command { command, .. } => format!(
-                "command {:?}",
-                command.first().map(String::as_str).unwrap_or("")
-            ),
-            Self::OnepasswordCli { vault, .. } => format!("onepassword-cli vault {vault:?}"),
-            Self::OnepasswordConnect { url, vault, .. } => {
-                format!("onepassword-connect {url} vault {vault:?}")
-            }
-        }
+        self.kind().describe()
     }
 
     /// Makes relative paths absolute against `base` (the config's folder).
     pub fn resolve_paths(&mut self, base: &Path) {
-        match self {
-            Self::Dotenv { path }
-            | Self::File { path, .. }
-            | Self::OnepasswordCli {
-                token_file: path, ..
-            }
-            | Self::OnepasswordConnect {
-                token_file: path, ..
-            } => {
-                if path.is_relative() {
-                    *path = base.join(&*path);
-                }
-            }
-            Self::Env { .. } | Self::Command { .. } => {}
-        }
+        self.kind_mut().resolve_paths(base);
     }
 
     /// Checks settings that need no I/O.
     pub fn validate(&self) -> Result<(), SettingError> {
-        let invalid = |m: String| Err(SettingError(m));
-        match self {
-            Self::Env { prefix, names, .. } if prefix.as_deref().unwrap_or("").is_empty() && names.is_empty() => {
-                invalid("an env source needs `prefix` or `names` (serving the whole environment is never what you want)".into())
-            }
-            Self::Command { command, .. } if command.is_empty() => {
-                invalid("`command` is empty: give the program and its arguments, e.g. [\"sops\", \"-d\", \"secrets.json\"]".into())
-            }
-            Self::Command { timeout, .. } | Self::OnepasswordCli { timeout, .. } | Self::OnepasswordConnect { timeout, .. }
-                if timeout.is_zero() =>
-            {
-                invalid("`timeout` must be more than 0s".into())
-            }
-            Self::OnepasswordCli { concurrency: Some(n), .. } | Self::OnepasswordConnect { concurrency: Some(n), .. }
-                if !(1..=64).contains(n) =>
-            {
-                invalid(format!("concurrency = {n} is out of range: use 1 to 64 (default {})", onepassword::DEFAULT_CONCURRENCY))
-            }
-            Self::OnepasswordCli { vault, references, .. } | Self::OnepasswordConnect { vault, references, .. }
-                if onepassword::check_references(vault, references).is_err() =>
-            {
-                invalid(onepassword::check_references(vault, references).unwrap_err())
-            }
-            Self::OnepasswordConnect { url, .. } if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                invalid(format!("url {url:?} must start with http:// or https://"))
-            }
-            _ => Ok(()),
-        }
+        self.kind().validate()
+    }
+
+    /// The request budget in force.
+    pub fn budget(&self) -> Budget {
+        self.kind().budget()
     }
 
     /// Reads the source once, from nothing remembered.
-    pub async fn load(&self) -> Result<Vec<(String, SecretValue)>, LoadError> {
+    pub async fn load(&self) -> Loaded {
         self.load_with(&mut SourceMemory::default()).await
     }
 
     /// Reads the source, using and updating what it remembers from earlier
     /// rounds: its requests and budget, a rate limit, and what it read
     /// (a 1Password source reads only the items that changed).
-    pub async fn load_with(
-        &self,
-        memory: &mut SourceMemory,
-    ) -> Result<Vec<(String, SecretValue)>, LoadError> {
-        match self {
-            Self::Dotenv { path } => dotenv::load(path),
-            Self::Env {
-                prefix,
-                names,
-                strip_prefix,
-            } => env::load(prefix.as_deref(), names, *strip_prefix),
-            Self::File { path, format } => file::load(path, *format),
-            Self::Command {
-                command,
-                format,
-                timeout,
-                env,
-            } => command::load(command, *format, *timeout, &env.0).await,
-            Self::OnepasswordCli {
-                vault,
-                token_file,
-                op,
-                timeout,
-                references,
-                ..
-            } => {
-                let limits = self.limits(*timeout);
-                onepassword::load_cli(op, vault, token_file, limits, references, memory).await
-            }
-            Self::OnepasswordConnect {
-                url,
-                vault,
-                token_file,
-                timeout,
-                references,
-                ..
-            } => {
-                let limits = self.limits(*timeout);
-                onepassword::load_connect(url, vault, token_file, limits, references, memory).await
-            }
+    pub async fn load_with(&self, memory: &mut SourceMemory) -> Loaded {
+        let kind = self.kind();
+        let cost = kind.cost();
+        if cost > 0 {
+            memory
+                .spend(kind.budget(), cost, SystemTime::now())
+                .map_err(memory::Hold::into_error)?;
         }
-    }
-
-    /// The request budget in force (0 in the config: no limit).
-    pub fn budget(&self) -> Budget {
-        let pick = |set: Option<u32>, default: Option<u32>| match set {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => default,
-        };
-        match self {
-            Self::OnepasswordCli {
-                reads_per_hour,
-                reads_per_day,
-                ..
-            } => Budget {
-                per_hour: pick(*reads_per_hour, onepassword::DEFAULT_CLI_BUDGET.per_hour),
-                per_day: pick(*reads_per_day, onepassword::DEFAULT_CLI_BUDGET.per_day),
-            },
-            Self::OnepasswordConnect {
-                reads_per_hour,
-                reads_per_day,
-                ..
-            } => Budget {
-                per_hour: pick(*reads_per_hour, None),
-                per_day: pick(*reads_per_day, None),
-            },
-            _ => Budget::default(),
-        }
-    }
-
-    fn limits(&self, timeout: Duration) -> onepassword::Limits {
-        let concurrency = match self {
-            Self::OnepasswordCli { concurrency, .. }
-            | Self::OnepasswordConnect { concurrency, .. } => *concurrency,
-            _ => None,
-        };
-        onepassword::Limits {
-            budget: self.budget(),
-            concurrency: concurrency.unwrap_or(onepassword::DEFAULT_CONCURRENCY),
-            timeout,
-        }
+        kind.load(memory).await
     }
 }
 
@@ -422,7 +270,7 @@ impl std::fmt::Debug for ProgramText {
 /// A `[[sources]]` setting that cannot work (found without I/O).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct SettingError(String);
+pub struct SettingError(pub(crate) String);
 
 /// A source failed to load. The detail never contains a value, nor text
 /// the source itself produced (a command's stderr is in `stderr`, apart).
@@ -484,15 +332,15 @@ mod tests {
 
     #[test]
     fn debug_of_a_command_source_hides_its_environment_values() {
-        let s = SourceConfig::Command {
+        let s = SourceConfig::Command(CommandSource {
             command: vec!["sops".into()],
             format: CommandFormat::Json,
-            timeout: Duration::from_secs(1),
-            env: CommandEnv(BTreeMap::from([(
+            timeout: std::time::Duration::from_secs(1),
+            env: CommandEnv(std::collections::BTreeMap::from([(
                 "VAULT_TOKEN".to_string(),
                 "hvs.secret-token".to_string(),
             )])),
-        };
+        });
         let shown = format!("{s:?}");
         assert!(
             shown.contains("VAULT_TOKEN") && !shown.contains("hvs.secret-token"),

@@ -22,17 +22,18 @@
 //! copy: one HTTP request is one request, and the vault's id is looked up
 //! once.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::LoadError;
 use super::memory::{Budget, CachedField, CachedItem, HOUR, Hold, SourceMemory};
+use super::{BoxFuture, LoadError, Loaded, SettingError, Source};
 use crate::secret::SecretValue;
 
 /// What 1Password counts for each `op` call (see the module docs).
@@ -58,6 +59,178 @@ pub(crate) const DEFAULT_CONCURRENCY: usize = 8;
 /// The share of `reads_per_day` that unchanged rounds may use; the rest is
 /// kept for changed items and a first load.
 const PACING_SHARE: u32 = 4;
+
+/// `type = "onepassword-cli"`: 1Password through the `op` CLI and a
+/// service-account token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OnepasswordCliSource {
+    pub vault: String,
+    pub token_file: PathBuf,
+    /// The `op` program (a name looked up in PATH, or a path).
+    #[serde(default = "op")]
+    pub op: String,
+    #[serde(default = "super::ten_seconds", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// 1Password requests this source may make per hour and per day
+    /// (0: no limit); default 800 and 1500, well inside a Teams account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads_per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads_per_day: Option<u32>,
+    /// Items read at once (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Secret names mapped to 1Password references
+    /// (`DB_PASSWORD = "op://prod/postgres/password"`): the source then
+    /// serves only these, and reads only the items they name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub references: BTreeMap<String, String>,
+}
+
+fn op() -> String {
+    "op".into()
+}
+
+/// `type = "onepassword-connect"`: a 1Password Connect server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OnepasswordConnectSource {
+    pub url: String,
+    pub vault: String,
+    pub token_file: PathBuf,
+    #[serde(default = "super::ten_seconds", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests per hour and per day (default: no limit; Connect answers
+    /// from its own synced copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads_per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads_per_day: Option<u32>,
+    /// Items read at once (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// As for `onepassword-cli`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub references: BTreeMap<String, String>,
+}
+
+/// A configured budget: unset is `default`, 0 is no limit.
+fn budget(per_hour: Option<u32>, per_day: Option<u32>, default: Budget) -> Budget {
+    let pick = |set: Option<u32>, default: Option<u32>| match set {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => default,
+    };
+    Budget {
+        per_hour: pick(per_hour, default.per_hour),
+        per_day: pick(per_day, default.per_day),
+    }
+}
+
+/// The checks both kinds share (no I/O).
+fn validate(
+    timeout: Duration,
+    concurrency: Option<usize>,
+    vault: &str,
+    references: &BTreeMap<String, String>,
+) -> Result<(), SettingError> {
+    if timeout.is_zero() {
+        return Err(SettingError("`timeout` must be more than 0s".into()));
+    }
+    if let Some(n) = concurrency
+        && !(1..=64).contains(&n)
+    {
+        return Err(SettingError(format!(
+            "concurrency = {n} is out of range: use 1 to 64 (default {DEFAULT_CONCURRENCY})"
+        )));
+    }
+    check_references(vault, references).map_err(SettingError)
+}
+
+impl Source for OnepasswordCliSource {
+    fn describe(&self) -> String {
+        format!("onepassword-cli vault {:?}", self.vault)
+    }
+
+    fn validate(&self) -> Result<(), SettingError> {
+        validate(
+            self.timeout,
+            self.concurrency,
+            &self.vault,
+            &self.references,
+        )
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        super::resolve_path(base, &mut self.token_file);
+    }
+
+    fn budget(&self) -> Budget {
+        budget(self.reads_per_hour, self.reads_per_day, DEFAULT_CLI_BUDGET)
+    }
+
+    fn load<'a>(&'a self, memory: &'a mut SourceMemory) -> BoxFuture<'a, Loaded> {
+        let limits = Limits {
+            budget: self.budget(),
+            concurrency: self.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            timeout: self.timeout,
+        };
+        Box::pin(load_cli(
+            &self.op,
+            &self.vault,
+            &self.token_file,
+            limits,
+            &self.references,
+            memory,
+        ))
+    }
+}
+
+impl Source for OnepasswordConnectSource {
+    fn describe(&self) -> String {
+        format!("onepassword-connect {} vault {:?}", self.url, self.vault)
+    }
+
+    fn validate(&self) -> Result<(), SettingError> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(SettingError(format!(
+                "url {:?} must start with http:// or https://",
+                self.url
+            )));
+        }
+        validate(
+            self.timeout,
+            self.concurrency,
+            &self.vault,
+            &self.references,
+        )
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        super::resolve_path(base, &mut self.token_file);
+    }
+
+    fn budget(&self) -> Budget {
+        budget(self.reads_per_hour, self.reads_per_day, Budget::default())
+    }
+
+    fn load<'a>(&'a self, memory: &'a mut SourceMemory) -> BoxFuture<'a, Loaded> {
+        let limits = Limits {
+            budget: self.budget(),
+            concurrency: self.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            timeout: self.timeout,
+        };
+        Box::pin(load_connect(
+            &self.url,
+            &self.vault,
+            &self.token_file,
+            limits,
+            &self.references,
+            memory,
+        ))
+    }
+}
 
 /// How a 1Password source reads: its budget and how many gets at once.
 #[derive(Debug, Clone, Copy)]

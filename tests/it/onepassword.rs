@@ -388,17 +388,17 @@ async fn references_name_secrets_and_read_only_their_items() {
         .push(serde_json::json!({"id": "host2", "type": "STRING", "label": "host", "section": "sec2", "value": "cache.internal"}));
     vault.save();
     let with = |refs: &[(&str, &str)]| {
-        let SourceConfig::OnepasswordCli {
+        let SourceConfig::OnepasswordCli(locket::source::OnepasswordCliSource {
             vault: v,
             token_file,
             op,
             timeout,
             ..
-        } = vault.source(None, 8)
+        }) = vault.source(None, 8)
         else {
             unreachable!()
         };
-        SourceConfig::OnepasswordCli {
+        SourceConfig::OnepasswordCli(locket::source::OnepasswordCliSource {
             vault: v,
             token_file,
             op,
@@ -410,7 +410,7 @@ async fn references_name_secrets_and_read_only_their_items() {
                 .iter()
                 .map(|(n, r)| (n.to_string(), r.to_string()))
                 .collect(),
-        }
+        })
     };
     let source = with(&[
         ("DB_PASSWORD", "op://prod/svc3/password"),

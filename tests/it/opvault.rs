@@ -65,7 +65,7 @@ impl Vault {
     }
 
     pub(crate) fn source(&self, budget: Option<(u32, u32)>, concurrency: usize) -> SourceConfig {
-        SourceConfig::OnepasswordCli {
+        SourceConfig::OnepasswordCli(locket::source::OnepasswordCliSource {
             vault: "prod".into(),
             token_file: self.dir.path().join("token"),
             op: self.dir.path().join("op").to_string_lossy().into_owned(),
@@ -74,7 +74,7 @@ impl Vault {
             reads_per_day: budget.map(|b| b.1),
             concurrency: Some(concurrency),
             references: Default::default(),
-        }
+        })
     }
 
     /// The calls the stand-in allowed, as "list" or "get ID", in order.

@@ -97,7 +97,7 @@ async fn connect_server(
 async fn onepassword_connect_honours_429_and_reads_each_item_once() {
     let dir = tempfile::tempdir().unwrap();
     let (url, item_gets, all) = connect_server("connect-token-123", true).await;
-    let source = SourceConfig::OnepasswordConnect {
+    let source = SourceConfig::OnepasswordConnect(locket::source::OnepasswordConnectSource {
         url: url.clone(),
         vault: "prod".into(),
         token_file: write_token(dir.path(), "connect-token-123\n"),
@@ -106,7 +106,7 @@ async fn onepassword_connect_honours_429_and_reads_each_item_once() {
         reads_per_day: None,
         concurrency: None,
         references: Default::default(),
-    };
+    });
     let mut memory = SourceMemory::default();
     // The vault lookup, then the list answers 429 with Retry-After: 1.
     let err = source.load_with(&mut memory).await.unwrap_err();
@@ -148,7 +148,7 @@ async fn onepassword_connect_honours_429_and_reads_each_item_once() {
     assert_eq!(item_gets.load(Ordering::SeqCst), 3);
 
     // A wrong token: a clear error, without the token in it.
-    let bad = SourceConfig::OnepasswordConnect {
+    let bad = SourceConfig::OnepasswordConnect(locket::source::OnepasswordConnectSource {
         url,
         vault: "prod".into(),
         token_file: {
@@ -160,7 +160,7 @@ async fn onepassword_connect_honours_429_and_reads_each_item_once() {
         reads_per_day: None,
         concurrency: None,
         references: Default::default(),
-    };
+    });
     let err = bad.load().await.unwrap_err();
     assert!(matches!(err, LoadError::OnePassword(_)), "{err:?}");
     let err = err.to_string();
@@ -192,7 +192,7 @@ esac
     )
     .unwrap();
     std::fs::set_permissions(&op, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let source = SourceConfig::OnepasswordCli {
+    let source = SourceConfig::OnepasswordCli(locket::source::OnepasswordCliSource {
         vault: "prod".into(),
         token_file: write_token(dir.path(), "ops_tok_abc"),
         op: op.to_string_lossy().into_owned(),
@@ -201,7 +201,7 @@ esac
         reads_per_day: None,
         concurrency: None,
         references: Default::default(),
-    };
+    });
     let got = as_map(source.load().await.unwrap());
     assert_eq!(got["payments/api_key"], "pk_live_1");
     assert_eq!(got["payments/webhook"], "whsec_2");
@@ -214,7 +214,7 @@ esac
 }
 
 fn command(argv: &[&str], format: CommandFormat, timeout_ms: u64) -> SourceConfig {
-    SourceConfig::Command {
+    SourceConfig::Command(locket::source::CommandSource {
         command: argv.iter().map(|s| s.to_string()).collect(),
         format,
         timeout: Duration::from_millis(timeout_ms),
@@ -222,7 +222,7 @@ fn command(argv: &[&str], format: CommandFormat, timeout_ms: u64) -> SourceConfi
             "EXTRA".to_string(),
             "given".to_string(),
         )])),
-    }
+    })
 }
 
 #[tokio::test]
