@@ -23,8 +23,11 @@ fn write_token(dir: &Path, token: &str) -> std::path::PathBuf {
 }
 
 /// A fake Connect server with the documented endpoints and JSON shapes
-/// (1Password Connect API reference: camelCase keys, `version`,
-/// `vault{id}`). The first call to the items list answers 429 with
+/// (1Password's Connect API reference, developer.1password.com/docs/connect/
+/// api-reference, and its OpenAPI spec: camelCase keys, `version`,
+/// `updatedAt`, `category`, `vault{id}` only; fields with `type`,
+/// `purpose`, `section{id}` and the labels in the item's `sections`;
+/// errors as `{"status", "message"}`, 401 "Invalid token signature"). The first call to the items list answers 429 with
 /// `Retry-After: 1`, the first item GET 500, when `flaky`. Returns the URL and the
 /// counts of item GETs and of every request.
 async fn connect_server(
@@ -57,7 +60,7 @@ async fn connect_server(
             return r;
         }
         warp::reply::with_status(
-            warp::reply::json(&serde_json::json!([{"id": "i1", "title": "db", "version": 2, "updatedAt": "2024-05-01T10:00:00Z", "vault": {"id": "v1d"}}, {"id": "i2", "title": "api", "version": 7, "updatedAt": "2024-05-01T10:00:00Z", "vault": {"id": "v1d"}}])),
+            warp::reply::json(&serde_json::json!([{"id": "i1", "title": "db", "version": 2, "category": "DATABASE", "createdAt": "2024-01-02T03:04:05Z", "updatedAt": "2024-05-01T10:00:00Z", "vault": {"id": "v1d"}}, {"id": "i2", "title": "api", "version": 7, "category": "API_CREDENTIAL", "createdAt": "2024-01-02T03:04:05Z", "updatedAt": "2024-05-01T10:00:00Z", "vault": {"id": "v1d"}}])),
             warp::http::StatusCode::OK,
         ).into_response()
     });
@@ -65,15 +68,20 @@ async fn connect_server(
     let item = warp::path!("v1" / "vaults" / "v1d" / "items" / String).map(move |id: String| {
         let n = ig.fetch_add(1, Ordering::SeqCst);
         if flaky && n == 0 {
-            return warp::reply::with_status(warp::reply::json(&serde_json::json!({"message": "oops"})), warp::http::StatusCode::INTERNAL_SERVER_ERROR);
+            return warp::reply::with_status(warp::reply::json(&serde_json::json!({"status": 500, "message": "Internal Server Error"})), warp::http::StatusCode::INTERNAL_SERVER_ERROR);
         }
         let body = match id.as_str() {
-            "i1" => serde_json::json!({"id": "i1", "title": "db", "fields": [
-                {"id": "username", "label": "username", "value": "dbuser", "purpose": "USERNAME"},
-                {"id": "password", "label": "password", "value": "db-pa55", "purpose": "PASSWORD"},
-                {"id": "notes", "label": "notesPlain", "purpose": "NOTES"}
+            "i1" => serde_json::json!({"id": "i1", "title": "db", "version": 2, "category": "DATABASE", "vault": {"id": "v1d"},
+                "sections": [{"id": "conn", "label": "connection"}],
+                "fields": [
+                {"id": "username", "type": "STRING", "label": "username", "value": "dbuser", "purpose": "USERNAME"},
+                {"id": "password", "type": "CONCEALED", "label": "password", "value": "db-pa55", "purpose": "PASSWORD", "entropy": 52.2},
+                {"id": "notes", "type": "STRING", "label": "notesPlain", "purpose": "NOTES"},
+                {"id": "host", "type": "STRING", "label": "host", "section": {"id": "conn"}, "value": "db.internal"}
             ]}),
-            _ => serde_json::json!({"id": "i2", "title": "api", "fields": [{"id": "credential", "label": "credential", "value": "api-key-1"}]}),
+            _ => serde_json::json!({"id": "i2", "title": "api", "version": 7, "category": "API_CREDENTIAL", "vault": {"id": "v1d"},
+                "fields": [{"id": "credential", "type": "CONCEALED", "label": "credential", "value": "api-key-1"},
+                {"id": "otp", "type": "OTP", "label": "one-time password", "value": "otpauth://totp/x?secret=AAAA", "totp": "123456"}]}),
         };
         warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::OK)
     });
@@ -83,7 +91,9 @@ async fn connect_server(
         .and(items.or(item).or(vaults))
         .recover(|_| async {
             Ok::<_, std::convert::Infallible>(warp::reply::with_status(
-                "unauthorized",
+                warp::reply::json(
+                    &serde_json::json!({"status": 401, "message": "Invalid token signature"}),
+                ),
                 warp::http::StatusCode::UNAUTHORIZED,
             ))
         });
@@ -134,6 +144,11 @@ async fn onepassword_connect_honours_429_and_reads_each_item_once() {
         got,
         BTreeMap::from([
             ("api/credential".to_string(), "api-key-1".to_string()),
+            (
+                "api/one-time password".to_string(),
+                "otpauth://totp/x?secret=AAAA".to_string()
+            ),
+            ("db/host".to_string(), "db.internal".to_string()),
             ("db/password".to_string(), "db-pa55".to_string()),
             ("db/username".to_string(), "dbuser".to_string()),
         ])
@@ -146,6 +161,41 @@ async fn onepassword_connect_honours_429_and_reads_each_item_once() {
     source.load_with(&mut memory).await.unwrap();
     assert_eq!(all.load(Ordering::SeqCst), before + 1);
     assert_eq!(item_gets.load(Ordering::SeqCst), 3);
+
+    // References through Connect: the field's section is `{id}` only, its
+    // label comes from the item's `sections`.
+    let mapped = SourceConfig::OnepasswordConnect(locket::source::OnepasswordConnectSource {
+        url: url.clone(),
+        vault: "prod".into(),
+        token_file: dir.path().join("token"),
+        timeout: Duration::from_secs(5),
+        reads_per_hour: None,
+        reads_per_day: None,
+        concurrency: None,
+        references: BTreeMap::from([
+            (
+                "DB_HOST".to_string(),
+                "op://prod/db/connection/host".to_string(),
+            ),
+            (
+                "DB_PASSWORD".to_string(),
+                "op://prod/db/password".to_string(),
+            ),
+        ]),
+    });
+    let gets = item_gets.load(Ordering::SeqCst);
+    assert_eq!(
+        as_map(mapped.load().await.unwrap()),
+        BTreeMap::from([
+            ("DB_HOST".to_string(), "db.internal".to_string()),
+            ("DB_PASSWORD".to_string(), "db-pa55".to_string()),
+        ])
+    );
+    assert_eq!(
+        item_gets.load(Ordering::SeqCst),
+        gets + 1,
+        "only item db is read"
+    );
 
     // A wrong token: a clear error, without the token in it.
     let bad = SourceConfig::OnepasswordConnect(locket::source::OnepasswordConnectSource {
@@ -381,6 +431,7 @@ esac
         got,
         BTreeMap::from([
             ("app/api_key".to_string(), "from-op-cli".to_string()),
+            ("db/host".to_string(), "db.internal".to_string()),
             ("db/password".to_string(), "db-pa55".to_string()),
             ("db/username".to_string(), "dbuser".to_string()),
         ])
