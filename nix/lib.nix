@@ -136,6 +136,7 @@ rec {
       settings ? { },
       unit ? "locket.service",
       credentialsDirectory ? null, # null: systemd's /run/credentials/<unit>
+      sealedSet ? null, # { maxAge; }: a sealed last-good set, keyed by the seal-key credential
     }:
     let
       creds = credentialsDirIn unit credentialsDirectory sources;
@@ -149,6 +150,18 @@ rec {
       sources = creds.sources;
     }
     // (if nextKeyFile == null then { } else { next_key_file = "${credDir}/server-next-key"; })
+    // (
+      if sealedSet == null then
+        { }
+      else
+        {
+          sealed_set = {
+            path = "${stateDirectory}/last-good.sealed";
+            max_age = sealedSet.maxAge;
+            key_file = "${credDir}/seal-key";
+          };
+        }
+    )
     // {
       clients = mapAttrs (_: c: {
         inherit (c) keys networks secrets;

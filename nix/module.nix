@@ -75,7 +75,11 @@ let
       ;
     unit = "locket.service";
     stateDirectory = "/var/lib/locket";
+    sealedSet = if cfg.sealedSet.enable then { inherit (cfg.sealedSet) maxAge; } else null;
   };
+  # The key of the sealed last-good set, sealed by systemd-creds; PID 1
+  # decrypts it for the server at each start (LoadCredentialEncrypted=).
+  sealKeyCredential = "/var/lib/locket-seal/seal-key.cred";
   serverSettings = locketLib.mkServerSettings serverArgs;
   serverConfigFile = settingsFormat.generate "locket-server.toml" serverSettings;
   usesOpCli = lib.any (s: s.type == "onepassword-cli") cfg.sources;
@@ -599,6 +603,37 @@ in
 
     onePasswordPackage = mkPackageOption pkgs "_1password-cli" { };
 
+    sealedSet = {
+      enable = mkEnableOption ''
+        a sealed copy of the server's last good set in its state directory
+        (/var/lib/locket/last-good.sealed): a restart serves it at once and
+        reads only what changed (one list per 1Password vault), and a start
+        while the sources cannot be read serves it, stale, if it is at most
+        `maxAge` old. It is sealed with a key that systemd-creds seals to
+        this host (`key`) and PID 1 hands to the server at each start
+        (LoadCredentialEncrypted=); `locket-seal-key.service` makes that key
+        once'';
+
+      maxAge = mkOption {
+        type = durationType;
+        default = "24h";
+        example = "7d";
+        description = "The oldest sealed copy a start may serve; an older one is refused and deleted.";
+      };
+
+      key = mkOption {
+        type = types.enum locketLib.cacheKeys;
+        default = "auto";
+        description = ''
+          What systemd-creds seals the copy's key with: `host`
+          (/var/lib/systemd/credential.secret), `tpm2`, `host+tpm2`, or
+          `auto` (both with a TPM2, else host). A host that wipes /var/lib
+          at boot loses the host key, and with it the copy: it is then
+          refused by name and the server reads every source.
+        '';
+      };
+    };
+
     environmentFile = mkOption {
       type = types.nullOr secretPath;
       default = null;
@@ -854,9 +889,46 @@ in
           StateDirectoryMode = "0700";
           WorkingDirectory = "/var/lib/locket";
           LoadCredential = locketLib.serverCredentials serverArgs;
+          LoadCredentialEncrypted = mkIf cfg.sealedSet.enable [ "seal-key:${sealKeyCredential}" ];
           EnvironmentFile = mkIf (cfg.environmentFile != null) cfg.environmentFile;
           CapabilityBoundingSet = [ "" ];
           AmbientCapabilities = [ "" ];
+        };
+      };
+
+      systemd.services.locket-seal-key = mkIf cfg.sealedSet.enable {
+        description = "Make the key of locket's sealed last-good set";
+        before = [ "locket.service" ];
+        requiredBy = [ "locket.service" ];
+        unitConfig.ConditionPathExists = "!${sealKeyCredential}";
+        serviceConfig = hardening // {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          UMask = "0077";
+          StateDirectory = "locket-seal";
+          StateDirectoryMode = "0700";
+          # `setup` makes the host key (/var/lib/systemd/credential.secret)
+          # once; `+` runs it outside the sandbox, which keeps /var/lib/systemd
+          # read-only for the rest.
+          ExecStartPre = "+${systemdCreds} setup";
+          ExecStart = utils.escapeSystemdExecArgs [
+            (getExe' cfg.package "locket")
+            "seal-key"
+            "--out"
+            sealKeyCredential
+            "--with-key"
+            cfg.sealedSet.key
+            "--systemd-creds"
+            systemdCreds
+          ];
+          # The TPM2, when there is one, and no other device.
+          PrivateDevices = false;
+          DevicePolicy = "closed";
+          DeviceAllow = [ "/dev/tpmrm0 rw" ];
+          PrivateNetwork = true;
+          # As the boot cache's units, which run systemd-creds too.
+          SystemCallFilter = [ "@system-service" ];
+          CapabilityBoundingSet = [ "" ];
         };
       };
     })

@@ -49,6 +49,7 @@ let
     "the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_age"
     "two_deliveries_storing_one_copy_at_once_both_succeed"
     "a_restart_starts_from_the_sealed_set_and_reads_only_what_changed"
+    "the_sealed_set_seals_with_a_key_systemd_hands_over"
   ];
 in
 rustPlatform.buildRustPackage {

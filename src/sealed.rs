@@ -10,7 +10,15 @@
 //! off as another.
 //!
 //! The plain text never touches the disk: it goes to `systemd-creds` on a
-//! pipe and comes back on a pipe, into zeroizing memory. A copy is replaced
+//! pipe and comes back on a pipe, into zeroizing memory.
+//!
+//! A process without root (the server under `DynamicUser=`) cannot use
+//! the host key itself; systemd hands it a key instead, decrypted by PID 1
+//! from a credential that `systemd-creds` sealed (`LoadCredentialEncrypted=`,
+//! made once by `locket seal-key`). With `key_file` set, a copy is sealed
+//! with that key: AES-256-GCM under a key derived (HKDF-SHA256) from it
+//! and a random salt per copy, the credential name bound as associated
+//! data. The host's systemd-creds key still guards everything. A copy is replaced
 //! atomically, mode 0600 in a 0700 folder, under a temporary name of this
 //! process's own (two processes storing one copy never remove each other's
 //! half-written file).
@@ -48,7 +56,14 @@ pub struct Sealer {
     pub systemd_creds: PathBuf,
     /// `--with-key=`: auto, host, tpm2 or host+tpm2.
     pub key: String,
+    /// Seal with the key in this file instead of running systemd-creds
+    /// (a key systemd decrypted for a service: `LoadCredentialEncrypted=`).
+    pub key_file: Option<PathBuf>,
 }
+
+/// The first bytes of a copy sealed with a key file.
+const KEY_FILE_MAGIC: &[u8] = b"locket-sealed-v1\n";
+const SALT_LEN: usize = 32;
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SealError + '_ {
     move |source| SealError::Io {
@@ -76,7 +91,10 @@ impl Sealer {
         }
         let tmp = self.dir.join(format!(".{file}.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
-        let result = self.run_encrypt(name, &path, plain, &tmp).await;
+        let result = match &self.key_file {
+            Some(key_file) => self.encrypt_with_file(key_file, name, &path, plain, &tmp),
+            None => self.run_encrypt(name, &path, plain, &tmp).await,
+        };
         let result = result.and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
@@ -90,6 +108,106 @@ impl Sealer {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// The key in `key_file`: 32 bytes, raw or as 64 hex digits.
+    fn file_key(key_file: &Path, path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
+        let _ = path;
+        let raw = Zeroizing::new(
+            std::fs::read(key_file)
+                .map_err(|e| format!("cannot read key_file {}: {e}", key_file.display()))?,
+        );
+        let mut key = Zeroizing::new([0u8; 32]);
+        let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or("");
+        if text.len() == 64 && hex::decode_to_slice(text, key.as_mut_slice()).is_ok() {
+            return Ok(key);
+        }
+        if raw.len() == 32 {
+            key.copy_from_slice(&raw);
+            return Ok(key);
+        }
+        Err(format!(
+            "key_file {} holds neither 32 bytes nor 64 hex digits (make one with `locket seal-key`)",
+            key_file.display()
+        ))
+    }
+
+    /// The AES-256 key of one copy: HKDF-SHA256 of the file's key, the
+    /// copy's salt and the credential name.
+    fn derive(key: &[u8; 32], salt: &[u8], name: &str) -> Result<Zeroizing<[u8; 32]>, String> {
+        use aws_lc_rs::hkdf::{HKDF_SHA256, KeyType, Salt};
+        struct Len;
+        impl KeyType for Len {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let mut out = Zeroizing::new([0u8; 32]);
+        let info = [name.as_bytes()];
+        Salt::new(HKDF_SHA256, salt)
+            .extract(key)
+            .expand(&info, Len)
+            .and_then(|okm| okm.fill(out.as_mut_slice()))
+            .map_err(|_| "key derivation failed".to_string())?;
+        Ok(out)
+    }
+
+    fn encrypt_with_file(
+        &self,
+        key_file: &Path,
+        name: &str,
+        path: &Path,
+        plain: &[u8],
+        out: &Path,
+    ) -> Result<(), SealError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let fail = |detail: String| SealError::Encrypt {
+            path: path.to_owned(),
+            detail,
+        };
+        let key = Self::file_key(key_file, path).map_err(fail)?;
+        let salt: [u8; SALT_LEN] =
+            crate::crypto::random_bytes().map_err(|e| fail(e.to_string()))?;
+        let derived = Self::derive(&key, &salt, name).map_err(fail)?;
+        let mut sealed: crate::secret::SecretBytes = Zeroizing::new(Vec::with_capacity(
+            plain.len() + crate::crypto::AEAD_TAG_LEN,
+        ));
+        sealed.extend_from_slice(plain);
+        crate::crypto::seal(&derived, name.as_bytes(), &mut sealed)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(io(out))?;
+        file.write_all(KEY_FILE_MAGIC)
+            .and_then(|()| file.write_all(&salt))
+            .and_then(|()| file.write_all(&sealed))
+            .map_err(io(out))
+    }
+
+    fn decrypt_with_file(
+        key_file: &Path,
+        name: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let fail = |detail: String| SealError::Decrypt {
+            path: path.to_owned(),
+            detail,
+        };
+        let body = bytes
+            .strip_prefix(KEY_FILE_MAGIC)
+            .filter(|b| b.len() >= SALT_LEN + crate::crypto::AEAD_TAG_LEN)
+            .ok_or_else(|| fail("not a copy sealed with a key file".into()))?;
+        let (salt, sealed) = body.split_at(SALT_LEN);
+        let key = Self::file_key(key_file, path).map_err(fail)?;
+        let derived = Self::derive(&key, salt, name).map_err(fail)?;
+        crate::crypto::open(&derived, name.as_bytes(), sealed).map_err(|_| {
+            fail("it does not open with key_file (another key, or a damaged file)".into())
+        })
     }
 
     async fn run_encrypt(
@@ -129,6 +247,10 @@ impl Sealer {
             }
             Err(e) => return Err(io(&path)(e)),
         };
+        if let Some(key_file) = &self.key_file {
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            return Self::decrypt_with_file(key_file, name, &path, &bytes);
+        }
         let fail = |detail: String| SealError::Decrypt {
             path: path.clone(),
             detail,
@@ -173,6 +295,49 @@ impl Sealer {
     fn cannot_run(&self, e: &std::io::Error) -> String {
         format!("cannot run {}: {e}", self.systemd_creds.display())
     }
+}
+
+/// Makes a new random key (64 hex digits) and seals it with systemd-creds
+/// into `out` under the credential name `name`, for a unit's
+/// `LoadCredentialEncrypted=<name>:<out>`: PID 1 decrypts it at each start
+/// and hands the key to the service, which seals with it (`key_file`). An
+/// existing `out` is left alone: copies sealed with it would no longer open.
+pub async fn new_key_credential(
+    out: &Path,
+    name: &str,
+    with_key: &str,
+    systemd_creds: &Path,
+) -> Result<(), SealError> {
+    if out.exists() {
+        return Err(SealError::Encrypt {
+            path: out.to_owned(),
+            detail: "it already exists; it is kept (copies sealed with its key would no longer open). Delete it first to make a new key".into(),
+        });
+    }
+    let key = crate::crypto::random_bytes::<32>().map_err(|e| SealError::Encrypt {
+        path: out.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let key = Zeroizing::new(key);
+    let text = Zeroizing::new(hex::encode(key.as_slice()));
+    let sealer = Sealer {
+        dir: out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned(),
+        systemd_creds: systemd_creds.to_owned(),
+        key: with_key.to_owned(),
+        key_file: None,
+    };
+    let file = out
+        .file_name()
+        .and_then(|f| f.to_str())
+        .ok_or_else(|| SealError::Encrypt {
+            path: out.to_owned(),
+            detail: "not a file name".into(),
+        })?;
+    sealer.store(name, file, text.as_bytes()).await
 }
 
 /// Waits for `systemd-creds`; its last error line when it failed.

@@ -218,6 +218,25 @@ let
     "lib"
   ];
 
+  # The sealed last-good set (#26): one option.
+  sealed = host {
+    services.locket = {
+      enable = true;
+      sources = [
+        {
+          type = "dotenv";
+          path = "/run/secrets/app.env";
+        }
+      ];
+      sealedSet.enable = true;
+      sealedSet.maxAge = "12h";
+      sealedSet.key = "host";
+    };
+  };
+  sealedServer = sealed.units."locket.service";
+  sealKey = sealed.units."locket-seal-key.service" or "";
+  sealedToml = sealed.etc."locket/server.toml".value;
+
   checks = {
     # 1. The VM test's nodes evaluate with runNixOSTest's read-only pkgs,
     #    and the module sets nothing under nixpkgs.*.
@@ -279,6 +298,27 @@ let
       in
       hasInfix "1password-cli" path && hasInfix "coreutils" path;
     opConfigFolder = builtins.elem "Environment=\"OP_CONFIG_DIR=/var/lib/locket/op\"" (lines server);
+
+    # The sealed last-good set: in the state directory, its key handed over
+    # by PID 1 from a credential systemd-creds sealed, made once before the
+    # server starts; nothing of it when the option is off.
+    sealedSetInTheStateDirectory =
+      sealedToml.sealed_set == {
+        path = "/var/lib/locket/last-good.sealed";
+        max_age = "12h";
+        key_file = "/run/credentials/locket.service/seal-key";
+      };
+    sealedSetKeyByLoadCredentialEncrypted =
+      builtins.elem "LoadCredentialEncrypted=seal-key:/var/lib/locket-seal/seal-key.cred" (lines sealedServer);
+    sealedSetKeyMadeOnceBeforeTheServer =
+      hasInfix "ConditionPathExists=!/var/lib/locket-seal/seal-key.cred" sealKey
+      && hasInfix "Before=locket.service" sealKey
+      && hasInfix ''"seal-key" "--out" "/var/lib/locket-seal/seal-key.cred" "--with-key" "host"'' sealKey
+      && builtins.elem "locket.service" (sealed.links."locket-seal-key.service".requiredBy or [ ]);
+    sealedSetOffByDefault =
+      !(serverToml ? sealed_set)
+      && !(hasInfix "LoadCredentialEncrypted" server)
+      && !(sameHost.units ? "locket-seal-key.service");
 
     # 8. Server and client on one host: the fetch waits for the server.
     fetchWaitsForALocalServer =
@@ -662,6 +702,9 @@ in
         };
         # Key generation under software emulation: the smallest size.
         settings.key_bits = 2048;
+        # The sealed last-good set, under systemd 252 (the guest test).
+        sealedSet.enable = true;
+        sealedSet.key = "host";
       };
     }).json;
   # A check that throws (an evaluation error of the module) fails alone.

@@ -68,6 +68,21 @@ enum Command {
         #[arg(long)]
         resolve: bool,
     },
+    /// Make the key of a sealed last-good set for a server without root: a random key, sealed with systemd-creds for LoadCredentialEncrypted= (the NixOS module runs it once).
+    SealKey {
+        /// The credential file to create (kept if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The credential's name: the ID in LoadCredentialEncrypted=ID:FILE.
+        #[arg(long, default_value = "seal-key")]
+        name: String,
+        /// systemd-creds --with-key: auto, host, tpm2 or host+tpm2.
+        #[arg(long, default_value = "auto")]
+        with_key: String,
+        /// The systemd-creds program.
+        #[arg(long, value_name = "PATH", default_value = "systemd-creds")]
+        systemd_creds: PathBuf,
+    },
     /// Print the server key fingerprint (creating the key file if absent).
     Fingerprint {
         #[arg(long, value_name = "FILE")]
@@ -133,6 +148,20 @@ fn main() -> ExitCode {
                 resolve,
             } => plan(&config, against.as_deref(), resolve).await,
             Command::ImportRegistry { file, networks } => import_registry(&file, &networks),
+            Command::SealKey {
+                out,
+                name,
+                with_key,
+                systemd_creds,
+            } => locket::sealed::new_key_credential(&out, &name, &with_key, &systemd_creds)
+                .await
+                .map(|()| {
+                    println!(
+                        "{}: a new sealing key, sealed as credential {name}",
+                        out.display()
+                    )
+                })
+                .map_err(config_error),
         }
     });
     match result {

@@ -106,6 +106,7 @@ impl BootCache {
             dir: self.dir.clone(),
             systemd_creds: self.systemd_creds.clone(),
             key: self.key.clone(),
+            key_file: None,
         }
     }
 

@@ -129,6 +129,11 @@ pub struct SealedSetConfig {
     /// The `systemd-creds` program.
     #[serde(default = "systemd_creds")]
     pub systemd_creds: PathBuf,
+    /// Seal with this key instead of running `systemd-creds`: for a server
+    /// without root, a key systemd decrypts for it
+    /// (`LoadCredentialEncrypted=`; make one with `locket seal-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 fn auto() -> String {
@@ -235,6 +240,9 @@ impl ServerConfig {
         }
         if let Some(sealed) = cfg.sealed_set.as_mut() {
             super::resolve(&base, &mut sealed.path);
+            if let Some(k) = sealed.key_file.as_mut() {
+                super::resolve(&base, k);
+            }
         }
         cfg.check()
     }

@@ -309,6 +309,7 @@ mod tests {
                 max_age: std::time::Duration::from_secs(3600),
                 key: "host".into(),
                 systemd_creds: "systemd-creds".into(),
+                key_file: Some("seal.key".into()),
             }),
             ..ServerConfig::default()
         };

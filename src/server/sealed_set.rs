@@ -48,6 +48,7 @@ fn sealer(cfg: &SealedSetConfig) -> Option<(Sealer, String)> {
             dir,
             systemd_creds: cfg.systemd_creds.clone(),
             key: cfg.key.clone(),
+            key_file: cfg.key_file.clone(),
         },
         file,
     ))

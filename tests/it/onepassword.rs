@@ -474,3 +474,80 @@ async fn references_name_secrets_and_read_only_their_items() {
         assert!(e.contains(says), "{reference}: {e}");
     }
 }
+
+/// A server without root seals with a key systemd hands it: `locket
+/// seal-key` makes the credential (the real systemd-creds, host key, as
+/// root), systemd-creds decrypts it as PID 1 would for
+/// LoadCredentialEncrypted=, and the server seals with that key. A restart
+/// starts from the copy; another key does not open it, and says so.
+#[test]
+fn the_sealed_set_seals_with_a_key_systemd_hands_over() {
+    let vault = Vault::new(5);
+    let d = vault.dir.path();
+    let cred = d.join("seal/seal-key.cred");
+    let (code, out, err) = crate::support::run_server_cmd(
+        &[
+            "seal-key",
+            "--out",
+            cred.to_str().unwrap(),
+            "--with-key",
+            "host",
+        ],
+        d,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // Never two keys: an existing credential is kept.
+    let (code, _, err) = crate::support::run_server_cmd(
+        &[
+            "seal-key",
+            "--out",
+            cred.to_str().unwrap(),
+            "--with-key",
+            "host",
+        ],
+        d,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    let key = std::process::Command::new("systemd-creds")
+        .args(["decrypt", "--name=seal-key"])
+        .arg(&cred)
+        .arg(d.join("seal.key"))
+        .output()
+        .expect("systemd-creds (Debian: systemd; .ci/test installs it)");
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("seal.key")).unwrap().len(),
+        64
+    );
+    let config = op_server_config(
+        &vault,
+        "[sealed_set]\npath = \"state/set.sealed\"\nmax_age = \"1h\"\nkey_file = \"seal.key\"\n",
+    );
+    let server = crate::support::ServerProcess::start(&config, &[]);
+    drop(server);
+    let sealed = std::fs::read(d.join("state/set.sealed")).unwrap();
+    assert!(sealed.starts_with(b"locket-sealed-v1\n"));
+    assert!(!String::from_utf8_lossy(&sealed).contains("pw-1-v1"));
+    let calls = vault.calls().len();
+    let server = crate::support::ServerProcess::start(&config, &[]);
+    assert!(
+        server.log().contains("starting from the sealed set"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(vault.calls().len() - calls, 1, "one list, nothing changed");
+    drop(server);
+    // Another key: refused by name.
+    std::fs::write(d.join("seal.key"), "00".repeat(32)).unwrap();
+    let server = crate::support::ServerProcess::start(&config, &[]);
+    let log = server.stop();
+    assert!(
+        log.contains("sealed set refused") && log.contains("does not open with key_file"),
+        "{log}"
+    );
+}

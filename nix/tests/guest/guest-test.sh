@@ -78,11 +78,16 @@ logged locket.service 'listening on'
 fp1=$(journal locket.service | grep 'created a new server key' | grep -o 'sha256:[0-9a-f]*' | head -1)
 check "  the key is created in StateDirectory on first start" test -n "$fp1" -a -f /var/lib/private/locket/server-key.pem
 check "  the key file is 0600, owned by the server's dynamic user" test "$(stat -c '%a %u' /var/lib/private/locket/server-key.pem)" = "600 $(stat -c %u /proc/"$(show locket.service MainPID)")"
+sealed=/var/lib/private/locket/last-good.sealed
+check "  sealed set: locket-seal-key made the key once, before the server, sealed by systemd-creds (0600 root, 0700 folder)" test "$(show locket-seal-key.service Result) $(stat -c '%a %U' /var/lib/locket-seal/seal-key.cred /var/lib/locket-seal | tr '\n' ' ')" = "success 600 root 700 root "
+check "  sealed set: written after the first load, 0600, the server's dynamic user, no value in the clear" sh -c "test \"\$(stat -c '%a %u' $sealed)\" = \"600 \$(stat -c %u /proc/$(show locket.service MainPID))\" && ! grep -q 'hello from the guest' $sealed && head -c 17 $sealed | grep -q locket-sealed-v1"
 systemctl restart locket.service
 logged locket.service 'listening on' 2
 fp2=$(journal locket.service | grep 'listening on' | tail -1 | grep -o 'sha256:[0-9a-f]*')
 check "  after systemctl restart the same fingerprint comes back" test "$fp1" = "$fp2"
 check "  the restart did not create another key" test "$(journal locket.service | grep -c 'created a new server key')" = 1
+check "  sealed set: the restart starts from it (the key came back through LoadCredentialEncrypted=)" logged locket.service 'starting from the sealed set'
+check "  sealed set: the key was made once" test "$(journal locket-seal-key.service | grep -c 'a new sealing key')" = 1
 systemctl stop locket.service
 
 # --- phase 2: the VM test's server, client and intruder

@@ -92,6 +92,13 @@ def main():
             write(os.path.join(d, "locket.service"), node["units"]["locket.service"])
             write(os.path.join(d, "netns.conf"), f"[Service]\nNetworkNamespacePath=/run/netns/{netns}\n" if netns else "")
             os.symlink(node["etc"]["locket/server.toml"]["source"], os.path.join(d, "server.toml"))
+        # The generated-key server's sealed set: the unit that makes its key
+        # once, before the server (NixOS's locket.service.requires/ link).
+        write(os.path.join(units, "locket-seal-key.service"), genkey["units"]["locket-seal-key.service"])
+        for target in genkey["links"]["locket-seal-key.service"]["requiredBy"]:
+            link = os.path.join(units, f"{target}.requires", "locket-seal-key.service")
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            os.symlink("../locket-seal-key.service", link)
         # /etc as NixOS links it: the client's config; the operator's tools.
         etc_locket = os.path.join(root, "etc", "locket")
         os.makedirs(etc_locket)
