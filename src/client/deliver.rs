@@ -520,9 +520,28 @@ pub struct WatchStatus {
     pub last_attempt: Option<String>,
     pub last_success: Option<String>,
     pub last_success_unix: Option<u64>,
-    /// The last failure (a fetch or a delivery), cleared by a success.
+    /// The last failure (a fetch, a delivery, or an action), cleared by a
+    /// success.
     pub last_error: Option<String>,
+    /// Restarts, reloads and on_change commands owed for changes already
+    /// delivered, whose last try failed: tried again every round until
+    /// they succeed (a change is never acted on silently less than once).
+    pub pending: Pending,
     pub consumers: BTreeMap<String, ConsumerStatus>,
+}
+
+/// Actions owed for changes already delivered.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Pending {
+    pub restart: BTreeSet<String>,
+    pub reload: BTreeSet<String>,
+    pub commands: Vec<Vec<String>>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.restart.is_empty() && self.reload.is_empty() && self.commands.is_empty()
+    }
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -619,12 +638,13 @@ async fn round(
                 "locket-client: warning: {e}; keeping every consumer's files as they are and trying again at the next round"
             );
             status.last_error = Some(e.to_string());
+            // Owed actions do not wait for the server.
+            if let Some(e) = act(plan, &mut status.pending).await {
+                status.last_error = Some(e);
+            }
             return;
         }
     };
-    let mut restart = BTreeSet::new();
-    let mut reload = BTreeSet::new();
-    let mut commands: Vec<&Vec<String>> = Vec::new();
     let mut failed = None;
     for c in delivered {
         let due = c.cache_max_age.is_some_and(|max| {
@@ -664,25 +684,17 @@ async fn round(
         entry.changes += 1;
         entry.last_change = Some(cache::timestamp(now));
         entry.last_changed_files = files;
-        restart.extend(c.restart_units.iter().cloned());
-        reload.extend(c.reload_units.iter().cloned());
+        let pending = &mut status.pending;
+        pending.restart.extend(c.restart_units.iter().cloned());
+        pending.reload.extend(c.reload_units.iter().cloned());
         if let Some(cmd) = &c.on_change
-            && !commands.contains(&cmd)
+            && !pending.commands.contains(cmd)
         {
-            commands.push(cmd);
+            pending.commands.push(cmd.clone());
         }
     }
-    // A unit both restarted and reloaded is only restarted.
-    let reload: Vec<String> = reload.difference(&restart).cloned().collect();
-    let restart: Vec<String> = restart.into_iter().collect();
-    if !restart.is_empty() {
-        systemctl(plan, "try-restart", &restart).await;
-    }
-    if !reload.is_empty() {
-        systemctl(plan, "try-reload-or-restart", &reload).await;
-    }
-    for cmd in commands {
-        run_command(cmd).await;
+    if let Some(e) = act(plan, &mut status.pending).await {
+        failed = Some(e);
     }
     status.last_error = failed;
     if status.last_error.is_none() {
@@ -694,7 +706,52 @@ async fn round(
     }
 }
 
-async fn systemctl(plan: &Plan, verb: &str, units: &[String]) {
+/// Runs what is owed: one `try-restart` for every unit to restart, one
+/// `try-reload-or-restart` for the rest (a unit both restarted and reloaded
+/// is only restarted), each distinct on_change command once. What fails
+/// stays owed; the error says what and that it is tried again.
+async fn act(plan: &Plan, pending: &mut Pending) -> Option<String> {
+    if pending.is_empty() {
+        return None;
+    }
+    let mut errors = Vec::new();
+    let restart: Vec<String> = pending.restart.iter().cloned().collect();
+    let reload: Vec<String> = pending
+        .reload
+        .difference(&pending.restart)
+        .cloned()
+        .collect();
+    if !restart.is_empty() {
+        match systemctl(plan, "try-restart", &restart).await {
+            Ok(()) => pending.restart.clear(),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !reload.is_empty() {
+        match systemctl(plan, "try-reload-or-restart", &reload).await {
+            Ok(()) => pending.reload.clear(),
+            Err(e) => errors.push(e),
+        }
+    } else if pending.restart.is_empty() {
+        pending.reload.clear();
+    }
+    let mut still = Vec::new();
+    for cmd in std::mem::take(&mut pending.commands) {
+        if let Err(e) = run_command(&cmd).await {
+            errors.push(e);
+            still.push(cmd);
+        }
+    }
+    pending.commands = still;
+    if errors.is_empty() {
+        return None;
+    }
+    let text = format!("{}; tried again at the next round", errors.join("; "));
+    eprintln!("locket-client: warning: {text}");
+    Some(text)
+}
+
+async fn systemctl(plan: &Plan, verb: &str, units: &[String]) -> Result<(), String> {
     eprintln!("locket-client: systemctl {verb} {}", units.join(" "));
     match tokio::process::Command::new(&plan.systemctl)
         .arg(verb)
@@ -704,21 +761,18 @@ async fn systemctl(plan: &Plan, verb: &str, units: &[String]) {
         .status()
         .await
     {
-        Ok(s) if s.success() => {}
-        Ok(s) => eprintln!(
-            "locket-client: warning: systemctl {verb} {} exited with {s}",
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!(
+            "systemctl {verb} {} exited with {s}",
             units.join(" ")
-        ),
-        Err(e) => eprintln!(
-            "locket-client: warning: cannot run {}: {e}",
-            plan.systemctl.display()
-        ),
+        )),
+        Err(e) => Err(format!("cannot run {}: {e}", plan.systemctl.display())),
     }
 }
 
-async fn run_command(cmd: &[String]) {
+async fn run_command(cmd: &[String]) -> Result<(), String> {
     let Some((program, args)) = cmd.split_first() else {
-        return;
+        return Ok(());
     };
     match tokio::process::Command::new(program)
         .args(args)
@@ -726,9 +780,9 @@ async fn run_command(cmd: &[String]) {
         .status()
         .await
     {
-        Ok(s) if s.success() => {}
-        Ok(s) => eprintln!("locket-client: warning: on_change command {program} exited with {s}"),
-        Err(e) => eprintln!("locket-client: warning: cannot run on_change command {program}: {e}"),
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("on_change command {program} exited with {s}")),
+        Err(e) => Err(format!("cannot run on_change command {program}: {e}")),
     }
 }
 

@@ -68,7 +68,7 @@ pub enum ClientError {
     },
     #[error(transparent)]
     KnownServers(#[from] KnownServersError),
-    #[error("not found on the server: {}", .0.join(", "))]
+    #[error("not found on the server: {}", .0.iter().map(|n| printable(n)).collect::<Vec<_>>().join(", "))]
     NotFound(Vec<String>),
     #[error("the server answered {status}: {message}")]
     Server { status: u16, message: String },
@@ -526,8 +526,8 @@ impl Client {
             .headers()
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned();
+            .map(printable)
+            .unwrap_or_else(|| "-".to_owned());
         let bytes = read_limited(response, MAX_ANSWER_BODY)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
@@ -588,9 +588,33 @@ fn error_code(body: &[u8]) -> Option<String> {
 }
 
 fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<WireError>(body)
+    let text = serde_json::from_slice::<WireError>(body)
         .map(|e| e.message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    printable(&text)
+}
+
+/// Text that came from the network, made safe to print on one line of a
+/// terminal or the journal: control characters (newlines, escape
+/// sequences) and the bidirectional-text overrides are shown escaped
+/// (`\n`, `\u{1b}`), and it is cut at 300 characters. Without this a
+/// server's error text could forge log lines ("consumer web: changed") or
+/// repaint a terminal.
+pub fn printable(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == 300 {
+            out.push_str("...");
+            break;
+        }
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The error and its causes on one line (reqwest hides the useful part).

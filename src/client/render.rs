@@ -244,7 +244,11 @@ impl Folder {
     }
 
     /// Atomically replaces `name` with `contents`, created with `mode` and
-    /// owned by `owner`/`group`. Leaves nothing behind on failure.
+    /// owned by `owner`/`group`. Leaves nothing behind on failure, and,
+    /// where the file system has `O_TMPFILE`, nothing even when the process
+    /// is killed while writing: the file has no name until it is whole.
+    /// Elsewhere its temporary name carries this process's id, so the next
+    /// render removes it if this process died ([`Folder::remove_stale`]).
     fn write_atomic(
         &self,
         name: &str,
@@ -253,22 +257,36 @@ impl Folder {
         owner: Option<u32>,
         group: Option<u32>,
     ) -> Result<(), RenderError> {
+        use std::os::fd::AsRawFd as _;
         let suffix = hex::encode(crate::crypto::random_bytes::<8>().map_err(RenderError::Random)?);
-        let tmp = format!("{TMP_PREFIX}{suffix}");
+        let tmp = format!("{TMP_PREFIX}{}-{suffix}", std::process::id());
         let result = (|| {
-            let fd = openat(
+            let (fd, named) = match openat(
                 &self.fd,
-                tmp.as_str(),
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
+                ".",
+                OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(mode),
-            )
-            .map_err(self.err(&tmp))?;
+            ) {
+                Ok(fd) => (fd, false),
+                // No O_TMPFILE here: a named temporary file.
+                Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => (
+                    openat(
+                        &self.fd,
+                        tmp.as_str(),
+                        OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(mode),
+                    )
+                    .map_err(self.err(&tmp))?,
+                    true,
+                ),
+                Err(e) => return Err(self.err(&tmp)(e)),
+            };
             // The umask may have narrowed the mode; set it exactly (the file
-            // is still invisible under its temporary name).
+            // is still invisible, or under its temporary name).
             fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(self.err(&tmp))?;
             if owner.is_some() || group.is_some() {
                 fchown(&fd, owner.map(Uid::from_raw), group.map(Gid::from_raw))
@@ -278,6 +296,20 @@ impl Folder {
             f.write_all(contents)
                 .map_err(io_err(&self.path.join(&tmp)))?;
             f.sync_all().map_err(io_err(&self.path.join(&tmp)))?;
+            if !named {
+                // Give the whole file a name (through /proc, which needs no
+                // capability, unlike AT_EMPTY_PATH), then move it in place.
+                let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+                nix::unistd::linkat(
+                    nix::fcntl::AT_FDCWD,
+                    proc_path.as_str(),
+                    &self.fd,
+                    tmp.as_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(self.err(&tmp))?;
+            }
+            drop(f);
             renameat(&self.fd, tmp.as_str(), &self.fd, name).map_err(self.err(name))
         })();
         if result.is_err() {
@@ -285,6 +317,35 @@ impl Folder {
         }
         result?;
         fsync(&self.fd).map_err(self.err("."))
+    }
+
+    /// Removes temporary files that a render killed while writing left
+    /// behind (they may hold values): those of processes that are gone, and
+    /// those of earlier versions, whose names carry no process id. A
+    /// render running at the same time keeps its own.
+    fn remove_stale(&self) {
+        use std::os::fd::AsRawFd as _;
+        let Ok(entries) = fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd())) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+                continue;
+            };
+            let alive = rest
+                .split_once('-')
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                .is_some_and(|pid| {
+                    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+                });
+            if !alive {
+                let _ = unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir);
+            }
+        }
     }
 
     /// Whether `name` is a regular file (not a link) holding exactly
@@ -426,6 +487,7 @@ fn render_in(
         target_uid,
         create.then_some((opts.mode, opts.owner, opts.group)),
     )?;
+    folder.remove_stale();
     let mut names = BTreeSet::new();
     let mut files = Vec::with_capacity(secrets.len());
     // A name that cannot be a file is refused alone: the others are still

@@ -87,8 +87,14 @@ where
         };
         let service = warp::service(routes.clone());
         let timeout_state = Arc::clone(&state);
+        // Whether a whole request head arrived on this connection: a
+        // keep-alive connection that served requests and then sat idle is
+        // not a failed authentication when the header timeout closes it.
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let served_in_service = Arc::clone(&served);
         let hyper_service = hyper::service::service_fn(
             move |mut req: hyper::Request<hyper::body::Incoming>| {
+                served_in_service.store(true, std::sync::atomic::Ordering::SeqCst);
                 let timeout_state = Arc::clone(&timeout_state);
                 req.extensions_mut().insert(Peer(addr));
                 let mut service = service.clone();
@@ -159,13 +165,14 @@ where
                 let timed_out = e
                     .downcast_ref::<hyper::Error>()
                     .is_some_and(hyper::Error::is_timeout);
-                if timed_out {
+                let idle = served.load(std::sync::atomic::Ordering::SeqCst);
+                if timed_out && !idle {
                     conn_state
                         .guards
                         .failures
                         .failure(addr.ip(), crate::clock::unix_now());
                 }
-                tracing::debug!(peer = %addr, error = %e, timed_out, "connection ended with an error");
+                tracing::debug!(peer = %addr, error = %e, timed_out, idle, "connection ended with an error");
             }
         });
     }

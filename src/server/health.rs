@@ -39,6 +39,10 @@ pub(crate) struct Readiness {
     /// Where the values served came from: "sources", or "sealed copy
     /// <time>" while some source still serves the sealed last-good set.
     pub origin: String,
+    /// Key or TLS files that changed on disk since the server started:
+    /// it serves with what it loaded until it is restarted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
     /// Each source: stale or not, age, load time, how many names (never
     /// which), failures.
     pub sources: Vec<crate::source::combine::SourceHealth>,
@@ -102,6 +106,7 @@ impl Health {
             last_error: h.last_error.clone(),
             secret_memory: String::new(),
             origin: String::new(),
+            restart_needed: Vec::new(),
             sources: Vec::new(),
         }
     }

@@ -210,12 +210,82 @@ pub(crate) fn fixed_at_start_changes(old: &ServerConfig, new: &ServerConfig) -> 
     .collect()
 }
 
+/// A SHA-256 of the files' contents, in order; `None` if one is unreadable.
+pub(crate) fn files_digest(paths: &[&Path]) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for path in paths {
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path).ok()?);
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&*bytes);
+    }
+    Some(hash.finalize().into())
+}
+
+/// The key and TLS files whose contents on disk are no longer what the
+/// server loaded at start, each as "setting (path): why". The running
+/// server keeps its keys (they are fixed for its life): a restart applies
+/// them. Nothing is created here.
+fn changed_key_files(state: &State, config: &ServerConfig) -> Vec<String> {
+    let keys = &state.keys;
+    let mut changed = Vec::new();
+    let mut key = |setting: &str, path: Option<&Path>, running: Option<&crate::keys::ServerKey>| {
+        let (Some(path), Some(running)) = (path, running) else {
+            return;
+        };
+        match crate::keys::ServerKey::load(path) {
+            Ok(k) if k.fingerprint() == running.fingerprint() => {}
+            Ok(k) => changed.push(format!(
+                "{setting} ({}): it now holds {}, the server serves {}",
+                path.display(),
+                k.fingerprint(),
+                running.fingerprint()
+            )),
+            Err(e) => changed.push(format!("{setting} ({}): {e}", path.display())),
+        }
+    };
+    key("key_file", Some(&config.key_file), Some(&keys.current));
+    key(
+        "next_key_file",
+        config.next_key_file.as_deref(),
+        keys.next.as_ref(),
+    );
+    if config.v1.enable {
+        key(
+            "v1.key_file",
+            config.v1.key_file.as_deref(),
+            keys.v1.as_ref(),
+        );
+    }
+    if let Some(tls) = &config.tls
+        && files_digest(&[&tls.cert_file, &tls.key_file]) != keys.tls_files
+    {
+        changed.push(format!(
+            "tls ({}, {}): the certificate or key changed",
+            tls.cert_file.display(),
+            tls.key_file.display()
+        ));
+    }
+    changed
+}
+
 /// Re-reads `path` and swaps in the new config, or explains why not.
 pub(crate) async fn reload(state: &State, path: &Path) -> Result<(), ReloadError> {
     let result = reload_inner(state, path).await;
     state.metrics.reload(result.is_ok());
     match &result {
-        Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+        Ok(()) => {
+            let changed = state
+                .restart_needed
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
+            if changed.is_empty() {
+                tracing::info!(path = %path.display(), "config reloaded");
+            } else {
+                tracing::warn!(path = %path.display(), restart_needed = ?changed, "config reloaded; key or TLS files changed on disk, and a reload does not swap keys: the server serves with the ones it started with until it is restarted (systemctl restart locket)");
+            }
+        }
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the running config")
         }
@@ -258,6 +328,9 @@ async fn reload_inner(state: &State, path: &Path) -> Result<(), ReloadError> {
         .runtime
         .store(Arc::new(Runtime::new(config, registry)));
     let good = round.errors.is_empty() && round.set.is_some();
+    if let Ok(mut r) = state.restart_needed.lock() {
+        *r = changed_key_files(state, &state.runtime.load().config);
+    }
     state.keep_sources(&mut held, next);
     // Failures here are sources that keep their values: logged as stale,
     // the reload itself succeeded.

@@ -106,7 +106,11 @@ impl Server {
         };
         let (sources, round) = initial.unwrap_or_default().load(&config.sources).await;
         let good = round.errors.is_empty() && round.set.is_some();
-        let keys = Keys::new(key, next_key, v1_key, tls);
+        let tls_files = config
+            .tls
+            .as_ref()
+            .and_then(|t| super::refresh::files_digest(&[&t.cert_file, &t.key_file]));
+        let keys = Keys::new(key, next_key, v1_key, tls, tls_files);
         let state = State::new(keys, registry, &config, sources);
         refresh::log_duplicates(&round.duplicates, true);
         for _ in 0..round.loaded {

@@ -75,6 +75,9 @@ pub(crate) struct Keys {
     /// process only, never by a second server sharing the key or by this
     /// server after a restart, whose replay caches never saw its nonce.
     pub instance: [u8; crate::protocol::INSTANCE_LEN],
+    /// A digest of the TLS certificate and key files as loaded, so a
+    /// reload can tell that they changed on disk.
+    pub tls_files: Option<[u8; 32]>,
 }
 
 impl Keys {
@@ -84,12 +87,14 @@ impl Keys {
         next: Option<ServerKey>,
         v1: Option<ServerKey>,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        tls_files: Option<[u8; 32]>,
     ) -> Self {
         Self {
             current,
             next,
             v1,
             tls,
+            tls_files,
             instance: crate::crypto::random_bytes()
                 .expect("the OS random number generator failed at start"),
         }
@@ -169,6 +174,10 @@ pub(crate) struct State {
     pub metrics: metrics::Metrics,
     /// Fixed at start (it shapes the HTTP filter); a reload cannot change it.
     pub max_request_bytes: u64,
+    /// Key and TLS files that changed on disk since the start (found at
+    /// the last reload): the running server keeps what it loaded, and says
+    /// a restart is needed (`/readyz` `restart_needed`).
+    pub restart_needed: Mutex<Vec<String>>,
 }
 
 impl State {
@@ -193,6 +202,7 @@ impl State {
             runtime: ArcSwap::from_pointee(Runtime::new(config.clone(), registry)),
             metrics: metrics::Metrics::default(),
             max_request_bytes: config.max_request_bytes,
+            restart_needed: Mutex::default(),
         }
     }
 
@@ -318,6 +328,11 @@ impl State {
             .set(readiness.age_seconds.map(|a| a as f64).unwrap_or(f64::NAN));
         self.metrics.stale.set(readiness.stale as i64);
         self.metrics.ready.set(readiness.ready as i64);
+        readiness.restart_needed = self
+            .restart_needed
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
         readiness.sources = self.secrets.sources_view.load().health();
         readiness.origin = match readiness
             .sources

@@ -635,3 +635,61 @@ fn config_errors_name_the_place_never_the_value() {
     let log = server.stop();
     assert!(!log.contains(secret), "{log}");
 }
+
+/// Text from the network never reaches the client's output raw: a server
+/// whose error message holds a newline, a forged `locket-client:` line and
+/// terminal escape sequences is printed on one line, escaped.
+#[test]
+fn server_text_cannot_forge_the_clients_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = client_key_file(dir.path(), 7);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let forged = "boom\nlocket-client: consumer web: changed\u{1b}[2J\u{202e}";
+    let body = serde_json::json!({"error": "x", "message": forged}).to_string();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        // Every connection the client makes gets the same 500.
+        for stream in listener.incoming().take(8) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let url = format!("http://{addr}");
+    let (code, _, err) = crate::support::run_client_pinned(
+        &[
+            "--server",
+            &url,
+            "--name",
+            "app",
+            "--key",
+            &key,
+            "--timeout",
+            "1s",
+            "get",
+            "X",
+        ],
+        dir.path(),
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("boom\\nlocket-client: consumer web: changed\\u{1b}[2J\\u{202e}"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\u{202e}'),
+        "{err:?}"
+    );
+    assert!(
+        !err.lines()
+            .any(|l| l.starts_with("locket-client: consumer web")),
+        "{err}"
+    );
+    drop(server);
+}

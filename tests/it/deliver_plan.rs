@@ -688,3 +688,98 @@ fn which(program: &str) -> PathBuf {
         })
         .unwrap_or_else(|| panic!("{program} is not installed (Debian: apt-get install systemd)"))
 }
+
+/// A restart that fails is owed until it succeeds: the watcher tries it
+/// again every round, status.json shows it pending and the round as
+/// failed, and once systemctl works again the restart happens and the
+/// status clears.
+#[test]
+fn a_failed_restart_stays_pending_until_it_succeeds() {
+    let Setup {
+        dir,
+        server,
+        args,
+        systemctl,
+        systemctl_log,
+    } = setup();
+    let d = dir.path();
+    // systemctl fails try-restart while the flag file exists.
+    let text = std::fs::read_to_string(&systemctl).unwrap().replace(
+        "case \"$1\" in show)",
+        &format!(
+            "[ \"$1\" = try-restart ] && [ -e {flag} ] && exit 1\ncase \"$1\" in show)",
+            flag = d.join("fail-restart").display()
+        ),
+    );
+    std::fs::write(&systemctl, text).unwrap();
+    let plan = plan(d, &systemctl, "a.service", "");
+    for c in ["a", "b"] {
+        let (code, _, err) = deliver(&args, &plan, &["--consumer", c], d);
+        assert_eq!(code, 0, "{err}");
+    }
+    std::fs::write(d.join("fail-restart"), "").unwrap();
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    let plan_s = plan.to_str().unwrap().to_owned();
+    all.extend_from_slice(&["deliver", "--plan", &plan_s, "--watch", "100ms"]);
+    let mut watcher = client_command()
+        .args(&all)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("watcher.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("first round", &|| rounds(d) >= 1);
+    std::fs::write(
+        d.join("secrets.env"),
+        "APP_USER=bob\nAPP_PASS=\"p@ss word\"\n",
+    )
+    .unwrap();
+    let line = server.reload();
+    assert!(line.contains("config reloaded"), "{line}\n{}", server.log());
+    let tries = || {
+        read(&systemctl_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("try-restart"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tries() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no three failed tries; watcher log:\n{}\nsystemctl log:\n{}\nstatus: {}\nfiles: {:?}",
+            read(&d.join("watcher.log")).unwrap_or_default(),
+            read(&systemctl_log).unwrap_or_default(),
+            status(d),
+            read(&d.join("run/a/APP_USER"))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = status(d);
+    assert!(
+        s["pending"]["restart"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|u| u == "a.service")),
+        "{s}"
+    );
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("try-restart") && e.contains("tried again")),
+        "{s}"
+    );
+    std::fs::remove_file(d.join("fail-restart")).unwrap();
+    wait_for("the restart done and the status clear", &|| {
+        let s = status(d);
+        s["pending"]["restart"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            && s["last_error"].is_null()
+    });
+    let done = tries();
+    let more = rounds(d) + 3;
+    wait_for("three more rounds", &|| rounds(d) >= more);
+    assert_eq!(tries(), done, "no restart once it succeeded");
+    crate::support::signal(watcher.id(), nix::sys::signal::Signal::SIGTERM);
+    assert!(watcher.wait().unwrap().success());
+    server.stop();
+}

@@ -291,3 +291,40 @@ fn render_refuses_a_folder_it_cannot_trust_and_never_follows_links() {
     );
     assert_eq!(std::fs::read_to_string(dir.join("A")).unwrap(), "2");
 }
+
+/// Temporary files a killed render left behind (they may hold values) are
+/// removed by the next render: those of a process that is gone and those of
+/// earlier versions (no process id in the name); a render that is still
+/// running keeps its own. A render itself leaves no temporary name behind.
+#[test]
+fn temporaries_of_killed_renders_are_removed_by_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run/app");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A process id that is not running now.
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dead = (2..max)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let gone = dir.join(format!(".locket-tmp-{dead}-0123abcd"));
+    let old = dir.join(".locket-tmp-0123456789abcdef");
+    let running = dir.join(format!(".locket-tmp-{}-feedbeef", std::process::id()));
+    for f in [&gone, &old, &running] {
+        std::fs::write(f, "a-leaked-value").unwrap();
+    }
+    render::render(&set(&[("A", "1")]), &opts(&dir)).unwrap();
+    assert!(!gone.exists() && !old.exists(), "stale temporaries removed");
+    assert!(running.exists(), "a running render's own file is kept");
+    std::fs::remove_file(&running).unwrap();
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".locket-tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

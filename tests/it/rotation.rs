@@ -226,3 +226,52 @@ fn a_next_key_that_does_not_parse_is_named() {
         );
     }
 }
+
+/// A key file replaced on disk while the server runs: a reload does not
+/// swap keys, and says so, naming the setting, in its log line and in
+/// `/readyz` (`restart_needed`), instead of a plain "config reloaded";
+/// the server keeps announcing the key it loaded.
+#[test]
+fn a_reload_says_when_a_key_file_changed_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    crate::support::server_key()
+        .write_new(&d.join("a.pem"))
+        .unwrap();
+    let next = locket::keys::ServerKey::generate(2048).unwrap();
+    next.write_new(&d.join("b.pem")).unwrap();
+    let path = config(d, "127.0.0.1:0", "a.pem", Some("b.pem"));
+    let server = ServerProcess::start(&path, &[]);
+    assert!(server.reload().contains("config reloaded"));
+    let readyz = |s: &ServerProcess| -> serde_json::Value {
+        let answer = crate::support::raw_get(s.addr, "/readyz");
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    assert!(readyz(&server).get("restart_needed").is_none());
+
+    std::fs::remove_file(d.join("b.pem")).unwrap();
+    let other = locket::keys::ServerKey::generate(2048).unwrap();
+    other.write_new(&d.join("b.pem")).unwrap();
+    let line = server.reload();
+    assert!(
+        line.contains("restart_needed")
+            && line.contains("next_key_file")
+            && line.contains(other.fingerprint()),
+        "{line}"
+    );
+    let ready = readyz(&server);
+    let needed = ready["restart_needed"].as_array().unwrap();
+    assert_eq!(needed.len(), 1, "{ready}");
+    assert!(needed[0].as_str().unwrap().starts_with("next_key_file ("));
+    let key = crate::support::raw_get(server.addr, "/v1/key");
+    assert!(
+        key.contains(next.fingerprint()) && !key.contains(other.fingerprint()),
+        "{key}"
+    );
+    drop(server);
+    // A restart loads it, and nothing is pending.
+    let server = ServerProcess::start(&path, &[]);
+    let key = crate::support::raw_get(server.addr, "/v1/key");
+    assert!(key.contains(other.fingerprint()), "{key}");
+    assert!(readyz(&server).get("restart_needed").is_none());
+}

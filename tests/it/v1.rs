@@ -579,3 +579,65 @@ async fn bodies_that_cannot_be_the_originals_are_refused_at_their_first_bytes() 
     assert!(log.contains("not the original locket's JSON"), "{log}");
     // The original's own requests still pass (every_row_of_the_original_check_list).
 }
+
+/// Idle keep-alive connections are not failed logins: connections that
+/// each completed a request (a genuine v1 request, or `GET /v1/key`) and
+/// were then left idle until the server's header timeout closed them do
+/// not count, and the next genuine v1 request is answered, not 429.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_after_a_request_are_not_failed_logins() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let svc1 = V1Client::new(61, None);
+    let svc2 = V1Client::new(62, Some("127.0.0.2"));
+    let config = setup(dir.path(), "", &svc1, &svc2);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("max_failed_auth = 2\nfailed_auth_window = \"5m\"\n{text}"),
+    )
+    .unwrap();
+    let server = ServerProcess::start(&config, &[]);
+    let url = format!("http://{}/", server.addr);
+    let mut idle = Vec::new();
+    for i in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = if i % 2 == 0 {
+            "GET /v1/key HTTP/1.1\r\nHost: x\r\n\r\n".to_string()
+        } else {
+            let body = svc1.request(&url, "SERVICE1_VAR").await;
+            format!(
+                "POST / HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+                body.len(),
+                String::from_utf8(body).unwrap()
+            )
+        };
+        s.write_all(request.as_bytes()).await.unwrap();
+        idle.push(s);
+    }
+    // Each answered, then closed by the server after its header timeout
+    // (read to the end: the close is what is waited for).
+    for mut s in idle {
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        assert!(
+            all.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&all)
+        );
+    }
+    let (status, _, body) = svc1.ask(&url, "SERVICE1_VAR").await;
+    assert_eq!(status, 200, "{body}");
+    // A connection that never sends a request head still counts.
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost:").await.unwrap();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all).await;
+    }
+    let (status, _, _) = svc1.ask(&url, "SERVICE1_VAR").await;
+    assert_eq!(
+        status, 429,
+        "stalled heads are still failed authentications"
+    );
+}
