@@ -27,6 +27,9 @@ use crate::secret::SecretValue;
 /// Name of the manifest of files written by locket in a render folder.
 pub const MANIFEST: &str = ".locket-manifest";
 const TMP_PREFIX: &str = ".locket-tmp-";
+/// The most bytes read of a bookkeeping file in a render folder (the
+/// manifest lists file names: far less than this).
+const MAX_READ: u64 = 1024 * 1024;
 
 /// What `render` should write.
 #[derive(Debug, Clone)]
@@ -369,11 +372,16 @@ impl Folder {
         let Ok(st) = fstat(&fd) else {
             return FileState::Different;
         };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        // Only a regular file of exactly this size is read, and no more of
+        // it: the folder may belong to the consumer, whose user could put a
+        // FIFO or a huge sparse file here.
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 != contents.len() as u64
+        {
             return FileState::Different;
         }
-        let mut old = zeroize::Zeroizing::new(Vec::new());
-        match io::Read::read_to_end(&mut File::from(fd), &mut old) {
+        let mut old = zeroize::Zeroizing::new(Vec::with_capacity(contents.len() + 1));
+        let bound = contents.len() as u64 + 1;
+        match io::Read::read_to_end(&mut io::Read::take(File::from(fd), bound), &mut old) {
             Ok(_) if old.as_slice() == contents => {}
             _ => return FileState::Different,
         }
@@ -413,16 +421,22 @@ impl Folder {
         Ok(())
     }
 
-    /// The text of `name` if it is a regular file (not a link).
+    /// The text of `name` if it is a regular file (not a link, not a FIFO
+    /// or device, which could block or never end) of at most `MAX_READ`
+    /// bytes: the folder may belong to the consumer.
     fn read(&self, name: &str) -> Option<String> {
         let fd = openat(
             &self.fd,
             name,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
             Mode::empty(),
         )
         .ok()?;
-        io::read_to_string(File::from(fd)).ok()
+        let st = fstat(&fd).ok()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 > MAX_READ {
+            return None;
+        }
+        io::read_to_string(io::Read::take(File::from(fd), MAX_READ)).ok()
     }
 
     /// Removes `name` (a file or a link, never what a link points to).

@@ -783,3 +783,66 @@ fn a_failed_restart_stays_pending_until_it_succeeds() {
     assert!(watcher.wait().unwrap().success());
     server.stop();
 }
+
+/// A consumer's own user owns its folder and may put anything there: a
+/// FIFO as the manifest, a 1 GiB sparse file in place of a secret. The
+/// delivery neither hangs on the one nor reads the other into memory
+/// (run here with its data segment capped at 256 MiB, and a 60 s
+/// deadline), replaces both, and the other consumer is served as usual.
+#[test]
+fn a_consumers_fifo_or_huge_file_neither_hangs_nor_swells_the_delivery() {
+    let Setup {
+        dir,
+        server,
+        args,
+        systemctl,
+        ..
+    } = setup();
+    let d = dir.path();
+    let plan = plan(d, &systemctl, "a.service", "");
+    for c in ["a", "b"] {
+        let (code, _, err) = deliver(&args, &plan, &["--consumer", c], d);
+        assert_eq!(code, 0, "{err}");
+    }
+    let manifest = d.join("run/a/.locket-manifest");
+    std::fs::remove_file(&manifest).unwrap();
+    nix::unistd::mkfifo(&manifest, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let huge = d.join("run/b/APP_PASS");
+    std::fs::remove_file(&huge).unwrap();
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    std::fs::write(
+        d.join("secrets.env"),
+        "APP_USER=bob\nAPP_PASS=\"p@ss word\"\n",
+    )
+    .unwrap();
+    server.reload();
+    let mut all: Vec<&str> = vec!["60", "prlimit", "--data=268435456", "--"];
+    let client = env!("CARGO_BIN_EXE_locket-client");
+    all.push(client);
+    all.extend(args.iter().map(String::as_str));
+    let plan_s = plan.to_str().unwrap();
+    all.extend_from_slice(&["deliver", "--plan", plan_s]);
+    let out = std::process::Command::new("timeout")
+        .args(&all)
+        .env(
+            "LOCKET_SERVER_FINGERPRINT",
+            crate::support::server_key().fingerprint(),
+        )
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(read(&d.join("run/a/APP_USER")).as_deref(), Some("bob"));
+    assert_eq!(read(&huge).as_deref(), Some("p@ss word"));
+    assert!(
+        std::fs::symlink_metadata(&manifest)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    server.stop();
+}

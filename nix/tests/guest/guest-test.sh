@@ -137,6 +137,11 @@ check "locket-watch.service (Type=notify, one per host) reaches active" systemct
 check "  it is Type=notify and reports its last success in STATUS=" sh -c "[ \"\$(systemctl show -P Type locket-watch.service)\" = notify ] && systemctl show -P StatusText locket-watch.service | grep -q '^last success 20'"
 check "  and in /run/locket-watch/status.json" grep -q '"last_success": "20' /run/locket-watch/status.json
 check "  three rounds with nothing changed restart nothing" starts_after_rounds 3 "$starts0"
+# The consumer's own user plants a FIFO as its folder's manifest: the root
+# watcher must neither hang on it nor stop serving the others.
+runuser -u demo -- sh -c 'rm -f /run/locket/demo-consumer/.locket-manifest && mkfifo /run/locket/demo-consumer/.locket-manifest'
+check "a FIFO planted as a consumer's manifest: the watcher goes on (three more rounds), restarts nothing" starts_after_rounds 3 "$starts0"
+check "  and replaces the FIFO with a regular manifest" sh -c "test -f /run/locket/demo-consumer/.locket-manifest && ! test -p /run/locket/demo-consumer/.locket-manifest"
 cred_started=$(show cred-consumer.service ActiveEnterTimestampMonotonic)
 # A new value on the server (its dotenv source reaches it as a credential,
 # which a restart copies again).
