@@ -124,15 +124,84 @@ pub const LOADER_VARIABLES: &[&str] = &[
     "GIT_EXEC_PATH",
     "GIT_SSH",
     "GIT_SSH_COMMAND",
+    // Programs other programs start, and where they look for their config.
+    "PAGER",
+    "MANPAGER",
+    "GIT_PAGER",
+    "EDITOR",
+    "VISUAL",
+    "BROWSER",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "LESSKEY",
+    "HOME",
+    "TMPDIR",
+    "SHELL",
+    "TERMINFO",
+    // The C library's own tuning, which has been an exploit vector.
+    "GLIBC_TUNABLES",
+    "MALLOC_CHECK_",
+    // Where TLS clients find their trust roots.
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    // More runtimes.
+    "JAVA_OPTS",
+    "MAVEN_OPTS",
+    "GRADLE_OPTS",
+    "DOTNET_STARTUP_HOOKS",
+    "RUBYGEMS_GEMDEPS",
+    "BUNDLE_GEMFILE",
+    "PHPRC",
+    "PHP_INI_SCAN_DIR",
 ];
 
-/// Whether setting `var` changes how programs run: [`LOADER_VARIABLES`],
-/// every `LD_*` and `DYLD_*`, and every `*_PRELOAD`.
+/// Families of variables that change how programs run, by prefix.
+const LOADER_PREFIXES: &[&str] = &[
+    "LD_",
+    "DYLD_",
+    // git's config from the environment (GIT_CONFIG_KEY_0 = core.fsmonitor
+    // runs a command), and every other GIT_* switch.
+    "GIT_",
+    "LESS",
+    "XDG_",
+    "PYTHON",
+    "PERL",
+    "NODE_",
+    "NPM_CONFIG_",
+    "RUBY",
+    "JAVA_",
+    "JDK_",
+    "DOTNET_",
+    "COMPLUS_",
+    "CORECLR_",
+    "LUA_",
+    "MALLOC_",
+    "SYSTEMD_",
+];
+
+/// Families of variables that change how programs run, by suffix.
+const LOADER_SUFFIXES: &[&str] = &["_PRELOAD", "_PROXY", "_proxy", "_OPTIONS"];
+
+/// Whether `var` may change how programs run, and so passes only when it
+/// was asked for by name. The rule allows rather than forbids: a variable
+/// delivered in bulk must be a plain name (`[A-Za-z_][A-Za-z0-9_]*`)
+/// outside [`LOADER_VARIABLES`] and the families above (`LD_*`, `GIT_*`,
+/// `*_PROXY`, `*_PRELOAD`, ...), which cover what the security reviews ran
+/// commands through. A list cannot name every program's variable: ask
+/// for secrets by name where it matters (`env NAME...`, `exec --only`).
 pub fn changes_how_programs_run(var: &str) -> bool {
-    LOADER_VARIABLES.contains(&var)
-        || var.starts_with("LD_")
-        || var.starts_with("DYLD_")
-        || var.ends_with("_PRELOAD")
+    let plain = var
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    !plain
+        || LOADER_VARIABLES.contains(&var)
+        || LOADER_PREFIXES.iter().any(|p| var.starts_with(p))
+        || LOADER_SUFFIXES.iter().any(|s| var.ends_with(s))
 }
 
 /// Removes from `secrets` each one whose variable (`var_of(name)`) changes
@@ -196,6 +265,39 @@ mod tests {
         assert!(
             !changes_how_programs_run("PATHS") && changes_how_programs_run("DYLD_INSERT_LIBRARIES")
         );
+        // What the second review ran commands through, or named.
+        for var in [
+            "GIT_CONFIG_KEY_0",
+            "GIT_CONFIG_VALUE_0",
+            "GIT_CONFIG_COUNT",
+            "LESSOPEN",
+            "GLIBC_TUNABLES",
+            "PAGER",
+            "EDITOR",
+            "HOME",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "PYTHONSTARTUP",
+            "PERL5OPT",
+            "NODE_OPTIONS",
+            "RUBYOPT",
+            "JAVA_TOOL_OPTIONS",
+            "no_proxy",
+            "1LEADING_DIGIT",
+            "WITH-DASH",
+        ] {
+            assert!(changes_how_programs_run(var), "{var}");
+        }
+        for var in [
+            "DB_PASSWORD",
+            "API_TOKEN",
+            "STRIPE_SECRET_KEY",
+            "DATABASE_URL",
+            "svc_password",
+            "_X",
+        ] {
+            assert!(!changes_how_programs_run(var), "{var}");
+        }
     }
 
     #[test]

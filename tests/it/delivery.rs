@@ -511,6 +511,52 @@ fn loader_variables_are_passed_only_when_asked_for() {
     server.stop();
 }
 
+/// The second review's bypasses of the old block list: git's config from
+/// the environment ran a command through `core.fsmonitor`, and `LESSOPEN`
+/// ran one through `less`. Delivered in bulk, none of them is passed.
+#[test]
+fn git_config_and_lessopen_cannot_run_a_command_through_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ran = d.join("PWNED");
+    let secrets = format!(
+        "APP_USER=alice\nGIT_CONFIG_COUNT=1\nGIT_CONFIG_KEY_0=core.fsmonitor\nGIT_CONFIG_VALUE_0=\"touch {ran}; false\"\nLESSOPEN=\"|touch {ran}; echo %s\"\nGLIBC_TUNABLES=glibc.malloc.check=3\nHTTPS_PROXY=http://127.0.0.1:9\n",
+        ran = ran.display()
+    );
+    let clients = vec![Registered::new("app", 31, &["127.0.0.1"], &["*"])];
+    let config = write_server_files(d, &secrets, &clients, "");
+    let server = ServerProcess::start(&config, &[]);
+    let key = key_file(d);
+    let url = format!("http://{}", server.addr);
+    let repo = d.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let git = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&repo)
+        .status()
+        .expect("git");
+    assert!(git.success());
+    let script = "git status >/dev/null 2>&1; echo x > f; less f >/dev/null 2>&1 </dev/null; printf '%s|%s' \"$APP_USER\" \"$GIT_CONFIG_COUNT$LESSOPEN$GLIBC_TUNABLES$HTTPS_PROXY\"";
+    let (code, out, err) = run_client_pinned(
+        &[
+            "--server", &url, "--name", "app", "--key", &key, "exec", "--", "sh", "-c", script,
+        ],
+        &repo,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "alice|", "{err}");
+    assert!(!ran.exists(), "a command ran through a delivered variable");
+    for var in [
+        "GIT_CONFIG_KEY_0",
+        "LESSOPEN",
+        "GLIBC_TUNABLES",
+        "HTTPS_PROXY",
+    ] {
+        assert!(err.contains(var), "{var} is named in the warning: {err}");
+    }
+    server.stop();
+}
+
 /// A plain-HTTP client needs no CA certificates: on a minimal machine (or
 /// in a build sandbox) without any, it still fetches. Before, the platform
 /// verifier's failure to find roots stopped every client.
