@@ -9,11 +9,19 @@
 //!   error that names it; nothing is written.
 //! - `{{ "text" }}` is `text` as it stands, the way to write a literal `{{`
 //!   (`{{ "{{" }}`).
+//! - `{{ NAME | FORMAT }}` is the value written for a format, so that a
+//!   value cannot break out of its place (a newline adding a line to an
+//!   INI file, a quote ending a JSON string): `json` and `yaml` write a
+//!   double-quoted string with JSON's escapes (valid YAML too), `shell` a
+//!   single-quoted POSIX word, and `ini` or `line` write the value as it
+//!   is but refuse one with a control character (a newline, a carriage
+//!   return, NUL), naming the secret and the line, never the value.
+//!   Without a format the value is inserted as it is.
 //! - Everything else is copied unchanged. An opened `{{` without its `}}`
 //!   is an error naming the line.
 //!
-//! No expressions, loops or escaping modes: a template that needs them is
-//! a program, and `locket-client exec` or `env --format json` serve it.
+//! No expressions or loops: a template that needs them is a program, and
+//! `locket-client exec` or `env --format json` serve it.
 //! (A general engine such as minijinja or tera would also bring filters
 //! that can print a value somewhere unexpected; the issue asked for a
 //! small well-kept crate *or* a strict minimal syntax, and this is ~100
@@ -52,6 +60,24 @@ pub enum TemplateError {
         name: String,
         available: String,
     },
+    #[error(
+        "template {template}, line {line}: unknown format {format:?} for {name:?}; use json, yaml, shell, ini or line"
+    )]
+    UnknownFormat {
+        template: String,
+        line: usize,
+        name: String,
+        format: String,
+    },
+    #[error(
+        "template {template}, line {line}: the value of {name:?} has a control character (a newline, a carriage return or NUL), which `| {format}` refuses: it would add a line or end the value early; nothing was written. Fix the value, or use a format that escapes (`| json`)"
+    )]
+    Unsafe {
+        template: String,
+        line: usize,
+        name: String,
+        format: &'static str,
+    },
     #[error("cannot read template {path}: {source}")]
     Read {
         path: std::path::PathBuf,
@@ -62,7 +88,95 @@ pub enum TemplateError {
 #[derive(Debug, Clone)]
 enum Part {
     Text(String),
-    Secret { name: String, line: usize },
+    Secret {
+        name: String,
+        line: usize,
+        format: Option<Format>,
+    },
+}
+
+/// How a value is written into a template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// A JSON string (also a YAML double-quoted scalar).
+    Json,
+    Yaml,
+    /// A single-quoted POSIX shell word.
+    Shell,
+    /// As it is, refused with a control character.
+    Ini,
+    Line,
+}
+
+impl Format {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "json" => Self::Json,
+            "yaml" => Self::Yaml,
+            "shell" => Self::Shell,
+            "ini" => Self::Ini,
+            "line" => Self::Line,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Yaml => "yaml",
+            Self::Shell => "shell",
+            Self::Ini => "ini",
+            Self::Line => "line",
+        }
+    }
+
+    /// `value` written for this format, or `None` when it refuses it.
+    fn write(self, value: &str) -> Option<Zeroizing<String>> {
+        match self {
+            Self::Json | Self::Yaml => {
+                let mut out = Zeroizing::new(String::with_capacity(value.len() * 6 + 2));
+                out.push('"');
+                for c in value.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        c if c.is_control() => {
+                            let _ = std::fmt::Write::write_fmt(
+                                &mut *out,
+                                format_args!("\\u{:04x}", c as u32),
+                            );
+                        }
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+                Some(out)
+            }
+            Self::Shell => {
+                let mut out = Zeroizing::new(String::with_capacity(value.len() * 4 + 2));
+                out.push('\'');
+                for c in value.chars() {
+                    if c == '\'' {
+                        out.push_str("'\\''");
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out.push('\'');
+                Some(out)
+            }
+            Self::Ini | Self::Line => {
+                if value.chars().any(char::is_control) {
+                    None
+                } else {
+                    Some(Zeroizing::new(value.to_owned()))
+                }
+            }
+        }
+    }
 }
 
 /// A parsed template. Holds template text and secret names, never values.
@@ -103,19 +217,39 @@ impl Template {
                 .filter(|l| !l.contains('"'))
             {
                 parts.push(Part::Text(literal.to_owned()));
-            } else if trimmed
-                .chars()
-                .any(|c| c.is_whitespace() || matches!(c, '"' | '{' | '}' | '\''))
-            {
-                return Err(TemplateError::BadName {
-                    template: label.to_owned(),
-                    line,
-                    name: trimmed.to_owned(),
-                });
             } else {
+                let (name, format) = match trimmed.split_once('|') {
+                    Some((name, format)) => (name.trim(), Some(format.trim())),
+                    None => (trimmed, None),
+                };
+                if name.is_empty()
+                    || name
+                        .chars()
+                        .any(|c| c.is_whitespace() || matches!(c, '"' | '{' | '}' | '\'' | '|'))
+                {
+                    return Err(TemplateError::BadName {
+                        template: label.to_owned(),
+                        line,
+                        name: trimmed.to_owned(),
+                    });
+                }
+                let format = match format {
+                    None => None,
+                    Some(f) => {
+                        Some(
+                            Format::parse(f).ok_or_else(|| TemplateError::UnknownFormat {
+                                template: label.to_owned(),
+                                line,
+                                name: name.to_owned(),
+                                format: f.to_owned(),
+                            })?,
+                        )
+                    }
+                };
                 parts.push(Part::Secret {
-                    name: trimmed.to_owned(),
+                    name: name.to_owned(),
                     line,
+                    format,
                 });
             }
             line += inner.matches('\n').count();
@@ -159,28 +293,51 @@ impl Template {
         &self,
         secrets: &[(String, SecretValue)],
     ) -> Result<Zeroizing<String>, TemplateError> {
-        let mut pieces = Vec::with_capacity(self.parts.len());
+        // Values written for a format, by part (kept until joined).
+        let mut written: Vec<Option<Zeroizing<String>>> = Vec::with_capacity(self.parts.len());
         for part in &self.parts {
-            pieces.push(match part {
-                Part::Text(text) => text.as_str(),
-                Part::Secret { name, line } => secrets
+            let Part::Secret { name, line, format } = part else {
+                written.push(None);
+                continue;
+            };
+            let value = secrets
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.expose())
+                .ok_or_else(|| TemplateError::Unknown {
+                    template: self.label.clone(),
+                    line: *line,
+                    name: name.clone(),
+                    available: if secrets.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        secrets
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                })?;
+            written.push(match format {
+                None => None,
+                Some(f) => Some(f.write(value).ok_or_else(|| TemplateError::Unsafe {
+                    template: self.label.clone(),
+                    line: *line,
+                    name: name.clone(),
+                    format: f.name(),
+                })?),
+            });
+        }
+        let mut pieces = Vec::with_capacity(self.parts.len());
+        for (part, written) in self.parts.iter().zip(&written) {
+            pieces.push(match (part, written) {
+                (_, Some(w)) => w.as_str(),
+                (Part::Text(text), None) => text.as_str(),
+                (Part::Secret { name, .. }, None) => secrets
                     .iter()
                     .find(|(n, _)| n == name)
                     .map(|(_, v)| v.expose())
-                    .ok_or_else(|| TemplateError::Unknown {
-                        template: self.label.clone(),
-                        line: *line,
-                        name: name.clone(),
-                        available: if secrets.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            secrets
-                                .iter()
-                                .map(|(n, _)| n.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        },
-                    })?,
+                    .unwrap_or_default(),
             });
         }
         let mut out = Zeroizing::new(String::with_capacity(pieces.iter().map(|p| p.len()).sum()));
@@ -228,6 +385,43 @@ mod tests {
         let e = Template::parse("t", "{{  }}").unwrap_err();
         assert!(matches!(e, TemplateError::Empty { .. }), "{e}");
         let e = Template::parse("t", "{{ a b }}").unwrap_err();
+        assert!(matches!(e, TemplateError::BadName { .. }), "{e}");
+    }
+
+    /// A value written for its format cannot break out of its place; one
+    /// that `ini`/`line` cannot hold is refused by name, never shown.
+    #[test]
+    fn formats_escape_or_refuse_what_would_break_out() {
+        let s = vec![
+            ("V".to_string(), SecretValue::from("a\"b\\c\nd'e\u{1}")),
+            ("PLAIN".to_string(), SecretValue::from("ok value")),
+        ];
+        let t = Template::parse(
+            "t",
+            "j={{ V | json }}\ny={{V|yaml}}\ns={{ V | shell }}\ni={{ PLAIN | ini }}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&s).unwrap().as_str(),
+            "j=\"a\\\"b\\\\c\\nd'e\\u0001\"\ny=\"a\\\"b\\\\c\\nd'e\\u0001\"\ns='a\"b\\c\nd'\\''e\u{1}'\ni=ok value\n"
+        );
+        // The JSON form reads back as the value.
+        let json = &t.render(&s).unwrap()[2..];
+        let back: String = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        assert_eq!(back, "a\"b\\c\nd'e\u{1}");
+        for format in ["ini", "line"] {
+            let t =
+                Template::parse("app.ini", &format!("x\npw = {{{{ V | {format} }}}}\n")).unwrap();
+            let e = t.render(&s).unwrap_err().to_string();
+            assert!(
+                e.contains("app.ini, line 2") && e.contains("\"V\"") && e.contains(format),
+                "{e}"
+            );
+            assert!(!e.contains("a\"b"), "{e}");
+        }
+        let e = Template::parse("t", "{{ V | toml }}").unwrap_err();
+        assert!(matches!(e, TemplateError::UnknownFormat { .. }), "{e}");
+        let e = Template::parse("t", "{{ | json }}").unwrap_err();
         assert!(matches!(e, TemplateError::BadName { .. }), "{e}");
     }
 

@@ -132,6 +132,46 @@ fn render_template_fills_placeholders_and_a_bad_one_writes_nothing() {
         "template output kept"
     );
 
+    // A value with a newline: `| ini` refuses it by name (no line is
+    // injected, nothing is rewritten); `| json` writes it escaped.
+    std::fs::write(
+        dir.path().join("secrets.env"),
+        "APP_USER=alice\nAPP_PASS=\"x\nadmin = true\"\n",
+    )
+    .unwrap();
+    server.reload();
+    std::fs::write(&template, "[db]\npass = {{ APP_PASS | ini }}\n").unwrap();
+    let (code, _, err) = run(
+        &args,
+        &["render", "--dir", out_s, "--template", t],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("\"APP_PASS\"") && err.contains("control character"),
+        "{err}"
+    );
+    assert!(!err.contains("admin"), "{err}");
+    assert!(!read(&out.join("app.ini")).unwrap().contains("admin"));
+    let json = dir.path().join("app.json.tmpl");
+    std::fs::write(&json, "{\"pass\": {{ APP_PASS | json }}}\n").unwrap();
+    let (code, _, err) = run(
+        &args,
+        &[
+            "render",
+            "--dir",
+            out_s,
+            "--template",
+            json.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let parsed: serde_json::Value =
+        serde_json::from_str(&read(&out.join("app.json")).unwrap()).unwrap();
+    assert_eq!(parsed["pass"], "x\nadmin = true");
+    std::fs::write(&template, "pass = {{ APP_PASSWORD }}\n").unwrap();
+
     // An unreadable template: exit 2 naming the file, before any fetch.
     let missing = dir.path().join("nope.tmpl");
     let (code, _, err) = run(
