@@ -845,6 +845,13 @@ in
     (mkIf cfg.enable {
       assertions = failedAssertions (locketLib.serverErrors serverArgs);
 
+      # New installations refuse requests not bound to the server process
+      # (clients before protocol version 3); existing ones keep accepting
+      # them until the operator sets it, as stateVersion intends.
+      services.locket.settings.require_bound_requests = lib.mkDefault (
+        lib.versionAtLeast config.system.stateVersion "26.05"
+      );
+
       networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
       # `locket check` and `locket fingerprint` for the operator.
       environment.systemPackages = [ cfg.package ];

@@ -207,6 +207,33 @@ impl Decrypter {
     pub fn bits(&self) -> usize {
         self.key.key_size_bits()
     }
+
+    /// An RSA-PSS-SHA256 signature of `message` with this key (salt as long
+    /// as the hash). The server signs what `GET /v1/key` announces once, at
+    /// start, so a request for it costs no private-key operation.
+    pub fn sign_pss_sha256(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let der = self.to_pkcs8_der()?;
+        let pair =
+            aws_lc_rs::rsa::KeyPair::from_pkcs8(&der).map_err(|_| CryptoError::PrivateKey)?;
+        let mut signature = vec![0u8; pair.public_modulus_len()];
+        pair.sign(
+            &aws_lc_rs::signature::RSA_PSS_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            message,
+            &mut signature,
+        )
+        .map_err(|_| CryptoError::Seal)?;
+        Ok(signature)
+    }
+}
+
+/// Whether `signature` is an RSA-PSS-SHA256 signature of `message` by the
+/// RSA key whose SubjectPublicKeyInfo DER is `spki_der`.
+pub fn verify_pss_sha256(spki_der: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    use aws_lc_rs::signature::{RSA_PSS_2048_8192_SHA256, UnparsedPublicKey};
+    UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, spki_der)
+        .verify(message, signature)
+        .is_ok()
 }
 
 /// Encrypts `key` to `public` with RSA-OAEP-SHA256 under `label`.

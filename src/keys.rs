@@ -268,6 +268,8 @@ impl ServerKey {
 pub struct ServerPublicKey {
     pub key: crypto::Encrypter,
     pub fingerprint: String,
+    /// The SubjectPublicKeyInfo DER (what signatures are checked with).
+    pub spki_der: Vec<u8>,
 }
 
 impl ServerPublicKey {
@@ -284,6 +286,7 @@ impl ServerPublicKey {
             fingerprint: crypto::fingerprint(der.as_bytes()),
             key: crypto::Encrypter::from_spki_der(der.as_bytes())
                 .map_err(|e| KeyError::Encoding(e.to_string()))?,
+            spki_der: der.as_bytes().to_vec(),
         })
     }
 }

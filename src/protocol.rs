@@ -139,6 +139,33 @@ pub struct WireKey {
     /// but not the current key encrypts to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<WireNextKey>,
+    /// RSA-PSS-SHA256 by this key over [`key_response_signed_bytes`], base64:
+    /// a client takes `instance` and `reply_keys` only from a response its
+    /// pinned key signed, so nobody in between can strip them (a downgrade
+    /// to unbound requests with RSA reply keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// What `GET /v1/key`'s signatures cover: the response's announcements,
+/// each length-prefixed, after a domain label.
+pub fn key_response_signed_bytes(
+    fingerprint: &str,
+    instance: Option<&str>,
+    reply_keys: &[String],
+    next_fingerprint: Option<&str>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let lp = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    lp(&mut out, b"locket key response v1");
+    lp(&mut out, fingerprint.as_bytes());
+    lp(&mut out, instance.unwrap_or("").as_bytes());
+    lp(&mut out, reply_keys.join(",").as_bytes());
+    lp(&mut out, next_fingerprint.unwrap_or("").as_bytes());
+    out
 }
 
 /// `GET /v1/key`'s `next`: the key a rotation will promote.
@@ -146,6 +173,10 @@ pub struct WireKey {
 pub struct WireNextKey {
     /// SPKI PEM.
     pub public_key: String,
+    /// RSA-PSS-SHA256 by the next key over the same bytes as the current
+    /// key's signature, for clients that pin only the next key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// `sha256:` + lowercase hex of the SPKI DER.
     pub fingerprint: String,
 }

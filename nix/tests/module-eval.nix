@@ -315,6 +315,16 @@ let
       && hasInfix "Before=locket.service" sealKey
       && hasInfix ''"seal-key" "--out" "/var/lib/locket-seal/seal-key.cred" "--with-key" "host"'' sealKey
       && builtins.elem "locket.service" (sealed.links."locket-seal-key.service".requiredBy or [ ]);
+    # Bound requests are the default for new installations only.
+    boundRequestsByStateVersion =
+      serverToml.require_bound_requests == false
+      && (host {
+        system.stateVersion = "26.05";
+        services.locket = {
+          enable = true;
+          sources = [ { type = "env"; prefix = "APP_"; } ];
+        };
+      }).etc."locket/server.toml".value.require_bound_requests;
     sealedSetOffByDefault =
       !(serverToml ? sealed_set)
       && !(hasInfix "LoadCredentialEncrypted" server)

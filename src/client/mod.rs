@@ -370,26 +370,51 @@ impl Client {
                 .any(|k| k == protocol::REPLY_KEY_X25519),
         };
         let server = server.to_owned();
+        // `instance` and `reply_keys` are taken only from a response the
+        // trusted key signed: stripping them is a downgrade (unbound
+        // requests, RSA reply keys).
+        let signed = protocol::key_response_signed_bytes(
+            &key.fingerprint,
+            wire.instance.as_deref(),
+            &wire.reply_keys,
+            wire.next.as_ref().map(|n| n.fingerprint.as_str()),
+        );
+        let verified = |trusted: ServerPublicKey,
+                        signature: Option<&str>|
+         -> Result<(ServerPublicKey, Announced), ClientError> {
+            use base64::Engine as _;
+            let ok = signature
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .is_some_and(|s| crate::crypto::verify_pss_sha256(&trusted.spki_der, &signed, &s));
+            if ok {
+                Ok((trusted, announced))
+            } else {
+                Err(ClientError::Protocol(format!(
+                    "the key response of {server} is not signed by its key {}: the server is older than this client (upgrade the servers first), or something between altered the response; nothing was sent",
+                    trusted.fingerprint
+                )))
+            }
+        };
         match self.trust.check(&server, &key.fingerprint)? {
-            Ok(()) => Ok((key, announced)),
+            Ok(()) => verified(key, wire.signature.as_deref()),
             // During a rotation a client may pin only the next key (the
             // server announces it beside the current one): it encrypts to
             // that. Only an explicit pin selects it.
             Err(Refusal::Pin { .. })
-                if let Some(next) = &wire.next
-                    && let Ok(next) = ServerPublicKey::from_pem(&next.public_key)
+                if let Some(wire_next) = &wire.next
+                    && let Ok(next) = ServerPublicKey::from_pem(&wire_next.public_key)
                     && self.trust.pinned(&next.fingerprint) =>
             {
-                Ok((next, announced))
+                verified(next, wire_next.signature.as_deref())
             }
             // The same for a key recorded in the known-servers file: after a
             // promotion the recorded key is the server's next one.
             Err(Refusal::Known { ref stored, .. })
-                if let Some(next) = &wire.next
-                    && let Ok(next) = ServerPublicKey::from_pem(&next.public_key)
+                if let Some(wire_next) = &wire.next
+                    && let Ok(next) = ServerPublicKey::from_pem(&wire_next.public_key)
                     && next.fingerprint == *stored =>
             {
-                Ok((next, announced))
+                verified(next, wire_next.signature.as_deref())
             }
             Err(Refusal::Pin { expected }) => Err(ClientError::PinMismatch {
                 server,

@@ -40,14 +40,13 @@ pub(super) fn routes(
                 public_key: state.keys.current.public_pem().to_owned(),
                 fingerprint: state.keys.current.fingerprint().to_owned(),
                 instance: Some(protocol::encode_instance(&state.keys.instance)),
-                reply_keys: vec![
-                    protocol::REPLY_KEY_RSA.into(),
-                    protocol::REPLY_KEY_X25519.into(),
-                ],
+                reply_keys: super::state::reply_keys(),
                 next: state.keys.next.as_ref().map(|k| protocol::WireNextKey {
                     public_key: k.public_pem().to_owned(),
                     fingerprint: k.fingerprint().to_owned(),
+                    signature: state.keys.next_signature.clone(),
                 }),
+                signature: Some(state.keys.signature.clone()),
             };
             warp::reply::json(&body).into_response()
         });

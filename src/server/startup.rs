@@ -110,7 +110,7 @@ impl Server {
             .tls
             .as_ref()
             .and_then(|t| super::refresh::files_digest(&[&t.cert_file, &t.key_file]));
-        let keys = Keys::new(key, next_key, v1_key, tls, tls_files);
+        let keys = Keys::new(key, next_key, v1_key, tls, tls_files)?;
         let state = State::new(keys, registry, &config, sources);
         refresh::log_duplicates(&round.duplicates, true);
         for _ in 0..round.loaded {

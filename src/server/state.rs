@@ -78,6 +78,19 @@ pub(crate) struct Keys {
     /// A digest of the TLS certificate and key files as loaded, so a
     /// reload can tell that they changed on disk.
     pub tls_files: Option<[u8; 32]>,
+    /// `GET /v1/key`'s signatures (base64), by the current key and by the
+    /// next one: made once here, since what they cover is fixed for the
+    /// life of the process.
+    pub signature: String,
+    pub next_signature: Option<String>,
+}
+
+/// The reply keys this server announces.
+pub(crate) fn reply_keys() -> Vec<String> {
+    vec![
+        crate::protocol::REPLY_KEY_RSA.into(),
+        crate::protocol::REPLY_KEY_X25519.into(),
+    ]
 }
 
 impl Keys {
@@ -88,16 +101,34 @@ impl Keys {
         v1: Option<ServerKey>,
         tls: Option<tokio_rustls::TlsAcceptor>,
         tls_files: Option<[u8; 32]>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, crate::keys::KeyError> {
+        use base64::Engine as _;
+        let instance: [u8; crate::protocol::INSTANCE_LEN] = crate::crypto::random_bytes()
+            .map_err(|e| crate::keys::KeyError::Generate(e.to_string()))?;
+        let signed = crate::protocol::key_response_signed_bytes(
+            current.fingerprint(),
+            Some(&crate::protocol::encode_instance(&instance)),
+            &reply_keys(),
+            next.as_ref().map(|k| k.fingerprint()),
+        );
+        let sign = |key: &ServerKey| {
+            key.decrypter()
+                .sign_pss_sha256(&signed)
+                .map(|s| base64::engine::general_purpose::STANDARD.encode(s))
+                .map_err(|e| crate::keys::KeyError::Generate(e.to_string()))
+        };
+        let signature = sign(&current)?;
+        let next_signature = next.as_ref().map(sign).transpose()?;
+        Ok(Self {
             current,
             next,
             v1,
             tls,
             tls_files,
-            instance: crate::crypto::random_bytes()
-                .expect("the OS random number generator failed at start"),
-        }
+            instance,
+            signature,
+            next_signature,
+        })
     }
 
     /// The key (current or next) whose fingerprint is `fingerprint`.

@@ -1,6 +1,6 @@
 //! Which reply key a client sends: a fresh X25519 key (HPKE) for every
-//! request to a server that announces it, and one RSA key to a server that
-//! predates it; both answers open. A proxy in front of a real server shows
+//! request, bound to the server process, as the server's signed key
+//! response announces; a response stripped on the way is refused. A proxy in front of a real server shows
 //! the client a new or an old `GET /v1/key` and keeps every request body,
 //! which the test opens with the server's key to see the reply key inside.
 
@@ -16,9 +16,19 @@ use locket::protocol::Request;
 
 type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
 
-/// A proxy to `upstream` on a port of its own. `old`: it hides what
-/// servers before X25519 reply keys and instances did not announce.
-async fn proxy(upstream: SocketAddr, old: bool) -> (String, Seen) {
+/// How the proxy bends `GET /v1/key`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bend {
+    None,
+    /// Strip `reply_keys` and `instance`, as a downgrading attacker would
+    /// (servers before them did not announce them).
+    Strip,
+    /// The same, and the signature too.
+    StripAll,
+}
+
+/// A proxy to `upstream` on a port of its own, bending `GET /v1/key`.
+async fn proxy(upstream: SocketAddr, bend: Bend) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let http = crate::support::http_builder().build().unwrap();
     let key = {
@@ -34,10 +44,13 @@ async fn proxy(upstream: SocketAddr, old: bool) -> (String, Seen) {
                     .json()
                     .await
                     .unwrap();
-                if old {
+                if bend != Bend::None {
                     let key = key.as_object_mut().unwrap();
                     key.remove("reply_keys");
                     key.remove("instance");
+                    if bend == Bend::StripAll {
+                        key.remove("signature");
+                    }
                 }
                 warp::reply::json(&key)
             }
@@ -92,32 +105,42 @@ fn reply_keys(seen: &Seen) -> Vec<(ReplyPublicKey, Vec<u8>, bool)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn x25519_reply_keys_for_new_servers_and_rsa_for_old_ones() {
+async fn x25519_reply_keys_bound_requests_and_no_downgrade() {
     let clients = [Registered::new("app", 91, &["127.0.0.0/8"], &["A"])];
     let server = TestServer::start("A=a-value\n", &clients).await;
-    for old in [false, true] {
-        let (url, seen) = proxy(server.addr, old).await;
+    let (url, seen) = proxy(server.addr, Bend::None).await;
+    let mut config = locket::config::client::ClientConfig::single(url, "app", "unused");
+    config.server_fingerprint = Some(server.fingerprint());
+    let client = Client::new(&config, ClientKey::from_seed(&[91; 32])).unwrap();
+    for _ in 0..2 {
+        let got = client.fetch(&["A".into()]).await.unwrap();
+        assert_eq!(got[0].1.expose(), "a-value");
+    }
+    let keys = reply_keys(&seen);
+    assert_eq!(keys.len(), 2);
+    for (key, _, bound) in &keys {
+        assert!(
+            matches!(key, ReplyPublicKey::X25519(_)),
+            "X25519 when announced"
+        );
+        assert!(*bound, "bound to the announced instance");
+    }
+    assert_ne!(keys[0].1, keys[1].1, "a fresh X25519 key per request");
+
+    // Someone in between strips `instance` and `reply_keys` (the second
+    // review's downgrade to unbound requests with one RSA reply key), with
+    // or without the signature: the client sends nothing.
+    for bend in [Bend::Strip, Bend::StripAll] {
+        let (url, seen) = proxy(server.addr, bend).await;
         let mut config = locket::config::client::ClientConfig::single(url, "app", "unused");
         config.server_fingerprint = Some(server.fingerprint());
+        config.timeout = std::time::Duration::from_secs(2);
         let client = Client::new(&config, ClientKey::from_seed(&[91; 32])).unwrap();
-        for _ in 0..2 {
-            let got = client.fetch(&["A".into()]).await.unwrap();
-            assert_eq!(got[0].1.expose(), "a-value", "old server: {old}");
-        }
-        let keys = reply_keys(&seen);
-        assert_eq!(keys.len(), 2);
-        for (key, _, bound) in &keys {
-            assert_eq!(
-                matches!(key, ReplyPublicKey::X25519(_)),
-                !old,
-                "X25519 exactly when the server announces it (old server: {old})"
-            );
-            assert_eq!(*bound, !old, "bound exactly when an instance is announced");
-        }
-        assert_eq!(
-            keys[0].1 != keys[1].1,
-            !old,
-            "a fresh X25519 key per request; one RSA key per client"
+        let e = client.fetch(&["A".into()]).await.unwrap_err().to_string();
+        assert!(e.contains("not signed by its key"), "{bend:?}: {e}");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{bend:?}: a request was sent"
         );
     }
     server.stop().await;
