@@ -115,6 +115,9 @@ impl<A> Outcome<A> {
             Outcome::Busy { client } => {
                 tracing::error!(request_id = %id, protocol, client = %client, ip = %ip, outcome, "replay cache full; refusing requests until nonces expire (raise replay_cache_size)");
             }
+            Outcome::Unknowable { client, why } if protocol == "v1" => {
+                tracing::info!(request_id = %id, protocol, client = %client, ip = %ip, outcome, "{why}; answering 403, as the original answers a stale request (v1 clients do not retry)");
+            }
             Outcome::Unknowable { client, why } => {
                 tracing::info!(request_id = %id, protocol, client = %client, ip = %ip, outcome, "{why}; answering 503, retry with a new request");
             }

@@ -35,6 +35,13 @@ fn text(status: StatusCode, body: &str) -> Response {
         "content-type",
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // Go's http.Error, which the original answers errors with, sends it.
+    if status.is_client_error() {
+        r.headers_mut().insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+    }
     r
 }
 
@@ -69,6 +76,8 @@ pub(super) fn routes(
                 .insert("content-type", HeaderValue::from_static("text/plain"));
             r
         });
+    // HEAD, as the original answers it (Go's 404, plain text).
+    let head = warp::head().map(|| text(StatusCode::NOT_FOUND, "404 page not found"));
     let options = warp::options().map(|| {
         let mut r = Response::new("".into());
         r.headers_mut()
@@ -91,7 +100,16 @@ pub(super) fn routes(
             Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
     });
-    on_path.and(get.or(options).unify().or(post).unify().or(other).unify())
+    on_path.and(
+        get.or(head)
+            .unify()
+            .or(options)
+            .unify()
+            .or(post)
+            .unify()
+            .or(other)
+            .unify(),
+    )
 }
 
 /// How a v1 request ended; the answer is the sealed value's base64.
@@ -137,14 +155,18 @@ async fn handle<B: Buf>(
                 .insert("content-type", HeaderValue::from_static("application/json"));
             r
         }
-        Outcome::Denied { .. } | Outcome::Replay { .. } => text(StatusCode::FORBIDDEN, "forbidden"),
+        // A request stamped before this process could remember nonces is
+        // refused as the original refuses a stale one (403): Go clients do
+        // not retry, and a 5xx would read as a server fault.
+        Outcome::Denied { .. } | Outcome::Replay { .. } | Outcome::Unknowable { .. } => {
+            text(StatusCode::FORBIDDEN, "forbidden")
+        }
         Outcome::BadRequest { .. } | Outcome::Undecryptable { .. } => {
             text(StatusCode::BAD_REQUEST, "bad request")
         }
         Outcome::NotFound { .. } => text(StatusCode::NOT_FOUND, "not found"),
         Outcome::AnswerTooLarge { .. }
         | Outcome::Busy { .. }
-        | Outcome::Unknowable { .. }
         | Outcome::NotReady
         | Outcome::Internal { .. } => {
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
@@ -229,10 +251,16 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
             reason: "empty nonce".into(),
         };
     }
-    // 4. Clock.
+    // 4. Clock, with sub-second precision as the original compares it: a
+    // timestamp exactly `skew` seconds old is already older than `skew`.
     let now = unix_now();
     let skew = runtime.config.clock_skew.as_secs() as i64;
-    if !clock_ok(now, request.timestamp, skew) {
+    let precise = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let within = (precise - request.timestamp as f64).abs() <= skew as f64;
+    if !clock_ok(now, request.timestamp, skew) || !within {
         return V1Outcome::Denied {
             client: None,
             reason: format!(
@@ -301,13 +329,22 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
         Lookup::Plain => name.clone(),
         Lookup::PerClient => format!("{}/{name}", client_name.to_lowercase()),
     };
+    let snapshot = state.secrets.store.snapshot();
+    // A service whose grant matches no secret that exists (imported
+    // registries grant `<name>/*`) is refused, as the original refuses a
+    // service without secrets: 403, not 404.
     if client.grants_nothing() {
         return V1Outcome::Denied {
             client: Some(client_name),
             reason: "the client is granted no secrets".into(),
         };
     }
-    let snapshot = state.secrets.store.snapshot();
+    if !snapshot.iter().any(|(n, _)| client.may_read(n)) {
+        return V1Outcome::Denied {
+            client: Some(client_name),
+            reason: "the client's grants match no secret that exists".into(),
+        };
+    }
     let value = match snapshot.get(&lookup) {
         Some(v) if client.may_read(&lookup) => v,
         _ => {

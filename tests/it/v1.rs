@@ -641,3 +641,72 @@ async fn idle_connections_after_a_request_are_not_failed_logins() {
         "stalled heads are still failed authentications"
     );
 }
+
+/// The last differences from the original (a side-by-side run of its Go
+/// client against both servers), each answered as the original answers it:
+/// a service whose grant matches no secret gets 403; a timestamp exactly
+/// `clock_skew` old is refused; a request stamped before a restart gets
+/// 403 (never 500); errors carry `X-Content-Type-Options: nosniff`, and
+/// HEAD gets Go's plain-text 404.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_differences_from_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc1 = V1Client::new(61, None);
+    let svc2 = V1Client::new(62, Some("127.0.0.2"));
+    let imported = V1Client::new(64, None);
+    let config = setup(dir.path(), "", &svc1, &svc2);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[v1]",
+        &format!(
+            "[clients.imported]\nkeys = [{:?}]\nnetworks = [\"127.0.0.1/32\"]\nsecrets = [\"imported/*\"]\n\n[v1]",
+            imported.keypub()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = ServerProcess::start(&config, &[]);
+    let url = format!("http://{}/", server.addr);
+
+    // 3. Stamped before this process started (a v1 client whose clock is
+    // behind): refused as stale, 403, with the original's text.
+    let early = svc1.body(&url, "SERVICE1_VAR", now() - 10).await;
+    let (status, _, body) = svc1.post(&url, early.to_string().into_bytes()).await;
+    assert_eq!((status, body.as_str()), (403, "forbidden\n"));
+
+    // 1. A registered service whose grant matches no secret: 403.
+    let (status, _, body) = imported.ask(&url, "anything").await;
+    assert_eq!((status, body.as_str()), (403, "forbidden\n"));
+
+    // 2. Exactly 30 s old (whole seconds; the server reads its clock later,
+    // so more than 30 s have passed): refused.
+    let b = svc1.body(&url, "SERVICE1_VAR", now() - 30).await;
+    assert_eq!(svc1.post(&url, b.to_string().into_bytes()).await.0, 403);
+    let (status, _, body) = svc1.ask(&url, "SERVICE1_VAR").await;
+    assert_eq!(status, 200, "{body}");
+
+    // 4. Headers: nosniff on every 4xx; HEAD is Go's plain-text 404.
+    let http = crate::support::http_builder().build().unwrap();
+    for (status, response) in [
+        (400, http.post(&url).body("not json").send().await.unwrap()),
+        (404, http.head(&url).send().await.unwrap()),
+    ] {
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(
+            response.headers()["x-content-type-options"],
+            "nosniff",
+            "{status}"
+        );
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; charset=utf-8",
+            "{status}"
+        );
+    }
+    let (status, _, _) = imported.ask(&url, "anything").await;
+    assert_eq!(status, 403);
+    let log = server.stop();
+    assert!(
+        log.contains("answering 403, as the original answers a stale request"),
+        "{log}"
+    );
+    assert!(!log.contains("answering 503"), "{log}");
+}
