@@ -246,6 +246,21 @@ on_change = ["/bin/sh", "-c", "echo b >> {d}/hooks.log"]
     path
 }
 
+/// The fetch units: each consumer delivered once, before it starts.
+fn deliver_each(args: &[String], plan: &Path, d: &Path) {
+    for c in ["a", "b"] {
+        let (code, _, err) = deliver(args, plan, &["--consumer", c], d);
+        assert_eq!(code, 0, "{err}");
+    }
+}
+
+/// Ends the watcher with SIGTERM (a clean exit) and the server.
+fn stop(mut watcher: std::process::Child, server: ServerProcess) {
+    crate::support::signal(watcher.id(), nix::sys::signal::Signal::SIGTERM);
+    assert!(watcher.wait().unwrap().success());
+    server.stop();
+}
+
 fn status(dir: &Path) -> serde_json::Value {
     read(&dir.join("status.json"))
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -335,7 +350,7 @@ fn one_watcher_one_request_per_round_and_one_restart_per_change() {
 
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     all.extend_from_slice(&["deliver", "--plan", plan_s, "--watch", "100ms"]);
-    let mut watcher = client_command()
+    let watcher = client_command()
         .args(&all)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(d.join("watcher.log")).unwrap())
@@ -426,9 +441,7 @@ fn one_watcher_one_request_per_round_and_one_restart_per_change() {
     );
     assert_eq!(status(d)["consumers"]["b"]["origin"], "not delivered");
 
-    crate::support::signal(watcher.id(), nix::sys::signal::Signal::SIGTERM);
-    assert!(watcher.wait().unwrap().success());
-    server.stop();
+    stop(watcher, server);
 }
 
 #[test]
@@ -753,15 +766,12 @@ fn a_failed_restart_stays_pending_until_it_succeeds() {
     );
     std::fs::write(&systemctl, text).unwrap();
     let plan = plan(d, &systemctl, "a.service", "");
-    for c in ["a", "b"] {
-        let (code, _, err) = deliver(&args, &plan, &["--consumer", c], d);
-        assert_eq!(code, 0, "{err}");
-    }
+    deliver_each(&args, &plan, d);
     std::fs::write(d.join("fail-restart"), "").unwrap();
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     let plan_s = plan.to_str().unwrap().to_owned();
     all.extend_from_slice(&["deliver", "--plan", &plan_s, "--watch", "100ms"]);
-    let mut watcher = client_command()
+    let watcher = client_command()
         .args(&all)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(d.join("watcher.log")).unwrap())
@@ -819,9 +829,7 @@ fn a_failed_restart_stays_pending_until_it_succeeds() {
     let more = rounds(d) + 3;
     wait_for("three more rounds", &|| rounds(d) >= more);
     assert_eq!(tries(), done, "no restart once it succeeded");
-    crate::support::signal(watcher.id(), nix::sys::signal::Signal::SIGTERM);
-    assert!(watcher.wait().unwrap().success());
-    server.stop();
+    stop(watcher, server);
 }
 
 /// A consumer's own user owns its folder and may put anything there: a
@@ -840,10 +848,7 @@ fn a_consumers_fifo_or_huge_file_neither_hangs_nor_swells_the_delivery() {
     } = setup();
     let d = dir.path();
     let plan = plan(d, &systemctl, "a.service", "");
-    for c in ["a", "b"] {
-        let (code, _, err) = deliver(&args, &plan, &["--consumer", c], d);
-        assert_eq!(code, 0, "{err}");
-    }
+    deliver_each(&args, &plan, d);
     let manifest = d.join("run/a/.locket-manifest");
     std::fs::remove_file(&manifest).unwrap();
     nix::unistd::mkfifo(&manifest, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();

@@ -106,6 +106,19 @@ fn plan_errors_exit_1_naming_the_file() {
     assert!(err.contains("bad.toml"), "{err}");
 }
 
+/// `locket serve --config old.toml` in the background until it listens,
+/// then `locket plan --config new.toml`; exits with plan's code.
+const SERVE_THEN_PLAN: &str = r#"
+    "$0" serve --config old.toml 2>server.log &
+    until grep -q "listening on" server.log; do
+        kill -0 $! 2>/dev/null || { cat server.log; exit 99; }
+        sleep 0.1
+    done
+    "$0" plan --config new.toml; rc=$?
+    kill $!
+    exit $rc
+"#;
+
 /// Without `--against`, the running server's own config file: a server
 /// and `plan` in a PID namespace of their own (as root, as CI runs), so
 /// that other tests' servers are not seen.
@@ -113,22 +126,8 @@ fn plan_errors_exit_1_naming_the_file() {
 fn plan_compares_with_the_running_servers_config_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let (_, _) = configs(dir.path());
-    let script = r#"
-        "$0" serve --config old.toml 2>server.log &
-        until grep -q "listening on" server.log; do
-            kill -0 $! 2>/dev/null || { cat server.log; exit 99; }
-            sleep 0.1
-        done
-        "$0" plan --config new.toml; rc=$?
-        kill $!
-        exit $rc
-    "#;
-    let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", script])
-        .arg(env!("CARGO_BIN_EXE_locket"))
-        .current_dir(dir.path())
-        .output()
-        .expect("unshare (util-linux; .ci/test installs it; needs root)");
+    let script = SERVE_THEN_PLAN;
+    let out = in_pid_namespace(dir.path(), script);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -256,16 +255,7 @@ fn plan_refuses_a_running_servers_config_that_others_can_write() {
     let dir = tempfile::tempdir().unwrap();
     let (old, _) = configs(dir.path());
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let script = r#"
-        "$0" serve --config old.toml 2>server.log &
-        until grep -q "listening on" server.log; do
-            kill -0 $! 2>/dev/null || { cat server.log; exit 99; }
-            sleep 0.1
-        done
-        "$0" plan --config new.toml; rc=$?
-        kill $!
-        exit $rc
-    "#;
+    let script = SERVE_THEN_PLAN;
     let out = in_pid_namespace(dir.path(), script);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

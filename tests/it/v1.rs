@@ -217,6 +217,24 @@ enable = true
     path
 }
 
+/// [`setup`] with a failed-authentication limit of `limit` per `window`.
+fn setup_limited(
+    dir: &Path,
+    svc1: &V1Client,
+    svc2: &V1Client,
+    limit: u32,
+    window: &str,
+) -> std::path::PathBuf {
+    let config = setup(dir, "", svc1, svc2);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("max_failed_auth = {limit}\nfailed_auth_window = \"{window}\"\n{text}"),
+    )
+    .unwrap();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_row_of_the_original_check_list() {
     let dir = tempfile::tempdir().unwrap();
@@ -496,13 +514,7 @@ async fn undecryptable_payloads_count_toward_the_failed_auth_limit() {
     let dir = tempfile::tempdir().unwrap();
     let svc1 = V1Client::new(61, None);
     let svc2 = V1Client::new(62, Some("127.0.0.2"));
-    let config = setup(dir.path(), "", &svc1, &svc2);
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("max_failed_auth = 3\nfailed_auth_window = \"1m\"\n{text}"),
-    )
-    .unwrap();
+    let config = setup_limited(dir.path(), &svc1, &svc2, 3, "1m");
     let server = ServerProcess::start(&config, &[]);
     let url = format!("http://{}/", server.addr);
 
@@ -590,13 +602,7 @@ async fn idle_connections_after_a_request_are_not_failed_logins() {
     let dir = tempfile::tempdir().unwrap();
     let svc1 = V1Client::new(61, None);
     let svc2 = V1Client::new(62, Some("127.0.0.2"));
-    let config = setup(dir.path(), "", &svc1, &svc2);
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("max_failed_auth = 2\nfailed_auth_window = \"5m\"\n{text}"),
-    )
-    .unwrap();
+    let config = setup_limited(dir.path(), &svc1, &svc2, 2, "5m");
     let server = ServerProcess::start(&config, &[]);
     let url = format!("http://{}/", server.addr);
     let mut idle = Vec::new();
