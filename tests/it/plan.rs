@@ -221,7 +221,9 @@ fn plan_never_trusts_a_process_that_only_calls_itself_locket() {
         cd {evil}
         setpriv --reuid=65534 --regid=65534 --clear-groups \
           bash -c 'exec -a locket python3 -c "import time; time.sleep(60)" serve --config evil.toml' &
-        until grep -q "serve" /proc/$!/cmdline 2>/dev/null && grep -q "^Uid:.*65534" /proc/$!/status; do
+        # Until python runs under its false name (before that, the process
+        # is setpriv, then bash, whose command lines only contain the words).
+        until [ "$(head -c 6 /proc/$!/cmdline 2>/dev/null)" = locket ] && grep -q "^Uid:.*65534" /proc/$!/status; do
             kill -0 $! 2>/dev/null || exit 99
             sleep 0.05
         done

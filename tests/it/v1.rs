@@ -714,5 +714,8 @@ async fn the_last_differences_from_the_original() {
         log.contains("answering 403, as the original answers a stale request"),
         "{log}"
     );
+    // The 30-s-old request was refused by the clock check (it runs first),
+    // not only as stamped before the start.
+    assert!(log.contains("timestamp is -30s from server time"), "{log}");
     assert!(!log.contains("answering 503"), "{log}");
 }
