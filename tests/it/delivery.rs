@@ -33,11 +33,7 @@ fn key_file(dir: &Path) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::support::reserved_port()
 }
 
 fn with_listen(config: &Path, port: u16) {

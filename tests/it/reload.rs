@@ -373,8 +373,13 @@ async fn require_bound_requests_refuses_unbound_ones_and_applies_on_reload() {
 async fn a_client_follows_its_server_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_server_files(dir.path(), "A=a\n", &clients(), "");
+    // One address for both processes, where no other connection lands.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", crate::support::reserved_port())
+        .parse()
+        .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("127.0.0.1:0", &addr.to_string())).unwrap();
     let first = ServerProcess::start(&config, &[]);
-    let addr = first.addr;
     let mut client_config =
         locket::config::client::ClientConfig::single(format!("http://{addr}"), "app", "unused");
     client_config.server_fingerprint = Some(server_key().fingerprint().to_owned());
@@ -388,8 +393,6 @@ async fn a_client_follows_its_server_across_a_restart() {
     assert_eq!(got[0].1.expose(), "a");
     first.stop();
     // The same address, a new process (and instance).
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("127.0.0.1:0", &addr.to_string())).unwrap();
     let second = ServerProcess::start(&config, &[]);
     let got = client.fetch(&["A".into()]).await.unwrap();
     assert_eq!(got[0].1.expose(), "a");

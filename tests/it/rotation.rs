@@ -53,11 +53,9 @@ async fn the_server_key_rotates_with_no_failed_fetch() {
     crate::support::server_key()
         .write_new(&d.join("a.pem"))
         .unwrap();
-    let first = ServerProcess::start(&config(d, "127.0.0.1:0", "a.pem", None), &[]);
-    let addr = first.addr;
-    let listen = addr.to_string();
-    let url = format!("http://{addr}");
-    first.stop();
+    // One address for every restart, where no other connection lands.
+    let listen = format!("127.0.0.1:{}", crate::support::reserved_port());
+    let url = format!("http://{listen}");
 
     // Clients run throughout, with the pins of the current step.
     let pins = Arc::new(Mutex::new(vec![a.clone()]));

@@ -148,6 +148,29 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) {
         .unwrap();
 }
 
+/// A loopback port that is free now and below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), so that no client connection of a
+/// parallel test takes it as its source port while a server restarts on
+/// it. Ports handed out in this process are not handed out again.
+pub(crate) fn reserved_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (first, span) = (10_000u32, low.saturating_sub(10_000).max(1));
+    let start = std::process::id() % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(n < span, "no free port below {low}");
+        let port = (first + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Writes `server.toml`, `secrets.env` and the server key into `dir`.
 pub(crate) fn write_server_files(
     dir: &Path,
