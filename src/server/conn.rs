@@ -1,4 +1,4 @@
-//! The accept loop: connection slots, the per-source cap, TLS, the
+//! The accept loop: admission to the connection slots, TLS, the
 //! header and request timeouts, and graceful shutdown. It serves whatever
 //! routes start-up gives it (v2 and, when enabled, v1), so it knows no
 //! protocol.
@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use warp::Filter;
 use warp::reply::Response;
 
+use super::admission::Admitted;
 use super::state::State;
 
 /// A connection's byte stream, plain TCP or TLS.
@@ -25,6 +26,30 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 /// The peer address of a connection, attached to each of its requests.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
+
+/// All unfinished request heads together may hold this much memory.
+const HEADS_BUDGET: usize = 32 * 1024 * 1024;
+
+/// The read buffer of one connection when `max_connections` may be open:
+/// the heads budget shared among them, within hyper's smallest buffer
+/// (8 KiB) and 64 KiB: 8 KiB at the default 4,096 connections, as nginx's
+/// default for a header line. A request head larger than it gets 431. Every route
+/// keeps its data in the body (bounded by `max_request_bytes`), so a
+/// genuine head is a few hundred bytes.
+pub(crate) fn head_buffer(max_connections: usize) -> usize {
+    (HEADS_BUDGET / max_connections.max(1)).clamp(8 * 1024, 64 * 1024)
+}
+
+/// The HTTP/1 server settings for one connection.
+fn http(max_buf_size: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(max_buf_size);
+    builder.http1_only()
+}
 
 /// Serves `state` on `listener` until `shutdown` completes, then lets
 /// requests in flight finish (for up to 10 seconds).
@@ -38,22 +63,16 @@ where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 * 1024);
-    let builder = builder.http1_only();
     tokio::pin!(shutdown);
-    let slots = Arc::clone(&state.guards.connection_slots);
-    loop {
-        // At the cap, stop accepting: new connections wait in the kernel's
-        // listen queue until one closes.
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+    let admission = Arc::clone(&state.guards.admission);
+    'accept: loop {
+        // At the cap, with no connection that can give way, stop accepting:
+        // new connections wait in the kernel's listen queue.
+        let limit = state.runtime.load().config.max_connections;
+        tokio::select! {
+            () = admission.room(limit) => {}
             () = &mut shutdown => break,
-        };
+        }
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -66,23 +85,41 @@ where
             },
             () = &mut shutdown => break,
         };
-        // Read per connection: a reload may change them.
-        let (request_timeout, per_source_limit) = {
+        // Read per connection, once it is here: a reload may change them.
+        let (request_timeout, limit, per_source_limit) = {
             let rt = state.runtime.load();
             (
                 rt.config.request_timeout,
+                rt.config.max_connections,
                 rt.config.max_connections_per_source,
             )
         };
-        // One host cannot hold every slot: past its share it is closed at
-        // once, and its slot goes back to everyone else.
-        let Some(source_slot) = state
-            .guards
-            .per_source
-            .try_open(addr.ip(), per_source_limit)
-        else {
-            tracing::debug!(peer = %addr, "connection closed: its source has max_connections_per_source open");
-            state.metrics.request("too_many_connections", 0.0);
+        // One host cannot hold every slot, and nobody can keep a client
+        // out by holding slots without sending requests (`admission`).
+        let slot = loop {
+            match admission.admit(addr.ip(), limit, per_source_limit, Instant::now()) {
+                Admitted::Yes { slot, shed } => {
+                    if shed > 0 {
+                        tracing::debug!(peer = %addr, shed, "closed connections that had no request in progress to make room");
+                        state.metrics.connections_shed.inc_by(shed as u64);
+                    }
+                    break Some(Arc::new(slot));
+                }
+                Admitted::SourceFull => {
+                    tracing::debug!(peer = %addr, "connection closed: its source's every slot is held by requests in progress or verified clients");
+                    state.metrics.request("too_many_connections", 0.0);
+                    break None;
+                }
+                // What could give way when it was accepted no longer can
+                // (it became a verified client's): this one waits, as it
+                // would have in the listen queue.
+                Admitted::Full => tokio::select! {
+                    () = admission.room(limit) => {}
+                    () = &mut shutdown => break 'accept,
+                },
+            }
+        };
+        let Some(slot) = slot else {
             continue;
         };
         let service = warp::service(routes.clone());
@@ -92,9 +129,13 @@ where
         // not a failed authentication when the header timeout closes it.
         let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let served_in_service = Arc::clone(&served);
+        let slot_in_service = Arc::clone(&slot);
         let hyper_service = hyper::service::service_fn(
             move |mut req: hyper::Request<hyper::body::Incoming>| {
                 served_in_service.store(true, std::sync::atomic::Ordering::SeqCst);
+                slot_in_service.request_started();
+                let slot = Arc::clone(&slot_in_service);
+                let post = req.method() == hyper::Method::POST;
                 let timeout_state = Arc::clone(&timeout_state);
                 req.extensions_mut().insert(Peer(addr));
                 let mut service = service.clone();
@@ -102,8 +143,16 @@ where
                 async move {
                     // The whole request, body included, within request_timeout.
                     match tokio::time::timeout(request_timeout, call).await {
-                        Ok(answer) => answer,
+                        Ok(answer) => {
+                            // Every POST route is a secrets route: a 2xx there
+                            // means a registered client's signature held.
+                            let verified =
+                                post && answer.as_ref().is_ok_and(|r| r.status().is_success());
+                            slot.request_ended(verified);
+                            answer
+                        }
                         Err(_) => {
+                            slot.request_ended(false);
                             tracing::warn!(peer = %addr, "request took longer than request_timeout; answering 408");
                             // A sender too slow to finish counts as a failed
                             // authentication: holding connections open is
@@ -126,19 +175,24 @@ where
                 }
             },
         );
-        let builder = builder.clone();
+        let builder = http(head_buffer(limit));
         let watcher = graceful.watcher();
         let tls = state.keys.tls.clone();
         let conn_state = Arc::clone(&state);
         tokio::spawn(async move {
-            let _slot = slot;
-            let _source_slot = source_slot;
             let io: Box<dyn Io> = match tls {
                 None => Box::new(stream),
                 Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    let handshake = tokio::select! {
+                        done = handshake => done,
+                        () = slot.shed() => {
+                            tracing::debug!(peer = %addr, "closed during the TLS handshake to make room");
+                            return;
+                        }
+                    };
+                    match handshake {
                         Ok(Ok(s)) => Box::new(s),
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
@@ -151,13 +205,19 @@ where
                     }
                 }
             };
-            let result = watcher
-                .watch(
-                    builder
-                        .serve_connection(TokioIo::new(io), hyper_service)
-                        .into_owned(),
-                )
-                .await;
+            let serving = watcher.watch(
+                builder
+                    .serve_connection(TokioIo::new(io), hyper_service)
+                    .into_owned(),
+            );
+            // Dropping the connection closes it.
+            let result = tokio::select! {
+                result = serving => result,
+                () = slot.shed() => {
+                    tracing::debug!(peer = %addr, "closed to make room for a newer connection");
+                    return;
+                }
+            };
             if let Err(e) = result {
                 // A request head that never finished within the header
                 // timeout counts as a failed authentication, like a body

@@ -41,6 +41,8 @@ pub(crate) struct Metrics {
     pub stale: Gauge,
     pub ready: Gauge,
     pub memory_locked: Gauge,
+    /// Connections closed to make room for a newer one.
+    pub connections_shed: Counter,
     source_stale: Family<SourceLabel, Gauge>,
     source_age: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     source_load: Family<SourceLabel, Gauge<f64, AtomicU64>>,
@@ -65,6 +67,12 @@ impl Default for Metrics {
             "request_duration_seconds",
             "Time to answer a secret request",
             latency.clone(),
+        );
+        let connections_shed = Counter::default();
+        registry.register(
+            "connections_shed",
+            "Connections closed to make room for a newer one: they had no request in progress, or had been sending one for too long",
+            connections_shed.clone(),
         );
         let source_loads = Family::<Result_, Counter>::default();
         registry.register(
@@ -152,6 +160,7 @@ impl Default for Metrics {
             registry,
             requests,
             latency,
+            connections_shed,
             source_loads,
             reloads,
             secrets,

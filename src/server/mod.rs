@@ -9,11 +9,13 @@
 //! The files, from the bottom up: `state` (what the server holds), `gate`
 //! (what both protocols share around a request), `pipeline` and `outcome`
 //! (v2's checks, in order, and how any request ended), `routes` (v2's HTTP
-//! answers), `conn` (the accept loop, which knows no protocol), `refresh`
+//! answers), `admission` (who holds the connection slots, and who gives
+//! way when they are full), `conn` (the accept loop, which knows no protocol), `refresh`
 //! (sources and reloads), and `startup`, which mounts v2 and, when enabled,
 //! v1 (`crate::v1`, which stands on `gate` and `state`; nothing here imports
 //! it but start-up).
 
+mod admission;
 pub(crate) mod conn;
 pub(crate) mod gate;
 pub(crate) mod health;

@@ -10,12 +10,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
+pub(crate) enum Source {
     V4(u32),
     V6(u64),
 }
 
-fn source(ip: IpAddr) -> Source {
+pub(crate) fn source(ip: IpAddr) -> Source {
     match ip.to_canonical() {
         IpAddr::V4(v4) => Source::V4(u32::from(v4)),
         IpAddr::V6(v6) => Source::V6((u128::from(v6) >> 64) as u64),
@@ -150,80 +150,5 @@ mod tests {
         // After the window, room for new sources again.
         l.failure("192.0.2.1".parse().unwrap(), 1000);
         assert_eq!(l.tracked(), 1);
-    }
-}
-
-/// Open connections per source (IPv4 address or IPv6 /64), so that one host
-/// cannot take every connection slot (`max_connections_per_source`).
-#[derive(Debug, Default)]
-pub(crate) struct ConnectionCounter {
-    open: Mutex<HashMap<Source, usize>>,
-}
-
-/// One open connection of a source; the count goes down when it drops.
-#[derive(Debug)]
-pub(crate) struct SourceSlot {
-    counter: std::sync::Arc<ConnectionCounter>,
-    source: Source,
-}
-
-impl ConnectionCounter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Source, usize>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A slot for one more connection from `ip`, unless it has `limit` open.
-    pub(crate) fn try_open(
-        self: &std::sync::Arc<Self>,
-        ip: IpAddr,
-        limit: usize,
-    ) -> Option<SourceSlot> {
-        let key = source(ip);
-        let mut open = self.lock();
-        let count = open.entry(key).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(SourceSlot {
-            counter: std::sync::Arc::clone(self),
-            source: key,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut open = self.counter.lock();
-        if let Some(count) = open.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.source);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod connection_tests {
-    use super::*;
-
-    #[test]
-    fn one_source_is_capped_and_others_are_not() {
-        let c = std::sync::Arc::new(ConnectionCounter::default());
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let a6: IpAddr = "2001:db8::1".parse().unwrap();
-        let a6_same_64: IpAddr = "2001:db8::2".parse().unwrap();
-        let first = c.try_open(a, 2).unwrap();
-        let _second = c.try_open(a, 2).unwrap();
-        assert!(c.try_open(a, 2).is_none(), "a third from one source");
-        assert!(c.try_open("10.0.0.2".parse().unwrap(), 2).is_some());
-        drop(first);
-        assert!(
-            c.try_open(a, 2).is_some(),
-            "a closed connection frees its slot"
-        );
-        let _v6 = c.try_open(a6, 1).unwrap();
-        assert!(c.try_open(a6_same_64, 1).is_none(), "IPv6 counts per /64");
     }
 }

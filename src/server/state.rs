@@ -13,14 +13,14 @@
 //! [`State::new`] builds all of it at once: nothing is assigned after
 //! construction, so a reader of a field knows it was set there.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use ed25519_dalek::VerifyingKey;
 
-use super::{health, metrics, ratelimit, replay};
+use super::{admission, health, metrics, ratelimit, replay};
 use crate::config::server::ServerConfig;
 use crate::keys::ServerKey;
 use crate::locked::LockStatus;
@@ -150,12 +150,9 @@ pub(crate) struct Guards {
     pub replay: Mutex<replay::ReplayCache>,
     /// Sources that failed to authenticate too often.
     pub failures: ratelimit::FailureLimiter,
-    /// One permit per connection served at once (`max_connections`).
-    pub connection_slots: Arc<tokio::sync::Semaphore>,
-    /// The number of permits `connection_slots` stands for now.
-    max_connections: AtomicUsize,
-    /// Open connections per source (`max_connections_per_source`).
-    pub per_source: Arc<ratelimit::ConnectionCounter>,
+    /// Every open connection and who gives way when the slots are full
+    /// (`max_connections`, `max_connections_per_source`).
+    pub admission: Arc<admission::Admission>,
     /// Requests stamped before this (unix seconds) are refused: this
     /// process cannot know whether their nonces were spent (before it
     /// started, or before a reload widened the clock window).
@@ -174,9 +171,7 @@ impl Guards {
                 config.failed_auth_window.as_secs(),
                 100_000,
             ),
-            connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-            max_connections: AtomicUsize::new(config.max_connections),
-            per_source: Arc::default(),
+            admission: Arc::default(),
             remembered_since: AtomicI64::new(crate::clock::unix_now()),
             dummy_key: crate::keys::ClientKey::from_seed(&[0x42; 32]).verifying_key(),
         }
@@ -263,37 +258,14 @@ impl State {
     }
 
     /// Applies the limits a reload may change while serving: the
-    /// failed-authentication limit and window, and `max_connections`
-    /// (`request_timeout` is read per connection). A lower connection cap
-    /// takes effect as connections end: the surplus permits are taken back
-    /// as they come free.
+    /// failed-authentication limit and window. `max_connections`,
+    /// `max_connections_per_source` and `request_timeout` are read per
+    /// connection; a lower connection cap holds as connections are admitted
+    /// (see `admission`).
     pub(crate) fn apply_limits(&self, config: &ServerConfig) {
-        let guards = &self.guards;
-        guards
+        self.guards
             .failures
             .set_limits(config.max_failed_auth, config.failed_auth_window.as_secs());
-        let old = guards
-            .max_connections
-            .swap(config.max_connections, Ordering::SeqCst);
-        let new = config.max_connections;
-        if new > old {
-            guards.connection_slots.add_permits(new - old);
-        } else if new < old {
-            let surplus = u32::try_from(old - new).unwrap_or(u32::MAX);
-            // Free permits are taken back at once (so the new cap holds when
-            // the reload is reported); those in use, as their connections end.
-            match Arc::clone(&guards.connection_slots).try_acquire_many_owned(surplus) {
-                Ok(permits) => permits.forget(),
-                Err(_) => {
-                    let slots = Arc::clone(&guards.connection_slots);
-                    tokio::spawn(async move {
-                        if let Ok(permits) = slots.acquire_many_owned(surplus).await {
-                            permits.forget();
-                        }
-                    });
-                }
-            }
-        }
     }
 
     /// A reload changes the clock window from `old` to `new` seconds at

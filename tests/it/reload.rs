@@ -225,8 +225,10 @@ fn max_connections_applies_on_reload() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_then(dir.path(), "max_connections = 100", "max_connections = 1");
     assert!(server.reload().contains("config reloaded"));
-    // One idle connection holds the only slot; the next waits unserved.
-    let idle = TcpStream::connect(server.addr).unwrap();
+    // One verified client's connection holds the only slot (it never gives
+    // way to a newcomer); the next waits unserved.
+    let idle =
+        crate::support::verified_connection(server.addr, &signed_at(locket::clock::unix_now()));
     let mut next = TcpStream::connect(server.addr).unwrap();
     next.set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();

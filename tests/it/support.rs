@@ -70,6 +70,40 @@ pub(crate) fn raw_get(addr: SocketAddr, path: &str) -> String {
     out
 }
 
+/// A keep-alive connection on which `body` (a request a registered client
+/// signed) was served: the server counts it as a verified client's, which
+/// never gives way to newcomers. Panics unless the answer is 200.
+pub(crate) fn verified_connection(addr: SocketAddr, body: &[u8]) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /v1/secrets HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    // Read the head, then exactly the body it announces, so the connection
+    // stays open and idle afterwards.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("a content-length");
+    let mut answer = vec![0u8; length];
+    s.read_exact(&mut answer).unwrap();
+    s
+}
+
 /// The answer to `POST path` announcing a body of `content_length` bytes,
 /// sent as the head alone. A server that refuses the size answers at once,
 /// so the test never races its own body against the server closing the
