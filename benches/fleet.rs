@@ -25,6 +25,9 @@ use locket::keys::{ClientKey, ReplyKey, ServerKey, ServerPublicKey};
 use locket::protocol::{self, Header, Request, RequestBody};
 use locket::secret::SecretValue;
 
+#[path = "fleet/v1.rs"]
+mod v1;
+
 const SECRETS: usize = 10_000;
 const CLIENTS: usize = 1_000;
 const PER_CLIENT: usize = 10;
@@ -522,6 +525,7 @@ fn main() {
         let reply = ReplyKey::generate_x25519().unwrap();
         let floor = crypto_floor(&key, &reply, 1);
         assert!(floor > Duration::ZERO);
+        assert!(v1::harness_ok());
         println!(
             "fleet bench: harness ok (run it with `cargo bench --bench fleet`); 1 passed, 0 failed"
         );
@@ -538,8 +542,10 @@ fn main() {
     let mut profiles = String::new();
     let mut json_rows = Vec::new();
     let mut summary = Vec::new();
-    // LOCKET_BENCH_BITS=2048 (or 3072) runs one key size only.
+    // LOCKET_BENCH_BITS=2048 (or 3072) runs one key size only; 0, none
+    // (the [v1] rows only).
     let sizes: Vec<usize> = match std::env::var("LOCKET_BENCH_BITS") {
+        Ok(b) if b == "0" => Vec::new(),
         Ok(b) => vec![b.parse().expect("LOCKET_BENCH_BITS is a number of bits")],
         Err(_) => vec![locket::keys::DEFAULT_SERVER_KEY_BITS, 2048],
     };
@@ -796,6 +802,50 @@ fn main() {
             wall <= Duration::from_secs(1) && cpu <= Duration::from_millis(10),
         ));
     }
+    // [v1]: the original's protocol as its Go clients speak it, against its
+    // own floor (RSA-2048, as the original used; LOCKET_BENCH_V1=0 skips).
+    if std::env::var("LOCKET_BENCH_V1").as_deref() != Ok("0") {
+        let total = std::env::var("LOCKET_BENCH_REQUESTS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1200);
+        for r in v1::rows(&rt, total) {
+            let ratio = r.cpu_per_req / r.floor.as_secs_f64();
+            worst_ratio = worst_ratio.max(ratio);
+            writeln!(
+                table,
+                "{:>5} | {:<26} | {:>3} | {:>8.0} | {:>8.0} | {:>7.2} | {:>7.2} | {:>8.3} | {:>8.3} | {:>7.3} | {:>5.2}x",
+                2048,
+                format!("[v1] Go client, {} svc", v1::SERVICES),
+                r.c,
+                r.req_per_s,
+                r.req_per_s,
+                r.p50.as_secs_f64() * 1e3,
+                r.p99.as_secs_f64() * 1e3,
+                r.cpu_per_req * 1e3,
+                r.cpu_per_req * 1e3,
+                r.floor.as_secs_f64() * 1e3,
+                ratio
+            )
+            .unwrap();
+            if r.failed > 0 {
+                targets.push((
+                    format!("[v1] C={}: every request answered 200", r.c),
+                    format!("{} of {} failed", r.failed, r.requests),
+                    false,
+                ));
+            }
+            json_rows.push(serde_json::json!({
+                "key_bits": 2048, "workload": "v1", "concurrency": r.c,
+                "requests": r.requests, "failed": r.failed,
+                "requests_per_s": r.req_per_s,
+                "p50_ms": r.p50.as_secs_f64() * 1e3, "p99_ms": r.p99.as_secs_f64() * 1e3,
+                "server_cpu_ms_per_request": r.cpu_per_req * 1e3,
+                "crypto_floor_ms_per_request": r.floor.as_secs_f64() * 1e3,
+                "cpu_over_floor": ratio,
+            }));
+        }
+    }
     println!(
         "bits  | workload                   |   C | secrets/s| req/s    | p50 ms  | p99 ms  | CPU ms/req | CPU ms/secret | floor ms | CPU/floor"
     );
@@ -809,8 +859,7 @@ fn main() {
         );
         print!("{profiles}");
     }
-    // Against the crypto floor measured in this run; the original only as
-    // measured side by side (its figures are not re-measured here).
+    // Against the crypto floor measured in this run.
     for (bits, per_secret, floor_per_secret) in &summary {
         println!(
             "{bits:>5} | fleet restart, C=16: {:.3} ms server CPU per secret = {:.2}x this run's crypto floor ({:.3} ms per secret in batches of {PER_CLIENT})",
@@ -819,8 +868,11 @@ fn main() {
             floor_per_secret.as_secs_f64() * 1e3
         );
     }
+    // The original is not built here (no Go toolchain); its figures are
+    // quoted with the conditions they were measured under, never carried
+    // from a run that is no longer reproduced.
     println!(
-        "original locket (Go), not measured here; as measured side by side with locket on one 2-core machine, reported in issue #17 (2026; RSA-2048, 16 services): the original 1.8-2.3 ms server CPU per secret; locket v2 0.036-0.042 ms per secret in batches of 10 (43-54x less), 0.36-0.41 ms for one secret per request (about 5x less); [v1] with the original's Go client 0.77-0.89 ms (0.40-0.45x)"
+        "original locket (Go), not measured here. Last side-by-side measurement (issue #33, 2026-12): the original built with Go 1.27, RSA-2048, 16 services x 10 secrets, one 2-core machine. Server CPU against it: locket v2 in batches of 10, warm client: 22-29x less; v2 with a cold locket-client process per request: 17-20x less; [v1] with the original's own Go client, one secret per request, keep-alive: 0.54-0.81x (C=16 to 1), measured before the v1 path was brought to its floor (see the [v1] rows above for this run)"
     );
     targets.insert(
         0,

@@ -3,12 +3,14 @@
 //! Checks run in the original's order (see docs/protocol.md, "Protocol v1"):
 //! source IP, size, JSON, payload decryption, nonce present, clock,
 //! signature (tried against every registered key: a v1 request does not say
-//! who sent it), then that client's own networks, replay, and its grants.
+//! who sent it; the client that last signed with the same `client_pubkey`
+//! is tried first, see `Hints`), then that client's own networks, replay, and its grants.
 //! Unlike v2, this decrypts before it authenticates, as the original did;
 //! the first check (the address must be inside some client's networks) is
 //! what keeps strangers from the RSA key. Keep it off unless Go clients
 //! still need it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::{Lookup, shape, wire};
 use crate::clock::{clock_ok, unix_now};
+use crate::crypto::Encrypter;
 use crate::server::conn::Peer;
 use crate::server::gate::{self, rate_limited, request_id};
 use crate::server::outcome::Outcome;
@@ -45,6 +48,48 @@ fn text(status: StatusCode, body: &str) -> Response {
     r
 }
 
+/// What earlier requests taught about a `client_pubkey` (a Go client's RSA
+/// key, the same in every request of one process): which registered client
+/// signed with it, and the key parsed. A v1 request does not say who sent
+/// it, so without this each request tries the signature against every
+/// registered key (one ed25519 verification each: half the registry on
+/// average) and parses the PEM again. A hint only orders the trials: the
+/// signature is still verified, and a wrong or stale hint (a reload renamed
+/// the client, or another client sent the same key) falls back to the full
+/// scan. Bounded: forgotten whole when full.
+#[derive(Default)]
+struct Hints {
+    map: std::sync::Mutex<HashMap<[u8; 32], Hint>>,
+}
+
+#[derive(Clone)]
+struct Hint {
+    client: String,
+    key: Arc<Encrypter>,
+}
+
+/// Most `client_pubkey`s remembered at once.
+const HINTS: usize = 4096;
+
+impl Hints {
+    fn id(client_pubkey: &str) -> [u8; 32] {
+        Sha256::digest(client_pubkey.as_bytes()).into()
+    }
+
+    fn get(&self, client_pubkey: &str) -> Option<Hint> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&Self::id(client_pubkey)).cloned()
+    }
+
+    fn learn(&self, client_pubkey: &str, hint: Hint) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= HINTS {
+            map.clear();
+        }
+        map.insert(Self::id(client_pubkey), hint);
+    }
+}
+
 /// The v1 routes on `path`: GET (key), OPTIONS, POST; other methods 405.
 pub(super) fn routes(
     state: Arc<State>,
@@ -64,6 +109,8 @@ pub(super) fn routes(
         })
         .untuple_one();
     let with_state = warp::any().map(move || Arc::clone(&state));
+    let hints = Arc::new(Hints::default());
+    let with_hints = warp::any().map(move || Arc::clone(&hints));
     let get = warp::get()
         .and(with_state.clone())
         .map(|state: Arc<State>| {
@@ -86,6 +133,7 @@ pub(super) fn routes(
     });
     let post = warp::post()
         .and(with_state)
+        .and(with_hints)
         .and(warp::ext::get::<Peer>())
         .and(warp::body::content_length_limit(wire::MAX_BODY))
         .and(warp::body::stream())
@@ -117,6 +165,7 @@ type V1Outcome = Outcome<String>;
 
 async fn handle<B: Buf>(
     state: Arc<State>,
+    hints: Arc<Hints>,
     peer: Peer,
     body: impl Stream<Item = Result<B, warp::Error>>,
 ) -> Response {
@@ -128,16 +177,9 @@ async fn handle<B: Buf>(
         return response;
     }
     let outcome = match read_body(&state, ip, body).await {
-        Ok(body) => {
-            let st = Arc::clone(&state);
-            match tokio::task::spawn_blocking(move || process(&st, ip, &body)).await {
-                Ok(o) => o,
-                Err(e) => V1Outcome::Internal {
-                    client: None,
-                    reason: format!("worker failed: {e}"),
-                },
-            }
-        }
+        // On the worker thread, as v2's pipeline: one RSA operation is
+        // shorter than the two thread hand-offs a blocking task would cost.
+        Ok(body) => process(&state, &hints, ip, &body),
         Err(refused) => refused,
     };
     gate::finish(&state, &outcome, &id, "v1", ip, started);
@@ -214,7 +256,7 @@ async fn read_body<B: Buf>(
     Ok(out)
 }
 
-fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
+fn process(state: &State, hints: &Hints, ip: IpAddr, body: &[u8]) -> V1Outcome {
     let runtime = state.runtime.load_full();
     let registry = &runtime.registry;
     // 1. (the address) and the shape of the body: `read_body`.
@@ -269,7 +311,8 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
             ),
         };
     }
-    // 5. Signature, against every registered key.
+    // 5. Signature, against every registered key (the hinted client's
+    // first).
     let Ok(signature) = base64_signature(&request.signature) else {
         return V1Outcome::Denied {
             client: None,
@@ -282,11 +325,17 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
         request.timestamp,
         &request.nonce,
     );
-    let Some(client) = registry.iter().find(|c| {
+    let verifies = |c: &crate::registry::RegisteredClient| {
         c.keys
             .iter()
             .any(|k| k.verify_strict(signed.as_bytes(), &signature).is_ok())
-    }) else {
+    };
+    let hint = hints.get(&request.client_pubkey);
+    let hinted = hint
+        .as_ref()
+        .and_then(|h| registry.get(&h.client))
+        .filter(|c| verifies(c));
+    let Some(client) = hinted.or_else(|| registry.iter().find(|c| verifies(c))) else {
         return V1Outcome::Denied {
             client: None,
             reason: "signature verifies with no registered key".into(),
@@ -339,30 +388,55 @@ fn process(state: &State, ip: IpAddr, body: &[u8]) -> V1Outcome {
             reason: "the client is granted no secrets".into(),
         };
     }
-    if !snapshot.iter().any(|(n, _)| client.may_read(n)) {
+    // The value asked for, when it exists and is granted: then the grants
+    // plainly match a secret, and the scan below is not needed.
+    let granted = snapshot.get(&lookup).filter(|_| client.may_read(&lookup));
+    if granted.is_none() && !snapshot.iter().any(|(n, _)| client.may_read(n)) {
         return V1Outcome::Denied {
             client: Some(client_name),
             reason: "the client's grants match no secret that exists".into(),
         };
     }
-    let value = match snapshot.get(&lookup) {
-        Some(v) if client.may_read(&lookup) => v,
-        _ => {
-            return V1Outcome::NotFound {
-                answer: None,
-                client: client_name,
-                missing: vec![lookup],
-            };
-        }
+    let Some(value) = granted else {
+        return V1Outcome::NotFound {
+            answer: None,
+            client: client_name,
+            missing: vec![lookup],
+        };
     };
-    let client_key = match wire::parse_public_key_pem(&request.client_pubkey) {
-        Ok(k) => k,
-        Err(e) => {
-            return V1Outcome::BadRequest {
-                client: Some(client_name),
-                reason: e.to_string(),
-            };
+    let client_key = match hint {
+        // The same text parses to the same key, whoever sent it.
+        Some(h) => {
+            if h.client != client_name {
+                hints.learn(
+                    &request.client_pubkey,
+                    Hint {
+                        client: client_name.clone(),
+                        key: Arc::clone(&h.key),
+                    },
+                );
+            }
+            h.key
         }
+        None => match wire::parse_public_key_pem(&request.client_pubkey) {
+            Ok(k) => {
+                let key = Arc::new(k);
+                hints.learn(
+                    &request.client_pubkey,
+                    Hint {
+                        client: client_name.clone(),
+                        key: Arc::clone(&key),
+                    },
+                );
+                key
+            }
+            Err(e) => {
+                return V1Outcome::BadRequest {
+                    client: Some(client_name),
+                    reason: e.to_string(),
+                };
+            }
+        },
     };
     let max = wire::max_plaintext(&client_key);
     if value.len() > max {

@@ -719,3 +719,35 @@ async fn the_last_differences_from_the_original() {
     assert!(log.contains("timestamp is -30s from server time"), "{log}");
     assert!(!log.contains("answering 503"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_pubkey_two_services_share_never_lends_one_the_others_grants() {
+    // The server remembers which service last signed with a client_pubkey,
+    // to try that service's keys first; svc1 and svc2 send the same one
+    // (one RSA key per test process). The hint must never stand in for
+    // the signature: each is answered by its own grants, in any order.
+    let dir = tempfile::tempdir().unwrap();
+    let svc1 = V1Client::new(61, None);
+    let svc2 = V1Client::new(62, Some("127.0.0.2"));
+    assert_eq!(svc1.my_pubkey_pem(), svc2.my_pubkey_pem());
+    let config = setup(dir.path(), "", &svc1, &svc2);
+    let server = ServerProcess::start(&config, &[]);
+    let url = format!("http://{}/", server.addr);
+    for _ in 0..2 {
+        let (status, _, body) = svc1.ask(&url, "SERVICE1_VAR").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(svc1.open(&body), "one");
+        let (status, _, _) = svc2.ask(&url, "SERVICE1_VAR").await;
+        assert_eq!(status, 404, "svc2 is not granted SERVICE1_VAR");
+        let (status, _, body) = svc2.ask(&url, "SERVICE2_SYMBOLS").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(svc2.open(&body), SYMBOLS);
+        let (status, _, _) = svc1.ask(&url, "SERVICE2_SYMBOLS").await;
+        assert_eq!(status, 404, "svc1 is not granted SERVICE2_SYMBOLS");
+    }
+    // A key nobody registered, with the hinted client_pubkey: refused.
+    let stranger = V1Client::new(99, None);
+    let (status, _, _) = stranger.ask(&url, "SERVICE1_VAR").await;
+    assert_eq!(status, 403);
+    server.stop();
+}
