@@ -10,11 +10,16 @@
 //! refuse a newcomer while it holds a connection that has proven nothing:
 //! the connection that has waited longest without a request in progress
 //! (or has sat in one request longer than [`GRACE`]) is closed to make
-//! room. A genuine client's request arrives in one burst and is answered in
-//! milliseconds, so its connection is the newest when it needs the slot;
-//! to push it out, a flood would have to open a whole source's share of
-//! connections within those milliseconds, and every one of them is pushed
-//! out just as fast.
+//! room. At the source's share, that is the source's own oldest. At the
+//! whole table's cap, it comes from the source holding the most, and only
+//! while that source holds more than the newcomer's would: a fleet
+//! restarting, one connection per host, never pushes itself out (those
+//! wait in the listen queue, as they always did), while a few hosts
+//! holding many slots each give them up one by one. A genuine client's
+//! request arrives in one burst and is answered in milliseconds, so its
+//! connection is the newest when it needs the slot; to push it out, a flood
+//! would have to open a whole source's share of connections within those
+//! milliseconds, and every one of them is pushed out just as fast.
 //!
 //! A connection on which a `POST` was answered with success has carried a
 //! request a registered client signed (every `POST` route is a secrets
@@ -116,7 +121,9 @@ impl Admission {
             changed.as_mut().enable();
             {
                 let table = self.lock();
-                if table.conns.len() < limit || table.victim(None, Instant::now()).is_some() {
+                // A newcomer from a source holding none can take a slot
+                // from a source holding two or more.
+                if table.conns.len() < limit || table.victim(None, 1, Instant::now()).is_some() {
                     return;
                 }
             }
@@ -125,6 +132,15 @@ impl Admission {
                 () = changed => {}
                 () = tokio::time::sleep(GRACE / 4) => {}
             }
+        }
+    }
+
+    /// Returns when a connection closed or may now give way, or after a
+    /// while (a request in progress passes GRACE without a signal).
+    pub(crate) async fn changed(&self) {
+        tokio::select! {
+            () = self.changed.notified() => {}
+            () = tokio::time::sleep(GRACE / 4) => {}
         }
     }
 
@@ -142,16 +158,21 @@ impl Admission {
         let mut table = self.lock();
         let mut shed = 0;
         while table.per_source.get(&source).copied().unwrap_or(0) >= per_source {
-            let Some(victim) = table.victim(Some(source), now) else {
+            let Some(victim) = table.victim(Some(source), 0, now) else {
                 return Admitted::SourceFull;
             };
             table.shed(victim);
             shed += 1;
         }
-        // A reload may have lowered the limit below what is open: shed down
-        // to it, so that the new limit holds as connections come and go.
-        while table.conns.len() >= limit {
-            let Some(victim) = table.victim(None, now) else {
+        // The whole table is full: a newcomer takes a slot only from a
+        // source that, after the swap, still holds more than the
+        // newcomer's. Connections from many addresses at once (a fleet
+        // restarting, each host one connection) therefore never push each
+        // other out: they wait in the listen queue, as they always did;
+        // only a source holding more than its share gives way.
+        if table.conns.len() >= limit {
+            let mine = table.per_source.get(&source).copied().unwrap_or(0);
+            let Some(victim) = table.victim(None, mine + 1, now) else {
                 return Admitted::Full;
             };
             table.shed(victim);
@@ -189,16 +210,15 @@ impl Admission {
 impl Table {
     /// The connection that gives way next: within `source` when given,
     /// otherwise within the source holding the most connections (so a
-    /// flood pushes out its own first). The oldest one that can give way.
-    fn victim(&self, source: Option<Source>, now: Instant) -> Option<u64> {
-        let candidates = self
-            .conns
+    /// flood pushes out its own first), and only from a source holding more
+    /// than `more_than`. The oldest one that can give way.
+    fn victim(&self, source: Option<Source>, more_than: usize, now: Instant) -> Option<u64> {
+        let count = |s: &Source| self.per_source.get(s).copied().unwrap_or(0);
+        self.conns
             .iter()
             .filter_map(|(id, e)| Some((*id, e.source, e.standing.yields_since(now)?)))
-            .filter(|(_, s, _)| source.is_none_or(|want| *s == want));
-        candidates
+            .filter(|(_, s, _)| source.is_none_or(|want| *s == want) && count(s) > more_than)
             .max_by(|a, b| {
-                let count = |s: &Source| self.per_source.get(s).copied().unwrap_or(0);
                 count(&a.1)
                     .cmp(&count(&b.1))
                     // Older first: the earlier instant ranks higher.
@@ -336,30 +356,66 @@ mod tests {
             "the flood's own connection goes first"
         );
         assert_eq!(table.open(), 3);
-        // Nothing can give way: full.
-        for s in table.lock().conns.values_mut() {
-            s.standing = Standing::Verified;
-        }
+        // Now every source holds one: a newcomer from a fourth pushes out
+        // nobody (a fleet restarting, one connection per host, waits in
+        // the listen queue as it always did).
         assert!(matches!(
-            table.admit(ip("10.0.0.3"), 3, 10, t0),
+            table.admit(ip("10.0.0.3"), 3, 10, t0 + Duration::from_millis(4)),
+            Admitted::Full
+        ));
+        // Nor does one from a source already holding one.
+        assert!(matches!(
+            table.admit(ip("10.0.0.9"), 3, 10, t0 + Duration::from_millis(4)),
             Admitted::Full
         ));
     }
 
     #[test]
-    fn a_lower_limit_sheds_down_to_it() {
+    fn a_source_gives_way_only_while_it_holds_more_than_the_newcomers() {
         let table = Arc::new(Admission::default());
         let t0 = Instant::now();
-        let held: Vec<Slot> = (0..5)
+        let flood: Vec<Slot> = (0..4)
+            .map(|i| slot(table.admit(ip("10.0.0.9"), 4, 10, t0 + Duration::from_millis(i))))
+            .collect();
+        // 4 against 0, then 3 against 1: each newcomer takes one.
+        let _a = slot(table.admit(ip("10.0.0.1"), 4, 10, t0 + Duration::from_millis(10)));
+        let _b = slot(table.admit(ip("10.0.0.1"), 4, 10, t0 + Duration::from_millis(11)));
+        // 2 against 2: no more.
+        assert!(matches!(
+            table.admit(ip("10.0.0.1"), 4, 10, t0 + Duration::from_millis(12)),
+            Admitted::Full
+        ));
+        // The flood's two oldest went.
+        let left: Vec<bool> = flood
+            .iter()
+            .map(|f| table.lock().conns.contains_key(&f.id))
+            .collect();
+        assert_eq!(left, [false, false, true, true]);
+        // Verified connections never give way, whatever their source holds.
+        for f in flood[2..].iter().chain([&_a, &_b]) {
+            f.request_ended(true);
+        }
+        assert!(matches!(
+            table.admit(ip("10.0.0.2"), 4, 10, t0 + Duration::from_millis(13)),
+            Admitted::Full
+        ));
+    }
+
+    #[test]
+    fn a_lower_limit_takes_hold_as_connections_end() {
+        let table = Arc::new(Admission::default());
+        let t0 = Instant::now();
+        let mut held: Vec<Slot> = (0..5)
             .map(|i| slot(table.admit(ip(&format!("10.0.0.{i}")), 10, 10, t0)))
             .collect();
-        let admitted = table.admit(ip("10.0.1.1"), 2, 10, t0);
-        assert!(
-            matches!(admitted, Admitted::Yes { shed: 4, .. }),
-            "{admitted:?}"
-        );
-        assert_eq!(table.open(), 2);
-        drop(held);
+        // Lowered to 2 with 5 open, one per source: newcomers wait.
+        assert!(matches!(
+            table.admit(ip("10.0.1.1"), 2, 10, t0),
+            Admitted::Full
+        ));
+        held.truncate(1);
         assert_eq!(table.open(), 1);
+        let _new = slot(table.admit(ip("10.0.1.1"), 2, 10, t0));
+        assert_eq!(table.open(), 2);
     }
 }

@@ -110,11 +110,12 @@ where
                     state.metrics.request("too_many_connections", 0.0);
                     break None;
                 }
-                // What could give way when it was accepted no longer can
-                // (it became a verified client's): this one waits, as it
-                // would have in the listen queue.
+                // Nothing this one may push out (the slots are held by
+                // verified clients, young requests, or sources holding no
+                // more than its own): it waits, as it would have in the
+                // listen queue, and tries again when a connection closes.
                 Admitted::Full => tokio::select! {
-                    () = admission.room(limit) => {}
+                    () = admission.changed() => {}
                     () = &mut shutdown => break 'accept,
                 },
             }

@@ -105,48 +105,53 @@ async fn a_byte_per_second_sender_cannot_hold_a_connection() {
     server.stop().await;
 }
 
-/// Whether the server closed `s` (end of stream), waiting for it.
-fn closed_by_server(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(0))
+#[tokio::test(flavor = "multi_thread")]
+async fn at_the_cap_the_oldest_connection_without_a_request_gives_way() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::start_with("A=a\n", &clients(), "max_connections = 2").await;
+    // One host holds both slots with connections that sent nothing. The
+    // server admits in order, so both are admitted before the third.
+    let mut idle1 = connect_from("127.0.0.5", server.addr).await;
+    let _idle2 = connect_from("127.0.0.5", server.addr).await;
+    // Another host is admitted in place of that host's oldest.
+    let mut third = connect_from("127.0.0.6", server.addr).await;
+    assert!(served(&mut third).await, "the newcomer is served");
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(30), idle1.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the oldest idle one gave way: {closed:?}"
+    );
+    // Shed, not timed out (the header timeout would close it too, later).
+    let addr = server.addr;
+    let metrics = tokio::task::spawn_blocking(move || crate::support::raw_get(addr, "/metrics"))
+        .await
+        .unwrap();
+    let shed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("locket_connections_shed_total "))
+        .unwrap_or_else(|| panic!("no shed count in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(shed >= 1, "{shed}");
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn at_the_cap_the_oldest_connection_without_a_request_gives_way() {
+async fn connections_from_many_hosts_at_the_cap_wait_rather_than_push_each_other_out() {
+    // A fleet restarting: each host one connection. At the cap, a
+    // newcomer from yet another host pushes out nobody; it waits.
     let server = TestServer::start_with("A=a\n", &clients(), "max_connections = 2").await;
-    let addr = server.addr;
-    tokio::task::spawn_blocking(move || {
-        let mut idle1 = TcpStream::connect(addr).unwrap();
-        let _idle2 = TcpStream::connect(addr).unwrap();
-        // The server accepts in order: the third is admitted after the
-        // first two hold both slots, and the oldest of them is closed.
-        let mut third = TcpStream::connect(addr).unwrap();
-        third
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            third,
-            "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut buf = [0u8; 256];
-        let n = third.read(&mut buf).unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        assert!(closed_by_server(&mut idle1), "the oldest idle one gave way");
-        // Shed, not timed out (the header timeout would close it too, later).
-        let metrics = crate::support::raw_get(addr, "/metrics");
-        let shed: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("locket_connections_shed_total "))
-            .unwrap_or_else(|| panic!("no shed count in {metrics}"))
-            .trim()
-            .parse()
-            .unwrap();
-        assert!(shed >= 1, "{shed}");
-    })
-    .await
-    .unwrap();
+    let mut first = connect_from("127.0.0.5", server.addr).await;
+    let mut second = connect_from("127.0.0.6", server.addr).await;
+    let mut third = connect_from("127.0.0.7", server.addr).await;
+    let waited = tokio::time::timeout(Duration::from_millis(700), served(&mut third)).await;
+    assert!(waited.is_err(), "served while two hosts hold both slots");
+    assert!(served(&mut first).await, "the first was not pushed out");
+    assert!(served(&mut second).await, "the second was not pushed out");
+    drop(first);
+    assert!(served(&mut third).await, "served once a slot is free");
     server.stop().await;
 }
 
