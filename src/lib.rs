@@ -30,15 +30,18 @@
 //!   settings.
 //! * [`server`]: `state` (keys, guards, secrets), `gate` (what both
 //!   protocols share around a request), `pipeline`/`outcome`, `routes`,
-//!   `conn` (the accept loop), `refresh`, `startup`
+//!   `admission` (who holds the connection slots), `conn` (the accept
+//!   loop), `refresh`, `startup`
 //!   ([`server::Server::load`] and [`server::Server::serve`], which tests
 //!   share with `locket serve`, and which mount v1); [`client`]: fetching
-//!   secrets and handing them to programs; [`plan`]: what a config change
-//!   grants; [`discover`]: the running server's config, for `locket plan`,
+//!   secrets and handing them to programs; [`check`]: what a config would
+//!   serve (`locket check`); [`plan`]: what a config change grants
+//!   (`locket plan`); [`discover`]: the running server's config, for `locket plan`,
 //!   trusting only what deserves it.
 //! * [`v1`]: the original locket's protocol, on `server`'s gate and state.
 //! * `src/bin/`: the two binaries, thin over all of the above.
 
+pub mod check;
 pub mod client;
 pub mod clock;
 pub mod config;

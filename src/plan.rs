@@ -358,3 +358,109 @@ mod tests {
         assert_eq!(plan(&old, &old, None).to_string(), "no changes\n");
     }
 }
+
+/// Why `locket plan` could not compare two configs.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A config that does not load.
+    #[error("{}: {source}", path.display())]
+    Config {
+        path: std::path::PathBuf,
+        source: crate::config::ConfigError,
+    },
+    /// No running server's config could be found or trusted.
+    #[error(transparent)]
+    Discover(#[from] crate::discover::DiscoverError),
+    /// A source failed while resolving grants into names (`--resolve`).
+    #[error("{}: {source}", path.display())]
+    Source {
+        path: std::path::PathBuf,
+        source: Box<crate::source::SourceError>,
+    },
+}
+
+/// A plan between two config files.
+#[derive(Debug)]
+pub struct FilePlan {
+    /// The old side: `against`, or the running server's config.
+    pub old_path: std::path::PathBuf,
+    pub new_path: std::path::PathBuf,
+    pub plan: Plan,
+}
+
+impl fmt::Display for FilePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "plan: {} -> {}",
+            self.old_path.display(),
+            self.new_path.display()
+        )?;
+        write!(f, "{}", self.plan)
+    }
+}
+
+/// Plans the change from `against` (or, without it, the config of the
+/// running server this process can trust: see [`crate::discover`]) to
+/// `new`. With `resolve`, both sides' sources are loaded so that grants
+/// resolve to names; a discovered config is read only through its checked
+/// handle, since resolving runs its `command` sources.
+pub async fn plan_files(
+    new: &std::path::Path,
+    against: Option<&std::path::Path>,
+    resolve: bool,
+) -> Result<FilePlan, PlanError> {
+    use crate::config::server::ServerConfig;
+    let load = |path: &std::path::Path| {
+        ServerConfig::load(path).map_err(|source| PlanError::Config {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let (old_path, old) = match against {
+        Some(path) => (path.to_owned(), load(path)?),
+        None => {
+            let running = crate::discover::running_server_config()?;
+            let old =
+                ServerConfig::from_file_text(&running.path, &running.text).map_err(|source| {
+                    PlanError::Config {
+                        path: running.path.clone(),
+                        source,
+                    }
+                })?;
+            (running.path, old)
+        }
+    };
+    let new_checked = load(new)?;
+    let resolved = |config: &ServerConfig, path: &std::path::Path| {
+        let sources = config.sources.clone();
+        let path = path.to_owned();
+        async move {
+            crate::source::load_all(&sources)
+                .await
+                .map(|(set, _)| set)
+                .map_err(|source| PlanError::Source {
+                    path,
+                    source: Box::new(source),
+                })
+        }
+    };
+    let sets = if resolve {
+        Some((
+            resolved(&old.config, &old_path).await?,
+            resolved(&new_checked.config, new).await?,
+        ))
+    } else {
+        None
+    };
+    let plan = plan(
+        &old.registry,
+        &new_checked.registry,
+        sets.as_ref().map(|(o, n)| (o, n)),
+    );
+    Ok(FilePlan {
+        old_path,
+        new_path: new.to_owned(),
+        plan,
+    })
+}

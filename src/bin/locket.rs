@@ -4,10 +4,6 @@
 //! config error; `plan`: 0 no change, 2 changes, 1 any error.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use locket::config::server::{Checked, ServerConfig};
-use locket::keys::ServerKey;
-use locket::server::{Server, StartError};
-use locket::source;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -98,16 +94,10 @@ struct Failure {
     message: String,
 }
 
-fn config_error(e: impl std::fmt::Display) -> Failure {
+/// A failure with its exit code; the message is printed once, in `main`.
+fn fail(code: u8, e: impl std::fmt::Display) -> Failure {
     Failure {
-        code: 2,
-        message: e.to_string(),
-    }
-}
-
-fn runtime_error(e: impl std::fmt::Display) -> Failure {
-    Failure {
-        code: 1,
+        code,
         message: e.to_string(),
     }
 }
@@ -139,15 +129,23 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => serve(&config).await,
+            Command::Serve { config } => {
+                (locket::server::run(&config).await).map_err(|e| fail(e.exit_code(), e))
+            }
             Command::Check { config } => check(&config).await,
-            Command::Fingerprint { config, next } => fingerprint(&config, next),
+            Command::Fingerprint { config, next } => locket::check::fingerprint(&config, next)
+                .map(|fp| println!("{fp}"))
+                .map_err(|e| fail(e.exit_code(), e)),
             Command::Plan {
                 config,
                 against,
                 resolve,
             } => plan(&config, against.as_deref(), resolve).await,
-            Command::ImportRegistry { file, networks } => import_registry(&file, &networks),
+            Command::ImportRegistry { file, networks } => {
+                locket::v1::import::import_file(&file, &networks)
+                    .map(|text| print!("{text}"))
+                    .map_err(|e| fail(2, e))
+            }
             Command::SealKey {
                 out,
                 name,
@@ -161,7 +159,7 @@ fn main() -> ExitCode {
                         out.display()
                     )
                 })
-                .map_err(config_error),
+                .map_err(|e| fail(2, e)),
         }
     });
     match result {
@@ -188,171 +186,31 @@ fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
-fn start_error(e: StartError) -> Failure {
-    Failure {
-        code: e.exit_code(),
-        message: e.to_string(),
-    }
-}
-
-async fn serve(path: &Path) -> Result<(), Failure> {
-    if let Some(warning) = locket::hygiene::no_core_dumps() {
-        tracing::warn!("{warning}");
-    }
-    let server = Server::load(path).await.map_err(start_error)?;
-    let listener = server.bind().await.map_err(start_error)?;
-    // The handlers are installed now, before `serve` says READY=1, so that a
-    // signal arriving right after it is never the default "terminate".
-    let shutdown = shutdown_signal()?;
-    server.serve(listener, shutdown).await.map_err(start_error)
-}
-
-/// Installs the SIGTERM and SIGINT handlers now and returns a future that
-/// completes on the first of them.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(runtime_error)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(runtime_error)?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
-            _ = int.recv() => tracing::info!("interrupted: finishing requests in flight"),
-        }
-    })
-}
-
 async fn check(path: &Path) -> Result<(), Failure> {
-    let Checked { config, registry } = ServerConfig::load(path).map_err(config_error)?;
-    let key = if config.key_file.exists() {
-        let key = ServerKey::load(&config.key_file).map_err(config_error)?;
-        format!("{} ({} bits)", key.fingerprint(), key.bits())
-    } else {
-        format!(
-            "{} does not exist yet; `serve` or `fingerprint` will create it",
-            config.key_file.display()
-        )
-    };
-    let (secrets, duplicates) = source::load_all(&config.sources).await.map_err(|e| {
+    let report = locket::check::check(path).await.map_err(|e| {
         // An operator at a terminal: the command's own words help here.
-        match &e.stderr {
-            Some(stderr) => {
-                runtime_error(format!("{e}\nthe command's stderr: {}", stderr.as_str()))
-            }
-            None => runtime_error(e),
-        }
+        let stderr = e
+            .command_stderr()
+            .map(|s| format!("\nthe command's stderr: {s}"));
+        fail(e.exit_code(), format!("{e}{}", stderr.unwrap_or_default()))
     })?;
-    println!("config: {}", path.display());
-    println!("server key: {key}");
-    println!("sources: {}", config.sources.len());
-    println!("secrets: {}", secrets.len());
-    for d in &duplicates {
-        let sources: Vec<String> = d.sources.iter().map(|i| format!("#{i}")).collect();
-        println!(
-            "  {} is defined by sources {}; the value of {} is served (later sources win)",
-            d.name,
-            sources.join(", "),
-            sources.last().map(String::as_str).unwrap_or("-")
-        );
-    }
-    println!("clients: {}", registry.len());
-    for name in config.clients.keys() {
-        if let Some(client) = registry.get(name) {
-            let readable = client.readable(&secrets).len();
-            println!(
-                "  {name}: {} key(s), {} network(s), can read {readable} of {} secrets",
-                client.keys.len(),
-                client.networks.len(),
-                secrets.len()
-            );
-        }
-    }
-    println!("OK");
+    print!("{report}");
     Ok(())
 }
 
 /// `locket plan`: 0 no change, 2 changes, 1 any error (so `2` is not a
 /// config error here, as `terraform plan -detailed-exitcode` does it).
 async fn plan(new: &Path, against: Option<&Path>, resolve: bool) -> Result<(), Failure> {
-    let fail = |message: String| Failure { code: 1, message };
-    let load = |path: &Path| {
-        ServerConfig::load(path).map_err(|e| fail(format!("{}: {e}", path.display())))
-    };
-    // A discovered config is read only through a checked handle (see
-    // `locket::discover`): it is another process's, and --resolve runs it.
-    let (old_path, old) = match against {
-        Some(path) => (path.to_owned(), load(path)?),
-        None => {
-            let running =
-                locket::discover::running_server_config().map_err(|e| fail(e.to_string()))?;
-            let old = ServerConfig::from_file_text(&running.path, &running.text)
-                .map_err(|e| fail(format!("{}: {e}", running.path.display())))?;
-            (running.path, old)
-        }
-    };
-    let new_checked = load(new)?;
-    let sets = if resolve {
-        let load = |config: &ServerConfig, path: &Path| {
-            let sources = config.sources.clone();
-            let path = path.display().to_string();
-            async move {
-                source::load_all(&sources)
-                    .await
-                    .map(|(set, _)| set)
-                    .map_err(|e| fail(format!("{path}: {e}")))
-            }
-        };
-        Some((
-            load(&old.config, &old_path).await?,
-            load(&new_checked.config, new).await?,
-        ))
-    } else {
-        None
-    };
-    let plan = locket::plan::plan(
-        &old.registry,
-        &new_checked.registry,
-        sets.as_ref().map(|(o, n)| (o, n)),
-    );
-    println!("plan: {} -> {}", old_path.display(), new.display());
-    print!("{plan}");
-    if plan.is_empty() {
+    let planned = locket::plan::plan_files(new, against, resolve)
+        .await
+        .map_err(|e| fail(1, e))?;
+    print!("{planned}");
+    if planned.plan.is_empty() {
         Ok(())
     } else {
         Err(Failure {
             code: 2,
-            message: format!("{} client(s) change", plan.changes.len()),
+            message: format!("{} client(s) change", planned.plan.changes.len()),
         })
     }
-}
-
-fn fingerprint(path: &Path, next: bool) -> Result<(), Failure> {
-    let config = ServerConfig::load(path).map_err(config_error)?.config;
-    let (file, what) = if next {
-        let file = config.next_key_file.as_ref().ok_or_else(|| {
-            config_error(format!(
-                "{} sets no next_key_file: add one to stage the next key of a rotation",
-                path.display()
-            ))
-        })?;
-        (file, "next server key")
-    } else {
-        (&config.key_file, "server key")
-    };
-    let key = locket::keys::ServerKey::load_or_create_logged(file, config.key_bits, what)
-        .map_err(config_error)?;
-    println!("{}", key.fingerprint());
-    Ok(())
-}
-
-/// The original registry: a YAML list of `{name, keypub}`.
-fn import_registry(path: &Path, networks: &[String]) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))?;
-    let clients = locket::v1::import::import_yaml(&text, networks)
-        .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
-    print!(
-        "{}",
-        locket::v1::import::to_config_text(path, clients).map_err(runtime_error)?
-    );
-    Ok(())
 }

@@ -31,4 +31,4 @@ mod startup;
 pub(crate) mod state;
 
 pub use conn::Peer;
-pub use startup::{Server, StartError};
+pub use startup::{Server, StartError, run};

@@ -60,6 +60,34 @@ impl StartError {
     }
 }
 
+/// `locket serve`: loads the config at `path`, listens, and serves until
+/// SIGTERM or SIGINT, then lets requests in flight finish. The handlers
+/// are installed before `serve` says READY=1, so that a signal arriving
+/// right after it is never the default "terminate".
+pub async fn run(path: &std::path::Path) -> Result<(), StartError> {
+    if let Some(warning) = crate::hygiene::no_core_dumps() {
+        tracing::warn!("{warning}");
+    }
+    let server = Server::load(path).await?;
+    let listener = server.bind().await?;
+    let shutdown = shutdown_signal()?;
+    server.serve(listener, shutdown).await
+}
+
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that
+/// completes on the first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
+            _ = int.recv() => tracing::info!("interrupted: finishing requests in flight"),
+        }
+    })
+}
+
 /// A server that has loaded everything and is ready to serve.
 pub struct Server {
     path: PathBuf,

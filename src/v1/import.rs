@@ -74,3 +74,13 @@ pub fn to_config_text(from: &std::path::Path, clients: toml::Table) -> Result<St
         tables
     ))
 }
+
+/// `locket import-registry`: reads the original registry at `path` and
+/// returns the `[clients]` fragment; errors name the file.
+pub fn import_file(path: &std::path::Path, networks: &[String]) -> Result<String, ImportError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ImportError(format!("cannot read {}: {e}", path.display())))?;
+    let clients = import_yaml(&text, networks)
+        .map_err(|e| ImportError(format!("{}: {e}", path.display())))?;
+    to_config_text(path, clients)
+}
