@@ -467,6 +467,15 @@ impl ServerProcess {
     }
 }
 
+/// A test that fails (or never calls `stop`) does not leave its server
+/// running: CI shares the machine with whatever runs next.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `locket-client`, pinned (through LOCKET_SERVER_FINGERPRINT, which a
 /// flag overrides) to the test server key that [`write_server_files`] uses.
 pub(crate) fn client_command() -> Command {
