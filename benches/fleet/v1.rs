@@ -13,7 +13,6 @@
 //! to the client's key (the value). Nothing else is unavoidable.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -87,31 +86,6 @@ fn setup(dir: &Path) -> ServerKey {
     )
     .unwrap();
     key
-}
-
-fn start(dir: &Path) -> (Child, String) {
-    use std::io::{BufRead, BufReader};
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("locket"))
-        .unwrap();
-    let mut child = Command::new(&bin)
-        .args(["serve", "--config"])
-        .arg(dir.join("server.toml"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}; build it first", bin.display()));
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server output").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
 }
 
 /// A v1 request body from `client` for `name`, stamped `timestamp`.
@@ -256,8 +230,9 @@ fn run(
 pub(crate) fn rows(rt: &tokio::runtime::Runtime, total: usize) -> Vec<V1Row> {
     let dir = tempfile::tempdir().unwrap();
     let key = setup(dir.path());
-    let (mut child, addr) = start(dir.path());
-    let pid = child.id();
+    // The fleet rows' server start: at log level warn, ready on /readyz.
+    let server = crate::Server::start(dir.path());
+    let pid = server.child.id();
     let public = Encrypter::from_spki_der(key.spki_der()).unwrap();
     // One RSA key per service, as each Go client process has its own.
     let clients: Vec<GoClient> = (0..SERVICES)
@@ -266,7 +241,7 @@ pub(crate) fn rows(rt: &tokio::runtime::Runtime, total: usize) -> Vec<V1Row> {
             pubkey_pem: client_rsa_pem(),
         })
         .collect();
-    let url = format!("http://{addr}/");
+    let url = format!("http://{}/", server.addr);
     // Warm-up (not reported): pages, threads, connections.
     run(rt, &url, pid, &public, &clients, 4, 20);
     let mut out = Vec::new();
@@ -288,11 +263,7 @@ pub(crate) fn rows(rt: &tokio::runtime::Runtime, total: usize) -> Vec<V1Row> {
             floor: (floors[4] + floors[5]) / 2,
         });
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
+    drop(server);
     out
 }
 
