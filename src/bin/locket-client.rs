@@ -5,6 +5,9 @@
 //! config error, 3 denied, 4 not found; `exec` exits with its command's
 //! code (127 when the command cannot be run).
 
+#[path = "locket-client/messages.rs"]
+mod messages;
+
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -209,6 +212,7 @@ fn usage(message: impl std::fmt::Display) -> Failure {
 }
 
 fn main() -> ExitCode {
+    messages::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -219,7 +223,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("locket-client: {}", f.message);
+            tracing::error!("{}", f.message);
             ExitCode::from(f.code)
         }
     }
@@ -249,18 +253,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let mut config = ClientConfig::load(cli.config.as_deref(), &flags).map_err(usage)?;
     config.trust_on_first_use = cli.trust_on_first_use;
     if let Some(warning) = locket::hygiene::no_core_dumps() {
-        eprintln!("locket-client: warning: {warning}");
+        tracing::warn!("{warning}");
     }
     if config.server_fingerprint.is_none() && config.insecure_unpinned {
-        eprintln!(
-            "locket-client: warning: insecure_unpinned: the server at {} is not pinned, and a substituted server would be believed; set server_fingerprint (from `locket fingerprint` on the server)",
+        tracing::warn!(
+            "insecure_unpinned: the server at {} is not pinned, and a substituted server would be believed; set server_fingerprint (from `locket fingerprint` on the server)",
             config.servers.join(", ")
         );
     }
     let (key, loose) = ClientKey::load(&config.key_file).map_err(usage)?;
     if let Some(mode) = loose {
-        eprintln!(
-            "locket-client: warning: key file {} has mode {mode:03o}, readable by others; run `chmod 600 {}`",
+        tracing::warn!(
+            "key file {} has mode {mode:03o}, readable by others; run `chmod 600 {}`",
             config.key_file.display(),
             config.key_file.display()
         );
@@ -402,8 +406,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
 /// Names only: the values stay unseen.
 fn warn_withheld(withheld: &[String]) {
     if !withheld.is_empty() {
-        eprintln!(
-            "locket-client: warning: not passing {}: such variables change how programs run (PATH, LD_*, *_PRELOAD, ...); ask for each by name, or pass --allow-loader-vars",
+        tracing::warn!(
+            "not passing {}: such variables change how programs run (PATH, LD_*, *_PRELOAD, ...); ask for each by name, or pass --allow-loader-vars",
             withheld.join(", ")
         );
     }
@@ -434,8 +438,8 @@ async fn render_once(
         },
         message: format!("render failed: {e}"),
     })?;
-    eprintln!(
-        "locket-client: {}: {} written, {} unchanged, {} removed",
+    tracing::info!(
+        "{}: {} written, {} unchanged, {} removed",
         options.dir.display(),
         report.written.len(),
         report.unchanged.len(),
@@ -474,18 +478,16 @@ async fn watch_loop(
                         .await
                     {
                         Ok(status) if status.success() => {}
-                        Ok(status) => eprintln!(
-                            "locket-client: warning: --on-change command exited with {status}"
-                        ),
+                        Ok(status) => tracing::warn!("--on-change command exited with {status}"),
                         Err(e) => {
-                            eprintln!("locket-client: warning: cannot run --on-change command: {e}")
+                            tracing::warn!("cannot run --on-change command: {e}")
                         }
                     }
                 }
             }
             Ok(_) => {}
-            Err(f) => eprintln!(
-                "locket-client: warning: {}; keeping the files as they are and retrying in {interval:?}",
+            Err(f) => tracing::warn!(
+                "{}; keeping the files as they are and retrying in {interval:?}",
                 f.message
             ),
         }

@@ -343,7 +343,7 @@ const ORIGIN: &str = ".locket-origin";
 
 fn write_origin(consumer: &Consumer, text: &str) {
     if let Err(e) = render::write_marker(&consumer.options, ORIGIN, text) {
-        eprintln!("locket-client: warning: consumer {}: {e}", consumer.name);
+        tracing::warn!("consumer {}: {e}", consumer.name);
     }
 }
 
@@ -378,7 +378,7 @@ async fn deliver_set(
     {
         // The delivery itself succeeded; a boot without a server would
         // use an older copy (or none).
-        eprintln!("locket-client: warning: consumer {}: {e}", consumer.name);
+        tracing::warn!("consumer {}: {e}", consumer.name);
     }
     Ok(report)
 }
@@ -403,15 +403,15 @@ pub async fn deliver_once(
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(report) => eprintln!(
-                        "locket-client: {}: {} written, {} unchanged, {} removed",
+                    Ok(report) => tracing::info!(
+                        "{}: {} written, {} unchanged, {} removed",
                         c.name,
                         report.written.len(),
                         report.unchanged.len(),
                         report.removed.len()
                     ),
                     Err(e) => {
-                        eprintln!("locket-client: {e}");
+                        tracing::error!("{e}");
                         first_error.get_or_insert(e);
                     }
                 }
@@ -427,7 +427,7 @@ pub async fn deliver_once(
                     Ok(true) => {}
                     Ok(false) => any_failed = true,
                     Err(err) => {
-                        eprintln!("locket-client: {err}");
+                        tracing::error!("{err}");
                         any_failed = true;
                     }
                 }
@@ -471,8 +471,8 @@ async fn from_cache(
         consumer,
         &format!("cache {}", cache::timestamp(cached.fetched_at)),
     );
-    eprintln!(
-        "locket-client: warning: consumer {}: no server answered ({fetch}); delivered the cached copy fetched at {} ({} ago, cache_max_age {}). The next successful fetch replaces it",
+    tracing::warn!(
+        "consumer {}: no server answered ({fetch}); delivered the cached copy fetched at {} ({} ago, cache_max_age {}). The next successful fetch replaces it",
         consumer.name,
         cache::timestamp(cached.fetched_at),
         cache::human(age),
@@ -634,8 +634,8 @@ async fn round(
     let all = match client.fetch(&union(&delivered)).await {
         Ok(all) => all,
         Err(e) => {
-            eprintln!(
-                "locket-client: warning: {e}; keeping every consumer's files as they are and trying again at the next round"
+            tracing::warn!(
+                "{e}; keeping every consumer's files as they are and trying again at the next round"
             );
             status.last_error = Some(e.to_string());
             // Owed actions do not wait for the server.
@@ -661,7 +661,7 @@ async fn round(
         let report = match result {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("locket-client: {e}; its files are as they were");
+                tracing::error!("{e}; its files are as they were");
                 failed = Some(e.to_string());
                 continue;
             }
@@ -676,11 +676,7 @@ async fn round(
         }
         let mut files = report.written.clone();
         files.extend(report.removed.iter().map(|f| format!("{f} (removed)")));
-        eprintln!(
-            "locket-client: consumer {}: changed: {}",
-            c.name,
-            files.join(", ")
-        );
+        tracing::info!("consumer {}: changed: {}", c.name, files.join(", "));
         entry.changes += 1;
         entry.last_change = Some(cache::timestamp(now));
         entry.last_changed_files = files;
@@ -747,12 +743,12 @@ async fn act(plan: &Plan, pending: &mut Pending) -> Option<String> {
         return None;
     }
     let text = format!("{}; tried again at the next round", errors.join("; "));
-    eprintln!("locket-client: warning: {text}");
+    tracing::warn!("{text}");
     Some(text)
 }
 
 async fn systemctl(plan: &Plan, verb: &str, units: &[String]) -> Result<(), String> {
-    eprintln!("locket-client: systemctl {verb} {}", units.join(" "));
+    tracing::info!("systemctl {verb} {}", units.join(" "));
     match tokio::process::Command::new(&plan.systemctl)
         .arg(verb)
         .arg("--")
@@ -808,9 +804,6 @@ fn publish(plan: &Plan, status: &WatchStatus) {
     };
     let tmp = path.with_extension("tmp");
     if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path)) {
-        eprintln!(
-            "locket-client: warning: cannot write the status file {}: {e}",
-            path.display()
-        );
+        tracing::warn!("cannot write the status file {}: {e}", path.display());
     }
 }

@@ -141,8 +141,8 @@ impl Trust {
                     return Ok(refusal.map_or(Ok(()), Err));
                 }
                 known.insert(url.to_owned(), vec![fingerprint.to_owned()]);
-                eprintln!(
-                    "locket-client: trusting the server at {url} on first use: recorded {fingerprint} in {}",
+                tracing::info!(
+                    "trusting the server at {url} on first use: recorded {fingerprint} in {}",
                     self.file.display()
                 );
                 Ok(Ok(()))
