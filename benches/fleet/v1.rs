@@ -206,11 +206,7 @@ fn run(
                 })
             })
             .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-        out
+        crate::join_all(tasks).await
     });
     let wall = started.elapsed();
     let cpu = cpu_seconds(pid) - cpu_before;
