@@ -53,10 +53,10 @@ fn client_rsa_pem() -> String {
     locket::v1::wire::public_key_pem(der.as_bytes())
 }
 
+/// Each service's ed25519 seed: the fleet rows' seeds, past their
+/// clients' range.
 fn seed(i: usize) -> [u8; 32] {
-    let mut s = [0u8; 32];
-    s[..8].copy_from_slice(&(i as u64 + 7_000).to_le_bytes());
-    s
+    crate::seed(7_000 + i)
 }
 
 /// Writes the server's files; returns the server key.

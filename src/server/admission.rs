@@ -257,11 +257,11 @@ impl Slot {
         {
             entry.standing = standing;
         }
-        drop(table);
-        self.admission.changed.notify_waiters();
     }
 
-    /// A request head arrived on this connection.
+    /// A request head arrived on this connection. (No one is woken: a
+    /// connection in a request can give way only later, after GRACE, which
+    /// `room` waits for by itself.)
     pub(crate) fn request_started(&self) {
         self.set(Standing::InRequest(Instant::now()));
     }
@@ -274,6 +274,8 @@ impl Slot {
         } else {
             Standing::Waiting(Instant::now())
         });
+        // It may now give way to a newcomer waiting at the cap.
+        self.admission.changed.notify_waiters();
     }
 
     /// Completes when this connection must close to make room for another.

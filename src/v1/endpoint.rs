@@ -331,11 +331,16 @@ fn process(state: &State, hints: &Hints, ip: IpAddr, body: &[u8]) -> V1Outcome {
             .any(|k| k.verify_strict(signed.as_bytes(), &signature).is_ok())
     };
     let hint = hints.get(&request.client_pubkey);
-    let hinted = hint
-        .as_ref()
-        .and_then(|h| registry.get(&h.client))
+    let hinted_name = hint.as_ref().map(|h| h.client.as_str());
+    let hinted = hinted_name
+        .and_then(|name| registry.get(name))
         .filter(|c| verifies(c));
-    let Some(client) = hinted.or_else(|| registry.iter().find(|c| verifies(c))) else {
+    // A stale hint falls back to the scan, without trying that client twice.
+    let Some(client) = hinted.or_else(|| {
+        registry
+            .iter()
+            .find(|c| Some(c.name.as_str()) != hinted_name && verifies(c))
+    }) else {
         return V1Outcome::Denied {
             client: None,
             reason: "signature verifies with no registered key".into(),
