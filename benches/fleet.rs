@@ -224,7 +224,7 @@ fn crypto_floor(server: &ServerKey, reply: &ReplyKey, names: usize) -> Duration 
     };
     let request = Request::seal(header.clone(), &body, &public, &client).unwrap();
     let verifying = client.verifying_key();
-    let values: Vec<(String, SecretValue)> = (0..names)
+    let values: locket::secret_set::SecretSet = (0..names)
         .map(|i| {
             (
                 format!("S{i:05}"),

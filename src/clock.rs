@@ -19,3 +19,18 @@ pub fn clock_ok(now: i64, timestamp: i64, skew: i64) -> bool {
         .and_then(i64::checked_abs)
         .is_some_and(|d| d <= skew)
 }
+
+/// How far in the future a sealed copy's time may be (clocks that
+/// disagree a little) before the copy is refused: the client's boot cache
+/// and the server's last-good set follow the same rule.
+pub const FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A time as RFC 3339, to the second.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A duration as a human reads it, to the second.
+pub fn human(d: std::time::Duration) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+}

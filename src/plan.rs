@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::registry::{RegisteredClient, Registry};
-use crate::store::SecretSet;
+use crate::store::ServedSet;
 
 /// The differences between two registries.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -85,7 +85,7 @@ fn grants(c: &RegisteredClient) -> BTreeSet<String> {
     c.grants().iter().cloned().collect()
 }
 
-fn readable(c: &RegisteredClient, set: &SecretSet) -> BTreeSet<String> {
+fn readable(c: &RegisteredClient, set: &ServedSet) -> BTreeSet<String> {
     c.readable(set)
         .into_iter()
         .map(|(n, _)| n.to_owned())
@@ -95,7 +95,7 @@ fn readable(c: &RegisteredClient, set: &SecretSet) -> BTreeSet<String> {
 /// The plan from `old` to `new`; with `sets` (the secrets of the old
 /// config's sources, then the new one's), each registry's grants are also
 /// resolved against its own set.
-pub fn plan(old: &Registry, new: &Registry, sets: Option<(&SecretSet, &SecretSet)>) -> Plan {
+pub fn plan(old: &Registry, new: &Registry, sets: Option<(&ServedSet, &ServedSet)>) -> Plan {
     let all: BTreeSet<&str> = old
         .iter()
         .chain(new.iter())
@@ -302,7 +302,7 @@ mod tests {
             ("web", 4, &["10.0.0.2", "10.0.1.0/24"], &["DB_*", "NEW"]),
             ("fresh", 5, &["10.0.0.5"], &["B"]),
         ]);
-        let set = SecretSet::new(
+        let set = ServedSet::new(
             ["A", "B", "DB_PASSWORD", "NEW", "OLD"]
                 .into_iter()
                 .map(|n| (n.to_owned(), crate::secret::SecretValue::from("v")))
@@ -342,7 +342,7 @@ mod tests {
         assert!(plan(&old, &old, Some((&set, &set))).is_empty());
         // The same registry over a source set that gained a name its glob
         // matches: the client may newly read it.
-        let more = SecretSet::new(
+        let more = ServedSet::new(
             ["A", "DB_PASSWORD", "DB_USER"]
                 .into_iter()
                 .map(|n| (n.to_owned(), crate::secret::SecretValue::from("v")))

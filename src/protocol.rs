@@ -26,6 +26,7 @@ use crate::keys::{
     ClientKey, ReplyKey, ReplyPrivateKey, ReplyPublicKey, ServerKey, ServerPublicKey,
 };
 use crate::secret::{SecretBytes, SecretValue};
+use crate::secret_set::SecretSet;
 
 /// The protocol version carried in every message and bound into every MAC.
 pub const VERSION: u8 = 2;
@@ -62,10 +63,16 @@ pub const SECRETS_PATH: &str = "/v1/secrets";
 /// Why a message was refused. The messages are for logs and the client's
 /// own diagnostics; the server never sends the detail of an authentication
 /// failure to the caller.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("malformed message: {0}")]
-    Malformed(String),
+    Malformed(Shape),
+    #[error("malformed message: {what} is not the expected JSON: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("unsupported protocol version {0} (this build speaks version {VERSION})")]
     Version(u8),
     #[error("the wrapped key could not be decrypted with this key")]
@@ -76,8 +83,45 @@ pub enum ProtocolError {
     Crypto(#[from] CryptoError),
 }
 
-fn malformed(what: impl Into<String>) -> ProtocolError {
-    ProtocolError::Malformed(what.into())
+/// What is wrong with the shape of a message: a fixed reason each, so a
+/// caller (a test, the server's 400, a fuzz target) matches on it rather
+/// than on text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Shape {
+    #[error("field `{0}` is not standard base64")]
+    Base64(&'static str),
+    #[error("field `{field}` must be {len} bytes")]
+    Length { field: &'static str, len: usize },
+    #[error("field `instance` needs version {BOUND_VERSION}")]
+    InstanceNeedsBoundVersion,
+    #[error("version {BOUND_VERSION} needs field `instance`")]
+    BoundVersionNeedsInstance,
+    #[error("field `client` must be 1-64 characters of A-Za-z0-9._-")]
+    ClientName,
+    #[error("field `server_fingerprint` must be sha256:<64 hex digits>")]
+    Fingerprint,
+    #[error("field `wrapped_key` must be one RSA block of 2048 to 8192 bits")]
+    WrappedKeySize,
+    #[error("field `ciphertext` is shorter than its tag")]
+    ShortCiphertext,
+    #[error("encrypted body is truncated")]
+    Truncated,
+    #[error("a secret name is not UTF-8")]
+    NameNotUtf8,
+    #[error("a secret name is empty, too long or has control characters")]
+    BadName,
+    #[error("encrypted body count exceeds its length")]
+    CountTooLarge,
+    #[error("trailing bytes after encrypted body")]
+    TrailingBytes,
+    #[error("more than {MAX_NAMES_PER_REQUEST} names in one request")]
+    TooManyNames,
+    #[error("a secret value is not UTF-8")]
+    ValueNotUtf8,
+}
+
+fn malformed(shape: Shape) -> ProtocolError {
+    ProtocolError::Malformed(shape)
 }
 
 /// The JSON body of `POST /v1/secrets`. Binary fields are standard base64
@@ -265,17 +309,20 @@ impl Header {
     }
 }
 
-fn b64(field: &str, text: &str) -> Result<Vec<u8>, ProtocolError> {
+fn b64(field: &'static str, text: &str) -> Result<Vec<u8>, ProtocolError> {
     B64.decode(text)
-        .map_err(|_| malformed(format!("field `{field}` is not standard base64")))
+        .map_err(|_| malformed(Shape::Base64(field)))
 }
 
 /// Decodes an instance id (`GET /v1/key`'s `instance`, a request's
 /// `instance`): base64 of exactly [`INSTANCE_LEN`] bytes.
 pub fn decode_instance(text: &str) -> Result<[u8; INSTANCE_LEN], ProtocolError> {
-    b64("instance", text)?
-        .try_into()
-        .map_err(|_| malformed(format!("field `instance` must be {INSTANCE_LEN} bytes")))
+    b64("instance", text)?.try_into().map_err(|_| {
+        malformed(Shape::Length {
+            field: "instance",
+            len: INSTANCE_LEN,
+        })
+    })
 }
 
 /// Encodes an instance id as `GET /v1/key` and a request carry it.
@@ -301,49 +348,50 @@ impl Request {
     /// Parses a request body without any cryptography: JSON shape, base64,
     /// field sizes. Cheap enough to run for anyone who can connect.
     pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
-        let wire: WireRequest = serde_json::from_slice(body)
-            .map_err(|e| malformed(format!("request is not the expected JSON: {e}")))?;
+        let wire: WireRequest =
+            serde_json::from_slice(body).map_err(|source| ProtocolError::Json {
+                what: "request",
+                source,
+            })?;
         let instance = match (wire.version, &wire.instance) {
             (VERSION, None) => None,
             (BOUND_VERSION, Some(text)) => Some(decode_instance(text)?),
             (VERSION, Some(_)) => {
-                return Err(malformed(format!(
-                    "field `instance` needs version {BOUND_VERSION}"
-                )));
+                return Err(malformed(Shape::InstanceNeedsBoundVersion));
             }
             (BOUND_VERSION, None) => {
-                return Err(malformed(format!(
-                    "version {BOUND_VERSION} needs field `instance`"
-                )));
+                return Err(malformed(Shape::BoundVersionNeedsInstance));
             }
             (other, _) => return Err(ProtocolError::Version(other)),
         };
         if !valid_client_name(&wire.client) {
-            return Err(malformed(
-                "field `client` must be 1-64 characters of A-Za-z0-9._-",
-            ));
+            return Err(malformed(Shape::ClientName));
         }
         if !wire.server_fingerprint.starts_with("sha256:")
             || wire.server_fingerprint.len() != 7 + 64
         {
-            return Err(malformed(
-                "field `server_fingerprint` must be sha256:<64 hex digits>",
-            ));
+            return Err(malformed(Shape::Fingerprint));
         }
-        let nonce: [u8; NONCE_LEN] = b64("nonce", &wire.nonce)?
-            .try_into()
-            .map_err(|_| malformed(format!("field `nonce` must be {NONCE_LEN} bytes")))?;
-        let signature = Signature::from_slice(&b64("signature", &wire.signature)?)
-            .map_err(|_| malformed("field `signature` must be 64 bytes"))?;
+        let nonce: [u8; NONCE_LEN] = b64("nonce", &wire.nonce)?.try_into().map_err(|_| {
+            malformed(Shape::Length {
+                field: "nonce",
+                len: NONCE_LEN,
+            })
+        })?;
+        let signature =
+            Signature::from_slice(&b64("signature", &wire.signature)?).map_err(|_| {
+                malformed(Shape::Length {
+                    field: "signature",
+                    len: 64,
+                })
+            })?;
         let wrapped_key = b64("wrapped_key", &wire.wrapped_key)?;
         if !(256..=1024).contains(&wrapped_key.len()) {
-            return Err(malformed(
-                "field `wrapped_key` must be one RSA block of 2048 to 8192 bits",
-            ));
+            return Err(malformed(Shape::WrappedKeySize));
         }
         let ciphertext = b64("ciphertext", &wire.ciphertext)?;
         if ciphertext.len() < crypto::AEAD_TAG_LEN {
-            return Err(malformed("field `ciphertext` is shorter than its tag"));
+            return Err(malformed(Shape::ShortCiphertext));
         }
         Ok(Self {
             header: Header {
@@ -429,7 +477,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
         if self.buf.len() < n {
-            return Err(malformed("encrypted body is truncated"));
+            return Err(malformed(Shape::Truncated));
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
@@ -448,12 +496,9 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
     fn name(&mut self) -> Result<String, ProtocolError> {
-        let s =
-            std::str::from_utf8(self.lp()?).map_err(|_| malformed("a secret name is not UTF-8"))?;
+        let s = std::str::from_utf8(self.lp()?).map_err(|_| malformed(Shape::NameNotUtf8))?;
         if !valid_secret_name(s) {
-            return Err(malformed(
-                "a secret name is empty, too long or has control characters",
-            ));
+            return Err(malformed(Shape::BadName));
         }
         Ok(s.to_owned())
     }
@@ -461,7 +506,7 @@ impl<'a> Reader<'a> {
     fn count(&mut self, min_item: usize) -> Result<usize, ProtocolError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_item) > self.buf.len() {
-            return Err(malformed("encrypted body count exceeds its length"));
+            return Err(malformed(Shape::CountTooLarge));
         }
         Ok(n)
     }
@@ -469,7 +514,7 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(malformed("trailing bytes after encrypted body"))
+            Err(malformed(Shape::TrailingBytes))
         }
     }
 }
@@ -510,9 +555,7 @@ impl RequestBody {
         let reply_key = r.lp()?.to_vec();
         let count = r.count(4)?;
         if count > MAX_NAMES_PER_REQUEST {
-            return Err(malformed(format!(
-                "more than {MAX_NAMES_PER_REQUEST} names in one request"
-            )));
+            return Err(malformed(Shape::TooManyNames));
         }
         let names = (0..count)
             .map(|_| r.name())
@@ -526,7 +569,7 @@ impl RequestBody {
 /// read but that do not exist (status 404 when not empty).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Answer {
-    pub secrets: Vec<(String, SecretValue)>,
+    pub secrets: SecretSet,
     pub missing: Vec<String>,
 }
 
@@ -570,12 +613,11 @@ impl Answer {
             return Err(ProtocolError::Version(version));
         }
         let count = r.count(8)?;
-        let mut secrets = Vec::with_capacity(count);
+        let mut secrets = SecretSet::with_capacity(count);
         for _ in 0..count {
             let name = r.name()?;
-            let value = std::str::from_utf8(r.lp()?)
-                .map_err(|_| malformed("a secret value is not UTF-8"))?;
-            secrets.push((name, SecretValue::from(value)));
+            let value = std::str::from_utf8(r.lp()?).map_err(|_| malformed(Shape::ValueNotUtf8))?;
+            secrets.push(name, SecretValue::from(value));
         }
         let count = r.count(4)?;
         let missing = (0..count)
@@ -620,8 +662,10 @@ pub fn open_answer(
     reply: &ReplyKey,
     header: &Header,
 ) -> Result<Answer, ProtocolError> {
-    let wire: WireAnswer = serde_json::from_slice(body)
-        .map_err(|e| malformed(format!("answer is not the expected JSON: {e}")))?;
+    let wire: WireAnswer = serde_json::from_slice(body).map_err(|source| ProtocolError::Json {
+        what: "answer",
+        source,
+    })?;
     if wire.version != VERSION {
         return Err(ProtocolError::Version(wire.version));
     }

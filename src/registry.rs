@@ -16,7 +16,7 @@ use wildmatch::WildMatch;
 use crate::keys::{self, KeyError};
 use crate::protocol::valid_client_name;
 use crate::secret::SecretValue;
-use crate::store::SecretSet;
+use crate::store::ServedSet;
 
 /// One `[clients.<name>]` table of the server config, as written (the
 /// client side's own settings are [`crate::config::client::ClientConfig`]).
@@ -92,7 +92,7 @@ impl RegisteredClient {
     /// Every secret of `set` the client may read, in name order. Exact
     /// grants are looked up; a glob scans only the names that start with its
     /// literal prefix. The cost follows the grants, not the size of the set.
-    pub fn readable<'a>(&'a self, set: &'a SecretSet) -> Vec<(&'a str, &'a SecretValue)> {
+    pub fn readable<'a>(&'a self, set: &'a ServedSet) -> Vec<(&'a str, &'a SecretValue)> {
         let mut out: BTreeMap<&'a str, &'a SecretValue> = BTreeMap::new();
         for name in &self.exact {
             if let Some((k, v)) = set.get_key_value(name) {
@@ -316,7 +316,7 @@ mod tests {
             "svc/ab",
             "TOKEN",
         ];
-        let set = SecretSet::new(
+        let set = ServedSet::new(
             names
                 .iter()
                 .map(|n| (n.to_string(), SecretValue::from("v")))

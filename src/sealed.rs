@@ -18,10 +18,10 @@
 //! made once by `locket seal-key`). With `key_file` set, a copy is sealed
 //! with that key: AES-256-GCM under a key derived (HKDF-SHA256) from it
 //! and a random salt per copy, the credential name bound as associated
-//! data. The host's systemd-creds key still guards everything. A copy is replaced
-//! atomically, mode 0600 in a 0700 folder, under a temporary name of this
-//! process's own (two processes storing one copy never remove each other's
-//! half-written file).
+//! data. The host's systemd-creds key still guards everything. A copy is
+//! replaced atomically by the one writer (`crate::fsutil::replace`), mode
+//! 0600 in a 0700 folder: two processes storing one copy never remove each
+//! other's half-written file.
 
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
@@ -89,25 +89,16 @@ impl Sealer {
         {
             return Err(io(&self.dir)(e));
         }
-        let tmp = self.dir.join(format!(".{file}.{}.tmp", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let result = match &self.key_file {
-            Some(key_file) => self.encrypt_with_file(key_file, name, &path, plain, &tmp),
-            None => self.run_encrypt(name, &path, plain, &tmp).await,
+        let sealed = match &self.key_file {
+            Some(key_file) => Self::encrypt_with_file(key_file, name, &path, plain)?,
+            None => self.run_encrypt(name, &path, plain).await?,
         };
-        let result = result.and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-                .map_err(io(&tmp))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io(&path))
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        crate::fsutil::replace(&path, &sealed, crate::fsutil::Access::mode(0o600)).map_err(|e| {
+            SealError::Io {
+                path: e.path,
+                source: e.source,
+            }
+        })
     }
 
     /// The key in `key_file`: 32 bytes, raw or as 64 hex digits.
@@ -152,16 +143,14 @@ impl Sealer {
         Ok(out)
     }
 
+    /// The copy of `plain` sealed with the key in `key_file`: magic, salt,
+    /// AES-256-GCM (not secret: it is what goes to disk).
     fn encrypt_with_file(
-        &self,
         key_file: &Path,
         name: &str,
         path: &Path,
         plain: &[u8],
-        out: &Path,
-    ) -> Result<(), SealError> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
+    ) -> Result<Vec<u8>, SealError> {
         let fail = |detail: String| SealError::Encrypt {
             path: path.to_owned(),
             detail,
@@ -176,16 +165,11 @@ impl Sealer {
         sealed.extend_from_slice(plain);
         crate::crypto::seal(&derived, name.as_bytes(), &mut sealed)
             .map_err(|e| fail(e.to_string()))?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(out)
-            .map_err(io(out))?;
-        file.write_all(KEY_FILE_MAGIC)
-            .and_then(|()| file.write_all(&salt))
-            .and_then(|()| file.write_all(&sealed))
-            .map_err(io(out))
+        let mut out = Vec::with_capacity(KEY_FILE_MAGIC.len() + SALT_LEN + sealed.len());
+        out.extend_from_slice(KEY_FILE_MAGIC);
+        out.extend_from_slice(&salt);
+        out.extend_from_slice(&sealed);
+        Ok(out)
     }
 
     fn decrypt_with_file(
@@ -210,13 +194,14 @@ impl Sealer {
         })
     }
 
+    /// `plain` sealed by `systemd-creds`, which reads it from a pipe and
+    /// writes the credential to another.
     async fn run_encrypt(
         &self,
         name: &str,
         path: &Path,
         plain: &[u8],
-        out: &Path,
-    ) -> Result<(), SealError> {
+    ) -> Result<Vec<u8>, SealError> {
         let fail = |detail: String| SealError::Encrypt {
             path: path.to_owned(),
             detail,
@@ -225,16 +210,26 @@ impl Sealer {
             .command("encrypt", name)
             .arg(format!("--with-key={}", self.key))
             .arg("-")
-            .arg(out)
+            .arg("-")
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| fail(self.cannot_run(&e)))?;
         let mut stdin = child.stdin.take().expect("piped");
-        let written = stdin.write_all(plain).await;
-        drop(stdin);
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut sealed = Vec::with_capacity(plain.len() * 2 + 4096);
+        let (written, read) = tokio::join!(
+            async {
+                let written = stdin.write_all(plain).await;
+                drop(stdin);
+                written
+            },
+            stdout.read_to_end(&mut sealed)
+        );
         finish(child).await.map_err(fail)?;
-        written.map_err(|e| fail(e.to_string()))
+        written.map_err(|e| fail(e.to_string()))?;
+        read.map_err(|e| fail(e.to_string()))?;
+        Ok(sealed)
     }
 
     /// The plain text of the copy `file`, sealed under `name`.

@@ -1,6 +1,6 @@
 //! The current set of secrets, swapped atomically as a whole.
 //!
-//! Readers take a snapshot (`Arc<SecretSet>`) and use it for the whole
+//! Readers take a snapshot (`Arc<ServedSet>`) and use it for the whole
 //! request, so a request sees the old set or the new set, never a mix.
 
 use std::collections::BTreeMap;
@@ -14,15 +14,15 @@ use crate::secret::SecretValue;
 
 /// An immutable set of secrets with the time it was loaded.
 #[derive(Debug)]
-pub struct SecretSet {
+pub struct ServedSet {
     secrets: BTreeMap<String, SecretValue>,
     loaded_at: SystemTime,
     memory: LockStatus,
 }
 
-impl SecretSet {
+impl ServedSet {
     /// Takes the loaded values and moves them into one locked region (see
-    /// [`crate::locked`]); [`SecretSet::memory`] says whether locking worked.
+    /// [`crate::locked`]); [`ServedSet::memory`] says whether locking worked.
     pub fn new(mut secrets: BTreeMap<String, SecretValue>) -> Self {
         let memory = SecretValue::lock_all(secrets.values_mut());
         Self {
@@ -79,14 +79,14 @@ impl SecretSet {
     }
 }
 
-/// Holder of the current [`SecretSet`].
+/// Holder of the current [`ServedSet`].
 #[derive(Debug)]
 pub(crate) struct Store {
-    current: ArcSwap<SecretSet>,
+    current: ArcSwap<ServedSet>,
 }
 
 impl Store {
-    pub(crate) fn new(initial: SecretSet) -> Self {
+    pub(crate) fn new(initial: ServedSet) -> Self {
         warn_if_unlocked(None, initial.memory());
         Self {
             current: ArcSwap::from_pointee(initial),
@@ -94,12 +94,12 @@ impl Store {
     }
 
     /// The current set; hold it for the duration of one request.
-    pub(crate) fn snapshot(&self) -> Arc<SecretSet> {
+    pub(crate) fn snapshot(&self) -> Arc<ServedSet> {
         self.current.load_full()
     }
 
     /// Replaces the whole set at once.
-    pub(crate) fn replace(&self, next: SecretSet) {
+    pub(crate) fn replace(&self, next: ServedSet) {
         let next = Arc::new(next);
         let previous = self.current.swap(Arc::clone(&next));
         warn_if_unlocked(Some(previous.memory()), next.memory());

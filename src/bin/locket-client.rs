@@ -8,6 +8,7 @@
 #[path = "locket-client/messages.rs"]
 mod messages;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,11 +16,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use locket::client::deliver::{self, DeliverError, Plan};
-use locket::client::render::{self, RenderError, RenderOptions, RenderReport, TemplateFile};
-use locket::client::template::Template;
-use locket::client::{Client, ClientError, exec, output};
+use locket::client::{Client, ClientError};
 use locket::config::client::{ClientConfig, ClientLayer, ServerOrder};
+use locket::deliver::render::{self, RenderOptions, TemplateFile};
+use locket::deliver::template::Template;
+use locket::deliver::{self, DeliverError, DeliveryPlan, exec, output};
 use locket::keys::ClientKey;
 
 #[derive(Parser)]
@@ -195,6 +196,15 @@ struct Failure {
     message: String,
 }
 
+impl From<DeliverError> for Failure {
+    fn from(e: DeliverError) -> Self {
+        Self {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         Self {
@@ -231,11 +241,90 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Keygen { out } = &cli.command {
-        let key = ClientKey::generate().map_err(usage)?;
-        key.write_new(out).map_err(usage)?;
-        println!("{}", key.public_line());
-        return Ok(());
+        return keygen(out);
     }
+    let allow_loader_vars = cli.allow_loader_vars;
+    let (command, config) = client_config(cli)?;
+    let key = client_key(&config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start the runtime: {e}"),
+        })?;
+    runtime.block_on(async move {
+        let client = Client::new(&config, key)?;
+        match command {
+            Command::Keygen { .. } => unreachable!("handled above"),
+            Command::Get { secret } => get(&client, secret).await,
+            Command::Env { secrets, format } => {
+                env(&client, &secrets, format, allow_loader_vars).await
+            }
+            Command::Exec {
+                only,
+                prefix,
+                renames,
+                command,
+            } => {
+                exec_command(
+                    &client,
+                    &only,
+                    &prefix,
+                    renames,
+                    &command,
+                    allow_loader_vars,
+                )
+                .await
+            }
+            Command::Render {
+                dir,
+                secrets,
+                mode,
+                owner,
+                group,
+                env_file,
+                watch,
+                on_change,
+                templates,
+            } => {
+                let options = render_options(dir, mode, owner, group, env_file, &templates)?;
+                deliver::render_folder(&client, &secrets, &options)
+                    .await
+                    .map_err(Failure::from)?;
+                match watch {
+                    Some(interval) => deliver::watch_folder(
+                        &client,
+                        &secrets,
+                        &options,
+                        interval,
+                        on_change.as_deref(),
+                    )
+                    .await
+                    .map_err(Failure::from),
+                    None => Ok(()),
+                }
+            }
+            Command::Deliver {
+                plan,
+                consumers,
+                watch,
+            } => deliver_plan(&client, &plan, &consumers, watch).await,
+        }
+    })
+}
+
+/// `keygen`: needs no config, no server.
+fn keygen(out: &std::path::Path) -> Result<(), Failure> {
+    let key = ClientKey::generate().map_err(usage)?;
+    key.write_new(out).map_err(usage)?;
+    println!("{}", key.public_line());
+    Ok(())
+}
+
+/// The settings from flags over LOCKET_* over the config file, with the
+/// warnings an operator should see before anything is sent.
+fn client_config(cli: Cli) -> Result<(Command, ClientConfig), Failure> {
     let flags = ClientLayer {
         server: None,
         servers: (!cli.server.is_empty()).then_some(cli.server),
@@ -261,6 +350,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             config.servers.join(", ")
         );
     }
+    Ok((cli.command, config))
+}
+
+fn client_key(config: &ClientConfig) -> Result<ClientKey, Failure> {
     let (key, loose) = ClientKey::load(&config.key_file).map_err(usage)?;
     if let Some(mode) = loose {
         tracing::warn!(
@@ -269,138 +362,130 @@ fn run(cli: Cli) -> Result<(), Failure> {
             config.key_file.display()
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot start the runtime: {e}"),
-        })?;
-    runtime.block_on(async move {
-        let client = Client::new(&config, key)?;
-        match cli.command {
-            Command::Keygen { .. } => unreachable!("handled above"),
-            Command::Get { secret } => {
-                let secrets = client.fetch(std::slice::from_ref(&secret)).await?;
-                write_stdout(&[secrets[0].1.expose().as_bytes(), b"\n"])
-            }
-            Command::Env {
-                secrets: names,
-                format,
-            } => {
-                let mut secrets = client.fetch(&names).await?;
-                if !cli.allow_loader_vars {
-                    let withheld =
-                        exec::withhold_loader_variables(&mut secrets, &names, output::env_var_name);
-                    warn_withheld(&withheld);
-                }
-                let text = match format {
-                    Format::Dotenv => output::dotenv(&secrets).map_err(usage)?,
-                    Format::Json => output::json(&secrets),
-                    Format::Shell => output::shell(&secrets).map_err(usage)?,
-                    Format::Systemd => output::systemd_env(&secrets).map_err(usage)?,
-                };
-                write_stdout(&[&text])
-            }
-            Command::Exec {
-                only,
-                prefix,
-                renames,
-                command,
-            } => {
-                let mut secrets = client.fetch(&only).await?;
-                let renames: std::collections::BTreeMap<String, String> =
-                    renames.into_iter().collect();
-                if !cli.allow_loader_vars {
-                    // A variable named with --as was asked for by name.
-                    let mut requested = only.clone();
-                    requested.extend(renames.keys().cloned());
-                    let withheld = exec::withhold_loader_variables(&mut secrets, &requested, |n| {
-                        renames
-                            .get(n)
-                            .cloned()
-                            .unwrap_or_else(|| format!("{prefix}{}", output::env_var_name(n)))
-                    });
-                    warn_withheld(&withheld);
-                }
-                let vars = exec::variables(&secrets, &prefix, &renames).map_err(usage)?;
-                drop(secrets);
-                let error = exec::exec(&command, &vars);
-                Err(Failure {
-                    code: 127,
-                    message: format!("cannot run {:?}: {error}", command[0]),
-                })
-            }
-            Command::Render {
-                dir,
-                secrets: names,
-                mode,
-                owner,
-                group,
-                env_file,
-                watch,
-                on_change,
-                templates,
-            } => {
-                let mut options = RenderOptions {
-                    dir,
-                    mode,
-                    owner: owner
-                        .as_deref()
-                        .map(render::lookup_user)
-                        .transpose()
-                        .map_err(usage)?,
-                    group: group
-                        .as_deref()
-                        .map(render::lookup_group)
-                        .transpose()
-                        .map_err(usage)?,
-                    env_file,
-                    templates: Vec::new(),
-                };
-                for path in &templates {
-                    let template = Template::read(path).map_err(usage)?;
-                    let file = path
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .map(|n| n.strip_suffix(".tmpl").unwrap_or(n).to_owned())
-                        .ok_or_else(|| usage(format!("{}: not a file name", path.display())))?;
-                    options.templates.push(TemplateFile {
-                        file,
-                        template,
-                        mode: options.mode,
-                        owner: options.owner,
-                        group: options.group,
-                    });
-                }
-                render_once(&client, &names, &options).await?;
-                if let Some(interval) = watch {
-                    watch_loop(&client, &names, &options, interval, on_change.as_deref()).await;
-                }
-                Ok(())
-            }
-            Command::Deliver {
-                plan: plan_path,
-                consumers,
-                watch,
-            } => {
-                let failure = |e: DeliverError| Failure {
-                    code: e.exit_code(),
-                    message: e.to_string(),
-                };
-                let plan = Plan::load(&plan_path).map_err(failure)?;
-                let selected = plan.consumers(&consumers).map_err(failure)?;
-                match watch {
-                    None => deliver::deliver_once(&client, &plan, &selected)
-                        .await
-                        .map_err(failure),
-                    Some(interval) => deliver::watch(&client, &plan, &selected, interval)
-                        .await
-                        .map_err(failure),
-                }
-            }
-        }
+    Ok(key)
+}
+
+/// `get`: one value and a newline.
+async fn get(client: &Client, secret: String) -> Result<(), Failure> {
+    let secrets = client.fetch(std::slice::from_ref(&secret)).await?;
+    let value = secrets.get(&secret).ok_or_else(|| Failure {
+        code: 1,
+        message: format!("the server's answer has no {secret:?}"),
+    })?;
+    write_stdout(&[value.expose().as_bytes(), b"\n"])
+}
+
+/// `env`: every granted secret (or the named ones) in one format.
+async fn env(
+    client: &Client,
+    names: &[String],
+    format: Format,
+    allow_loader_vars: bool,
+) -> Result<(), Failure> {
+    let mut secrets = client.fetch(names).await?;
+    if !allow_loader_vars {
+        let withheld = exec::withhold_loader_variables(&mut secrets, names, output::env_var_name);
+        warn_withheld(&withheld);
+    }
+    let text = match format {
+        Format::Dotenv => output::dotenv(&secrets).map_err(usage)?,
+        Format::Json => output::json(&secrets),
+        Format::Shell => output::shell(&secrets).map_err(usage)?,
+        Format::Systemd => output::systemd_env(&secrets).map_err(usage)?,
+    };
+    write_stdout(&[&text])
+}
+
+/// `exec`: replaces this process with `command`; returns only when it
+/// cannot be run.
+async fn exec_command(
+    client: &Client,
+    only: &[String],
+    prefix: &str,
+    renames: Vec<(String, String)>,
+    command: &[String],
+    allow_loader_vars: bool,
+) -> Result<(), Failure> {
+    let mut secrets = client.fetch(only).await?;
+    let renames: BTreeMap<String, String> = renames.into_iter().collect();
+    if !allow_loader_vars {
+        // A variable named with --as was asked for by name.
+        let mut requested = only.to_vec();
+        requested.extend(renames.keys().cloned());
+        let withheld = exec::withhold_loader_variables(&mut secrets, &requested, |n| {
+            renames
+                .get(n)
+                .cloned()
+                .unwrap_or_else(|| format!("{prefix}{}", output::env_var_name(n)))
+        });
+        warn_withheld(&withheld);
+    }
+    let vars = exec::variables(&secrets, prefix, &renames).map_err(usage)?;
+    drop(secrets);
+    let error = exec::exec(command, &vars);
+    Err(Failure {
+        code: 127,
+        message: format!("cannot run {:?}: {error}", command[0]),
     })
+}
+
+/// `render`'s flags as the library's options, templates read and parsed.
+fn render_options(
+    dir: PathBuf,
+    mode: u32,
+    owner: Option<String>,
+    group: Option<String>,
+    env_file: Option<PathBuf>,
+    templates: &[PathBuf],
+) -> Result<RenderOptions, Failure> {
+    let mut options = RenderOptions {
+        dir,
+        mode,
+        owner: owner
+            .as_deref()
+            .map(render::lookup_user)
+            .transpose()
+            .map_err(usage)?,
+        group: group
+            .as_deref()
+            .map(render::lookup_group)
+            .transpose()
+            .map_err(usage)?,
+        env_file,
+        templates: Vec::new(),
+    };
+    for path in templates {
+        let template = Template::read(path).map_err(usage)?;
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.strip_suffix(".tmpl").unwrap_or(n).to_owned())
+            .ok_or_else(|| usage(format!("{}: not a file name", path.display())))?;
+        options.templates.push(TemplateFile {
+            file,
+            template,
+            mode: options.mode,
+            owner: options.owner,
+            group: options.group,
+        });
+    }
+    Ok(options)
+}
+
+/// `deliver`: the consumers of a delivery plan, once or watched.
+async fn deliver_plan(
+    client: &Client,
+    plan: &std::path::Path,
+    consumers: &[String],
+    watch: Option<Duration>,
+) -> Result<(), Failure> {
+    let plan = DeliveryPlan::load(plan)?;
+    let selected = plan.consumers(consumers)?;
+    match watch {
+        None => deliver::deliver_once(client, &plan, &selected).await?,
+        Some(interval) => deliver::watch(client, &plan, &selected, interval).await?,
+    }
+    Ok(())
 }
 
 /// Names only: the values stay unseen.
@@ -423,73 +508,4 @@ fn write_stdout(parts: &[&[u8]]) -> Result<(), Failure> {
             code: 1,
             message: format!("cannot write to stdout: {e}"),
         })
-}
-
-async fn render_once(
-    client: &Client,
-    names: &[String],
-    options: &RenderOptions,
-) -> Result<RenderReport, Failure> {
-    let secrets = client.fetch(names).await?;
-    let report = render::render(&secrets, options).map_err(|e| Failure {
-        code: match e {
-            RenderError::Template(_) | RenderError::TemplateName { .. } => 2,
-            _ => 1,
-        },
-        message: format!("render failed: {e}"),
-    })?;
-    tracing::info!(
-        "{}: {} written, {} unchanged, {} removed",
-        options.dir.display(),
-        report.written.len(),
-        report.unchanged.len(),
-        report.removed.len()
-    );
-    Ok(report)
-}
-
-/// Fetches every `interval` until SIGTERM or SIGINT; rewrites what changed
-/// and runs `on_change` once per change. A failed fetch keeps the files as
-/// they are and is retried at the next interval.
-async fn watch_loop(
-    client: &Client,
-    names: &[String],
-    options: &RenderOptions,
-    interval: Duration,
-    on_change: Option<&str>,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = term.recv() => return,
-            _ = tokio::signal::ctrl_c() => return,
-        }
-        match render_once(client, names, options).await {
-            Ok(report) if report.changed() => {
-                if let Some(cmd) = on_change {
-                    match tokio::process::Command::new("/bin/sh")
-                        .arg("-c")
-                        .arg(cmd)
-                        .status()
-                        .await
-                    {
-                        Ok(status) if status.success() => {}
-                        Ok(status) => tracing::warn!("--on-change command exited with {status}"),
-                        Err(e) => {
-                            tracing::warn!("cannot run --on-change command: {e}")
-                        }
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(f) => tracing::warn!(
-                "{}; keeping the files as they are and retrying in {interval:?}",
-                f.message
-            ),
-        }
-    }
 }

@@ -7,12 +7,6 @@
 //! match the pin, and retries with backoff until one overall deadline. A 403
 //! or 404 is an answer, not a failure: it is returned at once.
 
-pub mod cache;
-pub mod deliver;
-pub mod exec;
-pub mod output;
-pub mod render;
-pub mod template;
 pub mod trust;
 
 use std::sync::Arc;
@@ -23,7 +17,7 @@ use tokio::sync::OnceCell;
 use crate::config::client::{ClientConfig, ServerOrder};
 use crate::keys::{ClientKey, KeyError, ReplyKey, ServerPublicKey};
 use crate::protocol::{self, Header, Request, RequestBody, WireError, WireKey};
-use crate::secret::SecretValue;
+use crate::secret_set::SecretSet;
 use crate::tls;
 use trust::{KnownServersError, Refusal, Trust};
 
@@ -437,7 +431,7 @@ impl Client {
 
     /// Fetches `names` (all granted secrets when empty) in one request,
     /// failing over between servers within the overall timeout.
-    pub async fn fetch(&self, names: &[String]) -> Result<Vec<(String, SecretValue)>, ClientError> {
+    pub async fn fetch(&self, names: &[String]) -> Result<SecretSet, ClientError> {
         let deadline = Instant::now() + self.timeout;
         // The last error of each server; a server whose error will not go
         // away by retrying (wrong key, broken answers) is not asked again.
@@ -517,7 +511,7 @@ impl Client {
         &self,
         endpoint: &Endpoint,
         names: &[String],
-    ) -> Result<Vec<(String, SecretValue)>, ClientError> {
+    ) -> Result<SecretSet, ClientError> {
         let server_key = self.endpoint_key(endpoint).await?;
         let reply = self.reply_key(endpoint).await?;
         let header = Header {

@@ -24,7 +24,7 @@ use crate::config::ConfigError;
 use crate::config::server::{Checked, ServerConfig};
 use crate::source::SourceError;
 use crate::source::combine::{Duplicate, Round};
-use crate::store::SecretSet;
+use crate::store::ServedSet;
 
 /// Loads every source once (each failing source keeps its last good
 /// values) and serves the result. Returns the number of secrets served, or
@@ -50,7 +50,7 @@ pub(crate) async fn refresh_once(state: &State) -> Result<usize, SourceError> {
 /// at warn, at start and reload; else at debug, every refresh).
 pub(crate) fn serve_round(state: &State, round: Round, loud: bool) -> Result<usize, SourceError> {
     log_duplicates(&round.duplicates, loud);
-    let count = round.set.as_ref().map(SecretSet::len);
+    let count = round.set.as_ref().map(ServedSet::len);
     let partial = !round.errors.is_empty();
     // One count per source and attempt.
     for _ in 0..round.loaded {

@@ -16,7 +16,7 @@
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::client::cache::{FUTURE_SKEW, human, timestamp};
+use crate::clock::{FUTURE_SKEW, human, timestamp};
 use crate::config::server::SealedSetConfig;
 use crate::sealed::{SealError, Sealer};
 use crate::source::SourceConfig;

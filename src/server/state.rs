@@ -26,7 +26,7 @@ use crate::keys::ServerKey;
 use crate::locked::LockStatus;
 use crate::registry::Registry;
 use crate::source::combine::Sources;
-use crate::store::{SecretSet, Store};
+use crate::store::{ServedSet, Store};
 
 /// Everything a config reload replaces at once.
 #[derive(Debug)]
@@ -219,7 +219,7 @@ impl State {
             keys,
             guards: Guards::new(config),
             secrets: Secrets {
-                store: Store::new(SecretSet::new(Default::default())),
+                store: Store::new(ServedSet::new(Default::default())),
                 health: health::Health::default(),
                 sources_view: ArcSwap::from_pointee(sources.clone()),
                 sources: tokio::sync::Mutex::new(sources),
@@ -235,7 +235,7 @@ impl State {
     /// Serves `set` from now on: the store, the health record and the
     /// metrics change together, here only. Returns whether this was the
     /// first set ever loaded (the server just turned ready).
-    pub(crate) fn set_loaded(&self, set: SecretSet) -> bool {
+    pub(crate) fn set_loaded(&self, set: ServedSet) -> bool {
         let first = self.secrets.health.success(set.loaded_at());
         self.secrets.store.replace(set);
         first
@@ -244,7 +244,7 @@ impl State {
     /// Serves a set in which some sources failed but kept their earlier
     /// values: stale, as old as the oldest values in it.
     /// Returns whether this was the first set ever served.
-    pub(crate) fn set_partial(&self, set: SecretSet, oldest: SystemTime, error: String) -> bool {
+    pub(crate) fn set_partial(&self, set: ServedSet, oldest: SystemTime, error: String) -> bool {
         let first = self.secrets.health.partial(oldest, error);
         self.secrets.store.replace(set);
         first

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::memory::{SourceMemory, Usage};
 use super::{LoadError, SourceConfig, SourceError};
 use crate::secret::SecretValue;
-use crate::store::SecretSet;
+use crate::store::ServedSet;
 
 /// One source's last load and last good values.
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct SourceState {
     /// whose settings did not change.
     pub config: SourceConfig,
     /// The values of its last successful load (a locked set of their own).
-    pub(crate) values: Option<Arc<SecretSet>>,
+    pub(crate) values: Option<Arc<ServedSet>>,
     /// When that load finished.
     pub last_success: Option<SystemTime>,
     /// How long the last attempt took.
@@ -130,7 +130,7 @@ pub struct Sources {
 #[derive(Debug)]
 pub struct Round {
     /// The combined set, when every source has values (fresh or kept).
-    pub set: Option<SecretSet>,
+    pub set: Option<ServedSet>,
     /// The sources that failed this round.
     pub errors: Vec<SourceError>,
     /// Sources that failed and have no earlier values to keep (only they
@@ -247,7 +247,7 @@ impl Sources {
     }
 
     /// The served set: every source's values in order, later ones winning.
-    fn combine(&self) -> (SecretSet, Vec<Duplicate>) {
+    fn combine(&self) -> (ServedSet, Vec<Duplicate>) {
         let mut all: BTreeMap<String, SecretValue> = BTreeMap::new();
         let mut defined: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, state) in self.states.iter().enumerate() {
@@ -267,7 +267,7 @@ impl Sources {
                 sources,
             })
             .collect();
-        (SecretSet::new(all), duplicates)
+        (ServedSet::new(all), duplicates)
     }
 
     /// Whether any source failed on its last attempt.
@@ -328,7 +328,7 @@ async fn load_one(
     i: usize,
     source: &SourceConfig,
     memory: &mut SourceMemory,
-) -> Result<SecretSet, SourceError> {
+) -> Result<ServedSet, SourceError> {
     let error = |detail: String, kind: &'static str, stderr| SourceError {
         index: i + 1,
         description: source.describe(),
@@ -367,5 +367,5 @@ async fn load_one(
         }
         map.insert(name, value);
     }
-    Ok(SecretSet::new(map))
+    Ok(ServedSet::new(map))
 }

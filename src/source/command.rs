@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     BoxFuture, LoadError, Loaded, SettingError, Source, SourceMemory, parse_dotenv, parse_json,
 };
-use crate::secret::SecretValue;
+use crate::secret_set::SecretSet;
 
 /// `type = "command"`: a program that prints a JSON object or dotenv text.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub(crate) async fn load(
     format: CommandFormat,
     timeout: Duration,
     extra_env: &BTreeMap<String, String>,
-) -> Result<Vec<(String, SecretValue)>, LoadError> {
+) -> Result<SecretSet, LoadError> {
     let env: Vec<(&str, &str)> = extra_env
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))

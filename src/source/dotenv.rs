@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{BoxFuture, LoadError, Loaded, Source, SourceMemory};
 use crate::secret::SecretValue;
+use crate::secret_set::SecretSet;
 
 /// `type = "dotenv"`: a `.env` file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,7 +31,7 @@ impl Source for DotenvSource {
     }
 }
 
-fn load(path: &Path) -> Result<Vec<(String, SecretValue)>, LoadError> {
+fn load(path: &Path) -> Result<SecretSet, LoadError> {
     let file = std::fs::File::open(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
@@ -40,11 +41,11 @@ fn load(path: &Path) -> Result<Vec<(String, SecretValue)>, LoadError> {
 
 /// Parses dotenv text. A parse error names the entry it follows but never
 /// shows the offending line, which may hold a secret.
-pub fn parse_dotenv(reader: impl Read) -> Result<Vec<(String, SecretValue)>, LoadError> {
-    let mut out = Vec::new();
+pub fn parse_dotenv(reader: impl Read) -> Result<SecretSet, LoadError> {
+    let mut out = SecretSet::new();
     for item in dotenvy::from_read_iter(reader) {
         match item {
-            Ok((name, value)) => out.push((name, SecretValue::new(value))),
+            Ok((name, value)) => out.push(name, SecretValue::new(value)),
             Err(dotenvy::Error::LineParse(_, column)) => {
                 let after = out
                     .last()

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{BoxFuture, LoadError, Loaded, SettingError, Source, SourceMemory};
 use crate::secret::SecretValue;
+use crate::secret_set::SecretSet;
 
 /// `type = "env"`: the server's own environment: variables starting with
 /// `prefix` (served without it unless `strip_prefix = false`) and/or the
@@ -49,8 +50,8 @@ fn load(
     prefix: Option<&str>,
     names: &[String],
     strip_prefix: bool,
-) -> Result<Vec<(String, SecretValue)>, LoadError> {
-    let mut out = Vec::new();
+) -> Result<SecretSet, LoadError> {
+    let mut out = SecretSet::new();
     if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
         for (key, value) in std::env::vars_os() {
             let (Some(key), Ok(value)) = (key.to_str(), value.into_string()) else {
@@ -61,13 +62,13 @@ fn load(
                     continue;
                 }
                 let name = if strip_prefix { rest } else { key };
-                out.push((name.to_owned(), SecretValue::new(value)));
+                out.push(name, SecretValue::new(value));
             }
         }
     }
     for name in names {
         match std::env::var(name) {
-            Ok(value) => out.push((name.clone(), SecretValue::new(value))),
+            Ok(value) => out.push(name.clone(), SecretValue::new(value)),
             Err(std::env::VarError::NotPresent) => {
                 return Err(LoadError::Environment(format!(
                     "environment variable {name} is not set; set it or remove it from `names`"

@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use super::{BoxFuture, LoadError, Loaded, Source, SourceMemory};
 use crate::secret::SecretValue;
+use crate::secret_set::SecretSet;
 
 /// `type = "file"`: a JSON or TOML file holding one object of name ->
 /// value; nested objects become `outer/inner` names. `format` defaults
@@ -41,7 +42,7 @@ pub enum FileFormat {
     Toml,
 }
 
-fn load(path: &Path, format: Option<FileFormat>) -> Result<Vec<(String, SecretValue)>, LoadError> {
+fn load(path: &Path, format: Option<FileFormat>) -> Result<SecretSet, LoadError> {
     let format = match format {
         Some(f) => f,
         None => match path.extension().and_then(|e| e.to_str()) {
@@ -72,7 +73,7 @@ fn load(path: &Path, format: Option<FileFormat>) -> Result<Vec<(String, SecretVa
 type Origins = std::collections::BTreeMap<String, String>;
 
 fn push(
-    out: &mut Vec<(String, SecretValue)>,
+    out: &mut SecretSet,
     origins: &mut Origins,
     keys: &[&str],
     value: SecretValue,
@@ -88,12 +89,12 @@ fn push(
             "keys {other} and {origin} both make the secret name {name:?}; rename one of them"
         )));
     }
-    out.push((name, value));
+    out.push(name, value);
     Ok(())
 }
 
 /// Parses a JSON object; nested objects become `outer/inner` names.
-pub fn parse_json(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
+pub fn parse_json(text: &str) -> Result<SecretSet, LoadError> {
     // serde_json's own messages quote no input, only line and column.
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| LoadError::Format(format!("not valid JSON: {e}")))?;
@@ -102,7 +103,7 @@ pub fn parse_json(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
             "the JSON must be one object of name -> value".into(),
         ));
     };
-    let mut out = Vec::new();
+    let mut out = SecretSet::new();
     flatten_json(&[], map, &mut out, &mut Origins::new())?;
     Ok(out)
 }
@@ -110,7 +111,7 @@ pub fn parse_json(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
 fn flatten_json(
     parents: &[&str],
     map: serde_json::Map<String, serde_json::Value>,
-    out: &mut Vec<(String, SecretValue)>,
+    out: &mut SecretSet,
     origins: &mut Origins,
 ) -> Result<(), LoadError> {
     use serde_json::Value;
@@ -133,7 +134,7 @@ fn flatten_json(
 }
 
 /// Parses a TOML table; nested tables become `outer/inner` names.
-pub fn parse_toml(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
+pub fn parse_toml(text: &str) -> Result<SecretSet, LoadError> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         // toml's messages quote the offending line; keep only its position.
         LoadError::Format(match e.span() {
@@ -141,7 +142,7 @@ pub fn parse_toml(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
             None => "not valid TOML".to_string(),
         })
     })?;
-    let mut out = Vec::new();
+    let mut out = SecretSet::new();
     flatten_toml(&[], table, &mut out, &mut Origins::new())?;
     Ok(out)
 }
@@ -149,7 +150,7 @@ pub fn parse_toml(text: &str) -> Result<Vec<(String, SecretValue)>, LoadError> {
 fn flatten_toml(
     parents: &[&str],
     table: toml::Table,
-    out: &mut Vec<(String, SecretValue)>,
+    out: &mut SecretSet,
     origins: &mut Origins,
 ) -> Result<(), LoadError> {
     use toml::Value;

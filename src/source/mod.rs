@@ -3,7 +3,7 @@
 //! `sources!` list (which builds [`SourceConfig`], the `[[sources]]` entry);
 //! [`memory`], what every source remembers between rounds (requests,
 //! budget, rate-limit waits, what it read); [`combine`], which keeps each
-//! source's last good values and combines them into the `SecretSet` that
+//! source's last good values and combines them into the `ServedSet` that
 //! is served; and [`sealed_set`], that state as a sealed copy holds it.
 //!
 //! Sources are listed in `[[sources]]` and read in order; when two sources
@@ -27,8 +27,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::SecretValue;
-use crate::store::SecretSet;
+use crate::secret_set::SecretSet;
+use crate::store::ServedSet;
 
 pub use command::{CommandEnv, CommandFormat, CommandSource};
 pub use dotenv::{DotenvSource, parse_dotenv};
@@ -67,7 +67,7 @@ pub trait Source: std::fmt::Debug + Send + Sync {
 }
 
 /// What one load gives: the names and values, or why not.
-pub type Loaded = Result<Vec<(String, SecretValue)>, LoadError>;
+pub type Loaded = Result<SecretSet, LoadError>;
 
 /// A boxed future, as [`Source::load`] returns (the trait is used as
 /// `dyn Source`).
@@ -317,7 +317,7 @@ impl SourceError {
 /// ([`combine::Sources`]). Also returns the names two sources define.
 pub async fn load_all(
     sources: &[SourceConfig],
-) -> Result<(SecretSet, Vec<combine::Duplicate>), SourceError> {
+) -> Result<(ServedSet, Vec<combine::Duplicate>), SourceError> {
     let (_, round) = combine::Sources::default().load(sources).await;
     match (round.errors.into_iter().next(), round.set) {
         (Some(e), _) => Err(e),

@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 use super::memory::{Budget, CachedField, CachedItem, HOUR, Hold, SourceMemory};
 use super::{BoxFuture, LoadError, Loaded, SettingError, Source};
 use crate::secret::SecretValue;
+use crate::secret_set::SecretSet;
 
 /// What 1Password counts for each `op` call (see the module docs).
 pub(crate) const OP_LIST_BY_NAME: u32 = 3;
@@ -370,11 +371,8 @@ fn cached(version: (u64, String), item: Item) -> CachedItem {
 /// The secrets of the items in `order` (the vault's listing), as
 /// `<title>/<label>` (the field's id when it has no label); two fields
 /// making one name are an error naming both.
-fn assemble(
-    order: &[String],
-    memory: &SourceMemory,
-) -> Result<Vec<(String, SecretValue)>, LoadError> {
-    let mut out = Vec::new();
+fn assemble(order: &[String], memory: &SourceMemory) -> Result<SecretSet, LoadError> {
+    let mut out = SecretSet::new();
     let mut origins = Origins::new();
     for id in order {
         let Some(item) = memory.items.get(id) else {
@@ -398,7 +396,7 @@ fn assemble(
                     "item {other_item:?} field {other_field:?} and item {title:?} field {label:?} both make the secret name {name:?}; rename one of them in 1Password, or name the secrets with `references`"
                 )));
             }
-            out.push((name, field.value.clone()));
+            out.push(name, field.value.clone());
         }
     }
     Ok(out)
@@ -518,8 +516,8 @@ fn resolve(
     references: &std::collections::BTreeMap<String, String>,
     items: &[ItemSummary],
     memory: &SourceMemory,
-) -> Result<Vec<(String, SecretValue)>, LoadError> {
-    let mut out = Vec::new();
+) -> Result<SecretSet, LoadError> {
+    let mut out = SecretSet::new();
     for (name, text) in references {
         let r = Reference::parse(text).map_err(LoadError::OnePassword)?;
         let item = items
@@ -541,7 +539,7 @@ fn resolve(
             })
             .collect();
         match found.as_slice() {
-            [one] => out.push((name.clone(), one.value.clone())),
+            [one] => out.push(name.clone(), one.value.clone()),
             [] => {
                 return Err(LoadError::OnePassword(format!(
                     "reference {text:?} (for {name}) names a field item {:?} does not have (or one without a value)",
@@ -676,7 +674,7 @@ pub(crate) async fn load_cli(
     limits: Limits,
     references: &std::collections::BTreeMap<String, String>,
     memory: &mut SourceMemory,
-) -> Result<Vec<(String, SecretValue)>, LoadError> {
+) -> Result<SecretSet, LoadError> {
     let token = read_token(token_file)?;
     // `op` keeps its config under $HOME unless OP_CONFIG_DIR names a
     // folder; under systemd's DynamicUser + ProtectHome only the latter is
@@ -798,7 +796,7 @@ fn finish_round(
     round_cost: u32,
     budget: Budget,
     references: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<(String, SecretValue)>, LoadError> {
+) -> Result<SecretSet, LoadError> {
     for r in results {
         match r {
             Ok(()) => {}
@@ -846,7 +844,7 @@ pub(crate) async fn load_connect(
     limits: Limits,
     references: &std::collections::BTreeMap<String, String>,
     memory: &mut SourceMemory,
-) -> Result<Vec<(String, SecretValue)>, LoadError> {
+) -> Result<SecretSet, LoadError> {
     let token = read_token(token_file)?;
     let http = crate::tls::http_client(crate::tls::Roots::for_urls([url]))
         .timeout(limits.timeout)

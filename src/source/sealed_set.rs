@@ -21,7 +21,8 @@ use super::SourceConfig;
 use super::combine::{SourceState, Sources};
 use super::memory::{CachedField, CachedItem, SourceMemory};
 use crate::secret::SecretValue;
-use crate::store::SecretSet;
+use crate::secret_set::SecretSet;
+use crate::store::ServedSet;
 
 /// A source's settings, as a digest: what a sealed source is matched by.
 pub(crate) fn settings_digest(config: &SourceConfig) -> String {
@@ -76,7 +77,7 @@ struct PlainIn {
 struct SourceIn {
     settings: String,
     loaded_at: u64,
-    values: Vec<(String, SecretValue)>,
+    values: SecretSet,
     vault_id: Option<String>,
     items: Vec<ItemIn>,
 }
@@ -238,7 +239,7 @@ impl Sources {
                         )
                     })
                     .collect();
-                let values = SecretSet::new(sealed.values.into_iter().collect());
+                let values = ServedSet::new(sealed.values.into_iter().collect());
                 SourceState::sealed(
                     config.clone(),
                     values,
@@ -285,7 +286,7 @@ impl Sources {
 impl SourceState {
     fn sealed(
         config: SourceConfig,
-        values: SecretSet,
+        values: ServedSet,
         loaded_at: SystemTime,
         memory: SourceMemory,
         sealed_at: SystemTime,

@@ -510,7 +510,7 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
     assert!(!d.join("cache/b.cred").exists(), "b did not opt in");
 
     // Never used while a server answers: a stale copy is replaced.
-    let plan = locket::client::deliver::Plan::load(&plan_path).unwrap();
+    let plan = locket::deliver::DeliveryPlan::load(&plan_path).unwrap();
     let cache = plan.cache().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -518,7 +518,7 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
         .unwrap();
     rt.block_on(cache.store(
         "a",
-        &[("APP_USER".into(), "stale".into())],
+        &locket::secret_set::SecretSet::from(vec![("APP_USER".into(), "stale".into())]),
         std::time::SystemTime::now(),
     ))
     .unwrap();
@@ -567,8 +567,12 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
     // A copy dated in the future (a clock that was a year behind when it
     // was written, say) is refused and kept, never taken as new.
     let next_year = std::time::SystemTime::now() + Duration::from_secs(365 * 86_400);
-    rt.block_on(cache.store("a", &[("APP_USER".into(), "future".into())], next_year))
-        .unwrap();
+    rt.block_on(cache.store(
+        "a",
+        &locket::secret_set::SecretSet::from(vec![("APP_USER".into(), "future".into())]),
+        next_year,
+    ))
+    .unwrap();
     server.stop();
     let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 1, "{err}");
@@ -578,7 +582,7 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
     // Put back a good copy for what follows.
     rt.block_on(cache.store(
         "a",
-        &[("APP_USER".into(), "alice".into())],
+        &locket::secret_set::SecretSet::from(vec![("APP_USER".into(), "alice".into())]),
         std::time::SystemTime::now(),
     ))
     .unwrap();
@@ -608,8 +612,12 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
 
     // Older than its max age: deleted, and the consumer gets nothing.
     let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
-    rt.block_on(cache.store("a", &[("APP_USER".into(), "old".into())], two_hours_ago))
-        .unwrap();
+    rt.block_on(cache.store(
+        "a",
+        &locket::secret_set::SecretSet::from(vec![("APP_USER".into(), "old".into())]),
+        two_hours_ago,
+    ))
+    .unwrap();
     std::fs::remove_dir_all(d.join("run/a")).unwrap();
     let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
     assert_eq!(code, 1, "{err}");

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use locket::client::output::{dotenv, shell, systemd_env};
+use locket::deliver::output::{dotenv, shell, systemd_env};
 use locket::secret::SecretValue;
+use locket::secret_set::SecretSet;
 
 /// Values that try to run `touch MARKER` in every way a reader might, and
 /// that play on what each reader treats specially (comments, line
@@ -28,7 +29,7 @@ fn hostile(marker: &Path) -> Vec<String> {
         .collect()
 }
 
-fn secrets(values: &[String]) -> Vec<(String, SecretValue)> {
+fn secrets(values: &[String]) -> SecretSet {
     values
         .iter()
         .enumerate()
@@ -100,13 +101,14 @@ fn no_format_runs_anything_under_any_reader_it_names() {
     let (carried, refused): (Vec<_>, Vec<_>) = all
         .iter()
         .cloned()
-        .partition(|s| dotenv(std::slice::from_ref(s)).is_ok());
+        .partition(|s| dotenv(&SecretSet::from(vec![s.clone()])).is_ok());
     assert_eq!(
         refused.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
         ["V14", "V15", "V20"],
         "only the backtick that needs double quotes, the trailing backslash and the carriage return are refused"
     );
     let file = dir.path().join("dotenv.env");
+    let carried = SecretSet::from(carried);
     std::fs::write(&file, dotenv(&carried).unwrap().as_slice()).unwrap();
     let want: BTreeMap<String, String> = carried
         .iter()

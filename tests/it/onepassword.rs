@@ -10,7 +10,7 @@ use locket::source::{LoadError, SourceConfig, SourceMemory};
 
 use crate::opvault::Vault;
 
-fn as_map(v: Vec<(String, locket::secret::SecretValue)>) -> BTreeMap<String, String> {
+fn as_map(v: locket::secret_set::SecretSet) -> BTreeMap<String, String> {
     v.into_iter()
         .map(|(n, s)| (n, s.expose().to_owned()))
         .collect()

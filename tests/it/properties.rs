@@ -52,7 +52,7 @@ proptest! {
     fn answers_round_trip(pairs in proptest::collection::vec((name(), any::<String>()), 0..6), nonce in any::<[u8; 16]>()) {
         let (_, _, reply) = keys();
         let reply = reply.clone();
-        let values: Vec<(String, SecretValue)> = pairs.iter().map(|(n, v)| (n.clone(), SecretValue::from(v.as_str()))).collect();
+        let values: locket::secret_set::SecretSet = pairs.iter().map(|(n, v)| (n.clone(), SecretValue::from(v.as_str()))).collect();
         let refs: Vec<(&str, &SecretValue)> = values.iter().map(|(n, v)| (n.as_str(), v)).collect();
         let public = locket::keys::parse_reply_key(reply.spki_der()).unwrap();
         let wire = protocol::seal_answer(protocol::encode_answer(&refs, &[]), &public, &header(nonce)).unwrap();

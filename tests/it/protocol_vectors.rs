@@ -158,7 +158,10 @@ fn body_encodings_and_aead() {
     let answer = protocol::encode_answer(&[(name, &value)], &missing);
     assert_eq!(hex::encode(answer.as_slice()), d.s("answer_body"));
     let decoded = Answer::decode(&answer).unwrap();
-    assert_eq!(decoded.secrets, vec![(name.to_owned(), value)]);
+    assert_eq!(
+        decoded.secrets,
+        locket::secret_set::SecretSet::from(vec![(name.to_owned(), value)])
+    );
     assert_eq!(decoded.missing, missing);
 
     let key: [u8; 32] = d.hex("aead_key").try_into().unwrap();

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::support::{Registered, ServerProcess, run_client_pinned, write_server_files};
-use locket::client::render::{self, MANIFEST, RenderOptions};
+use locket::deliver::render::{self, MANIFEST, RenderOptions};
 use locket::secret::SecretValue;
+use locket::secret_set::SecretSet;
 
-fn set(pairs: &[(&str, &str)]) -> Vec<(String, SecretValue)> {
+fn set(pairs: &[(&str, &str)]) -> SecretSet {
     pairs
         .iter()
         .map(|(n, v)| (n.to_string(), SecretValue::from(*v)))

@@ -10,7 +10,7 @@ use std::time::Duration;
 use locket::source::{CommandFormat, LoadError, SourceConfig, SourceMemory};
 use warp::{Filter, Reply as _};
 
-fn as_map(v: Vec<(String, locket::secret::SecretValue)>) -> BTreeMap<String, String> {
+fn as_map(v: locket::secret_set::SecretSet) -> BTreeMap<String, String> {
     v.into_iter()
         .map(|(n, s)| (n, s.expose().to_owned()))
         .collect()

@@ -15,12 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::clock::{FUTURE_SKEW, human, timestamp};
 use crate::sealed::{SealError, Sealer, json_error_kind};
-use crate::secret::SecretValue;
-
-/// How far in the future a copy's fetch time may be (clocks that disagree
-/// a little) before the copy is refused.
-pub const FUTURE_SKEW: Duration = Duration::from_secs(30);
+use crate::secret_set::SecretSet;
 
 /// A boot-cache problem, naming the file and what to do. Never a value.
 #[derive(Debug, thiserror::Error)]
@@ -80,24 +77,14 @@ pub struct BootCache {
 
 /// A copy read back from the cache.
 pub struct Cached {
-    pub secrets: Vec<(String, SecretValue)>,
+    pub secrets: SecretSet,
     pub fetched_at: SystemTime,
 }
 
 #[derive(Deserialize)]
 struct Plain {
     fetched_at: u64,
-    secrets: Vec<(String, SecretValue)>,
-}
-
-/// A time as RFC 3339, to the second.
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// A duration as a human reads it, to the second.
-pub fn human(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    secrets: SecretSet,
 }
 
 impl BootCache {
@@ -130,33 +117,18 @@ impl BootCache {
     pub async fn store(
         &self,
         consumer: &str,
-        secrets: &[(String, SecretValue)],
+        secrets: &SecretSet,
         fetched_at: SystemTime,
     ) -> Result<(), CacheError> {
-        // Sized up front (JSON escapes a byte into at most 6), so the
-        // buffer never grows and leaves a copy behind.
-        let size = 64
-            + secrets
-                .iter()
-                .map(|(n, v)| 8 + 6 * (n.len() + v.len()))
-                .sum::<usize>();
-        let mut plain = Zeroizing::new(Vec::with_capacity(size));
+        let set = secrets.to_json();
+        let mut plain = Zeroizing::new(Vec::with_capacity(set.len() + 48));
         let secs = fetched_at
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let _ = write!(plain, "{{\"fetched_at\":{secs},\"secrets\":[");
-        for (i, (name, value)) in secrets.iter().enumerate() {
-            if i > 0 {
-                plain.push(b',');
-            }
-            plain.push(b'[');
-            let _ = serde_json::to_writer(&mut *plain, name);
-            plain.push(b',');
-            let _ = serde_json::to_writer(&mut *plain, value.expose());
-            plain.push(b']');
-        }
-        plain.extend_from_slice(b"]}");
+        let _ = write!(plain, "{{\"fetched_at\":{secs},\"secrets\":");
+        plain.extend_from_slice(&set);
+        plain.push(b'}');
         Ok(self
             .sealer()
             .store(&Self::name(consumer), &Self::file(consumer), &plain)

@@ -29,7 +29,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::secret::SecretValue;
+use crate::secret_set::SecretSet;
 
 /// A template problem, naming the template, the line and the fix. Never a
 /// secret value: only names and template text positions.
@@ -289,10 +289,7 @@ impl Template {
     /// The template with every placeholder replaced, in zeroizing memory
     /// (allocated once at its final size, so no partial copy is left in a
     /// freed buffer).
-    pub fn render(
-        &self,
-        secrets: &[(String, SecretValue)],
-    ) -> Result<Zeroizing<String>, TemplateError> {
+    pub fn render(&self, secrets: &SecretSet) -> Result<Zeroizing<String>, TemplateError> {
         // Values written for a format, by part (kept until joined).
         let mut written: Vec<Option<Zeroizing<String>>> = Vec::with_capacity(self.parts.len());
         for part in &self.parts {
@@ -349,12 +346,13 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::SecretValue;
 
-    fn secrets() -> Vec<(String, SecretValue)> {
-        vec![
+    fn secrets() -> SecretSet {
+        SecretSet::from(vec![
             ("DB_PASSWORD".into(), "hunter2".into()),
             ("db/url".into(), "postgres://x".into()),
-        ]
+        ])
     }
 
     #[test]
@@ -392,10 +390,10 @@ mod tests {
     /// that `ini`/`line` cannot hold is refused by name, never shown.
     #[test]
     fn formats_escape_or_refuse_what_would_break_out() {
-        let s = vec![
+        let s = SecretSet::from(vec![
             ("V".to_string(), SecretValue::from("a\"b\\c\nd'e\u{1}")),
             ("PLAIN".to_string(), SecretValue::from("ok value")),
-        ];
+        ]);
         let t = Template::parse(
             "t",
             "j={{ V | json }}\ny={{V|yaml}}\ns={{ V | shell }}\ni={{ PLAIN | ini }}\n",
@@ -429,7 +427,10 @@ mod tests {
     fn lines_are_counted_across_placeholders() {
         let t = Template::parse("t", "{{ A }}\n{{\nB }}\n{{ C }}").unwrap();
         let e = t
-            .render(&[("A".into(), "1".into()), ("B".into(), "2".into())])
+            .render(&SecretSet::from(vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "2".into()),
+            ]))
             .unwrap_err();
         assert!(matches!(e, TemplateError::Unknown { line: 4, .. }), "{e}");
     }

@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::secret::{SecretBytes, SecretValue};
+use crate::secret::SecretBytes;
+use crate::secret_set::SecretSet;
 
 /// Maps a secret name to an environment variable name: every character
 /// outside `A-Za-z0-9_` becomes `_`, and a leading digit gets a `_` before
@@ -51,7 +52,7 @@ pub enum FormatError {
 
 /// Maps every name with [`env_var_name`], refusing two names that map to one
 /// variable.
-pub fn env_names(secrets: &[(String, SecretValue)]) -> Result<Vec<String>, FormatError> {
+pub fn env_names(secrets: &SecretSet) -> Result<Vec<String>, FormatError> {
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut out = Vec::with_capacity(secrets.len());
     for (name, _) in secrets {
@@ -71,7 +72,7 @@ pub fn env_names(secrets: &[(String, SecretValue)]) -> Result<Vec<String>, Forma
 /// `NAME=<quote>value<quote>` lines, one per secret, with the value's bytes
 /// passed through `escape`. The buffer is sized for the worst case once.
 fn env_lines(
-    secrets: &[(String, SecretValue)],
+    secrets: &SecretSet,
     export: &str,
     quote: u8,
     escape: impl Fn(u8, &mut SecretBytes),
@@ -99,7 +100,7 @@ fn env_lines(
 
 /// Refuses the first value holding a byte of `bad`.
 fn refuse(
-    secrets: &[(String, SecretValue)],
+    secrets: &SecretSet,
     bad: &[(u8, &'static str)],
     format: &'static str,
     instead: &'static str,
@@ -142,7 +143,7 @@ const NUL: (u8, &str) = (0, "it holds a NUL byte, which no environment variable 
 /// is one that ends with a backslash (python-dotenv takes the escaped
 /// backslash and the closing quote for an escaped quote), a carriage return
 /// (python-dotenv reads it as a newline) and a NUL byte.
-pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, FormatError> {
+pub fn dotenv(secrets: &SecretSet) -> Result<SecretBytes, FormatError> {
     let needs_double = |v: &str| v.contains(['\'', '\\', '\n']);
     refuse(secrets, &[NUL], "dotenv", "--format json")?;
     for (name, value) in secrets {
@@ -199,7 +200,7 @@ pub fn dotenv(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, FormatEr
 /// `NAME="value"` lines for systemd's `EnvironmentFile=`: double quotes,
 /// with `\`, `"`, `$` and `` ` `` escaped by a backslash; newlines are kept
 /// as they are (systemd allows them inside quotes).
-pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, FormatError> {
+pub fn systemd_env(secrets: &SecretSet) -> Result<SecretBytes, FormatError> {
     refuse(secrets, &[NUL], "systemd", "--format json")?;
     env_lines(secrets, "", b'"', |c, out| {
         if matches!(c, b'\\' | b'"' | b'$' | b'`') {
@@ -211,7 +212,7 @@ pub fn systemd_env(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, For
 
 /// Shell `export NAME='value'` lines, safe to `eval` or `source`: single
 /// quotes, with each `'` written as `'\''`.
-pub fn shell(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, FormatError> {
+pub fn shell(secrets: &SecretSet) -> Result<SecretBytes, FormatError> {
     refuse(secrets, &[NUL], "shell", "--format json")?;
     env_lines(secrets, "export ", b'\'', |c, out| {
         if c == b'\'' {
@@ -222,39 +223,26 @@ pub fn shell(secrets: &[(String, SecretValue)]) -> Result<SecretBytes, FormatErr
     })
 }
 
-/// One JSON object, name -> value, keys as the server names them.
-pub fn json(secrets: &[(String, SecretValue)]) -> SecretBytes {
-    let size: usize = 4 + secrets
-        .iter()
-        .map(|(n, v)| 8 + 6 * (n.len() + v.len()))
-        .sum::<usize>();
-    let mut out = SecretBytes::new(Vec::with_capacity(size));
-    out.push(b'{');
-    for (i, (name, value)) in secrets.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut *out, name).expect("writing to a Vec cannot fail");
-        out.push(b':');
-        serde_json::to_writer(&mut *out, value.expose()).expect("writing to a Vec cannot fail");
-    }
-    out.extend_from_slice(b"}\n");
-    out
+/// One JSON object, name -> value, keys as the server names them
+/// ([`SecretSet::to_json`], the set's one JSON form).
+pub fn json(secrets: &SecretSet) -> SecretBytes {
+    secrets.to_json()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::SecretValue;
 
     #[test]
     fn names_map_to_variables() {
         assert_eq!(env_var_name("db/password"), "db_password");
         assert_eq!(env_var_name("2FA-SEED"), "_2FA_SEED");
         assert_eq!(env_var_name("OK_1"), "OK_1");
-        let clash = vec![
+        let clash = SecretSet::from(vec![
             ("a-b".to_string(), SecretValue::from("1")),
             ("a_b".to_string(), SecretValue::from("2")),
-        ];
+        ]);
         assert!(
             env_names(&clash)
                 .unwrap_err()
@@ -278,7 +266,7 @@ mod tests {
             "\\|!@#$%^&*()_+[]{};:,<.>/?~===",
             "unicodé ✓ \t tab",
         ];
-        let secrets: Vec<(String, SecretValue)> = values
+        let secrets: SecretSet = values
             .iter()
             .enumerate()
             .map(|(i, v)| (format!("V{i}"), SecretValue::from(*v)))
@@ -293,12 +281,12 @@ mod tests {
             assert_eq!(value.expose(), pv, "value of {name}");
         }
         // A backtick that would need double quotes is refused by name.
-        let tick = vec![("T".to_string(), SecretValue::from("a'b`id`"))];
+        let tick = SecretSet::from(vec![("T".to_string(), SecretValue::from("a'b`id`"))]);
         assert!(matches!(
             dotenv(&tick),
             Err(FormatError::Unrepresentable { name, .. }) if name == "T"
         ));
-        let nul = vec![("N".to_string(), SecretValue::from("a\0b"))];
+        let nul = SecretSet::from(vec![("N".to_string(), SecretValue::from("a\0b"))]);
         for format in [dotenv, shell, systemd_env] {
             assert!(matches!(
                 format(&nul),
@@ -309,10 +297,10 @@ mod tests {
 
     #[test]
     fn shell_and_systemd_quoting() {
-        let secrets = vec![(
+        let secrets = SecretSet::from(vec![(
             "A".to_string(),
             SecretValue::from("it's $HOME \\ `x` \"q\""),
-        )];
+        )]);
         let sh = shell(&secrets).unwrap();
         assert_eq!(sh.as_slice(), b"export A='it'\\''s $HOME \\ `x` \"q\"'\n");
         let out = std::process::Command::new("/bin/sh")
@@ -333,7 +321,7 @@ mod tests {
 
     #[test]
     fn json_round_trips() {
-        let secrets = vec![("a\"b".to_string(), SecretValue::from("x\ny\"z\\"))];
+        let secrets = SecretSet::from(vec![("a\"b".to_string(), SecretValue::from("x\ny\"z\\"))]);
         let text = json(&secrets);
         let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
         assert_eq!(v["a\"b"], "x\ny\"z\\");

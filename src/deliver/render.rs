@@ -12,21 +12,21 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat, renameat};
+use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, fchmod, fstat};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
-use crate::secret::SecretValue;
+use crate::fsutil::TMP_PREFIX;
+use crate::secret_set::SecretSet;
 
 /// Name of the manifest of files written by locket in a render folder.
 pub const MANIFEST: &str = ".locket-manifest";
-const TMP_PREFIX: &str = ".locket-tmp-";
 /// The most bytes read of a bookkeeping file in a render folder (the
 /// manifest lists file names: far less than this).
 const MAX_READ: u64 = 1024 * 1024;
@@ -115,8 +115,6 @@ pub enum RenderError {
     Group(String),
     #[error(transparent)]
     Env(#[from] super::output::FormatError),
-    #[error("cannot name a temporary file: {0}")]
-    Random(crate::crypto::CryptoError),
     #[error(transparent)]
     Template(#[from] super::template::TemplateError),
     #[error("template output {file:?} {why}; give the template another file name")]
@@ -246,12 +244,9 @@ impl Folder {
         }
     }
 
-    /// Atomically replaces `name` with `contents`, created with `mode` and
-    /// owned by `owner`/`group`. Leaves nothing behind on failure, and,
-    /// where the file system has `O_TMPFILE`, nothing even when the process
-    /// is killed while writing: the file has no name until it is whole.
-    /// Elsewhere its temporary name carries this process's id, so the next
-    /// render removes it if this process died ([`Folder::remove_stale`]).
+    /// Atomically replaces `name` with `contents` (the one writer,
+    /// [`crate::fsutil::replace_at`]), created with `mode` and owned by
+    /// `owner`/`group`.
     fn write_atomic(
         &self,
         name: &str,
@@ -260,66 +255,13 @@ impl Folder {
         owner: Option<u32>,
         group: Option<u32>,
     ) -> Result<(), RenderError> {
-        use std::os::fd::AsRawFd as _;
-        let suffix = hex::encode(crate::crypto::random_bytes::<8>().map_err(RenderError::Random)?);
-        let tmp = format!("{TMP_PREFIX}{}-{suffix}", std::process::id());
-        let result = (|| {
-            let (fd, named) = match openat(
-                &self.fd,
-                ".",
-                OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(mode),
-            ) {
-                Ok(fd) => (fd, false),
-                // No O_TMPFILE here: a named temporary file.
-                Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => (
-                    openat(
-                        &self.fd,
-                        tmp.as_str(),
-                        OFlag::O_WRONLY
-                            | OFlag::O_CREAT
-                            | OFlag::O_EXCL
-                            | OFlag::O_NOFOLLOW
-                            | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(mode),
-                    )
-                    .map_err(self.err(&tmp))?,
-                    true,
-                ),
-                Err(e) => return Err(self.err(&tmp)(e)),
-            };
-            // The umask may have narrowed the mode; set it exactly (the file
-            // is still invisible, or under its temporary name).
-            fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(self.err(&tmp))?;
-            if owner.is_some() || group.is_some() {
-                fchown(&fd, owner.map(Uid::from_raw), group.map(Gid::from_raw))
-                    .map_err(self.err(&tmp))?;
+        let access = crate::fsutil::Access { mode, owner, group };
+        crate::fsutil::replace_at(&self.fd, &self.path, name, contents, access).map_err(|e| {
+            RenderError::Io {
+                path: e.path,
+                source: e.source,
             }
-            let mut f = File::from(fd);
-            f.write_all(contents)
-                .map_err(io_err(&self.path.join(&tmp)))?;
-            f.sync_all().map_err(io_err(&self.path.join(&tmp)))?;
-            if !named {
-                // Give the whole file a name (through /proc, which needs no
-                // capability, unlike AT_EMPTY_PATH), then move it in place.
-                let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
-                nix::unistd::linkat(
-                    nix::fcntl::AT_FDCWD,
-                    proc_path.as_str(),
-                    &self.fd,
-                    tmp.as_str(),
-                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
-                )
-                .map_err(self.err(&tmp))?;
-            }
-            drop(f);
-            renameat(&self.fd, tmp.as_str(), &self.fd, name).map_err(self.err(name))
-        })();
-        if result.is_err() {
-            let _ = unlinkat(&self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        }
-        result?;
-        fsync(&self.fd).map_err(self.err("."))
+        })
     }
 
     /// Removes temporary files that a render killed while writing left
@@ -470,10 +412,7 @@ fn dir_mode(file_mode: u32) -> u32 {
 
 /// Writes `secrets` into `opts.dir`, rewriting only what changed and removing
 /// files written earlier that are no longer in `secrets`.
-pub fn render(
-    secrets: &[(String, SecretValue)],
-    opts: &RenderOptions,
-) -> Result<RenderReport, RenderError> {
+pub fn render(secrets: &SecretSet, opts: &RenderOptions) -> Result<RenderReport, RenderError> {
     render_in(secrets, opts, true)
 }
 
@@ -481,14 +420,14 @@ pub fn render(
 /// refresh, which must not recreate the folder of a consumer that was just
 /// stopped (its fetch unit removed the folder).
 pub fn render_existing(
-    secrets: &[(String, SecretValue)],
+    secrets: &SecretSet,
     opts: &RenderOptions,
 ) -> Result<RenderReport, RenderError> {
     render_in(secrets, opts, false)
 }
 
 fn render_in(
-    secrets: &[(String, SecretValue)],
+    secrets: &SecretSet,
     opts: &RenderOptions,
     create: bool,
 ) -> Result<RenderReport, RenderError> {

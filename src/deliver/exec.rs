@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use super::output::env_var_name;
-use crate::secret::SecretValue;
+use crate::secret_set::SecretSet;
 
 /// Whether `name` can be an environment variable name here.
 pub fn valid_var_name(name: &str) -> bool {
@@ -37,10 +37,10 @@ pub enum VariableError {
 /// ([`env_var_name`]), or under the name given in `renames`
 /// (secret name -> variable name, no prefix added).
 pub fn variables(
-    secrets: &[(String, SecretValue)],
+    secrets: &SecretSet,
     prefix: &str,
     renames: &BTreeMap<String, String>,
-) -> Result<Vec<(String, SecretValue)>, VariableError> {
+) -> Result<SecretSet, VariableError> {
     if let Some((name, var)) = renames
         .iter()
         .find(|(name, _)| !secrets.iter().any(|(n, _)| n == *name))
@@ -51,7 +51,7 @@ pub fn variables(
         });
     }
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-    let mut out = Vec::with_capacity(secrets.len());
+    let mut out = SecretSet::with_capacity(secrets.len());
     for (name, value) in secrets {
         let var = match renames.get(name) {
             Some(v) => v.clone(),
@@ -70,7 +70,7 @@ pub fn variables(
                 var,
             });
         }
-        out.push((var, value.clone()));
+        out.push(var, value.clone());
     }
     Ok(out)
 }
@@ -208,15 +208,15 @@ pub fn changes_how_programs_run(var: &str) -> bool {
 /// how programs run and whose name is not in `requested`; returns the
 /// names removed, for a warning (names only).
 pub fn withhold_loader_variables(
-    secrets: &mut Vec<(String, SecretValue)>,
+    secrets: &mut SecretSet,
     requested: &[String],
     var_of: impl Fn(&str) -> String,
 ) -> Vec<String> {
     let mut withheld = Vec::new();
-    secrets.retain(|(name, _)| {
-        let keep = !changes_how_programs_run(&var_of(name)) || requested.contains(name);
+    secrets.retain(|name, _| {
+        let keep = !changes_how_programs_run(&var_of(name)) || requested.iter().any(|r| r == name);
         if !keep {
-            withheld.push(name.clone());
+            withheld.push(name.to_owned());
         }
         keep
     });
@@ -226,7 +226,7 @@ pub fn withhold_loader_variables(
 /// Replaces this process with `command`. The environment is this process's
 /// own, less every `LOCKET_*` variable (the client's settings, including
 /// where its key is), plus `vars`. Returns only if the exec failed.
-pub fn exec(command: &[String], vars: &[(String, SecretValue)]) -> std::io::Error {
+pub fn exec(command: &[String], vars: &SecretSet) -> std::io::Error {
     let Some((program, args)) = command.split_first() else {
         return std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given");
     };
@@ -246,10 +246,11 @@ pub fn exec(command: &[String], vars: &[(String, SecretValue)]) -> std::io::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::SecretValue;
 
     #[test]
     fn loader_variables_need_to_be_asked_for() {
-        let mut s: Vec<(String, SecretValue)> = ["DB", "PATH", "LD_AUDIT", "X_PRELOAD", "BASH_ENV"]
+        let mut s: SecretSet = ["DB", "PATH", "LD_AUDIT", "X_PRELOAD", "BASH_ENV"]
             .iter()
             .map(|n| (n.to_string(), SecretValue::from("v")))
             .collect();
@@ -260,7 +261,7 @@ mod tests {
             ["DB", "PATH"]
         );
         // Under a prefix, the same names are harmless.
-        let mut s = vec![("PATH".to_string(), SecretValue::from("v"))];
+        let mut s = SecretSet::from(vec![("PATH".to_string(), SecretValue::from("v"))]);
         assert!(withhold_loader_variables(&mut s, &[], |n| format!("APP_{n}")).is_empty());
         assert!(
             !changes_how_programs_run("PATHS") && changes_how_programs_run("DYLD_INSERT_LIBRARIES")
@@ -302,10 +303,10 @@ mod tests {
 
     #[test]
     fn names_prefixes_and_renames() {
-        let s = vec![
+        let s = SecretSet::from(vec![
             ("db/password".to_string(), SecretValue::from("x")),
             ("API".to_string(), SecretValue::from("y")),
-        ];
+        ]);
         let mut renames = BTreeMap::new();
         let v = variables(&s, "APP_", &renames).unwrap();
         assert_eq!(

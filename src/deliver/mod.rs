@@ -1,0 +1,32 @@
+//! Delivery to consuming services: the plan the NixOS module writes
+//! (`/etc/locket/delivery.toml`), one round of fetching and rendering, and
+//! the host's one watcher that repeats the round and restarts, reloads or
+//! notifies consumers whose values changed.
+//!
+//! Why one watcher per host and one request per round: the server sees one
+//! signed request per host per interval however many consumers the host
+//! runs, and all consumers move to a new set at the same moment. Why
+//! compare content: a consumer is restarted only when a value it reads
+//! changed (`RenderReport::changed`), at most once per round however many
+//! of its secrets changed, and a unit that several consumers name is
+//! restarted once, so changes that arrive together cause one restart.
+//!
+//! The watcher refreshes only consumers whose folder is delivered (it has a
+//! manifest): a stopped consumer's fetch unit removed its folder, and the
+//! watcher must not put secrets back on disk for a service that is not
+//! running.
+
+pub mod cache;
+pub mod exec;
+mod once;
+pub mod output;
+mod plan;
+pub mod render;
+pub mod template;
+mod watch;
+
+pub use once::{deliver_once, origin};
+pub use plan::{Consumer, ConsumerPlan, DeliverError, DeliveryPlan, TemplatePlan};
+pub use watch::{
+    ConsumerStatus, Pending, WatchStatus, check_units, render_folder, repeat, watch, watch_folder,
+};

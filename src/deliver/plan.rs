@@ -1,0 +1,280 @@
+//! The delivery plan the NixOS module writes (`/etc/locket/delivery.toml`,
+//! documented in the README, "Delivery plan"), and its consumers resolved
+//! into what a delivery needs: folders, modes, owners, parsed templates.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::cache::{BootCache, CacheError};
+use super::render::{self, RenderError, RenderOptions, TemplateFile};
+use super::template::Template;
+use crate::client::ClientError;
+
+/// The delivery plan file, as the module writes it. Documented in the
+/// README ("Delivery plan").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryPlan {
+    /// Where the watcher writes its status (JSON).
+    #[serde(default)]
+    pub status_file: Option<PathBuf>,
+    #[serde(default = "default_systemctl")]
+    pub systemctl: PathBuf,
+    #[serde(default = "default_systemd_creds")]
+    pub systemd_creds: PathBuf,
+    /// Folder of the boot cache; consumers opt in with `cache_max_age`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default = "default_cache_key")]
+    pub cache_key: String,
+    #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerPlan>,
+}
+
+fn default_systemctl() -> PathBuf {
+    "systemctl".into()
+}
+fn default_systemd_creds() -> PathBuf {
+    "systemd-creds".into()
+}
+fn default_cache_key() -> String {
+    "auto".into()
+}
+fn default_mode() -> String {
+    "0400".into()
+}
+
+/// One consumer of the plan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerPlan {
+    pub dir: PathBuf,
+    /// Empty: every secret the client may read.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub env_file: Option<PathBuf>,
+    #[serde(default)]
+    pub restart_units: Vec<String>,
+    #[serde(default)]
+    pub reload_units: Vec<String>,
+    /// A program and its arguments, run after a change.
+    #[serde(default)]
+    pub on_change: Option<Vec<String>>,
+    /// Keep an encrypted copy for boots without a server, at most this old.
+    #[serde(default, with = "humantime_serde")]
+    pub cache_max_age: Option<Duration>,
+    #[serde(default)]
+    pub templates: BTreeMap<String, TemplatePlan>,
+}
+
+/// A template of a consumer: its text (no secret in it) and file mode.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatePlan {
+    pub content: String,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// A delivery problem. Messages name the consumer, the file or the unit,
+/// never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("cannot read the delivery plan {path}: {detail}")]
+    Plan { path: PathBuf, detail: String },
+    #[error("delivery plan: consumer {consumer}: {detail}")]
+    Consumer { consumer: String, detail: String },
+    #[error("no consumer {0:?} in the delivery plan; it lists: {1}")]
+    UnknownConsumer(String, String),
+    #[error(
+        "consumer {consumer}: restart/reload target {unit} does not exist (systemctl: {state}); fix restartUnits/reloadUnits. Nothing was delivered or restarted"
+    )]
+    NoSuchUnit {
+        consumer: String,
+        unit: String,
+        state: String,
+    },
+    #[error("render failed: {0}")]
+    Folder(RenderError),
+    #[error("consumer {consumer}: {source}")]
+    Render {
+        consumer: String,
+        source: RenderError,
+    },
+    #[error("consumer {consumer}: {fetch}; and no cached copy can stand in: {cache}")]
+    NoCache {
+        consumer: String,
+        fetch: String,
+        cache: Box<CacheError>,
+    },
+    #[error(transparent)]
+    Fetch(#[from] ClientError),
+    #[error("consumer {consumer}: secret {name:?} was not in the server's answer")]
+    Missing { consumer: String, name: String },
+}
+
+impl DeliverError {
+    /// The client's exit codes: 2 for a plan that cannot work, the
+    /// fetch's own code for a failed fetch, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Plan { .. }
+            | Self::Consumer { .. }
+            | Self::UnknownConsumer(..)
+            | Self::NoSuchUnit { .. } => 2,
+            Self::Render {
+                source: RenderError::Template(_) | RenderError::TemplateName { .. },
+                ..
+            }
+            | Self::Folder(RenderError::Template(_) | RenderError::TemplateName { .. }) => 2,
+            Self::Fetch(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+fn parse_mode(consumer: &str, text: &str) -> Result<u32, DeliverError> {
+    let bad = || DeliverError::Consumer {
+        consumer: consumer.to_owned(),
+        detail: format!("mode {text:?} is not an octal mode like 0400 or 0440"),
+    };
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| bad())?;
+    if mode & !0o770 != 0 || mode & 0o400 == 0 {
+        return Err(bad());
+    }
+    Ok(mode)
+}
+
+/// A consumer ready to deliver: its plan resolved (users, modes, parsed
+/// templates).
+#[derive(Debug)]
+pub struct Consumer {
+    pub name: String,
+    pub secrets: Vec<String>,
+    pub options: RenderOptions,
+    pub restart_units: Vec<String>,
+    pub reload_units: Vec<String>,
+    pub on_change: Option<Vec<String>>,
+    pub cache_max_age: Option<Duration>,
+}
+
+impl DeliveryPlan {
+    pub fn load(path: &Path) -> Result<Self, DeliverError> {
+        let fail = |detail: String| DeliverError::Plan {
+            path: path.to_owned(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        // toml's messages quote the offending line; the plan holds no
+        // secret (template text is public), so they may be shown.
+        toml::from_str(&text).map_err(|e| fail(e.to_string()))
+    }
+
+    /// The boot cache, when the plan has a folder for it.
+    pub fn cache(&self) -> Option<BootCache> {
+        self.cache_dir.as_ref().map(|dir| BootCache {
+            dir: dir.clone(),
+            systemd_creds: self.systemd_creds.clone(),
+            key: self.cache_key.clone(),
+        })
+    }
+
+    /// The named consumers (all when `only` is empty), resolved.
+    pub fn consumers(&self, only: &[String]) -> Result<Vec<Consumer>, DeliverError> {
+        for name in only {
+            if !self.consumers.contains_key(name) {
+                return Err(DeliverError::UnknownConsumer(
+                    name.clone(),
+                    self.consumers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ));
+            }
+        }
+        self.consumers
+            .iter()
+            .filter(|(name, _)| only.is_empty() || only.contains(name))
+            .map(|(name, c)| self.resolve(name, c))
+            .collect()
+    }
+
+    fn resolve(&self, name: &str, c: &ConsumerPlan) -> Result<Consumer, DeliverError> {
+        let err = |detail: String| DeliverError::Consumer {
+            consumer: name.to_owned(),
+            detail,
+        };
+        let user = |u: &Option<String>| {
+            u.as_deref()
+                .map(render::lookup_user)
+                .transpose()
+                .map_err(|e| err(e.to_string()))
+        };
+        let group = |g: &Option<String>| {
+            g.as_deref()
+                .map(render::lookup_group)
+                .transpose()
+                .map_err(|e| err(e.to_string()))
+        };
+        let mode = parse_mode(name, &c.mode)?;
+        let (owner, grp) = (user(&c.owner)?, group(&c.group)?);
+        let mut templates = Vec::new();
+        for (file, t) in &c.templates {
+            templates.push(TemplateFile {
+                file: file.clone(),
+                template: Template::parse(&format!("{name}/{file}"), &t.content)
+                    .map_err(|e| err(e.to_string()))?,
+                mode: t
+                    .mode
+                    .as_deref()
+                    .map_or(Ok(mode), |m| parse_mode(name, m))?,
+                owner: if t.owner.is_some() {
+                    user(&t.owner)?
+                } else {
+                    owner
+                },
+                group: if t.group.is_some() {
+                    group(&t.group)?
+                } else {
+                    grp
+                },
+            });
+        }
+        if c.cache_max_age.is_some() && self.cache_dir.is_none() {
+            return Err(err(
+                "cache_max_age is set but the plan has no cache_dir".to_owned()
+            ));
+        }
+        Ok(Consumer {
+            name: name.to_owned(),
+            secrets: c.secrets.clone(),
+            options: RenderOptions {
+                dir: c.dir.clone(),
+                mode,
+                owner,
+                group: grp,
+                env_file: c.env_file.clone(),
+                templates,
+            },
+            restart_units: c.restart_units.clone(),
+            reload_units: c.reload_units.clone(),
+            on_change: c.on_change.clone(),
+            cache_max_age: c.cache_max_age,
+        })
+    }
+}
