@@ -64,8 +64,8 @@ pub enum KeyError {
     },
     #[error("RSA key has {bits} bits; locket accepts {MIN_RSA_BITS} to {MAX_RSA_BITS}")]
     RsaSize { bits: usize },
-    #[error("RSA key generation failed: {0}")]
-    Generate(String),
+    #[error("key generation failed: {0}")]
+    Generate(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Key text (PEM or DER) that is not a usable key. The detail names the
     /// encoding problem and never quotes key material.
     #[error("{0}")]
@@ -109,8 +109,8 @@ fn into_decrypter(private: PrivateKey) -> Result<crypto::Decrypter, KeyError> {
     check_rsa_bits(private.size() * 8)?;
     let der = private
         .to_pkcs8_der()
-        .map_err(|e| KeyError::Generate(e.to_string()))?;
-    crypto::Decrypter::from_pkcs8_der(der.as_bytes()).map_err(|e| KeyError::Generate(e.to_string()))
+        .map_err(|e| KeyError::Generate(e.into()))?;
+    crypto::Decrypter::from_pkcs8_der(der.as_bytes()).map_err(|e| KeyError::Generate(e.into()))
 }
 
 /// Parses PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY` PEM. The error
@@ -128,8 +128,8 @@ fn parse_private_pem(text: &str) -> Result<crypto::Decrypter, KeyError> {
 
 fn generate_rsa(bits: usize) -> Result<crypto::Decrypter, KeyError> {
     check_rsa_bits(bits)?;
-    let private = PrivateKey::new(&mut getrandom::SysRng, bits)
-        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    let private =
+        PrivateKey::new(&mut getrandom::SysRng, bits).map_err(|e| KeyError::Generate(e.into()))?;
     into_decrypter(private)
 }
 
@@ -137,10 +137,10 @@ impl ServerKey {
     fn from_decrypter(decrypter: crypto::Decrypter) -> Result<Self, KeyError> {
         let spki_der = decrypter
             .public_spki_der()
-            .map_err(|e| KeyError::Generate(e.to_string()))?;
+            .map_err(|e| KeyError::Generate(e.into()))?;
         let public_pem =
             rsa::pkcs8::der::pem::encode_string("PUBLIC KEY", LineEnding::LF, &spki_der)
-                .map_err(|e| KeyError::Generate(e.to_string()))?;
+                .map_err(|e| KeyError::Generate(e.into()))?;
         let fingerprint = crypto::fingerprint(&spki_der);
         Ok(Self {
             decrypter,
@@ -235,10 +235,10 @@ impl ServerKey {
         let der = self
             .decrypter
             .to_pkcs8_der()
-            .map_err(|e| KeyError::Generate(e.to_string()))?;
+            .map_err(|e| KeyError::Generate(e.into()))?;
         rsa::pkcs8::der::pem::encode_string("PRIVATE KEY", LineEnding::LF, &der)
             .map(zeroize::Zeroizing::new)
-            .map_err(|e| KeyError::Generate(e.to_string()))
+            .map_err(|e| KeyError::Generate(e.into()))
     }
 
     /// The key in AWS-LC, for unwrapping request keys.
@@ -356,7 +356,7 @@ impl ReplyKey {
     /// Generates a new X25519 reply key: microseconds.
     pub fn generate_x25519() -> Result<Self, KeyError> {
         let (public, private) =
-            crypto::hpke_generate().map_err(|e| KeyError::Generate(e.to_string()))?;
+            crypto::hpke_generate().map_err(|e| KeyError::Generate(e.into()))?;
         let mut spki_der = X25519_SPKI_PREFIX.to_vec();
         spki_der.extend_from_slice(&public);
         Ok(Self {
@@ -393,7 +393,7 @@ impl ReplyKey {
     fn from_decrypter(decrypter: crypto::Decrypter) -> Result<Self, KeyError> {
         let spki_der = decrypter
             .public_spki_der()
-            .map_err(|e| KeyError::Generate(e.to_string()))?;
+            .map_err(|e| KeyError::Generate(e.into()))?;
         Ok(Self {
             private: ReplyPrivateKey::Rsa(decrypter),
             spki_der,
@@ -427,7 +427,7 @@ impl ClientKey {
     /// A new random key.
     pub fn generate() -> Result<Self, KeyError> {
         let seed = zeroize::Zeroizing::new(
-            crypto::random_bytes::<32>().map_err(|e| KeyError::Generate(e.to_string()))?,
+            crypto::random_bytes::<32>().map_err(|e| KeyError::Generate(e.into()))?,
         );
         Ok(Self::from_seed(&seed))
     }
@@ -444,7 +444,7 @@ impl ClientKey {
         let pem = self
             .signing
             .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| KeyError::Generate(e.to_string()))?;
+            .map_err(|e| KeyError::Generate(e.into()))?;
         fsutil::create_private(path, pem.as_bytes(), 0o600).map_err(|source| {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
                 KeyError::Exists {

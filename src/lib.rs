@@ -48,6 +48,8 @@ pub mod config;
 pub mod crypto;
 pub mod deliver;
 pub mod discover;
+mod error_chain;
+pub use error_chain::error_chain;
 pub(crate) mod fsutil;
 pub mod hygiene;
 pub mod keys;

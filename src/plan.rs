@@ -16,7 +16,7 @@ use crate::store::ServedSet;
 
 /// The differences between two registries.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct GrantPlan {
     /// In client-name order.
     pub changes: Vec<ClientChange>,
 }
@@ -66,7 +66,7 @@ impl Diff {
     }
 }
 
-impl Plan {
+impl GrantPlan {
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
@@ -95,7 +95,7 @@ fn readable(c: &RegisteredClient, set: &ServedSet) -> BTreeSet<String> {
 /// The plan from `old` to `new`; with `sets` (the secrets of the old
 /// config's sources, then the new one's), each registry's grants are also
 /// resolved against its own set.
-pub fn plan(old: &Registry, new: &Registry, sets: Option<(&ServedSet, &ServedSet)>) -> Plan {
+pub fn plan(old: &Registry, new: &Registry, sets: Option<(&ServedSet, &ServedSet)>) -> GrantPlan {
     let all: BTreeSet<&str> = old
         .iter()
         .chain(new.iter())
@@ -143,7 +143,7 @@ pub fn plan(old: &Registry, new: &Registry, sets: Option<(&ServedSet, &ServedSet
             (None, None) => None,
         })
         .collect();
-    Plan { changes }
+    GrantPlan { changes }
 }
 
 impl ClientChange {
@@ -212,7 +212,7 @@ fn diff(f: &mut fmt::Formatter<'_>, what: &str, d: &Diff) -> fmt::Result {
 
 /// One line per client, then indented details: `+` added, `-` removed,
 /// `~` changed.
-impl fmt::Display for Plan {
+impl fmt::Display for GrantPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.changes.is_empty() {
             return writeln!(f, "no changes");
@@ -385,7 +385,7 @@ pub struct FilePlan {
     /// The old side: `against`, or the running server's config.
     pub old_path: std::path::PathBuf,
     pub new_path: std::path::PathBuf,
-    pub plan: Plan,
+    pub plan: GrantPlan,
 }
 
 impl fmt::Display for FilePlan {

@@ -200,7 +200,7 @@ impl From<DeliverError> for Failure {
     fn from(e: DeliverError) -> Self {
         Self {
             code: e.exit_code(),
-            message: e.to_string(),
+            message: locket::error_chain(&e),
         }
     }
 }
@@ -209,7 +209,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         Self {
             code: e.exit_code(),
-            message: e.to_string(),
+            message: locket::error_chain(&e),
         }
     }
 }

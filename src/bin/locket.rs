@@ -95,10 +95,10 @@ struct Failure {
 }
 
 /// A failure with its exit code; the message is printed once, in `main`.
-fn fail(code: u8, e: impl std::fmt::Display) -> Failure {
+fn fail(code: u8, e: impl std::error::Error + 'static) -> Failure {
     Failure {
         code,
-        message: e.to_string(),
+        message: locket::error_chain(&e),
     }
 }
 
@@ -192,7 +192,10 @@ async fn check(path: &Path) -> Result<(), Failure> {
         let stderr = e
             .command_stderr()
             .map(|s| format!("\nthe command's stderr: {s}"));
-        fail(e.exit_code(), format!("{e}{}", stderr.unwrap_or_default()))
+        Failure {
+            code: e.exit_code(),
+            message: format!("{}{}", locket::error_chain(&e), stderr.unwrap_or_default()),
+        }
     })?;
     print!("{report}");
     Ok(())

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 use crate::config::client::{ClientConfig, ServerOrder};
+use crate::error_chain;
 use crate::keys::{ClientKey, KeyError, ReplyKey, ServerPublicKey};
-use crate::protocol::{self, Header, Request, RequestBody, WireError, WireKey};
+use crate::protocol::{self, Header, ProtocolError, Request, RequestBody, WireError, WireKey};
 use crate::secret_set::SecretSet;
 use crate::tls;
 use trust::{KnownServersError, Refusal, Trust};
@@ -67,11 +68,11 @@ pub enum ClientError {
     #[error("the server answered {status}: {message}")]
     Server { status: u16, message: String },
     #[error("the server's answer was refused: {0}")]
-    Protocol(String),
+    Protocol(#[from] AnswerError),
     #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("cannot build the request: {0}")]
-    Local(String),
+    #[error(transparent)]
+    Local(#[from] LocalError),
     #[error("no server answered within {timeout:?}: {}", .attempts.join("; "))]
     AllFailed {
         timeout: Duration,
@@ -81,6 +82,70 @@ pub enum ClientError {
         /// a refusal or a bad answer.
         unanswered: bool,
     },
+}
+
+/// Why a server's answer, or its key response, was refused. The request
+/// was sent (or, for a key response, nothing was); another server may
+/// answer properly.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error(transparent)]
+    Sealed(#[from] ProtocolError),
+    #[error("GET /v1/key did not return a locket key: {source}")]
+    NotAKey {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("GET /v1/key: the server key: {0}")]
+    ServerKey(#[source] KeyError),
+    #[error("GET /v1/key: {0}")]
+    Instance(#[source] ProtocolError),
+    #[error(
+        "the key response of {server} is not signed by its key {fingerprint}: the server is older than this client (upgrade the servers first), or something between altered the response; nothing was sent"
+    )]
+    Unsigned { server: String, fingerprint: String },
+    #[error("a 404 answer that names nothing missing")]
+    NothingMissing,
+    #[error("a 200 answer that names missing secrets")]
+    MissingIn200,
+    #[error("the answer does not hold exactly the names asked for")]
+    NotWhatWasAsked,
+}
+
+/// A problem on this side, before anything is sent: the settings, the
+/// TLS roots, this machine's randomness.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("no server configured; set server (or --server, LOCKET_SERVER)")]
+    NoServer,
+    #[error("cannot read ca_file {path}: {source}")]
+    CaFileRead {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ca_file {path} is not PEM certificates: {source}")]
+    CaFilePem {
+        path: std::path::PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("ca_file {path} holds no certificate")]
+    CaFileEmpty { path: std::path::PathBuf },
+    #[error(
+        "HTTP client: {detail}; for https:// servers the system's CA certificates must be installed, or set ca_file"
+    )]
+    HttpClient {
+        detail: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("cannot build the request: {0}")]
+    Random(#[source] crate::crypto::CryptoError),
+    #[error("cannot build the request: {0}")]
+    Seal(#[source] ProtocolError),
+    #[error("reply key generation panicked")]
+    ReplyKeyPanicked,
 }
 
 impl ClientError {
@@ -218,7 +283,7 @@ impl Client {
             .get_or_try_init(|| async {
                 match tokio::task::spawn_blocking(ReplyKey::generate).await {
                     Ok(generated) => generated.map_err(ClientError::from),
-                    Err(_) => Err(ClientError::Local("reply key generation panicked".into())),
+                    Err(_) => Err(LocalError::ReplyKeyPanicked.into()),
                 }
             })
             .await
@@ -227,24 +292,25 @@ impl Client {
 
     fn build(config: &ClientConfig, key: ClientKey, reply: ReplySlot) -> Result<Self, ClientError> {
         if config.servers.is_empty() {
-            return Err(ClientError::Local("no server configured".into()));
+            return Err(LocalError::NoServer.into());
         }
         let roots = match &config.ca_file {
             Some(ca_file) => {
-                let pem = std::fs::read(ca_file).map_err(|e| {
-                    ClientError::Local(format!("cannot read ca_file {}: {e}", ca_file.display()))
+                let pem = std::fs::read(ca_file).map_err(|source| LocalError::CaFileRead {
+                    path: ca_file.clone(),
+                    source,
                 })?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    ClientError::Local(format!(
-                        "ca_file {} is not PEM certificates: {e}",
-                        ca_file.display()
-                    ))
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                    LocalError::CaFilePem {
+                        path: ca_file.clone(),
+                        source,
+                    }
                 })?;
                 if certs.is_empty() {
-                    return Err(ClientError::Local(format!(
-                        "ca_file {} holds no certificate",
-                        ca_file.display()
-                    )));
+                    return Err(LocalError::CaFileEmpty {
+                        path: ca_file.clone(),
+                    }
+                    .into());
                 }
                 tls::Roots::Only(certs)
             }
@@ -258,11 +324,9 @@ impl Client {
         if let Some(bind) = config.bind {
             builder = builder.local_address(bind);
         }
-        let http = builder.build().map_err(|e| {
-            ClientError::Local(format!(
-                "HTTP client: {}; for https:// servers the system's CA certificates must be installed, or set ca_file",
-                error_chain(&e)
-            ))
+        let http = builder.build().map_err(|source| LocalError::HttpClient {
+            detail: error_chain(&source),
+            source,
         })?;
         Ok(Self {
             http,
@@ -342,20 +406,15 @@ impl Client {
                 message: error_message(&body),
             });
         }
-        let wire: WireKey = serde_json::from_slice(&body).map_err(|e| {
-            ClientError::Protocol(format!(
-                "GET {} did not return a locket key: {e}",
-                protocol::KEY_PATH
-            ))
-        })?;
-        let key = ServerPublicKey::from_pem(&wire.public_key)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let wire: WireKey =
+            serde_json::from_slice(&body).map_err(|source| AnswerError::NotAKey { source })?;
+        let key = ServerPublicKey::from_pem(&wire.public_key).map_err(AnswerError::ServerKey)?;
         let instance = wire
             .instance
             .as_deref()
             .map(protocol::decode_instance)
             .transpose()
-            .map_err(|e| ClientError::Protocol(format!("GET {}: {e}", protocol::KEY_PATH)))?;
+            .map_err(AnswerError::Instance)?;
         let announced = Announced {
             instance,
             x25519: wire
@@ -383,10 +442,11 @@ impl Client {
             if ok {
                 Ok((trusted, announced))
             } else {
-                Err(ClientError::Protocol(format!(
-                    "the key response of {server} is not signed by its key {}: the server is older than this client (upgrade the servers first), or something between altered the response; nothing was sent",
-                    trusted.fingerprint
-                )))
+                Err(AnswerError::Unsigned {
+                    server: server.clone(),
+                    fingerprint: trusted.fingerprint,
+                }
+                .into())
             }
         };
         match self.trust.check(&server, &key.fingerprint)? {
@@ -518,15 +578,15 @@ impl Client {
             client: self.name.clone(),
             server_fingerprint: server_key.fingerprint.clone(),
             timestamp: crate::clock::unix_now(),
-            nonce: crate::crypto::random_bytes().map_err(|e| ClientError::Local(e.to_string()))?,
+            nonce: crate::crypto::random_bytes().map_err(LocalError::Random)?,
             instance: endpoint.announced().instance,
         };
         let body = RequestBody {
             names: names.to_vec(),
             reply_key: reply.spki_der().to_vec(),
         };
-        let request = Request::seal(header, &body, &server_key, &self.key)
-            .map_err(|e| ClientError::Local(e.to_string()))?;
+        let request =
+            Request::seal(header, &body, &server_key, &self.key).map_err(LocalError::Seal)?;
         let url = format!("{}{}", endpoint.url, protocol::SECRETS_PATH);
         let unreachable = |e: String| ClientError::Unreachable {
             server: endpoint.url.clone(),
@@ -553,19 +613,15 @@ impl Client {
         match status {
             200 | 404 => {
                 let answer = protocol::open_answer(&bytes, &reply, &request.header)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    .map_err(AnswerError::Sealed)?;
                 if status == 404 {
                     if answer.missing.is_empty() {
-                        return Err(ClientError::Protocol(
-                            "a 404 answer that names nothing missing".into(),
-                        ));
+                        return Err(AnswerError::NothingMissing.into());
                     }
                     return Err(ClientError::NotFound(answer.missing));
                 }
                 if !answer.missing.is_empty() {
-                    return Err(ClientError::Protocol(
-                        "a 200 answer that names missing secrets".into(),
-                    ));
+                    return Err(AnswerError::MissingIn200.into());
                 }
                 if !names.is_empty() {
                     let asked: std::collections::BTreeSet<&str> =
@@ -573,9 +629,7 @@ impl Client {
                     let got: std::collections::BTreeSet<&str> =
                         answer.secrets.iter().map(|(n, _)| n.as_str()).collect();
                     if asked != got {
-                        return Err(ClientError::Protocol(
-                            "the answer does not hold exactly the names asked for".into(),
-                        ));
+                        return Err(AnswerError::NotWhatWasAsked.into());
                     }
                 }
                 Ok(answer.secrets)
@@ -632,18 +686,6 @@ pub fn printable(text: &str) -> String {
         } else {
             out.push(c);
         }
-    }
-    out
-}
-
-/// The error and its causes on one line (reqwest hides the useful part).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
     }
     out
 }

@@ -94,8 +94,18 @@ pub struct TemplatePlan {
 /// never a value.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
-    #[error("cannot read the delivery plan {path}: {detail}")]
-    Plan { path: PathBuf, detail: String },
+    #[error("cannot read the delivery plan {path}: {source}")]
+    PlanRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the delivery plan {path}: {source}")]
+    PlanParse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("delivery plan: consumer {consumer}: {detail}")]
     Consumer { consumer: String, detail: String },
     #[error("no consumer {0:?} in the delivery plan; it lists: {1}")]
@@ -108,6 +118,8 @@ pub enum DeliverError {
         unit: String,
         state: String,
     },
+    #[error("cannot watch for SIGTERM: {0}")]
+    Signal(#[source] std::io::Error),
     #[error("render failed: {0}")]
     Folder(RenderError),
     #[error("consumer {consumer}: {source}")]
@@ -132,7 +144,8 @@ impl DeliverError {
     /// fetch's own code for a failed fetch, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Plan { .. }
+            Self::PlanRead { .. }
+            | Self::PlanParse { .. }
             | Self::Consumer { .. }
             | Self::UnknownConsumer(..)
             | Self::NoSuchUnit { .. } => 2,
@@ -174,14 +187,16 @@ pub struct Consumer {
 
 impl DeliveryPlan {
     pub fn load(path: &Path) -> Result<Self, DeliverError> {
-        let fail = |detail: String| DeliverError::Plan {
+        let text = std::fs::read_to_string(path).map_err(|source| DeliverError::PlanRead {
             path: path.to_owned(),
-            detail,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+            source,
+        })?;
         // toml's messages quote the offending line; the plan holds no
         // secret (template text is public), so they may be shown.
-        toml::from_str(&text).map_err(|e| fail(e.to_string()))
+        toml::from_str(&text).map_err(|source| DeliverError::PlanParse {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// The boot cache, when the plan has a folder for it.

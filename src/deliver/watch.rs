@@ -9,7 +9,7 @@ use super::cache::BootCache;
 use super::once::{deliver_set, origin, part, union};
 use super::plan::{Consumer, DeliverError, DeliveryPlan};
 use super::render::{self, RenderOptions, RenderReport};
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 
 /// Checks that every restart and reload target exists, before anything is
 /// delivered: a typo is reported at start, not at the first change.
@@ -98,8 +98,7 @@ pub async fn repeat(
     mut round: impl AsyncFnMut(),
 ) -> Result<(), DeliverError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term =
-        signal(SignalKind::terminate()).map_err(|e| ClientError::Local(e.to_string()))?;
+    let mut term = signal(SignalKind::terminate()).map_err(DeliverError::Signal)?;
     if first_now {
         round().await;
     }

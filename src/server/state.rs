@@ -103,8 +103,8 @@ impl Keys {
         tls_files: Option<[u8; 32]>,
     ) -> Result<Self, crate::keys::KeyError> {
         use base64::Engine as _;
-        let instance: [u8; crate::protocol::INSTANCE_LEN] = crate::crypto::random_bytes()
-            .map_err(|e| crate::keys::KeyError::Generate(e.to_string()))?;
+        let instance: [u8; crate::protocol::INSTANCE_LEN] =
+            crate::crypto::random_bytes().map_err(|e| crate::keys::KeyError::Generate(e.into()))?;
         let signed = crate::protocol::key_response_signed_bytes(
             current.fingerprint(),
             Some(&crate::protocol::encode_instance(&instance)),
@@ -115,7 +115,7 @@ impl Keys {
             key.decrypter()
                 .sign_pss_sha256(&signed)
                 .map(|s| base64::engine::general_purpose::STANDARD.encode(s))
-                .map_err(|e| crate::keys::KeyError::Generate(e.to_string()))
+                .map_err(|e| crate::keys::KeyError::Generate(e.into()))
         };
         let signature = sign(&current)?;
         let next_signature = next.as_ref().map(sign).transpose()?;
