@@ -49,7 +49,7 @@ async fn main() {
     let clients: Vec<reqwest::Client> = kinds
         .iter()
         .map(|(_, _, _, bind, _)| {
-            locket::tls::http_client(locket::tls::Roots::None)
+            locket::http_client(locket::Roots::None)
                 .local_address(bind.parse::<std::net::IpAddr>().unwrap())
                 .build()
                 .unwrap()

@@ -52,7 +52,12 @@ impl CheckError {
 #[derive(Debug)]
 pub enum KeyState {
     /// Its fingerprint and size.
-    Present { fingerprint: String, bits: usize },
+    Present {
+        /// `sha256:<hex>` of the public key, as clients pin it.
+        fingerprint: String,
+        /// The RSA modulus size.
+        bits: usize,
+    },
     /// Not created yet; `serve` or `fingerprint` will create it.
     Missing(PathBuf),
 }
@@ -60,8 +65,11 @@ pub enum KeyState {
 /// One client, summarised.
 #[derive(Debug)]
 pub struct ClientSummary {
+    /// The registered name.
     pub name: String,
+    /// How many ed25519 keys it may sign with.
     pub keys: usize,
+    /// How many networks it may call from.
     pub networks: usize,
     /// How many of the loaded secrets it may read.
     pub readable: usize,
@@ -70,9 +78,13 @@ pub struct ClientSummary {
 /// What `locket check` found.
 #[derive(Debug)]
 pub struct Report {
+    /// The config file checked.
     pub path: PathBuf,
+    /// The server key.
     pub key: KeyState,
+    /// How many `[[sources]]` loaded.
     pub sources: usize,
+    /// How many secrets they hold together.
     pub secrets: usize,
     /// Names defined by more than one source.
     pub duplicates: Vec<Duplicate>,

@@ -42,6 +42,10 @@ pub const AEAD_TAG_LEN: usize = 16;
 /// A failure of a cryptographic operation. Deliberately without detail: the
 /// caller knows which operation it attempted and says what to do.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum CryptoError {
     #[error("the operating system random number generator failed")]
     Random,

@@ -54,7 +54,7 @@ fn list(paths: &[PathBuf]) -> String {
 
 /// A running server's config, read through a checked handle.
 #[derive(Debug)]
-pub struct RunningConfig {
+pub(crate) struct RunningConfig {
     /// The config file as the process named it (absolute).
     pub path: PathBuf,
     /// Its text, read through the handle whose owner and mode were checked.
@@ -62,7 +62,7 @@ pub struct RunningConfig {
 }
 
 /// The config of the one trustworthy `locket serve` on this host.
-pub fn running_server_config() -> Result<RunningConfig, DiscoverError> {
+pub(crate) fn running_server_config() -> Result<RunningConfig, DiscoverError> {
     let caller = nix::unistd::getuid().as_raw();
     let own = std::fs::metadata("/proc/self/exe").map_err(DiscoverError::Proc)?;
     let own = (own.dev(), own.ino());

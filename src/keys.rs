@@ -39,6 +39,10 @@ pub const ED25519_PREFIX: &str = "ed25519:";
 /// Problems with key files or key text. Each message names the file or form
 /// and what to do about it.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
     Read {
@@ -266,7 +270,9 @@ impl ServerKey {
 /// A server public key as a client sees it.
 #[derive(Clone, Debug)]
 pub struct ServerPublicKey {
+    /// The RSA key requests are encrypted to.
     pub key: crypto::Encrypter,
+    /// `sha256:<hex>` of its SPKI DER: what clients pin.
     pub fingerprint: String,
     /// The SubjectPublicKeyInfo DER (what signatures are checked with).
     pub spki_der: Vec<u8>,
@@ -335,6 +341,7 @@ pub struct ReplyKey {
 /// The private half of a [`ReplyKey`].
 #[derive(Clone)]
 pub enum ReplyPrivateKey {
+    /// An RSA reply key (servers before X25519 reply keys).
     Rsa(crypto::Decrypter),
     /// Wiped when the last handle goes.
     X25519(std::sync::Arc<rustls::crypto::hpke::HpkePrivateKey>),
@@ -510,6 +517,7 @@ impl ClientKey {
         public_line(&self.signing.verifying_key())
     }
 
+    /// The public half, as the server's registry holds it.
     pub fn verifying_key(&self) -> VerifyingKey {
         self.signing.verifying_key()
     }

@@ -43,6 +43,7 @@ pub(crate) struct LockedRegion {
 // SAFETY: the region is written only in `new` (before it is shared) and in
 // `drop` (when no reference remains); in between it is read-only.
 unsafe impl Send for LockedRegion {}
+// SAFETY: as for `Send`: shared references only ever read the region.
 unsafe impl Sync for LockedRegion {}
 
 impl std::fmt::Debug for LockedRegion {

@@ -24,22 +24,35 @@ pub struct GrantPlan {
 /// How one client changes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientChange {
+    /// A client that is new.
     Added {
+        /// Its name.
         name: String,
+        /// Its keys, as configured.
         keys: Vec<String>,
+        /// The networks it may call from.
         networks: Vec<String>,
+        /// The grant patterns.
         grants: Vec<String>,
         /// The names it may read, when resolved against a secret set.
         names: Option<Vec<String>>,
     },
+    /// A client that is gone.
     Removed {
+        /// Its name.
         name: String,
+        /// The names it could read, when resolved against a secret set.
         names: Option<Vec<String>>,
     },
+    /// A client whose keys, networks or grants change.
     Changed {
+        /// Its name.
         name: String,
+        /// Grant patterns added and removed.
         grants: Diff,
+        /// Keys added and removed.
         keys: Diff,
+        /// Networks added and removed.
         networks: Diff,
         /// Secret names it may newly read and no longer read, when resolved.
         names: Option<Diff>,
@@ -49,7 +62,9 @@ pub enum ClientChange {
 /// What one list gains and loses.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Diff {
+    /// In the new config only.
     pub added: Vec<String>,
+    /// In the old config only.
     pub removed: Vec<String>,
 }
 
@@ -95,7 +110,11 @@ fn readable(c: &RegisteredClient, set: &ServedSet) -> BTreeSet<String> {
 /// The plan from `old` to `new`; with `sets` (the secrets of the old
 /// config's sources, then the new one's), each registry's grants are also
 /// resolved against its own set.
-pub fn plan(old: &Registry, new: &Registry, sets: Option<(&ServedSet, &ServedSet)>) -> GrantPlan {
+pub(crate) fn plan(
+    old: &Registry,
+    new: &Registry,
+    sets: Option<(&ServedSet, &ServedSet)>,
+) -> GrantPlan {
     let all: BTreeSet<&str> = old
         .iter()
         .chain(new.iter())
@@ -361,6 +380,10 @@ mod tests {
 
 /// Why `locket plan` could not compare two configs.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum PlanError {
     /// A config that does not load.
     #[error("{}: {source}", path.display())]
@@ -384,7 +407,9 @@ pub enum PlanError {
 pub struct FilePlan {
     /// The old side: `against`, or the running server's config.
     pub old_path: std::path::PathBuf,
+    /// The new config file.
     pub new_path: std::path::PathBuf,
+    /// What changes.
     pub plan: GrantPlan,
 }
 

@@ -64,6 +64,10 @@ pub const SECRETS_PATH: &str = "/v1/secrets";
 /// own diagnostics; the server never sends the detail of an authentication
 /// failure to the caller.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum ProtocolError {
     #[error("malformed message: {0}")]
     Malformed(Shape),
@@ -87,6 +91,10 @@ pub enum ProtocolError {
 /// caller (a test, the server's 400, a fuzz target) matches on it rather
 /// than on text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum Shape {
     #[error("field `{0}` is not standard base64")]
     Base64(&'static str),
@@ -128,10 +136,17 @@ fn malformed(shape: Shape) -> ProtocolError {
 /// with padding.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct WireRequest {
     pub version: u8,
+    /// The client's registered name.
     pub client: String,
+    /// The fingerprint of the key the request is encrypted to.
     pub server_fingerprint: String,
+    /// Seconds since the Unix epoch, checked against the clock-skew window.
     pub timestamp: i64,
     pub nonce: String,
     /// The server process the request is for (version 3 only).
@@ -145,6 +160,10 @@ pub struct WireRequest {
 /// The JSON body of a sealed answer (status 200 or 404).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct WireAnswer {
     pub version: u8,
     pub wrapped_key: String,
@@ -153,6 +172,10 @@ pub struct WireAnswer {
 
 /// The JSON body of every unsealed error answer (400, 403, 413, ...).
 #[derive(Debug, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub struct WireError {
     pub error: String,
     pub message: String,
@@ -160,6 +183,10 @@ pub struct WireError {
 
 /// The JSON body of `GET /v1/key`.
 #[derive(Debug, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct WireKey {
     pub version: u8,
     /// `RSA-OAEP-SHA256`.
@@ -235,9 +262,13 @@ pub const REPLY_KEY_X25519: &str = "HPKE-X25519-SHA256-AES256GCM";
 /// signature and into both AEAD associated data strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// The client's registered name.
     pub client: String,
+    /// The fingerprint of the server key the request is encrypted to.
     pub server_fingerprint: String,
+    /// Seconds since the Unix epoch, checked against the clock-skew window.
     pub timestamp: i64,
+    /// Random, never accepted twice within the window.
     pub nonce: [u8; NONCE_LEN],
     /// The server instance the request is bound to: `Some` makes it a
     /// version 3 request, which only that server process answers.
@@ -247,9 +278,13 @@ pub struct Header {
 /// A decoded, not yet verified request.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// What is signed in the clear.
     pub header: Header,
+    /// The request key, RSA-OAEP-wrapped to the server key.
     pub wrapped_key: Vec<u8>,
+    /// The body, AES-256-GCM under the request key.
     pub ciphertext: Vec<u8>,
+    /// ed25519 over the canonical signed bytes.
     pub signature: Signature,
 }
 
@@ -546,6 +581,7 @@ impl RequestBody {
         out
     }
 
+    /// Parses a decrypted request body.
     pub fn decode(plain: &[u8]) -> Result<Self, ProtocolError> {
         let mut r = Reader { buf: plain };
         let version = r.u8()?;
@@ -569,7 +605,9 @@ impl RequestBody {
 /// read but that do not exist (status 404 when not empty).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Answer {
+    /// The values, by name.
     pub secrets: SecretSet,
+    /// Names the client may read that do not exist.
     pub missing: Vec<String>,
 }
 
@@ -606,6 +644,7 @@ pub fn encode_answer<'a>(
 }
 
 impl Answer {
+    /// Parses a decrypted answer body.
     pub fn decode(plain: &[u8]) -> Result<Self, ProtocolError> {
         let mut r = Reader { buf: plain };
         let version = r.u8()?;

@@ -36,6 +36,10 @@ pub struct ClientEntry {
 
 /// A problem in the `[clients]` section; each names the client and the fix.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum RegistryError {
     #[error("client name {0:?} is invalid: use 1-64 characters of A-Za-z0-9._-")]
     Name(String),
@@ -70,8 +74,11 @@ pub enum RegistryError {
 /// A registered client, parsed and validated.
 #[derive(Debug)]
 pub struct RegisteredClient {
+    /// The registered name.
     pub name: String,
+    /// Keys it may sign with (more than one during a rotation).
     pub keys: Vec<VerifyingKey>,
+    /// Networks it may call from.
     pub networks: Vec<IpNet>,
     /// The grants as written (exact names and patterns), for plans.
     grants: Vec<String>,
@@ -242,6 +249,7 @@ impl Registry {
         self.clients.len()
     }
 
+    /// Whether no client is registered.
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
     }

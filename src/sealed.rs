@@ -32,6 +32,10 @@ use zeroize::Zeroizing;
 
 /// Why a sealed copy could not be written or read. Never a value.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum SealError {
     #[error("there is no sealed copy ({path})")]
     Missing { path: PathBuf },
@@ -50,7 +54,7 @@ pub enum SealError {
 
 /// Where sealed copies live and how they are encrypted.
 #[derive(Debug, Clone)]
-pub struct Sealer {
+pub(crate) struct Sealer {
     pub dir: PathBuf,
     /// The `systemd-creds` program.
     pub systemd_creds: PathBuf,
@@ -74,13 +78,18 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SealError + '_ {
 
 impl Sealer {
     /// The file of the copy called `file` (e.g. `web.cred`).
-    pub fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
 
     /// Replaces the copy `file`, sealed under the credential `name` (bound
     /// into the encryption), with `plain`.
-    pub async fn store(&self, name: &str, file: &str, plain: &[u8]) -> Result<(), SealError> {
+    pub(crate) async fn store(
+        &self,
+        name: &str,
+        file: &str,
+        plain: &[u8],
+    ) -> Result<(), SealError> {
         let path = self.path(file);
         if let Err(e) = std::fs::DirBuilder::new()
             .recursive(true)
@@ -233,7 +242,11 @@ impl Sealer {
     }
 
     /// The plain text of the copy `file`, sealed under `name`.
-    pub async fn load(&self, name: &str, file: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    pub(crate) async fn load(
+        &self,
+        name: &str,
+        file: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         let path = self.path(file);
         let size = match std::fs::metadata(&path) {
             Ok(m) => m.len() as usize,
@@ -268,7 +281,7 @@ impl Sealer {
     }
 
     /// Deletes the copy `file` (if any).
-    pub fn remove(&self, file: &str) -> Result<(), SealError> {
+    pub(crate) fn remove(&self, file: &str) -> Result<(), SealError> {
         let path = self.path(file);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),

@@ -68,6 +68,10 @@ pub fn http_client(roots: Roots) -> reqwest::ClientBuilder {
 
 /// Why a TLS listener could not be set up. Names the file and what to do.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum TlsError {
     #[error("tls.cert_file {path}: {detail}; expected a PEM certificate chain")]
     Certificates { path: PathBuf, detail: String },
@@ -85,7 +89,7 @@ pub enum TlsError {
 
 /// Builds a server-side acceptor from a PEM certificate chain and a PEM
 /// private key (which must not be readable by others).
-pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Certificates {

@@ -182,9 +182,7 @@ fn run(
             .map(|bodies| {
                 let url = url.to_owned();
                 tokio::spawn(async move {
-                    let http = locket::tls::http_client(locket::tls::Roots::None)
-                        .build()
-                        .unwrap();
+                    let http = locket::http_client(locket::Roots::None).build().unwrap();
                     let mut lat = Vec::new();
                     let mut failed = 0;
                     for body in bodies {

@@ -341,7 +341,7 @@ fn client_config(cli: Cli) -> Result<(Command, ClientConfig), Failure> {
     };
     let mut config = ClientConfig::load(cli.config.as_deref(), &flags).map_err(usage)?;
     config.trust_on_first_use = cli.trust_on_first_use;
-    if let Some(warning) = locket::hygiene::no_core_dumps() {
+    if let Some(warning) = locket::no_core_dumps() {
         tracing::warn!("{warning}");
     }
     if config.server_fingerprint.is_none() && config.insecure_unpinned {

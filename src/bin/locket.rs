@@ -133,7 +133,7 @@ fn main() -> ExitCode {
                 (locket::server::run(&config).await).map_err(|e| fail(e.exit_code(), e))
             }
             Command::Check { config } => check(&config).await,
-            Command::Fingerprint { config, next } => locket::check::fingerprint(&config, next)
+            Command::Fingerprint { config, next } => locket::fingerprint(&config, next)
                 .map(|fp| println!("{fp}"))
                 .map_err(|e| fail(e.exit_code(), e)),
             Command::Plan {
@@ -151,7 +151,7 @@ fn main() -> ExitCode {
                 name,
                 with_key,
                 systemd_creds,
-            } => locket::sealed::new_key_credential(&out, &name, &with_key, &systemd_creds)
+            } => locket::new_key_credential(&out, &name, &with_key, &systemd_creds)
                 .await
                 .map(|()| {
                     println!(
@@ -187,7 +187,7 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 async fn check(path: &Path) -> Result<(), Failure> {
-    let report = locket::check::check(path).await.map_err(|e| {
+    let report = locket::check(path).await.map_err(|e| {
         // An operator at a terminal: the command's own words help here.
         let stderr = e
             .command_stderr()
@@ -204,7 +204,7 @@ async fn check(path: &Path) -> Result<(), Failure> {
 /// `locket plan`: 0 no change, 2 changes, 1 any error (so `2` is not a
 /// config error here, as `terraform plan -detailed-exitcode` does it).
 async fn plan(new: &Path, against: Option<&Path>, resolve: bool) -> Result<(), Failure> {
-    let planned = locket::plan::plan_files(new, against, resolve)
+    let planned = locket::plan_files(new, against, resolve)
         .await
         .map_err(|e| fail(1, e))?;
     print!("{planned}");

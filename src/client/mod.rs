@@ -29,6 +29,10 @@ pub const MAX_ANSWER_BODY: usize = 64 * 1024 * 1024;
 /// Why fetching failed. [`ClientError::exit_code`] maps each to the
 /// documented exit code.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum ClientError {
     #[error("cannot reach the server at {server}: {detail}")]
     Unreachable { server: String, detail: String },
@@ -88,6 +92,10 @@ pub enum ClientError {
 /// was sent (or, for a key response, nothing was); another server may
 /// answer properly.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum AnswerError {
     #[error(transparent)]
     Sealed(#[from] ProtocolError),
@@ -115,6 +123,10 @@ pub enum AnswerError {
 /// A problem on this side, before anything is sent: the settings, the
 /// TLS roots, this machine's randomness.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum LocalError {
     #[error("no server configured; set server (or --server, LOCKET_SERVER)")]
     NoServer,

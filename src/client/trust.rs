@@ -26,6 +26,10 @@ use crate::config::client::ClientConfig;
 
 /// A known-servers file that cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum KnownServersError {
     #[error("cannot read the known-servers file {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
@@ -57,11 +61,22 @@ type Known = BTreeMap<String, Vec<String>>;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// `server_fingerprint` names another key.
-    Pin { expected: String },
+    Pin {
+        /// The pinned fingerprint(s).
+        expected: String,
+    },
     /// The known-servers file holds another key for this server.
-    Known { stored: String, file: PathBuf },
+    Known {
+        /// The fingerprint recorded for this server.
+        stored: String,
+        /// The known-servers file that records it.
+        file: PathBuf,
+    },
     /// Nothing pins this server.
-    Unpinned { file: PathBuf },
+    Unpinned {
+        /// Where `--trust-on-first-use` would record the key.
+        file: PathBuf,
+    },
 }
 
 /// What decides whether a server key is trusted.

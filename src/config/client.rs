@@ -41,6 +41,10 @@ pub enum ServerOrder {
 /// Every setting optional, so that each layer may supply a part.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct ClientLayer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
@@ -144,8 +148,11 @@ fn one_or_many(
 pub struct ClientConfig {
     /// Base URLs, e.g. `http://127.0.0.1:7410`, tried per `server_order`.
     pub servers: Vec<String>,
+    /// The order in which `servers` are tried.
     pub server_order: ServerOrder,
+    /// This client's registered name.
     pub name: String,
+    /// The ed25519 private key that signs requests.
     pub key_file: PathBuf,
     /// `sha256:<hex>`: every server must present this key (replicas share
     /// the key file). Without it, each server's key must be in

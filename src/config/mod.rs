@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 /// A configuration problem; the message names the key and the fix.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read {

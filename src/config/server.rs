@@ -38,6 +38,10 @@ pub const ENV_KEYS: &[&str] = &[
 /// ignored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct ServerConfig {
     /// Address and port to listen on.
     pub listen: SocketAddr,
@@ -147,6 +151,10 @@ fn systemd_creds() -> PathBuf {
 /// `[tls]`: certificate chain and private key, PEM.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -188,7 +196,9 @@ impl Default for ServerConfig {
 /// rather than built a second time by whoever loaded the file.
 #[derive(Debug)]
 pub struct Checked {
+    /// The settings, as read.
     pub config: ServerConfig,
+    /// The clients, their keys, networks and grants, checked.
     pub registry: Registry,
 }
 

@@ -14,6 +14,10 @@ pub const KEY_BITS: usize = 2048;
 /// `[v1]`: serve the original wire protocol on `path`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct Config {
     pub enable: bool,
     /// URL path of the v1 endpoint (the original served `/`).

@@ -21,6 +21,10 @@ use crate::secret_set::SecretSet;
 
 /// A boot-cache problem, naming the file and what to do. Never a value.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum CacheError {
     #[error("there is no cached copy ({path})")]
     Missing { path: PathBuf },
@@ -68,6 +72,7 @@ impl From<SealError> for CacheError {
 /// Where the copies live and how they are encrypted.
 #[derive(Debug, Clone)]
 pub struct BootCache {
+    /// The folder of the sealed copies, one per consumer.
     pub dir: PathBuf,
     /// The `systemd-creds` program.
     pub systemd_creds: PathBuf,
@@ -77,7 +82,9 @@ pub struct BootCache {
 
 /// A copy read back from the cache.
 pub struct Cached {
+    /// The set as it was fetched.
     pub secrets: SecretSet,
+    /// When it was fetched (sealed with it, so touching the file cannot renew it).
     pub fetched_at: SystemTime,
 }
 

@@ -16,6 +16,10 @@ pub fn valid_var_name(name: &str) -> bool {
 
 /// Why the secrets cannot become variables as asked. Names only, never values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum VariableError {
     #[error(
         "{var:?} (for secret {name:?}) is not a valid variable name; choose another with --as {name}=NAME"

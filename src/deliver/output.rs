@@ -30,6 +30,10 @@ pub fn env_var_name(name: &str) -> String {
 
 /// Secrets that an environment format cannot carry. Names only, never values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum FormatError {
     /// Two secrets that the format cannot tell apart.
     #[error(

@@ -17,6 +17,10 @@ use crate::client::ClientError;
 /// README ("Delivery plan").
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct DeliveryPlan {
     /// Where the watcher writes its status (JSON).
     #[serde(default)]
@@ -50,6 +54,10 @@ fn default_mode() -> String {
 /// One consumer of the plan.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct ConsumerPlan {
     pub dir: PathBuf,
     /// Empty: every secret the client may read.
@@ -80,6 +88,10 @@ pub struct ConsumerPlan {
 /// A template of a consumer: its text (no secret in it) and file mode.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct TemplatePlan {
     pub content: String,
     #[serde(default)]
@@ -93,6 +105,10 @@ pub struct TemplatePlan {
 /// A delivery problem. Messages name the consumer, the file or the unit,
 /// never a value.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum DeliverError {
     #[error("cannot read the delivery plan {path}: {source}")]
     PlanRead {
@@ -176,16 +192,24 @@ fn parse_mode(consumer: &str, text: &str) -> Result<u32, DeliverError> {
 /// templates).
 #[derive(Debug)]
 pub struct Consumer {
+    /// Its name in the plan.
     pub name: String,
+    /// The names it reads; empty: every secret the client may read.
     pub secrets: Vec<String>,
+    /// Where and how its files are written.
     pub options: RenderOptions,
+    /// Units restarted after a change.
     pub restart_units: Vec<String>,
+    /// Units reloaded (or restarted) after a change.
     pub reload_units: Vec<String>,
+    /// A program and its arguments run after a change.
     pub on_change: Option<Vec<String>>,
+    /// How old a boot-cache copy may be to stand in; `None`: no boot cache.
     pub cache_max_age: Option<Duration>,
 }
 
 impl DeliveryPlan {
+    /// Reads and parses the plan file (it holds no secret).
     pub fn load(path: &Path) -> Result<Self, DeliverError> {
         let text = std::fs::read_to_string(path).map_err(|source| DeliverError::PlanRead {
             path: path.to_owned(),

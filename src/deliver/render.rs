@@ -34,10 +34,13 @@ const MAX_READ: u64 = 1024 * 1024;
 /// What `render` should write.
 #[derive(Debug, Clone)]
 pub struct RenderOptions {
+    /// The folder, created when missing.
     pub dir: PathBuf,
     /// File mode, 0400 by default.
     pub mode: u32,
+    /// Owner uid of the files; `None`: this process's.
     pub owner: Option<u32>,
+    /// Group gid of the files; `None`: this process's.
     pub group: Option<u32>,
     /// Also write an env file (systemd `EnvironmentFile=` format) here.
     pub env_file: Option<PathBuf>,
@@ -50,9 +53,13 @@ pub struct RenderOptions {
 pub struct TemplateFile {
     /// File name in the render folder.
     pub file: String,
+    /// The parsed template.
     pub template: super::template::Template,
+    /// The file's mode.
     pub mode: u32,
+    /// Owner uid; `None`: this process's.
     pub owner: Option<u32>,
+    /// Group gid; `None`: this process's.
     pub group: Option<u32>,
 }
 
@@ -61,10 +68,12 @@ pub struct TemplateFile {
 pub struct RenderReport {
     /// Files whose content is new (or that did not exist).
     pub written: Vec<String>,
+    /// Files already holding their value, left alone.
     pub unchanged: Vec<String>,
     /// Files rewritten only to restore their mode or owner: the content,
     /// and so what a consumer reads, is the same.
     pub repaired: Vec<String>,
+    /// Files of secrets no longer granted, removed.
     pub removed: Vec<String>,
 }
 
@@ -88,6 +97,10 @@ enum FileState {
 
 /// A render problem, naming the path and what to do.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum RenderError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },

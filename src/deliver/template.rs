@@ -34,6 +34,10 @@ use crate::secret_set::SecretSet;
 /// A template problem, naming the template, the line and the fix. Never a
 /// secret value: only names and template text positions.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum TemplateError {
     #[error(
         "template {template}, line {line}: `{{{{` is not closed by `}}}}`; write a literal `{{{{` as {{{{ \"{{{{\" }}}}"

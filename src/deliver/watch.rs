@@ -45,6 +45,10 @@ pub async fn check_units(plan: &DeliveryPlan, consumers: &[Consumer]) -> Result<
 /// What the watcher knows, written to the plan's status file after every
 /// round (JSON) and summarised in systemd's STATUS=.
 #[derive(Debug, Default, serde::Serialize)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct WatchStatus {
     pub rounds: u64,
     pub last_attempt: Option<String>,
@@ -62,6 +66,10 @@ pub struct WatchStatus {
 
 /// Actions owed for changes already delivered.
 #[derive(Debug, Default, serde::Serialize)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct Pending {
     pub restart: BTreeSet<String>,
     pub reload: BTreeSet<String>,
@@ -75,6 +83,10 @@ impl Pending {
 }
 
 #[derive(Debug, Default, serde::Serialize)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct ConsumerStatus {
     /// "server", "cache <fetched at>", or "not delivered" (its service is
     /// not running).

@@ -30,6 +30,10 @@ use crate::tls::TlsError;
 /// the binary's exit code: 2 for what the operator must fix in the config
 /// or key files, 1 for the world (sources, the network).
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),

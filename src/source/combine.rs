@@ -72,6 +72,10 @@ impl SourceState {
 /// What `/readyz` says about one source: no name of a secret, no path,
 /// command, URL or text the source printed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct SourceHealth {
     /// 1-based, as in the config's `[[sources]]` order.
     pub index: usize,
@@ -115,6 +119,7 @@ pub struct SourceHealth {
 /// whose value is served (the last).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Duplicate {
+    /// The secret name.
     pub name: String,
     /// 1-based source numbers, in order; the last wins.
     pub sources: Vec<usize>,
@@ -136,6 +141,7 @@ pub struct Round {
     /// Sources that failed and have no earlier values to keep (only they
     /// can keep a set from being combined).
     pub missing: Vec<usize>,
+    /// Names that more than one source defines (the later wins).
     pub duplicates: Vec<Duplicate>,
     /// How many sources loaded this round.
     pub loaded: usize,

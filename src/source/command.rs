@@ -25,6 +25,10 @@ use crate::secret_set::SecretSet;
 /// `type = "command"`: a program that prints a JSON object or dotenv text.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct CommandSource {
     pub command: Vec<String>,
     #[serde(default)]
@@ -54,6 +58,10 @@ impl std::fmt::Debug for CommandEnv {
 /// What a `command` source prints.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub enum CommandFormat {
     #[default]
     Json,

@@ -13,6 +13,10 @@ use crate::secret_set::SecretSet;
 /// `type = "dotenv"`: a `.env` file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct DotenvSource {
     pub path: PathBuf,
 }

@@ -11,6 +11,10 @@ use crate::secret_set::SecretSet;
 /// exact `names` listed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct EnvSource {
     #[serde(default)]
     pub prefix: Option<String>,

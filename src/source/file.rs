@@ -14,6 +14,10 @@ use crate::secret_set::SecretSet;
 /// from the file extension.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct FileSource {
     pub path: PathBuf,
     #[serde(default)]
@@ -37,6 +41,10 @@ impl Source for FileSource {
 /// The format of a `file` source.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub enum FileFormat {
     Json,
     Toml,

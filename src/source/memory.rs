@@ -24,7 +24,9 @@ pub(crate) const DAY: Duration = Duration::from_secs(86_400);
 /// is no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Budget {
+    /// Requests allowed per rolling hour.
     pub per_hour: Option<u32>,
+    /// Requests allowed per rolling day.
     pub per_day: Option<u32>,
 }
 
@@ -196,10 +198,15 @@ impl SourceMemory {
 /// A source's requests and waits, as of the end of its last round.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
+    /// Requests made since start.
     pub requests_total: u64,
+    /// Requests in the last hour.
     pub last_hour: u32,
+    /// Requests in the last day.
     pub last_day: u32,
+    /// When a rate limit the service announced ends.
     pub rate_limited_until: Option<SystemTime>,
+    /// The spacing of requests while the budget is tight.
     pub paced_every: Option<Duration>,
 }
 

@@ -177,6 +177,10 @@ impl SourceConfig {
 /// Why one source could not be read. Every message names the file,
 /// program, variable or item and what to do about it; none quotes a value.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum LoadError {
     /// A file could not be opened or read.
     #[error("cannot read {path}: {source}; check `path`")]
@@ -276,6 +280,10 @@ pub struct SettingError(pub(crate) String);
 /// the source itself produced (a command's stderr is in `stderr`, apart).
 #[derive(Debug, thiserror::Error)]
 #[error("source #{index} ({description}) failed to load: {detail}")]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub struct SourceError {
     pub index: usize,
     pub description: String,
@@ -294,6 +302,7 @@ pub struct SourceError {
 /// A source that waits out a rate limit or a spent budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wait {
+    /// When the source may be read again.
     pub until: SystemTime,
     /// The same wait was already reported: log it quietly.
     pub repeated: bool,

@@ -65,6 +65,10 @@ const PACING_SHARE: u32 = 4;
 /// service-account token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct OnepasswordCliSource {
     pub vault: String,
     pub token_file: PathBuf,
@@ -96,6 +100,10 @@ fn op() -> String {
 /// `type = "onepassword-connect"`: a 1Password Connect server.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct OnepasswordConnectSource {
     pub url: String,
     pub vault: String,

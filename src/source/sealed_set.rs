@@ -103,6 +103,7 @@ struct FieldIn {
 /// What a sealed copy gave back.
 #[derive(Debug)]
 pub struct Restored {
+    /// Each source's last good values, as sealed.
     pub sources: Sources,
     /// When the copy was sealed.
     pub sealed_at: SystemTime,

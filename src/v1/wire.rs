@@ -29,6 +29,10 @@ pub const MAX_BODY: u64 = 1024 * 1024;
 
 /// The JSON body of a v1 `POST`.
 #[derive(Debug, Deserialize, Serialize)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct Request {
     pub payload: String,
     pub signature: String,
@@ -39,6 +43,10 @@ pub struct Request {
 
 /// The JSON body of a v1 answer.
 #[derive(Debug, Deserialize, Serialize)]
+#[allow(
+    missing_docs,
+    reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
+)]
 pub struct Answer {
     pub payload: String,
 }
@@ -46,6 +54,10 @@ pub struct Answer {
 /// What is wrong with a v1 request's fields. Never quotes a field: the
 /// payload is a secret's name sealed to the server, the key a client's.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[allow(
+    missing_docs,
+    reason = "each variant is documented by its #[error] message"
+)]
 pub enum WireError {
     #[error("client_pubkey is not a PEM public key")]
     NotPem,

@@ -493,7 +493,7 @@ pub(crate) fn run_client_pinned(args: &[&str], cwd: &Path) -> (i32, String, Stri
 /// no system CA certificates are loaded: the Nix build sandbox has none,
 /// and loading them would fail there before any request.
 pub(crate) fn http_builder() -> reqwest::ClientBuilder {
-    locket::tls::http_client(locket::tls::Roots::None)
+    locket::http_client(locket::Roots::None)
 }
 
 /// Runs `locket-client` with `args`; returns (exit code, stdout, stderr).
