@@ -80,6 +80,27 @@ pub enum KeyError {
     PublicKey { shown: String, detail: String },
 }
 
+/// Reads the key file `path` into zeroizing memory and parses it with
+/// `parse`; a parse error names the file and the kind of key expected
+/// (and, like every key error, never quotes key material).
+fn read_key_file<T>(
+    path: &Path,
+    expected: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, KeyError>,
+) -> Result<T, KeyError> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+        KeyError::Read {
+            path: path.to_owned(),
+            source,
+        }
+    })?);
+    parse(&text).map_err(|e| KeyError::Parse {
+        path: path.to_owned(),
+        expected,
+        detail: e.to_string(),
+    })
+}
+
 fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {
     if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
         Ok(())
@@ -205,17 +226,7 @@ impl ServerKey {
                 mode,
             });
         }
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            KeyError::Read {
-                path: path.to_owned(),
-                source,
-            }
-        })?);
-        Self::from_pem(&text).map_err(|e| KeyError::Parse {
-            path: path.to_owned(),
-            expected: "RSA private",
-            detail: e.to_string(),
-        })
+        read_key_file(path, "RSA private", Self::from_pem)
     }
 
     /// Parses the text of a key file (PKCS#8 or PKCS#1 PEM) and checks the
@@ -479,17 +490,7 @@ impl ClientKey {
     }
 
     fn read(path: &Path) -> Result<Self, KeyError> {
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            KeyError::Read {
-                path: path.to_owned(),
-                source,
-            }
-        })?);
-        Self::from_pem(&text).map_err(|e| KeyError::Parse {
-            path: path.to_owned(),
-            expected: "ed25519 private",
-            detail: e.to_string(),
-        })
+        read_key_file(path, "ed25519 private", Self::from_pem)
     }
 
     /// Parses the text of a key file (see [`ClientKey::load`]). The error

@@ -377,9 +377,9 @@ impl Folder {
     }
 
     /// The text of `name` if it is a regular file (not a link, not a FIFO
-    /// or device, which could block or never end) of at most `MAX_READ`
-    /// bytes: the folder may belong to the consumer.
-    fn read(&self, name: &str) -> Option<String> {
+    /// or device, which could block or never end) of at most `max` bytes:
+    /// the folder may belong to the consumer.
+    fn read(&self, name: &str, max: u64) -> Option<String> {
         let fd = openat(
             &self.fd,
             name,
@@ -388,10 +388,10 @@ impl Folder {
         )
         .ok()?;
         let st = fstat(&fd).ok()?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 > MAX_READ {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 > max {
             return None;
         }
-        io::read_to_string(io::Read::take(File::from(fd), MAX_READ)).ok()
+        io::read_to_string(io::Read::take(File::from(fd), max)).ok()
     }
 
     /// Removes `name` (a file or a link, never what a link points to).
@@ -538,7 +538,7 @@ fn render_in(
             &mut report,
         )?;
     }
-    let previous = folder.read(MANIFEST).unwrap_or_default();
+    let previous = folder.read(MANIFEST, MAX_READ).unwrap_or_default();
     for old in previous.lines().filter(|l| !l.is_empty()) {
         if !names.contains(old) && file_name(old).is_ok_and(|f| f == old) && folder.remove(old)? {
             report.removed.push(old.to_owned());
@@ -601,17 +601,6 @@ pub fn read_marker(opts: &RenderOptions, name: &str) -> Option<String> {
         .owner
         .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
     let folder = Folder::open(&opts.dir, target_uid, None).ok()?;
-    let fd = openat(
-        &folder.fd,
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-        Mode::empty(),
-    )
-    .ok()?;
-    let st = fstat(&fd).ok()?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size > 256 {
-        return None;
-    }
-    let text = io::read_to_string(io::Read::take(File::from(fd), 256)).ok()?;
+    let text = folder.read(name, 256)?;
     Some(text.trim().to_owned())
 }
