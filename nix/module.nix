@@ -81,7 +81,25 @@ let
   # decrypts it for the server at each start (LoadCredentialEncrypted=).
   sealKeyCredential = "/var/lib/locket-seal/seal-key.cred";
   serverSettings = locketLib.mkServerSettings serverArgs;
-  serverConfigFile = settingsFormat.generate "locket-server.toml" serverSettings;
+  generatedServerConfig = settingsFormat.generate "locket-server.toml" serverSettings;
+  # As nixpkgs checks nginx, Prometheus and Caddy configs: the generated
+  # file is checked when the system is built (`locket check --offline`:
+  # syntax, unknown keys, durations, networks, globs; not the key,
+  # credentials or sources, which exist only at run time), so a bad
+  # `settings` value fails `nixos-rebuild build`, not the switch.
+  serverConfigFile =
+    if cfg.checkConfig then
+      pkgs.runCommand "locket-server.toml"
+        {
+          unchecked = generatedServerConfig;
+          preferLocalBuild = true;
+        }
+        ''
+          ln -s "$unchecked" "$out"
+          ${getExe' cfg.package "locket"} check --offline --config "$out"
+        ''
+    else
+      generatedServerConfig;
   usesOpCli = lib.any (s: s.type == "onepassword-cli") cfg.sources;
 
   clientSettings = locketLib.mkClientSettings {
@@ -110,6 +128,12 @@ let
   deliveryPlanFile = settingsFormat.generate "locket-delivery.toml" deliveryPlan;
   anyCache = lib.any locketLib.usesCache (lib.attrValues ccfg.services);
   runWatcher = ccfg.watch.enable && ccfg.services != { };
+
+  # systemd 253 and later (NixOS 25.11 ships 258) have Type=notify-reload:
+  # systemd holds `systemctl reload` open until the server says RELOADING=1
+  # and READY=1. Older systemd gets Type=notify, which accepts the same
+  # messages; either way the waiting ExecReload= decides the outcome.
+  notifyReload = lib.versionAtLeast (lib.getVersion config.systemd.package) "253";
 
   # Hardening shared by the server and the delivery units.
   hardening = {
@@ -534,6 +558,18 @@ in
 
     package = mkPackageOption pkgs "locket" { };
 
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Check the generated `server.toml` when the system is built, with
+        `locket check --offline`: syntax, unknown keys, durations, networks
+        and grant globs (not the key, credentials or sources, which exist
+        only at run time). Turn it off when cross-compiling, where the
+        package cannot run on the build machine.
+      '';
+    };
+
     listenAddress = mkOption {
       type = types.str;
       default = "127.0.0.1";
@@ -877,15 +913,29 @@ in
           OP_CONFIG_DIR = "/var/lib/locket/op";
         };
         serviceConfig = hardening // {
-          Type = "notify";
+          Type = if notifyReload then "notify-reload" else "notify";
           ExecStart = utils.escapeSystemdExecArgs [
             (getExe' cfg.package "locket")
             "serve"
             "--config"
             serverConfigPath
           ];
-          # SIGHUP re-reads the config: a valid one is swapped in, an invalid one is refused.
-          ExecReload = "${getExe' pkgs.coreutils "kill"} -HUP $MAINPID";
+          # `locket reload --wait` sends SIGHUP and waits for that reload's
+          # outcome (published in the RuntimeDirectory): `systemctl reload`
+          # and a switch fail when the server refuses the new config, which
+          # it keeps serving without. Under notify-reload systemd would also
+          # send its own reload signal: SIGCONT is one that changes nothing,
+          # so each reload reads the sources once.
+          ExecReload = utils.escapeSystemdExecArgs [
+            (getExe' cfg.package "locket")
+            "reload"
+            "--config"
+            serverConfigPath
+            "--wait"
+          ];
+          ReloadSignal = mkIf notifyReload "SIGCONT";
+          RuntimeDirectory = "locket-server";
+          RuntimeDirectoryMode = "0700";
           WatchdogSec = "30s";
           # Room to mlock the loaded secret values (one region per set).
           LimitMEMLOCK = "64M";

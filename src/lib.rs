@@ -88,7 +88,9 @@ pub mod v1;
 
 // The surface of the modules above that stay private: what the binaries,
 // the tests, the benches and the fuzz targets call.
-pub use check::{CheckError, ClientSummary, KeyState, Report, check, fingerprint};
+pub use check::{
+    CheckError, ClientSummary, KeyState, OfflineReport, Report, check, check_offline, fingerprint,
+};
 pub use error_chain::error_chain;
 pub use hygiene::no_core_dumps;
 pub use plan::{ClientChange, Diff, FilePlan, GrantPlan, PlanError, plan_files};

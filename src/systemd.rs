@@ -18,6 +18,14 @@ pub(crate) fn notify(state: NotifyState<'_>) {
     }
 }
 
+/// Tells systemd several things in one message (`RELOADING=1` must
+/// arrive together with its `MONOTONIC_USEC=`).
+pub(crate) fn notify_all(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
 /// Pings systemd's watchdog at half the interval it asks for
 /// (`WatchdogSec=`); nothing when the unit has no watchdog.
 pub(crate) fn spawn_watchdog() {

@@ -96,6 +96,7 @@ let
 in
 {
   registry = self.lib.fleetRegistry { inherit nodes; };
-  serverClients = nodes.db1.etc."locket/server.toml".value.clients;
+  # Through the build-time check (a runCommand over the generated file).
+  serverClients = (builtins.head (builtins.attrValues nodes.db1.etc."locket/server.toml".build.inputs)).value.clients;
   inherit (nodes.db1) failedAssertions;
 }

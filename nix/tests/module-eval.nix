@@ -15,10 +15,13 @@
   # flake.nix's checks pass the flake; the cases load it themselves
   # (./nixos/eval.nix), so it is accepted and not needed.
   flake ? null,
+  # The stub pkgs' overlays: the harnesses that run the units on this
+  # machine's systemd pass one that gives pkgs.systemd its version.
+  overlays ? [ ],
 }:
 let
   inherit (lib) hasInfix hasPrefix hasSuffix splitString filter;
-  nixos = args: import ./nixos/eval.nix ({ inherit lib; } // args);
+  nixos = args: import ./nixos/eval.nix ({ inherit lib overlays; } // args);
   # A configuration through the flake's nixosModules.default, as users
   # import it (no overlay: the module must not need pkgs.locket).
   host = hostWith { };
@@ -34,6 +37,9 @@ let
   # Whether evaluating `value` fails (a type error, a throw).
   fails = value: !(builtins.tryEval (builtins.deepSeq value value)).success;
   lines = text: filter (l: l != "") (splitString "\n" text);
+  # The generated value of a /etc file, through the build-time check (a
+  # runCommand over the pkgs.formats file) when there is one.
+  tomlOf = e: if e.value != null then e.value else (builtins.head (builtins.attrValues e.build.inputs)).value;
   without = prefix: text: filter (l: !hasPrefix prefix l) (lines text);
   unitLines = unit: key: filter (hasPrefix "${key}=") (lines unit);
 
@@ -109,7 +115,7 @@ let
   );
   server = sameHost.units."locket.service";
   fetch = sameHost.units."locket-fetch-web.service";
-  serverToml = sameHost.etc."locket/server.toml".value;
+  serverToml = tomlOf sameHost.etc."locket/server.toml";
   samePlan = sameHost.etc."locket/delivery.toml".value or { };
 
   # Delivery (issue #15): two consumers, one with every per-consumer
@@ -235,7 +241,7 @@ let
   };
   sealedServer = sealed.units."locket.service";
   sealKey = sealed.units."locket-seal-key.service" or "";
-  sealedToml = sealed.etc."locket/server.toml".value;
+  sealedToml = tomlOf sealed.etc."locket/server.toml";
 
   checks = {
     # 1. The VM test's nodes evaluate with runNixOSTest's read-only pkgs,
@@ -318,13 +324,15 @@ let
     # Bound requests are the default for new installations only.
     boundRequestsByStateVersion =
       serverToml.require_bound_requests == false
-      && (host {
-        system.stateVersion = "26.05";
-        services.locket = {
-          enable = true;
-          sources = [ { type = "env"; prefix = "APP_"; } ];
-        };
-      }).etc."locket/server.toml".value.require_bound_requests;
+      && (tomlOf
+        (host {
+          system.stateVersion = "26.05";
+          services.locket = {
+            enable = true;
+            sources = [ { type = "env"; prefix = "APP_"; } ];
+          };
+        }).etc."locket/server.toml"
+      ).require_bound_requests;
     sealedSetOffByDefault =
       !(serverToml ? sealed_set)
       && !(hasInfix "LoadCredentialEncrypted" server)
@@ -406,6 +414,32 @@ let
       unitLines moved.units."locket.service" "X-Restart-Triggers"
       != unitLines base.units."locket.service" "X-Restart-Triggers";
     serverRunsFromTheEtcPath = hasInfix "\"--config\" \"/etc/locket/server.toml\"" server;
+
+    # 11b. A reload whose outcome systemd sees: ExecReload= waits for the
+    #      server's answer; systemd 253+ (the stub's 258) gets the reload
+    #      protocol, whose own signal is one that changes nothing; 252
+    #      (Debian's, in the guest) gets Type=notify and no ReloadSignal=.
+    reloadWaitsForTheOutcome =
+      let
+        on252 = host {
+          services.locket = {
+            enable = true;
+            sources = [ { type = "env"; } ];
+          };
+          systemd.package = (nixos { }).pkgs.systemd // {
+            version = "252";
+          };
+        };
+        old = on252.units."locket.service";
+      in
+      unitLines server "Type" == [ "Type=notify-reload" ]
+      && unitLines server "ReloadSignal" == [ "ReloadSignal=SIGCONT" ]
+      && builtins.length (unitLines server "ExecReload") == 1
+      && hasInfix "/bin/locket\" \"reload\" \"--config\" \"/etc/locket/server.toml\" \"--wait\"" server
+      && unitLines server "RuntimeDirectory" == [ "RuntimeDirectory=locket-server" ]
+      && unitLines old "Type" == [ "Type=notify" ]
+      && unitLines old "ReloadSignal" == [ ]
+      && unitLines old "ExecReload" == unitLines server "ExecReload";
 
     # 12. No warning from `nix flake check`: known outputs, nixfmt.
     flakeOutputsAreKnown = builtins.all (n: builtins.elem n knownOutputs) (builtins.attrNames flake);
@@ -694,6 +728,16 @@ in
 {
   # For module_check.py, which runs what these generate.
   cases.sameHost = sameHost.json;
+  # A settings value the module's types let through and the server
+  # refuses: the build of server.toml (`locket check --offline`) fails.
+  cases.badSettings =
+    (host {
+      services.locket = {
+        enable = true;
+        sources = [ { type = "env"; } ];
+        settings.no_such_setting = 1;
+      };
+    }).json;
   # A server that generates its key on first start (the guest test).
   cases.generatedKey =
     (host {

@@ -62,6 +62,7 @@ PRIVATE = [
     "/run/secrets",
     "/run/locket",
     "/run/locket-watch",
+    "/run/locket-server",
     "/var/lib/locket",
     "/var/lib/locket-client",
     # systemd-creds' host key (credential.secret), for the boot cache.
@@ -95,6 +96,16 @@ def check(name, ok, detail=""):
         failed += 1
         print(f"FAILED: {name}" + (f"\n    {detail}" if detail else ""))
     return ok
+
+
+def host_systemd_overlay():
+    """`--arg overlays` that gives the stub pkgs.systemd this machine's
+    systemd version: units that this systemd verifies or runs are generated
+    for it, as NixOS generates them for the systemd it ships (the module
+    picks Type=notify-reload from 253 on)."""
+    out = subprocess.run(["systemd-analyze", "--version"], capture_output=True, text=True, check=True).stdout
+    version = re.match(r"systemd (\d+)", out).group(1)
+    return ["--arg", "overlays", f'[ (final: prev: {{ systemd = prev.systemd // {{ version = "{version}"; }}; }}) ]']
 
 
 def nix_eval(expr_file, attr, lib, extra=()):
@@ -184,19 +195,78 @@ def unit_values(text, key):
 
 
 def unit_env(text):
+    """Environment= as systemd sets it, and $RUNTIME_DIRECTORY for a
+    RuntimeDirectory= (the host has the folder)."""
     env = {}
     for v in unit_values(text, "Environment"):
         _, words = split_exec(v, {})
         for w in words:
             k, _, val = w.partition("=")
             env[k] = val
+    dirs = [d for v in unit_values(text, "RuntimeDirectory") for d in v.split()]
+    if dirs:
+        env["RUNTIME_DIRECTORY"] = ":".join(f"/run/{d}" for d in dirs)
     return env
 
 
+def etc_value(entry):
+    """The value of a generated /etc file: its pkgs.formats value, or for a
+    checked config (runCommand over such a file) its input's."""
+    if entry.get("value") is not None:
+        return entry["value"]
+    build = entry.get("build") or {}
+    values = [i["value"] for i in build.get("inputs", {}).values()]
+    if len(values) != 1:
+        raise SystemExit(f"{entry.get('target')}: no generated value to write ({entry})")
+    return values[0]
+
+
+def build_etc(store, node):
+    """Builds the /etc files a node makes with runCommand (the checked
+    server.toml) as Nix would: the inputs pkgs.formats made written as TOML
+    into `store`, then the build command run by sh with $out and the inputs
+    set, the real programs it names reached through `store` bound at
+    /nix/store. A failing check fails here, with its output, as
+    `nixos-rebuild build` would."""
+    for target, e in sorted(node["etc"].items()):
+        build = e.get("build")
+        if not build or not e.get("source"):
+            continue
+        out = os.path.join(store, e["source"][len(STORE) :])
+        if os.path.lexists(out):
+            continue
+        env = {"PATH": "/usr/bin:/bin"}
+        for name, i in build["inputs"].items():
+            dest = os.path.join(store, i["path"][len(STORE) :])
+            if not os.path.lexists(dest):
+                to_toml(i["value"], dest)
+            env[name] = i["path"]
+        env["out"] = e["source"]
+        r = build_command(store, build["command"], env)
+        if r.returncode != 0:
+            raise SystemExit(f"building /etc/{target} failed (exit {r.returncode}):\n{r.stdout}{r.stderr}")
+
+
+def build_command(store, command, env):
+    """`command` run by sh with `env`, `store` bound at /nix/store (the
+    mount point made for it, and removed after, when this machine has no
+    /nix)."""
+    made = [p for p in ("/nix", "/nix/store") if not os.path.exists(p)]
+    os.makedirs("/nix/store", exist_ok=True)
+    try:
+        wrapper = ["unshare", "--mount", "--fork", "sh", "-c", 'mount --bind "$0" /nix/store && exec "$@"', store]
+        return subprocess.run(wrapper + ["env", "-i"] + [f"{k}={v}" for k, v in env.items()] + ["sh", "-ec", command], capture_output=True, text=True, timeout=120)
+    finally:
+        for p in reversed(made):
+            os.rmdir(p)
+
+
 def store_paths(node):
-    """Every store path a node's units, /etc, tmpfiles and scripts name."""
+    """Every store path a node's units, /etc, tmpfiles and scripts name
+    (and the build commands of its /etc files)."""
     texts = [t for t in node["units"].values() if t]
     texts += [e["source"] for e in node["etc"].values() if e.get("source")]
+    texts += [e["build"]["command"] for e in node["etc"].values() if e.get("build")]
     texts += node["tmpfiles"]["rules"]
     for s in node.get("scripts", {}).values():
         for part in s.values():
@@ -221,11 +291,12 @@ def populate_store(store, node, bins, copy_bins=False):
         with open(dest, "w") as f:
             f.write(text)
         os.chmod(dest, 0o755)
+    built = {e["source"] for e in node["etc"].values() if e.get("build")}
     for p in sorted(store_paths(node)):
         base = p[len(STORE) :]
         dest = os.path.join(store, base)
         name = base.split("-", 1)[1]
-        if os.path.lexists(dest):
+        if os.path.lexists(dest) or p in built:
             continue
         if p in etc_values and "value" in etc_values[p]:
             to_toml(etc_values[p]["value"], dest)
@@ -252,6 +323,7 @@ def populate_store(store, node, bins, copy_bins=False):
                 shutil.copy(repo_file, dest)
             else:
                 os.makedirs(dest, exist_ok=True)
+    build_etc(store, node)
 
 
 # --- a host: its own store, /etc/locket, credentials, users ---
@@ -281,7 +353,7 @@ class Host:
             if not target.startswith("locket/"):
                 continue
             dest = os.path.join(self.dirs["/etc/locket"], target[len("locket/") :])
-            to_toml(e["value"], dest)
+            to_toml(etc_value(e), dest)
 
     def host_path(self, path):
         for p in sorted(PRIVATE, key=len, reverse=True):
@@ -455,7 +527,8 @@ def exec_lines(host):
                     # the only failure this check is about (no network here,
                     # so a fetch fails later, with its own error).
                     try:
-                        r = run(host.command(argv), timeout=3)
+                        # With the environment systemd gives the unit.
+                        r = run(host.command(argv, env=unit_env(text)), timeout=3)
                         ok, err = not clap_usage_error(r.stderr), r.stderr
                     except subprocess.TimeoutExpired:
                         ok, err = True, ""  # started and kept running: parsed
@@ -542,13 +615,26 @@ def handshake(hosts, registry_change, expect):
 
         # The registry change: new config in place, ExecReload, same process.
         pid = server.pid()
-        to_toml(registry_change["etc"]["locket/server.toml"]["value"], os.path.join(server_h.dirs["/etc/locket"], "server.toml"))
+        to_toml(etc_value(registry_change["etc"]["locket/server.toml"]), os.path.join(server_h.dirs["/etc/locket"], "server.toml"))
         _, reload_argv = split_exec(unit_values(server_h.node["units"]["locket.service"], "ExecReload")[0], {"MAINPID": str(pid)})
-        r = run(server_h.command(reload_argv))
-        check("handshake: ExecReload (kill -HUP $MAINPID) reloads the registry change", r.returncode == 0 and server.wait_for("config reloaded"), r.stderr + server.text()[-500:])
+        r = run(server_h.command(reload_argv, env=env))
+        # `locket reload --wait` returns once the reload is done: its log
+        # line is already there.
+        check("handshake: ExecReload (locket reload --wait) applies the registry change before it returns", r.returncode == 0 and "config reloaded" in server.text(), r.stdout + r.stderr + server.text()[-500:])
         check("handshake: same process after the reload", server.pid() == pid)
         r = run(client_cmd(intruder_h, "--name", "intruder", "get", "API_TOKEN", bind="intruder"))
         check("handshake: the new client is served after the reload", r.stdout == "vm-api-token\n", r.stderr)
+        # A config the server refuses: ExecReload fails with the reason, the
+        # server keeps serving the config it had, in the same process.
+        conf = os.path.join(server_h.dirs["/etc/locket"], "server.toml")
+        good = open(conf).read()
+        with open(conf, "w") as f:
+            f.write('listen = "not an address"\n' + good)
+        r = run(server_h.command(reload_argv, env=env))
+        check("handshake: ExecReload fails (1) for a config the server refuses, saying why", r.returncode == 1 and "refused the config and keeps serving the previous one" in r.stderr, f"{r.returncode}: {r.stderr}")
+        check("handshake: and the server keeps serving, same process", server.pid() == pid and run(client_cmd(intruder_h, "--name", "intruder", "get", "API_TOKEN", bind="intruder")).returncode == 0)
+        with open(conf, "w") as f:
+            f.write(good)
     finally:
         server.stop()
 
@@ -603,8 +689,8 @@ def main():
     bins = os.path.realpath(args.bin)
     if os.geteuid() != 0:
         raise SystemExit("module_check.py needs root (mount and network namespaces)")
-    vm = nix_eval("nix/tests/nixos/eval.nix", "test.json", lib, ["--arg", "testFile", "./nix/tests/vm.nix"])
-    cases = nix_eval("nix/tests/module-eval.nix", "cases", lib)
+    vm = nix_eval("nix/tests/nixos/eval.nix", "test.json", lib, ["--arg", "testFile", "./nix/tests/vm.nix", *host_systemd_overlay()])
+    cases = nix_eval("nix/tests/module-eval.nix", "cases", lib, host_systemd_overlay())
     expect = json.loads(run(["nix-instantiate", "--eval", "--strict", "--json", "nix/tests/expectations.nix"], cwd=REPO).stdout)
     created = [p for p in PRIVATE if not os.path.exists(p)]
     netns = f"locket-check-{os.getpid()}"
@@ -632,6 +718,18 @@ def main():
             verify_units(h)
             delivery_plan(h)
             exec_lines(h)
+        # The build-time check: the VM server's server.toml was built by
+        # `locket check --offline` (Host() builds it); a bad settings value
+        # fails that build, naming the key.
+        built = hosts["server"].node["etc"]["locket/server.toml"]
+        check("build-time check: the VM server's server.toml is built through `locket check --offline`", built.get("build") is not None and "check --offline" in built["build"]["command"] and os.path.islink(os.path.join(hosts["server"].dirs["/nix/store"], built["source"][len(STORE):])))
+        bad_store = os.path.join(work, "bad-settings-store")
+        os.makedirs(bad_store)
+        try:
+            populate_store(bad_store, cases["badSettings"], bins)
+            check("build-time check: a bad settings value fails the build of server.toml", False, "it built")
+        except SystemExit as e:
+            check("build-time check: a bad settings value fails the build of server.toml, naming the key", "no_such_setting" in str(e) and "unknown" in str(e), str(e)[-600:])
         locket_check(hosts["server"], 1)
         locket_check(change_host, 2)
         locket_check(same, 1)

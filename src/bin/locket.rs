@@ -3,91 +3,15 @@
 //! Exit codes: 0 ok, 1 runtime failure (sources, network), 2 usage or
 //! config error; `plan`: 0 no change, 2 changes, 1 any error.
 
-use clap::{Parser, Subcommand, ValueEnum};
-use std::path::{Path, PathBuf};
+#[path = "locket/cli.rs"]
+mod cli;
+
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-#[derive(Parser)]
-#[command(
-    name = "locket",
-    version,
-    about = "A secrets cache for production services",
-    max_term_width = 100
-)]
-struct Cli {
-    /// Log level or filter (e.g. debug, info, locket=debug). Also LOCKET_LOG.
-    #[arg(long, global = true, env = "LOCKET_LOG", default_value = "info")]
-    log_level: String,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Load secrets and serve them.
-    Serve {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Validate the config, registry, key file and sources without serving; print counts, never values.
-    Check {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Turn the original locket's registry YAML ([{name, keypub}]) into [clients.<name>] tables; prints TOML.
-    ImportRegistry {
-        /// The original registry file.
-        #[arg(value_name = "FILE.yml")]
-        file: PathBuf,
-        /// Networks to give every imported client (the original allowed one global CIDR).
-        #[arg(long = "network", value_name = "CIDR", default_value = "10.0.0.0/24")]
-        networks: Vec<String>,
-    },
-    /// Show what a new config grants and takes away, per client, before it is applied; names only, never values. Exit 0: no change, 2: changes, 1: error.
-    Plan {
-        /// The new config.
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        /// The config to compare with (default: the one the running `locket serve` on this host was started with).
-        #[arg(long, value_name = "FILE")]
-        against: Option<PathBuf>,
-        /// Also load the new config's sources and list the secret names each client may newly read or no longer read.
-        #[arg(long)]
-        resolve: bool,
-    },
-    /// Make the key of a sealed last-good set for a server without root: a random key, sealed with systemd-creds for LoadCredentialEncrypted= (the NixOS module runs it once).
-    SealKey {
-        /// The credential file to create (kept if it exists).
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
-        /// The credential's name: the ID in LoadCredentialEncrypted=ID:FILE.
-        #[arg(long, default_value = "seal-key")]
-        name: String,
-        /// systemd-creds --with-key: auto, host, tpm2 or host+tpm2.
-        #[arg(long, default_value = "auto")]
-        with_key: String,
-        /// The systemd-creds program.
-        #[arg(long, value_name = "PATH", default_value = "systemd-creds")]
-        systemd_creds: PathBuf,
-    },
-    /// Print the server key fingerprint (creating the key file if absent).
-    Fingerprint {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        /// The next key's (`next_key_file`, created if absent) instead: the pin to roll out before promoting it.
-        #[arg(long)]
-        next: bool,
-    },
-}
+use clap::Parser as _;
+use cli::{Cli, Command, LogFormat};
 
 struct Failure {
     code: u8,
@@ -129,10 +53,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => {
-                (locket::server::run(&config).await).map_err(|e| fail(e.exit_code(), e))
-            }
-            Command::Check { config } => check(&config).await,
+            Command::Serve {
+                config,
+                runtime_dir,
+            } => (locket::server::run(&config, runtime_dir).await)
+                .map_err(|e| fail(e.exit_code(), e)),
+            Command::Reload {
+                config,
+                runtime_dir,
+                wait,
+                timeout,
+            } => reload(&config, &runtime_dir, wait.then_some(timeout)).await,
+            Command::Check { config, offline } => check(&config, offline).await,
             Command::Fingerprint { config, next } => locket::fingerprint(&config, next)
                 .map(|fp| println!("{fp}"))
                 .map_err(|e| fail(e.exit_code(), e)),
@@ -186,7 +118,12 @@ fn init_logging(level: &str, format: LogFormat) {
     }
 }
 
-async fn check(path: &Path) -> Result<(), Failure> {
+async fn check(path: &Path, offline: bool) -> Result<(), Failure> {
+    if offline {
+        let report = locket::check_offline(path).map_err(|e| fail(e.exit_code(), e))?;
+        print!("{report}");
+        return Ok(());
+    }
     let report = locket::check(path).await.map_err(|e| {
         // An operator at a terminal: the command's own words help here.
         let stderr = e
@@ -216,4 +153,16 @@ async fn plan(new: &Path, against: Option<&Path>, resolve: bool) -> Result<(), F
             message: format!("{} client(s) change", planned.plan.changes.len()),
         })
     }
+}
+
+/// `locket reload`: the server's reason is the message when it refuses.
+async fn reload(config: &Path, runtime_dir: &Path, wait: Option<Duration>) -> Result<(), Failure> {
+    use locket::server::reload_control;
+    let status = reload_control::reload(config, runtime_dir, wait)
+        .await
+        .map_err(|e| fail(e.exit_code(), e))?;
+    if wait.is_some() {
+        println!("reload {} applied by pid {}", status.finished, status.pid);
+    }
+    Ok(())
 }

@@ -11,7 +11,8 @@
 //! (v2's checks, in order, and how any request ended), `routes` (v2's HTTP
 //! answers), `admission` (who holds the connection slots, and who gives
 //! way when they are full), `conn` (the accept loop, which knows no protocol), `refresh`
-//! (sources and reloads), and `startup`, which mounts v2 and, when enabled,
+//! (sources and reloads), `reload_control` (what a reload published, for
+//! `locket reload --wait`), and `startup`, which mounts v2 and, when enabled,
 //! v1 (`crate::v1`, which stands on `gate` and `state`; nothing here imports
 //! it but start-up).
 
@@ -24,6 +25,7 @@ pub(crate) mod outcome;
 mod pipeline;
 pub(crate) mod ratelimit;
 pub(crate) mod refresh;
+pub mod reload_control;
 pub(crate) mod replay;
 mod routes;
 pub(crate) mod sealed_set;

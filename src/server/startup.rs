@@ -68,11 +68,17 @@ impl StartError {
 /// SIGTERM or SIGINT, then lets requests in flight finish. The handlers
 /// are installed before `serve` says READY=1, so that a signal arriving
 /// right after it is never the default "terminate".
-pub async fn run(path: &std::path::Path) -> Result<(), StartError> {
+///
+/// `runtime_dir` (systemd's `RuntimeDirectory=`, or `--runtime-dir`) is
+/// where each reload's outcome is published for `locket reload --wait`.
+pub async fn run(path: &std::path::Path, runtime_dir: Option<PathBuf>) -> Result<(), StartError> {
     if let Some(warning) = crate::hygiene::no_core_dumps() {
         tracing::warn!("{warning}");
     }
-    let server = Server::load(path).await?;
+    let mut server = Server::load(path).await?;
+    if let Some(dir) = runtime_dir {
+        server = server.with_runtime_dir(dir);
+    }
     let listener = server.bind().await?;
     let shutdown = shutdown_signal()?;
     server.serve(listener, shutdown).await
@@ -96,6 +102,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, StartError
 pub struct Server {
     path: PathBuf,
     state: Arc<State>,
+    runtime_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Server {
@@ -188,7 +195,14 @@ impl Server {
         Ok(Self {
             path: path.to_owned(),
             state: Arc::new(state),
+            runtime_dir: None,
         })
+    }
+
+    /// Publishes each reload's outcome in `dir` (see `reload_control`).
+    pub fn with_runtime_dir(mut self, dir: PathBuf) -> Self {
+        self.runtime_dir = Some(dir);
+        self
     }
 
     /// The server key's fingerprint (what clients pin).
@@ -272,7 +286,14 @@ impl Server {
             Arc::clone(&refresh_now),
             Arc::clone(&stop),
         ));
-        tokio::spawn(reload_on_sighup(Arc::clone(&state), self.path, hangup));
+        let reloads =
+            super::reload_control::Publisher::new(self.runtime_dir.as_deref(), &self.path);
+        tokio::spawn(reload_on_sighup(
+            Arc::clone(&state),
+            self.path,
+            hangup,
+            reloads,
+        ));
         systemd::spawn_watchdog();
         if state.secrets.health.loaded() {
             systemd::notify(NotifyState::Ready);
@@ -316,10 +337,19 @@ fn mount(
         .unify()
 }
 
-/// SIGHUP: re-read the config; a valid one replaces the running one.
-async fn reload_on_sighup(state: Arc<State>, path: PathBuf, mut hup: tokio::signal::unix::Signal) {
+/// SIGHUP: re-read the config; a valid one replaces the running one. Each
+/// reload's start and end are published (`reload_control`).
+async fn reload_on_sighup(
+    state: Arc<State>,
+    path: PathBuf,
+    mut hup: tokio::signal::unix::Signal,
+    reloads: super::reload_control::Publisher,
+) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading {}", path.display());
-        let _ = refresh::reload(&state, &path).await;
+        let ready = state.secrets.health.loaded();
+        reloads.started(ready);
+        let result = refresh::reload(&state, &path).await;
+        reloads.finished(result.map_err(|e| crate::error_chain(&e)), ready);
     }
 }

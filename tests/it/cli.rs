@@ -693,3 +693,58 @@ fn server_text_cannot_forge_the_clients_lines() {
     );
     drop(server);
 }
+
+/// `check --offline` (the NixOS module's build-time check) reads no key,
+/// credential or source: a config whose files exist only at run time
+/// passes, while what a build can see (an unknown key, a bad network, a
+/// bad duration, a bad glob) fails with exit 2 naming it.
+#[test]
+fn check_offline_needs_no_runtime_file_and_catches_what_a_build_can_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    // What exists only at run time is gone: the source's file and the
+    // server key.
+    std::fs::remove_file(dir.path().join("secrets.env")).unwrap();
+    std::fs::remove_file(dir.path().join("server-key.pem")).unwrap();
+    let check = |offline: bool| {
+        let mut args = vec!["check", "--config", config.to_str().unwrap()];
+        if offline {
+            args.push("--offline");
+        }
+        run_server_cmd(&args, dir.path())
+    };
+    let (code, _, err) = check(false);
+    assert_ne!(code, 0, "the full check loads the sources: {err}");
+    let (code, out, err) = check(true);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("clients: 2") && out.contains("sources: 1 (not loaded"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("OK"), "{out}");
+    assert!(
+        !dir.path().join("server-key.pem").exists(),
+        "no key was made"
+    );
+
+    let good = std::fs::read_to_string(&config).unwrap();
+    for (edit, expect) in [
+        (
+            good.replace("[[sources]]", "no_such_setting = 1\n[[sources]]"),
+            "no_such_setting",
+        ),
+        (
+            good.replace(
+                "[[sources]]",
+                "refresh_interval = \"5 parsecs\"\n[[sources]]",
+            ),
+            "refresh_interval",
+        ),
+        (good.replace("127.0.0.1/32", "127.0.0.1/99"), "127.0.0.1/99"),
+    ] {
+        std::fs::write(&config, &edit).unwrap();
+        let (code, out, err) = check(true);
+        assert_eq!(code, 2, "{edit}: {out}");
+        assert!(err.contains(expect), "expected {expect:?} in {err}");
+    }
+}

@@ -405,3 +405,112 @@ async fn a_client_follows_its_server_across_a_restart() {
     );
     second.stop();
 }
+
+/// `locket reload --config FILE --wait` against the real server: a good
+/// config exits 0 once applied, a refused one exits 1 with the server's
+/// reason while the server keeps serving, and the ways no reload can
+/// happen (no server, another config, a process that ignores the signal)
+/// each exit 3 with a message that says what to do.
+#[test]
+fn reload_wait_reports_the_servers_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    let config = write_server_files(dir.path(), "A=a\n", &clients(), "");
+    let runtime_s = runtime.to_str().unwrap();
+    let server = ServerProcess::start_with_env(&config, &[], &[("RUNTIME_DIRECTORY", runtime_s)]);
+    let reload = |config: &Path, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_locket"))
+            .args(["reload", "--config", config.to_str().unwrap()])
+            .args(["--runtime-dir", runtime_s])
+            .args(extra)
+            .env_remove("RUNTIME_DIRECTORY")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let metric = |name: &str| {
+        let text = crate::support::raw_get(server.addr, "/metrics");
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+
+    // A good config: applied, and the command says so only afterwards.
+    write_server_files(dir.path(), "A=b\n", &clients(), "max_failed_auth = 7");
+    let (code, out, err) = reload(&config, &["--wait"]);
+    assert_eq!(code, 0, "{err}");
+    let pid = server.child.id();
+    assert_eq!(out.trim(), format!("reload 1 applied by pid {pid}"));
+    assert_eq!(
+        metric("locket_config_reloads_total{result=\"ok\"}"),
+        "1",
+        "the reload had happened when the command returned"
+    );
+
+    // A refused config: exit 1 with the server's reason; still serving.
+    std::fs::write(&config, "this is not = = toml\n").unwrap();
+    let (code, _, err) = reload(&config, &["--wait"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("refused the config and keeps serving the previous one")
+            && err.contains(&config.display().to_string()),
+        "{err}"
+    );
+    assert!(crate::support::raw_get(server.addr, "/readyz").starts_with("HTTP/1.1 200"));
+    assert_eq!(metric("locket_config_reloads_total{result=\"error\"}"), "1");
+
+    // A setting that applies only at start: refused by name.
+    write_server_files(dir.path(), "A=b\n", &clients(), "max_failed_auth = 7");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\""),
+    )
+    .unwrap();
+    let (code, _, err) = reload(&config, &["--wait"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("listen") && err.contains("apply only at start"),
+        "{err}"
+    );
+
+    // Another config than the server's: nothing is signalled.
+    let other = dir.path().join("other.toml");
+    std::fs::copy(&config, &other).unwrap();
+    let (code, _, err) = reload(&other, &["--wait"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("pass the config it was started with"), "{err}");
+    assert_eq!(metric("locket_config_reloads_total{result=\"error\"}"), "2");
+    server.stop();
+
+    // A process that ignores SIGHUP where the server was: no reload
+    // starts, and the command says so instead of waiting forever.
+    let mut deaf = std::process::Command::new("/bin/sh")
+        .args(["-c", "trap '' HUP; exec sleep 300"])
+        .spawn()
+        .unwrap();
+    let status = std::fs::read_to_string(runtime.join("reload.json")).unwrap();
+    let mut status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    status["pid"] = deaf.id().into();
+    std::fs::write(runtime.join("reload.json"), status.to_string()).unwrap();
+    let (code, _, err) = reload(&config, &["--wait", "--timeout", "1s"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no reload started within"), "{err}");
+    deaf.kill().unwrap();
+    deaf.wait().unwrap();
+
+    // No status at all: no server publishes here.
+    std::fs::remove_file(runtime.join("reload.json")).unwrap();
+    let (code, _, err) = reload(&config, &["--wait"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("no reload status in") && err.contains("--runtime-dir"),
+        "{err}"
+    );
+}

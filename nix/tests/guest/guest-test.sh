@@ -173,14 +173,29 @@ loads=$(http_get server /metrics | grep -E '^locket_source_loads_total' | tr '\n
 use_server change
 systemctl daemon-reload
 check "the registry change is applied with systemctl reload" systemctl reload locket.service
-# ExecReload= sends SIGHUP and returns: the server reloads after it. Its
-# log line comes once the new config is in place (sources read, metrics
-# counted), so what follows it is checked against the reloaded server.
-check "  config reloaded" logged locket.service 'config reloaded'
+# ExecReload= is `locket reload --wait`: systemctl returns once the server
+# has applied the new config (sources read, metrics counted), so what
+# follows is checked against the reloaded server without waiting.
+check "  config reloaded, before systemctl returned" logged_now locket.service 'config reloaded'
 check "  by the same process" test "$(show locket.service MainPID)" = "$pid"
 check "  every source was read again (SIGHUP re-reads them; a failing one would keep its values)" test "$(http_get server /metrics | grep -E '^locket_source_loads_total' | tr '\n' ' ')" != "$loads"
 got=$(as_intruder locket-client --config /etc/locket/client.toml --name intruder get API_TOKEN 2>&1)
 check "  the new client is served" test "$got" = vm-api-token
+# A config the server refuses, switched to as a deploy would: the reload
+# fails where systemd (and so nixos-rebuild switch) sees it, and the server
+# keeps serving the config it had, in the same process.
+good=$(readlink /etc/locket/server.toml)
+printf '%s\n' 'listen = "not an address"' >/etc/locket-test-bad.toml
+cat "$good" >>/etc/locket-test-bad.toml
+ln -sfn /etc/locket-test-bad.toml /etc/locket/server.toml
+check "a config the server refuses: systemctl reload fails" sh -c '! systemctl reload locket.service'
+check "  the reload's output says why" sh -c "journalctl -q -o cat -u locket.service --no-pager | grep -q 'refused the config and keeps serving the previous one'"
+check "  the unit stays active, in the same process" sh -c "[ \"\$(systemctl is-active locket.service)\" = active ] && [ \"\$(systemctl show -P MainPID locket.service)\" = $pid ]"
+got=$(as_intruder locket-client --config /etc/locket/client.toml --name intruder get API_TOKEN 2>&1)
+check "  and still serves the config it had" test "$got" = vm-api-token
+ln -sfn "$good" /etc/locket/server.toml
+check "  the good config back: systemctl reload succeeds" systemctl reload locket.service
+rm -f /etc/locket-test-bad.toml
 
 # The server gone, as at a boot during an outage: demo-consumer starts on
 # its boot cache within cacheMaxAge, and not after it.

@@ -51,8 +51,9 @@ def main():
             raise SystemExit(f"{bins}/{b} is not a static binary (run .ci/static-build first): {info}")
 
     started = time.time()
-    vm = mc.nix_eval("nix/tests/nixos/eval.nix", "test.json", lib, ["--arg", "testFile", "./nix/tests/vm.nix"])
-    cases = mc.nix_eval("nix/tests/module-eval.nix", "cases", lib)
+    # The guest runs Debian's systemd 252: the units are made for it.
+    vm = mc.nix_eval("nix/tests/nixos/eval.nix", "test.json", lib, ["--arg", "testFile", "./nix/tests/vm.nix", *mc.host_systemd_overlay()])
+    cases = mc.nix_eval("nix/tests/module-eval.nix", "cases", lib, mc.host_systemd_overlay())
     expect = json.loads(subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "nix/tests/expectations.nix"], cwd=REPO, capture_output=True, text=True, check=True).stdout)
     nodes = vm["nodes"]
     server, client, intruder = nodes["server"], nodes["client"], nodes["intruder"]

@@ -32,7 +32,8 @@
 #   failedAssertions  messages of the assertions that do not hold
 #   warnings          NixOS warnings
 #   etc               environment.etc entries (source path, text, mode, user,
-#                     group, and `value` for files made by pkgs.formats.*.generate)
+#                     group, and `value` for files made by pkgs.formats.*.generate;
+#                     `build` = { command; inputs } for files made by runCommand)
 #   tmpfiles          { rules; files."00-nixos.conf" = text; }
 #   users             name -> { name uid group extraGroups isSystemUser
 #                     isNormalUser home createHome description }
@@ -154,6 +155,19 @@ let
           inherit (e) enable target mode user group text;
           source = if e.enable then toString e.source else null;
           value = if e.enable then e.source.value or null else null;
+          # A file made by runCommand (a checked config): its build
+          # command, and its inputs that pkgs.formats made (by env name),
+          # so a harness can build it with the real programs.
+          build =
+            if e.enable && e.source ? buildCommand then
+              {
+                command = e.source.buildCommand;
+                inputs = mapAttrs (_: d: { path = toString d; inherit (d) value; }) (
+                  filterAttrs (_: d: lib.isDerivation d && d ? value) e.source
+                );
+              }
+            else
+              null;
         }) c.environment.etc;
         tmpfiles = {
           inherit (c.systemd.tmpfiles) rules;

@@ -150,9 +150,20 @@ let
         destination = "/bin/${name}";
         text = "#!${self.runtimeShell}\n${text}\n";
       };
+    # As in Nix, the output path depends on the command and on every
+    # attribute the builder sees (an input's path among them).
     runCommand =
       name: env: buildCommand:
-      mkDerivation (env // { inherit name buildCommand; hashInput = buildCommand; });
+      mkDerivation (
+        env
+        // {
+          inherit name buildCommand;
+          hashInput = builtins.toJSON [
+            buildCommand
+            (lib.mapAttrs (_: toString) env)
+          ];
+        }
+      );
 
     formats.json = format "JSON value" true;
     formats.toml = format "TOML value" false;
