@@ -44,7 +44,8 @@ pub(crate) fn loose_permissions(path: &Path) -> io::Result<Option<u32>> {
 /// still at work.
 pub(crate) const TMP_PREFIX: &str = ".locket-tmp-";
 
-/// A file that could not be written, and why.
+/// A file that could not be written, and why: the file as its reader
+/// knows it (not the temporary name it is written under).
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {source}")]
 pub(crate) struct WriteError {
@@ -133,27 +134,27 @@ pub(crate) fn replace_at(
                         | OFlag::O_CLOEXEC,
                     mode,
                 )
-                .map_err(err(&tmp))?,
+                .map_err(err(name))?,
                 true,
             ),
-            Err(e) => return Err(err(&tmp)(e)),
+            Err(e) => return Err(err(name)(e)),
         };
         // The umask may have narrowed the mode; set it exactly (the file
         // is still invisible, or under its temporary name).
-        fchmod(&fd, mode).map_err(err(&tmp))?;
+        fchmod(&fd, mode).map_err(err(name))?;
         if access.owner.is_some() || access.group.is_some() {
             fchown(
                 &fd,
                 access.owner.map(Uid::from_raw),
                 access.group.map(Gid::from_raw),
             )
-            .map_err(err(&tmp))?;
+            .map_err(err(name))?;
         }
         let mut f = fs::File::from(fd);
         f.write_all(contents)
             .and_then(|()| f.sync_all())
             .map_err(|source| WriteError {
-                path: dir_path.join(&tmp),
+                path: dir_path.join(name),
                 source,
             })?;
         if !named {
@@ -167,7 +168,7 @@ pub(crate) fn replace_at(
                 tmp.as_str(),
                 AtFlags::AT_SYMLINK_FOLLOW,
             )
-            .map_err(err(&tmp))?;
+            .map_err(err(name))?;
         }
         drop(f);
         renameat(dir, tmp.as_str(), dir, name).map_err(err(name))

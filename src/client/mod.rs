@@ -22,6 +22,11 @@ use crate::secret_set::SecretSet;
 use crate::tls;
 use trust::{KnownServersError, Refusal, Trust};
 
+/// The least time one try at one server gets when several share the
+/// timeout: enough for a cold client's key fetch and request on a loaded
+/// host.
+pub const MIN_ATTEMPT: Duration = Duration::from_secs(2);
+
 /// Largest answer body the client reads (an answer is at most the server's
 /// `max_answer_bytes` plus base64 and JSON overhead).
 pub const MAX_ANSWER_BODY: usize = 64 * 1024 * 1024;
@@ -502,7 +507,8 @@ impl Client {
     }
 
     /// Fetches `names` (all granted secrets when empty) in one request,
-    /// failing over between servers within the overall timeout.
+    /// failing over between servers within the overall timeout; each try
+    /// gets a fair share of the time left, at least [`MIN_ATTEMPT`].
     pub async fn fetch(&self, names: &[String]) -> Result<SecretSet, ClientError> {
         let deadline = Instant::now() + self.timeout;
         // The last error of each server; a server whose error will not go
@@ -511,14 +517,21 @@ impl Client {
         let mut given_up = vec![false; self.endpoints.len()];
         let mut backoff = Duration::from_millis(200);
         loop {
-            for index in self.ordered() {
+            let order = self.ordered();
+            for (position, &index) in order.iter().enumerate() {
                 let endpoint = &self.endpoints[index];
                 let left = deadline.saturating_duration_since(Instant::now());
                 if given_up[index] || left.is_zero() {
                     continue;
                 }
+                // A server that accepts and never answers (frozen, hung)
+                // gets its share of what is left, not all of it: the
+                // servers still to try this round get theirs.
+                let still = order[position..].iter().filter(|&&i| !given_up[i]).count();
+                let share = left / u32::try_from(still.max(1)).unwrap_or(u32::MAX);
+                let attempt = share.max(MIN_ATTEMPT).min(left);
                 let result =
-                    match tokio::time::timeout(left, self.fetch_from(endpoint, names)).await {
+                    match tokio::time::timeout(attempt, self.fetch_from(endpoint, names)).await {
                         Ok(result) => result,
                         Err(_) => Err(ClientError::Unreachable {
                             server: endpoint.url.clone(),

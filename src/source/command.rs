@@ -4,7 +4,8 @@
 //! The program runs with an empty environment except `PATH`, `HOME`,
 //! `LANG` and the source's own `env` table, so it never inherits the
 //! server's secrets (an `env` source reads them from the server's
-//! environment). It is killed when it exceeds its timeout. A non-zero exit,
+//! environment). It is killed when it exceeds its timeout, with every
+//! process it started (it runs in a process group of its own). A non-zero exit,
 //! a timeout or output that does not parse is a failed load, reported with
 //! the program's stderr cut short; stdout is never shown.
 
@@ -150,12 +151,16 @@ pub(crate) async fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so that a timeout kills what it started
+        // too (`sh -c` with a child that holds the output pipe).
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
         LoadError::command(format!(
             "cannot run {program:?}: {e}; check `command` and PATH"
         ))
     })?;
+    let _group = GroupKill(child.id());
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use tokio::io::AsyncWriteExt;
         let _ = pipe.write_all(input).await;
@@ -212,6 +217,22 @@ pub(crate) async fn run(
             "{program:?} printed more than {MAX_OUTPUT} bytes"
         ))),
         Err(e) => Err(LoadError::command(format!("reading from {program:?}: {e}"))),
+    }
+}
+
+/// Kills a program's whole process group when the load is over (done,
+/// timed out or abandoned): nothing it started runs on, holding its pipes
+/// or its share of a secret.
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.and_then(|id| i32::try_from(id).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

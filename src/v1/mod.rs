@@ -21,6 +21,22 @@ pub use crate::config::v1::{Config, KEY_BITS, Lookup};
 use crate::keys::{KeyError, ServerKey};
 use crate::server::state::State;
 
+/// Whether a body arriving as `chunks` can still be the original's JSON:
+/// the check the endpoint runs on each piece as it is read, so that a body
+/// that cannot be one is refused at its first wrong byte. `Err` names the
+/// reason and the byte, never content. Public for the fuzz target, which
+/// holds it to two promises: where the body is split does not change the
+/// verdict, and it never refuses what an original client sends.
+pub fn body_shape<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Result<(), String> {
+    let mut checker = shape::Shape::default();
+    let mut offset = 0;
+    for chunk in chunks {
+        checker.feed(chunk, offset).map_err(|e| e.to_string())?;
+        offset += chunk.len();
+    }
+    Ok(())
+}
+
 /// Loads (or creates) the separate `[v1] key_file`, when v1 is on and one is
 /// set; `None` means v1 uses the server's main key.
 pub(crate) fn load_key(config: &Config) -> Result<Option<ServerKey>, KeyError> {

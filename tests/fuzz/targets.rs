@@ -16,8 +16,11 @@
 use std::sync::OnceLock;
 
 use locket::config::server::ServerConfig;
+use locket::deliver::{output, template::Template};
 use locket::keys::{self, ClientKey, ReplyKey, ServerKey, ServerPublicKey};
 use locket::protocol::{self, Answer, Header, Request, RequestBody};
+use locket::secret::SecretValue;
+use locket::secret_set::SecretSet;
 use locket::{crypto, source, v1};
 
 /// A fuzz target body: takes any bytes, panics only on a bug.
@@ -29,6 +32,9 @@ pub(super) const TARGETS: &[(&str, Target)] = &[
     ("keys", keys),
     ("config", config),
     ("answer", answer),
+    ("template", template),
+    ("encoders", encoders),
+    ("v1_wire", v1_wire),
 ];
 
 /// The client key whose signatures the `request` seeds carry.
@@ -155,6 +161,116 @@ fn check_answer(answer: &Answer) {
     assert_eq!(&again, answer);
 }
 
+/// Values that exercise every escaping rule of the template formats and
+/// encoders: quotes, backslashes, newlines, a control character, `$`.
+const TRICKY: &[&str] = &[
+    "",
+    "plain",
+    "a\"b\\c\nd'e",
+    "x\u{1}y $HOME `id`",
+    "line one\nline two",
+];
+
+/// Templates: the parser, then rendering with every name the template
+/// uses. A template that names secrets fails, naming one, when they are
+/// missing; with them it renders or refuses a value its format cannot hold,
+/// and never panics.
+pub(super) fn template(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(t) = Template::parse("fuzz", text) else {
+        return;
+    };
+    let names: Vec<String> = t.names().iter().map(|n| (*n).to_owned()).collect();
+    let empty = t.render(&SecretSet::new());
+    assert_eq!(
+        empty.is_ok(),
+        names.is_empty(),
+        "missing names fail, only those"
+    );
+    for value in TRICKY {
+        let set: SecretSet = names
+            .iter()
+            .map(|n| (n.clone(), SecretValue::from(*value)))
+            .collect();
+        if let Ok(out) = t.render(&set) {
+            // A value only ever appears in a placeholder's place.
+            if names.is_empty() {
+                assert!(!out.contains("{{"), "literal text renders as itself");
+            }
+        }
+    }
+}
+
+/// The env-file encoders, on a set made from the input (records split by
+/// 0x1e, name and value by 0x1f): dotenv reads back exactly through the
+/// dotenv source's own parser, under the mapped variable names; JSON reads
+/// back exactly; shell and systemd refuse or encode, and never panic.
+pub(super) fn encoders(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let set: SecretSet = text
+        .split('\u{1e}')
+        .filter_map(|r| r.split_once('\u{1f}'))
+        .map(|(n, v)| (n.to_owned(), SecretValue::from(v)))
+        .collect();
+    if let Ok(out) = output::dotenv(&set) {
+        let back = source::dotenv::parse_dotenv(out.as_slice()).expect("dotenv output parses");
+        let want: Vec<(String, &str)> = set
+            .iter()
+            .map(|(n, v)| (output::env_var_name(n), v.expose()))
+            .collect();
+        let got: Vec<(String, &str)> = back.iter().map(|(n, v)| (n.clone(), v.expose())).collect();
+        assert_eq!(got, want, "dotenv reads back exactly");
+    }
+    let json = output::json(&set);
+    let unique = set.names().collect::<std::collections::BTreeSet<_>>().len() == set.len();
+    match serde_json::from_slice::<SecretSet>(&json) {
+        Ok(back) => assert!(unique && back == set, "JSON reads back exactly"),
+        Err(_) => assert!(!unique, "only a set with a name twice is refused"),
+    }
+    let _ = output::shell(&set);
+    let _ = output::systemd_env(&set);
+}
+
+/// The v1 endpoint's body: the shape check it runs as the body arrives
+/// (its verdict does not depend on where the body is split), serde's parse
+/// of the original's five fields and the client key's PEM. A request serde
+/// reads, written back compactly with printable ASCII fields of the
+/// original's sizes, passes the shape check: it never refuses an original
+/// client.
+pub(super) fn v1_wire(data: &[u8]) {
+    let whole = v1::body_shape([data]);
+    if !data.is_empty() {
+        let cut = usize::from(data[0]) % data.len();
+        let (a, b) = data.split_at(cut);
+        assert_eq!(
+            v1::body_shape([a, b]).is_ok(),
+            whole.is_ok(),
+            "split at {cut}: {whole:?}"
+        );
+    }
+    let Ok(req) = serde_json::from_slice::<v1::wire::Request>(data) else {
+        return;
+    };
+    let _ = v1::wire::parse_public_key_pem(&req.client_pubkey);
+    let _ = v1::wire::signed_string("name", &req.client_pubkey, req.timestamp, &req.nonce);
+    let fields = [&req.payload, &req.signature, &req.client_pubkey, &req.nonce];
+    let original_like = fields
+        .iter()
+        .all(|f| f.len() <= 4096 && f.bytes().all(|b| (0x20..0x7f).contains(&b)));
+    if original_like {
+        let compact = serde_json::to_vec(&req).expect("serialises");
+        assert!(
+            v1::body_shape([compact.as_slice()]).is_ok(),
+            "an original client's body is refused: {:?}",
+            v1::body_shape([compact.as_slice()])
+        );
+    }
+}
+
 /// Valid inputs for each target, from which the committed seed corpus was
 /// written (`cargo run --manifest-path tests/fuzz/Cargo.toml --bin write-seeds`).
 pub(super) fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
@@ -249,5 +365,51 @@ pub(super) fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             serde_json::to_vec(&wire).expect("json"),
         ));
     }
+    for (i, t) in [
+        "[db]\npassword = {{ DB_PASSWORD }}\n",
+        "{{ \"{{\" }} literal, {{ A | json }} {{ B | yaml }} {{ C | shell }}\n",
+        "x = {{ V | ini }}\ny = {{ W | line }}\n",
+        "no placeholder at all\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.push(("template", format!("template-{i}"), t.as_bytes().to_vec()));
+    }
+    out.push((
+        "encoders",
+        "pairs".into(),
+        "DB_PASSWORD\u{1f}hunter2\u{1e}db/url\u{1f}postgres://x\u{1e}QUOTE\u{1f}it's \"q\" $HOME\u{1e}NL\u{1f}a\nb"
+            .as_bytes()
+            .to_vec(),
+    ));
+    for (name, pairs) in [
+        ("empty", ""),
+        ("twice", "A\u{1f}1\u{1e}A\u{1f}2"),
+        ("refused", "N\u{1f}a\u{0}b\u{1e}T\u{1f}a'b`id`"),
+    ] {
+        out.push(("encoders", name.into(), pairs.as_bytes().to_vec()));
+    }
+    for (name, body) in [
+        (
+            "indented",
+            "{\n  \"payload\": \"QUJD\",\n  \"timestamp\": -5\n}\n",
+        ),
+        ("nested", r#"{"payload":{"a":1}}"#),
+        ("not-ascii", "{\"payload\":\"\u{e9}\"}"),
+    ] {
+        out.push(("v1_wire", name.into(), body.as_bytes().to_vec()));
+    }
+    out.push((
+        "v1_wire",
+        "original-request".into(),
+        format!(
+            r#"{{"payload":"{}","signature":"{}","client_pubkey":"{}","timestamp":1700000000,"nonce":"bm9uY2U="}}"#,
+            "QUJD".repeat(86),
+            "U0lH".repeat(86),
+            v1::wire::public_key_pem(reply_key().spki_der()).trim_end().replace('\n', "\\n")
+        )
+        .into_bytes(),
+    ));
     out
 }

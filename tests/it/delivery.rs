@@ -311,6 +311,43 @@ fn failover_between_servers() {
     server.stop();
 }
 
+/// A server that accepts connections and never answers (frozen: SIGSTOP,
+/// a hung host behind a live kernel) must not take the whole timeout: the
+/// client moves on to the next server within it.
+#[test]
+fn a_frozen_server_does_not_take_the_whole_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_server_files(dir.path(), SECRETS, &clients(), "");
+    let server = ServerProcess::start(&config, &[]);
+    let key = key_file(dir.path());
+    let good = format!("http://{}", server.addr);
+    // Accepts, reads, never answers; holds every connection open.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let frozen_url = format!("http://{}", frozen.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in frozen.incoming() {
+            held.push(conn);
+        }
+    });
+    let (code, out, err) = run_app(
+        dir.path(),
+        &key,
+        &[
+            "--server",
+            &frozen_url,
+            "--server",
+            &good,
+            "--timeout",
+            "10s",
+            "get",
+            "APP_USER",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "alice\n"), "{err}");
+    server.stop();
+}
+
 #[test]
 fn tls_with_a_custom_ca() {
     let dir = tempfile::tempdir().unwrap();

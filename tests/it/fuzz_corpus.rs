@@ -90,4 +90,13 @@ fn the_seeds_are_accepted_by_the_code_they_target() {
     assert!(clients.contains_key("billing"));
     let pem = String::from_utf8(read("keys", "seed-client-pem")).unwrap();
     locket::keys::ClientKey::from_pem(&pem).expect("client key seed");
+    for i in 0..3 {
+        let text = String::from_utf8(read("template", &format!("seed-template-{i}"))).unwrap();
+        let t = locket::deliver::template::Template::parse("seed", &text).expect("template seed");
+        assert!(!t.names().is_empty(), "seed-template-{i} has placeholders");
+    }
+    let body = read("v1_wire", "seed-original-request");
+    locket::v1::body_shape([body.as_slice()]).expect("an original request passes the shape check");
+    let req: locket::v1::wire::Request = serde_json::from_slice(&body).expect("original request");
+    locket::v1::wire::parse_public_key_pem(&req.client_pubkey).expect("its client key parses");
 }

@@ -441,3 +441,32 @@ esac
         assert!(!log.contains(secret), "the log shows {secret}");
     }
 }
+
+/// A command source that hangs is killed at its timeout with everything it
+/// started: a `sh -c` whose child holds the output pipe leaves no process
+/// behind (it would otherwise run on, one more at every refresh).
+#[tokio::test]
+async fn a_hanging_command_is_killed_at_its_timeout_with_its_children() {
+    // A sleep only this test starts: its argument is unique.
+    let marker = format!("{}.{}", 700 + std::process::id() % 100, std::process::id());
+    let script = format!("sleep {marker}; echo '{{}}'");
+    let hangs = command(&["/bin/sh", "-c", &script], CommandFormat::Json, 300);
+    let err = hangs.load().await.unwrap_err().to_string();
+    assert!(err.contains("did not finish"), "{err}");
+    let left = |marker: &str| {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|cmdline| {
+                let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                args.len() >= 2 && args[0].ends_with(b"sleep") && args[1] == marker.as_bytes()
+            })
+            .count()
+    };
+    // The kill is sent before load() returns; the kernel reaps at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while left(&marker) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left(&marker), 0, "the command's child outlived its timeout");
+}

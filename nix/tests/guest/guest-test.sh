@@ -272,8 +272,11 @@ if [ "$failed" != 0 ]; then
 fi
 kill "$hostile_server"
 
+# Faults injected under systemd, each with its outcome (nix/tests/guest/faults.sh).
+. /payload/faults.sh
+
 if [ "$failed" != 0 ]; then
-  for u in locket.service locket-fetch-demo-consumer.service locket-fetch-group-consumer.service demo-consumer.service group-consumer.service locket-fetch-cred-consumer.service cred-consumer.service locket-watch.service; do
+  for u in locket.service locket-fetch-demo-consumer.service locket-fetch-group-consumer.service demo-consumer.service group-consumer.service locket-fetch-cred-consumer.service cred-consumer.service locket-watch.service locket-fault-source.service locket-fault-a.service locket-fault-b.service; do
     echo "--- journal of $u"
     journalctl -u "$u" -o cat --no-pager | tail -25
   done

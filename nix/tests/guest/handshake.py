@@ -153,6 +153,7 @@ def main():
         with open(os.path.join(payload, "hostile", "expected.env0"), "wb") as f:
             f.write(b"".join(sorted(f"{k}={v}".encode() + b"\0" for k, v in named.items())))
         shutil.copy(os.path.join(HERE, "guest-test.sh"), os.path.join(payload, "test.sh"))
+        shutil.copy(os.path.join(HERE, "faults.sh"), os.path.join(payload, "faults.sh"))
         os.chmod(os.path.join(payload, "test.sh"), 0o755)
         print(f"guest: payload built in {time.time() - started:.0f} s ({du(payload)})", flush=True)
 
