@@ -267,8 +267,23 @@ rec {
         ) (attrNames clients)
       );
       noSources = if sources == [ ] then [ "services.locket.sources is empty: add at least one source" ] else [ ];
+      # RFC 42: `settings` is for the keys no typed option covers. A key a
+      # typed option writes would be silently replaced by it; say which
+      # option to use instead (for a key file, the option also routes it
+      # through LoadCredential=).
+      typedKeys = {
+        listen = "listenAddress and port";
+        key_file = "keyFile";
+        next_key_file = "nextKeyFile";
+        sources = "sources";
+        clients = "clients";
+        sealed_set = "sealedSet";
+      };
+      overlaps = map (
+        k: "services.locket.settings.${k} is set, but services.locket.${typedKeys.${k}} writes ${k}: set it there instead (the typed option would win)"
+      ) (filter (k: hasAttr k settings) (attrNames typedKeys));
     in
-    noSources ++ storePaths ++ keyInStore ++ settingsPaths ++ clientErrors;
+    noSources ++ storePaths ++ keyInStore ++ settingsPaths ++ clientErrors ++ overlaps;
 
   # The client's settings (client.toml).
   mkClientSettings =

@@ -992,6 +992,15 @@ in
 
     (mkIf ccfg.enable {
       assertions = failedAssertions (locketLib.clientErrors ccfg);
+      # systemd copies credentials when the unit starts: a consumer that
+      # takes them and is never restarted keeps the old values for ever.
+      warnings = lib.concatLists (
+        lib.mapAttrsToList (
+          consumer: svc:
+          optional (svc.credentials && svc.restartUnits == [ ] && svc.onChange == null)
+            "services.locket.client.services.${consumer}: credentials = true, but neither restartUnits nor onChange is set: systemd copies credentials when ${svc.unit} starts, so a changed value never reaches it. Add ${svc.unit} to restartUnits."
+        ) ccfg.services
+      );
 
       environment.systemPackages = [ ccfg.package ];
       environment.etc."locket/client.toml".source = clientConfigFile;

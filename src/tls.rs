@@ -73,18 +73,30 @@ pub fn http_client(roots: Roots) -> reqwest::ClientBuilder {
     reason = "each variant is documented by its #[error] message"
 )]
 pub enum TlsError {
-    #[error("tls.cert_file {path}: {detail}; expected a PEM certificate chain")]
-    Certificates { path: PathBuf, detail: String },
+    #[error("tls.cert_file {path}: {source}; expected a PEM certificate chain")]
+    Certificates {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("tls.cert_file {path} holds no certificate")]
     NoCertificate { path: PathBuf },
-    #[error("tls.key_file {path}: {detail}")]
-    KeyRead { path: PathBuf, detail: String },
+    #[error("tls.key_file {path}: {source}")]
+    KeyRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("tls.key_file {path} has mode {mode:03o}, readable by others; run `chmod 600 {path}`")]
     KeyPermissions { path: PathBuf, mode: u32 },
-    #[error("tls.key_file {path}: {detail}; expected a PEM private key")]
-    Key { path: PathBuf, detail: String },
+    #[error("tls.key_file {path}: {source}; expected a PEM private key")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("the TLS certificate and key do not fit together: {0}")]
-    Mismatch(String),
+    Mismatch(#[source] rustls::Error),
 }
 
 /// Builds a server-side acceptor from a PEM certificate chain and a PEM
@@ -92,9 +104,9 @@ pub enum TlsError {
 pub(crate) fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Certificates {
+        .map_err(|source| TlsError::Certificates {
             path: cert_file.to_owned(),
-            detail: e.to_string(),
+            source,
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -102,9 +114,9 @@ pub(crate) fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor,
         });
     }
     if let Some(mode) =
-        crate::fsutil::loose_permissions(key_file).map_err(|e| TlsError::KeyRead {
+        crate::fsutil::loose_permissions(key_file).map_err(|source| TlsError::KeyRead {
             path: key_file.to_owned(),
-            detail: e.to_string(),
+            source,
         })?
     {
         return Err(TlsError::KeyPermissions {
@@ -112,15 +124,15 @@ pub(crate) fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor,
             mode,
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::Key {
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Key {
         path: key_file.to_owned(),
-        detail: e.to_string(),
+        source,
     })?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Mismatch(e.to_string()))?
+        .map_err(TlsError::Mismatch)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Mismatch(e.to_string()))?;
+        .map_err(TlsError::Mismatch)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

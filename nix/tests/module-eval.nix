@@ -415,6 +415,29 @@ let
       != unitLines base.units."locket.service" "X-Restart-Triggers";
     serverRunsFromTheEtcPath = hasInfix "\"--config\" \"/etc/locket/server.toml\"" server;
 
+    # 10b. A consumer that takes credentials and is never restarted keeps
+    #      old values for ever: warned, naming the consumer and the fix.
+    credentialsWithoutRestartWarn =
+      let
+        with_ =
+          extra:
+          host {
+            services.locket.client = {
+              enable = true;
+              server = "http://10.0.0.1:7410";
+              serverFingerprint = fp;
+              services.app = {
+                secrets = [ "API_TOKEN" ];
+                credentials = true;
+              }
+              // extra;
+            };
+          };
+      in
+      builtins.any (w: hasInfix "services.locket.client.services.app: credentials = true, but neither restartUnits nor onChange" w) (with_ { }).warnings
+      && (with_ { restartUnits = [ "app.service" ]; }).warnings == [ ]
+      && (with_ { onChange = "true"; }).warnings == [ ];
+
     # 11b. A reload whose outcome systemd sees: ExecReload= waits for the
     #      server's answer; systemd 253+ (the stub's 258) gets the reload
     #      protocol, whose own signal is one that changes nothing; 252

@@ -55,6 +55,12 @@ if [ -f "$lib/default.nix" ]; then
   else
     bad "the VM test's testScript: ${err:-$out}"
   fi
+  # …and has none of the racy patterns the guest test learned to avoid.
+  if lint=$(python3 nix/tests/testscript_lint.py <<<"$out" 2>&1); then
+    ok "the VM test's testScript waits for what it checks ($(tail -1 <<<"$lint"))"
+  else
+    bad "the VM test's testScript: $lint"
+  fi
 fi
 
 # 2c. locket.lib.fleetRegistry on the README's three-host fleet: the

@@ -270,6 +270,20 @@ let
       );
       expected = 2;
     };
+    typedOptionsAreNotOverriddenInSettings = {
+      expr = l.serverErrors {
+        sources = [ { type = "env"; } ];
+        settings = {
+          listen = "0.0.0.0:1";
+          next_key_file = "/run/secrets/next.pem";
+          clock_skew = "20s";
+        };
+      };
+      expected = [
+        "services.locket.settings.listen is set, but services.locket.listenAddress and port writes listen: set it there instead (the typed option would win)"
+        "services.locket.settings.next_key_file is set, but services.locket.nextKeyFile writes next_key_file: set it there instead (the typed option would win)"
+      ];
+    };
     noSourcesIsAnError = {
       expr = l.serverErrors { };
       expected = [ "services.locket.sources is empty: add at least one source" ];

@@ -94,6 +94,8 @@ in
           services.cred-consumer = {
             secrets = [ "API_TOKEN" ];
             credentials = true;
+            # Credentials are copied at start: a change needs a restart.
+            restartUnits = [ "cred-consumer.service" ];
           };
           # Group delivery: files 0440 root:readers, read by a DynamicUser
           # consumer through SupplementaryGroups.
@@ -186,9 +188,16 @@ in
   testScript =
     { nodes, ... }:
     ''
-      start_all()
+      # The server first, the clients once it answers: their fetch units
+      # run at boot, and fetchTimeout bounds a wait for a server that is
+      # down, not for one booting in the same second. A real fleet boots a
+      # host against servers that are already up (and a fetch retries
+      # within its bound either way).
+      server.start()
       server.wait_for_unit("locket.service")
       server.wait_for_open_port(7410)
+      client.start()
+      intruder.start()
 
       with subtest("the server key is the pinned one and the server runs hardened"):
           server.succeed("locket fingerprint --config /etc/locket/server.toml | grep -x '${keys.fingerprint}'")
@@ -254,14 +263,14 @@ in
       with subtest("a wrong key from an allowed address, and the right key from a wrong address, are denied"):
           rc = client.execute("locket-client --config /etc/locket/client.toml --key /var/lib/locket-client/other.key get API_TOKEN")[0]
           assert rc == 3, f"wrong key from the client's address: {rc}"
-          server.succeed("journalctl -u locket | grep -Eq '${expect.wrongKey}'")
+          server.wait_until_succeeds("journalctl -u locket -o cat | grep -E '${expect.wrongKey}' >/dev/null", timeout=60)
           intruder.wait_for_unit("multi-user.target")
           rc = intruder.execute("locket-client --config /etc/locket/client.toml get API_TOKEN")[0]
           assert rc == 3, f"own key under the name app: {rc}"
           rc = intruder.execute("locket-client --config /etc/locket/client.toml --key /etc/intruder/stolen.key get API_TOKEN")[0]
           assert rc == 3, f"stolen key from a wrong address: {rc}"
-          server.succeed("journalctl -u locket | grep -Eq '${expect.wrongAddress}'")
-          server.fail("journalctl -u locket | grep -q vm-db-password")
+          server.wait_until_succeeds("journalctl -u locket -o cat | grep -E '${expect.wrongAddress}' >/dev/null", timeout=60)
+          server.fail("journalctl -u locket -o cat | grep vm-db-password >/dev/null")
 
       with subtest("after a server restart the pinned client still fetches"):
           server.systemctl("restart locket.service")
@@ -274,7 +283,9 @@ in
           server.succeed("/run/current-system/specialisation/registry-change/bin/switch-to-configuration test")
           server.wait_for_unit("locket.service")
           assert server.succeed("systemctl show -P MainPID locket.service").strip() == pid, "the server was restarted"
-          server.succeed("journalctl -u locket | grep -q 'config reloaded'")
+          # ExecReload= waits for the reload's outcome: the switch returned
+          # after it; journald may take the line in a moment later.
+          server.wait_until_succeeds("journalctl -u locket -o cat | grep 'config reloaded' >/dev/null", timeout=60)
           intruder.succeed("locket-client --config /etc/locket/client.toml --name intruder get API_TOKEN | grep -x vm-api-token")
           rc = intruder.execute("locket-client --config /etc/locket/client.toml --name intruder get DB_PASSWORD")[0]
           assert rc == 3, rc
@@ -287,7 +298,7 @@ in
           client.fail("systemctl start group-consumer.service")
           took = time.monotonic() - started
           assert took < 60, f"the fetch took {took:.0f} s to give up (fetchTimeout = 20)"
-          client.succeed("journalctl -u locket-fetch-group-consumer | grep -q 'http://${nodes.server.networking.primaryIPAddress}:7410'")
+          client.wait_until_succeeds("journalctl -u locket-fetch-group-consumer -o cat | grep 'http://${nodes.server.networking.primaryIPAddress}:7410' >/dev/null", timeout=60)
           client.fail("systemctl is-active group-consumer.service")
 
       with subtest("with the server down, a consumer with cacheMaxAge starts from its boot cache"):
