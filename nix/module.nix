@@ -1016,12 +1016,19 @@ in
             description = "Generate the locket client key";
             wantedBy = [ "multi-user.target" ];
             unitConfig.ConditionPathExists = "!${ccfg.keyFile}";
-            serviceConfig = {
+            # It only writes one file: the delivery units' sandbox, no
+            # network, no capability, write access to the key's folder alone.
+            serviceConfig = hardening // {
               Type = "oneshot";
               RemainAfterExit = true;
-              UMask = "0077";
               StateDirectory = "locket-client";
               StateDirectoryMode = "0700";
+              ReadWritePaths = [ "-${dirOf ccfg.keyFile}" ];
+              PrivateNetwork = true;
+              RestrictAddressFamilies = [ "none" ];
+              IPAddressDeny = "any";
+              CapabilityBoundingSet = [ "" ];
+              AmbientCapabilities = [ "" ];
               # Prints the public key line for the server's registry to the journal.
               ExecStart = utils.escapeSystemdExecArgs [
                 (getExe' ccfg.package "locket-client")

@@ -468,6 +468,10 @@ def run(cmd, timeout=60, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
+# The highest `systemd-analyze security` exposure a generated unit may have.
+MAX_EXPOSURE = 3.0
+
+
 def verify_units(host):
     udir = os.path.join(host.root, "units")
     os.makedirs(udir, exist_ok=True)
@@ -486,6 +490,17 @@ def verify_units(host):
     # Units the consumers reference exist on the node, not here.
     problems = [l for l in (r.stdout + r.stderr).splitlines() if l.strip() and "not found" not in l.lower()]
     check(f"{host.name}: systemd-analyze verify accepts {len(files)} unit(s)", r.returncode == 0 and not problems, "\n    ".join(problems))
+    # Every unit the module makes, as hardened as systemd can tell offline:
+    # at most MAX_EXPOSURE (the server scores 1.5, the fetch units and the
+    # watcher, which need CAP_CHOWN and the network, 2.4-2.5).
+    for path in files:
+        unit = os.path.basename(path)
+        if not unit.startswith("locket"):
+            continue
+        r = run(["systemd-analyze", "security", "--offline=true", "--no-pager", path])
+        m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout + r.stderr)
+        score = float(m.group(1)) if m else None
+        check(f"{host.name}: {unit} scores {score} <= {MAX_EXPOSURE} in systemd-analyze security --offline", score is not None and score <= MAX_EXPOSURE, (r.stdout + r.stderr)[-400:])
 
 
 def delivery_plan(host):
