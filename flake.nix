@@ -35,16 +35,16 @@
 
       # The module sets nothing under `nixpkgs.*` (read-only pkgs, as in
       # runNixOSTest or fleets that set nixpkgs.pkgs, stay usable): the
-      # package defaults to this flake's build for the host's platform.
+      # package is built by the host's own pkgs (its overlays, its
+      # cross-compilation), as sops-nix does, from this flake's source.
       nixosModules.default =
         { lib, pkgs, ... }:
         let
-          own = self.packages.${pkgs.stdenv.hostPlatform.system}.locket;
+          own = pkgs.callPackage ./nix/package.nix { };
         in
         {
           imports = [ ./nix/module.nix ];
           services.locket.package = lib.mkDefault own;
-          services.locket.client.package = lib.mkDefault own;
         };
 
       # Pure functions behind the module (registry and config generation).

@@ -699,7 +699,12 @@ in
     client = {
       enable = mkEnableOption "the locket client side (key, config, per-service fetch units)";
 
-      package = mkPackageOption pkgs "locket" { };
+      package = mkOption {
+        type = types.package;
+        default = cfg.package;
+        defaultText = literalExpression "config.services.locket.package";
+        description = "The package whose `locket-client` the client side runs (by default the server's package: one build for both).";
+      };
 
       server = mkOption {
         type = types.str;

@@ -438,6 +438,38 @@ let
       && (with_ { restartUnits = [ "app.service" ]; }).warnings == [ ]
       && (with_ { onChange = "true"; }).warnings == [ ];
 
+    # 10c. The package comes from the host's own pkgs (its overlays, its
+    #      cross-compilation), not from a second nixpkgs: an overlay the
+    #      host applies reaches it, and the client side uses the same one.
+    packageFromTheHostsPkgs =
+      let
+        marked = nixos {
+          overlays = [
+            (final: prev: {
+              rustPlatform = prev.rustPlatform // {
+                buildRustPackage = args: prev.rustPlatform.buildRustPackage (args // { marker = "host-pkgs"; });
+              };
+            })
+          ];
+          modules = [
+            (nixos { }).self.nixosModules.default
+            {
+              services.locket = {
+                enable = true;
+                sources = [ { type = "env"; } ];
+                client = {
+                  enable = true;
+                  server = "http://10.0.0.1:7410";
+                  serverFingerprint = fp;
+                };
+              };
+            }
+          ];
+        };
+        c = marked.config.services.locket;
+      in
+      (c.package.marker or null) == "host-pkgs" && c.client.package == c.package;
+
     # 11b. A reload whose outcome systemd sees: ExecReload= waits for the
     #      server's answer; systemd 253+ (the stub's 258) gets the reload
     #      protocol, whose own signal is one that changes nothing; 252
