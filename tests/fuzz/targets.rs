@@ -195,9 +195,12 @@ pub(super) fn template(data: &[u8]) {
             .map(|n| (n.clone(), SecretValue::from(*value)))
             .collect();
         if let Ok(out) = t.render(&set) {
-            // A value only ever appears in a placeholder's place.
-            if names.is_empty() {
-                assert!(!out.contains("{{"), "literal text renders as itself");
+            // Text without a placeholder or a `{{ "{{" }}` literal renders
+            // as itself. (A first version asserted that no output of a
+            // template without names holds `{{`: the literal makes one;
+            // regressions/template/ keeps that input.)
+            if names.is_empty() && !text.contains("{{") {
+                assert_eq!(out.as_str(), text, "literal text renders as itself");
             }
         }
     }
