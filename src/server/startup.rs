@@ -260,6 +260,10 @@ impl Server {
         // before anything says the server is up.
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(StartError::Signals)?;
+        // Published before the server says it listens: whoever waits for
+        // that line (systemd, a test, `locket reload --wait`) finds it.
+        let reloads =
+            super::reload_control::Publisher::new(self.runtime_dir.as_deref(), &self.path);
         {
             let rt = state.runtime.load();
             tracing::info!(
@@ -286,8 +290,6 @@ impl Server {
             Arc::clone(&refresh_now),
             Arc::clone(&stop),
         ));
-        let reloads =
-            super::reload_control::Publisher::new(self.runtime_dir.as_deref(), &self.path);
         tokio::spawn(reload_on_sighup(
             Arc::clone(&state),
             self.path,
