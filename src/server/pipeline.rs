@@ -88,7 +88,7 @@ pub(super) async fn process(state: &Arc<State>, ip: IpAddr, body: &[u8]) -> Outc
         Seen::Unknowable => {
             return Outcome::Unknowable {
                 client: name,
-                why: "request stamped before this server could remember its nonce (a start or a widened clock window)",
+                why: "request stamped before this server could remember its nonce (a start, a widened clock window, or a clock that jumped back)",
             };
         }
     }

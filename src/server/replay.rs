@@ -1,7 +1,15 @@
 //! The replay cache: nonces seen recently, bounded in memory.
 //!
 //! A nonce only needs remembering while its timestamp could still pass the
-//! clock check, i.e. until `timestamp + clock_skew`. When the cache is full
+//! clock check, i.e. until `timestamp + clock_skew`, as long as the clock
+//! only moves forward. A clock can jump: one an hour ahead forgets every
+//! nonce at its next sweep, and once it is set right the requests answered
+//! just before are within the window again. So the cache also remembers
+//! the latest expiry it ever forgot, and a request whose own expiry is not
+//! later than that is `Unknowable` (refused, the client retries with a new
+//! request) instead of new: no captured request is answered twice,
+//! whichever way the clock went. With a clock that only moves forward such
+//! a request fails the clock check anyway, so nothing else changes. When the cache is full
 //! of live nonces the server refuses new requests (503) rather than forget
 //! one: forgetting would let a captured request be replayed.
 //!
@@ -39,6 +47,8 @@ pub(crate) struct ReplayCache {
     used: HashMap<Box<str>, usize>,
     capacity: usize,
     next_sweep: i64,
+    /// The latest expiry of a nonce this cache forgot.
+    forgotten: i64,
 }
 
 impl ReplayCache {
@@ -48,6 +58,7 @@ impl ReplayCache {
             used: HashMap::new(),
             capacity,
             next_sweep: 0,
+            forgotten: i64::MIN,
         }
     }
 
@@ -57,6 +68,8 @@ impl ReplayCache {
         for expires in self.entries.values_mut() {
             *expires = expires.saturating_add(by);
         }
+        // A forgotten nonce would have been kept that much longer too.
+        self.forgotten = self.forgotten.saturating_add(by);
     }
 
     /// Remembers `client`'s `nonce` until `expires` (unix seconds), given
@@ -70,7 +83,14 @@ impl ReplayCache {
         clients: usize,
     ) -> Seen {
         if now >= self.next_sweep || self.entries.len() >= self.capacity {
-            self.entries.retain(|_, exp| *exp >= now);
+            let forgotten = &mut self.forgotten;
+            self.entries.retain(|_, exp| {
+                let keep = *exp >= now;
+                if !keep {
+                    *forgotten = (*forgotten).max(*exp);
+                }
+                keep
+            });
             self.used.clear();
             for (c, _) in self.entries.keys() {
                 *self.used.entry(c.clone()).or_default() += 1;
@@ -81,6 +101,10 @@ impl ReplayCache {
         match self.entries.get(&key) {
             Some(exp) if *exp >= now => return Seen::Replay,
             _ => {}
+        }
+        // Its nonce may be one this cache forgot (the clock jumped back).
+        if expires <= self.forgotten {
+            return Seen::Unknowable;
         }
         let clients = clients.max(1);
         let guarantee = self.capacity / (2 * clients);
@@ -134,6 +158,39 @@ mod tests {
         // Once those expire, room returns.
         assert_eq!(c.check_and_insert("a", [2; 16], 300, 201, 1), Seen::New);
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_clock_that_jumps_either_way_never_lets_a_replay_through() {
+        let mut c = ReplayCache::new(1000);
+        // Answered at 100 (window 30 s), then the clock jumps an hour ahead:
+        // the sweep there forgets the nonce.
+        assert_eq!(c.check_and_insert("a", [1; 16], 130, 100, 1), Seen::New);
+        assert_eq!(c.check_and_insert("a", [2; 16], 3730, 3700, 1), Seen::New);
+        assert_eq!(c.len(), 1);
+        // Set right again: the captured request is within the window, and
+        // is not taken as new; a new request is.
+        assert_eq!(
+            c.check_and_insert("a", [1; 16], 130, 105, 1),
+            Seen::Unknowable
+        );
+        assert_eq!(c.check_and_insert("a", [3; 16], 136, 106, 1), Seen::New);
+        // The clock jumps back an hour from the right time: what was
+        // answered an hour ago, and forgotten since, is not new either.
+        let mut c = ReplayCache::new(1000);
+        assert_eq!(c.check_and_insert("a", [4; 16], 130, 100, 1), Seen::New);
+        assert_eq!(c.check_and_insert("a", [5; 16], 3730, 3700, 1), Seen::New);
+        assert_eq!(
+            c.check_and_insert("a", [4; 16], 130, 101, 1),
+            Seen::Unknowable
+        );
+        // A reload that widens the window widens the forgotten line too.
+        c.extend(60);
+        assert_eq!(
+            c.check_and_insert("a", [6; 16], 189, 150, 1),
+            Seen::Unknowable
+        );
+        assert_eq!(c.check_and_insert("a", [6; 16], 191, 161, 1), Seen::New);
     }
 
     #[test]

@@ -374,7 +374,7 @@ fn process(state: &State, hints: &Hints, ip: IpAddr, body: &[u8]) -> V1Outcome {
         Seen::Unknowable => {
             return V1Outcome::Unknowable {
                 client: client_name,
-                why: "request stamped before this server could remember its nonce (a start or a widened clock window)",
+                why: "request stamped before this server could remember its nonce (a start, a widened clock window, or a clock that jumped back)",
             };
         }
     }

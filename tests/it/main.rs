@@ -4,6 +4,7 @@
 //! files. One binary links the library once instead of once per file.
 
 mod cli;
+mod clock_jump;
 mod cmd;
 mod deliver_plan;
 mod delivery;
