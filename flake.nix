@@ -22,7 +22,16 @@
       packages = forAllSystems (
         pkgs:
         let
-          locket = pkgs.callPackage ./nix/package.nix { };
+          # As nixpkgs packages carry their NixOS tests (`nixosTests`):
+          # `nix build .#locket.tests.vm-handshake` runs the VM test.
+          withTests =
+            pkg:
+            pkg.overrideAttrs (old: {
+              passthru = old.passthru // {
+                tests.vm-handshake = self.checks.${pkgs.stdenv.hostPlatform.system}.vm-handshake;
+              };
+            });
+          locket = withTests (pkgs.callPackage ./nix/package.nix { });
           locket-static = pkgs.pkgsStatic.callPackage ./nix/package.nix { };
         in
         {

@@ -348,7 +348,8 @@ rec {
 
   # The oneshot that fetches a consumer's secrets, and the folder it fills.
   fetchUnitName = consumer: "locket-fetch-${consumer}";
-  secretsDir = consumer: "/run/locket/${consumer}";
+  runDir = "/run/locket";
+  secretsDir = consumer: "${runDir}/${consumer}";
 
   # --- Delivery (issue #15) ---
   #
@@ -517,6 +518,8 @@ rec {
       systemd_creds = systemdCreds;
       cache_dir = cacheDir;
       cache_key = cacheKey;
+      # Each delivery removes the folders here that no consumer uses.
+      prune_under = runDir;
       consumers = mapAttrs (consumerPlan { inherit runtimeShell; }) services;
     };
 

@@ -451,6 +451,9 @@ let
     # A server on this host: wait for it instead of timing out against it.
     ++ optional cfg.enable "locket.service";
     wants = [ "network-online.target" ] ++ optional cfg.enable "locket.service";
+    # /run/locket is a ramfs (run-locket.mount): mounted before any
+    # delivery writes there.
+    unitConfig.RequiresMountsFor = [ locketLib.runDir ];
   };
   deliverySandbox =
     cache:
@@ -489,25 +492,24 @@ let
       before = [ svc.unit ];
       requiredBy = [ svc.unit ];
       partOf = [ svc.unit ];
-      # The plan sits at a fixed path: a change to this consumer's own
-      # entry restarts this unit (which delivers again); a change to another
-      # consumer's entry does not.
-      restartTriggers = [
-        clientConfigFile
-        (builtins.hashString "sha256" (builtins.toJSON deliveryPlan.consumers.${consumer}))
-      ];
+      # A switch never restarts this unit: a restart would restart its
+      # consumer too (Requires=), and with no server answering at that
+      # moment leave it stopped. The plan sits at a fixed path, and a plan
+      # change reaches the consumer through the watcher (restarted by the
+      # change; it delivers the new plan and restarts what asked for it)
+      # or at the consumer's own next start.
+      restartIfChanged = false;
       serviceConfig = deliverySandbox (locketLib.usesCache svc) // {
         Type = "oneshot";
         RemainAfterExit = true;
         # Past the client's deadline the consumer (which requires this
         # unit) fails visibly instead of holding up boot and
         # `nixos-rebuild switch`.
+        # No ExecStopPost= removal: the files stay while the consumer is
+        # stopped or restarted (the next delivery replaces them file by
+        # file, atomically), and go when the consumer leaves the plan
+        # (each delivery removes folders no consumer uses).
         ExecStart = clientCommand (locketLib.deliverArgs consumer);
-        ExecStopPost = utils.escapeSystemdExecArgs [
-          (getExe' pkgs.coreutils "rm")
-          "-rf"
-          (locketLib.secretsDir consumer)
-        ];
       };
     };
 
@@ -553,6 +555,12 @@ let
   );
 in
 {
+  # The module guide, which a host's NixOS manual carries as a chapter.
+  # No meta.maintainers: NixOS's type accepts only entries of nixpkgs'
+  # lib.maintainers, which has none for this project until the module is
+  # upstreamed; an invented entry would fail every host's evaluation.
+  meta.doc = ../docs/nixos.md;
+
   options.services.locket = {
     enable = mkEnableOption "the locket secrets cache server";
 
@@ -1011,9 +1019,27 @@ in
       environment.etc."locket/client.toml".source = clientConfigFile;
       environment.etc."locket/delivery.toml".source = deliveryPlanFile;
       systemd.tmpfiles.rules = [
-        "d /run/locket 0755 root root -"
+        "d ${locketLib.runDir} 0755 root root -"
       ]
       ++ optional anyCache "d ${locketLib.cacheDir} 0700 root root -";
+
+      # The delivered secrets live on a ramfs, as sops-nix keeps
+      # /run/secrets: never written to swap (tmpfs pages can be, and
+      # tmpfs's `noswap` needs Linux 6.4), and gone at power-off. ramfs has
+      # no size limit; only root writes there, a few KiB per consumer.
+      # Mounted only on an empty or absent folder: a switch from a version
+      # without this mount must not hide the files running consumers use
+      # (the ramfs then comes with the next boot).
+      systemd.mounts = [
+        {
+          description = "RAM file system for locket's delivered secrets (never swapped)";
+          what = "ramfs";
+          where = locketLib.runDir;
+          type = "ramfs";
+          options = "mode=0755,nosuid,nodev,noexec";
+          unitConfig.ConditionDirectoryNotEmpty = "!${locketLib.runDir}";
+        }
+      ];
 
       systemd.services = mkMerge [
         (mkIf ccfg.generateKey {

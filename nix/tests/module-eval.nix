@@ -255,6 +255,42 @@ let
         flake = ./fixtures/overlay-flake/flake.nix;
       }).test.nodes.server.units
     );
+    # #31: the module guide is the module's meta.doc, and fit for the NixOS
+    # manual, which takes every module's meta.doc as a chapter: one level-1
+    # heading, first; every heading outside code blocks carries the `{#id}`
+    # nixos-render-docs requires; no id twice.
+    moduleGuideIsAManualChapter =
+      let
+        docs = map (d: d.value) (host { }).config.meta.doc;
+        text = builtins.readFile (builtins.head docs);
+        step =
+          acc: l:
+          if hasPrefix "```" l then
+            acc // { fence = !acc.fence; }
+          else if !acc.fence && builtins.match "#+ .*" l != null then
+            acc // { headings = acc.headings ++ [ l ]; }
+          else
+            acc;
+        headings = (builtins.foldl' step { fence = false; headings = [ ]; } (splitString "\n" text)).headings;
+        ids = map (h: builtins.match ".* [{]#([a-z0-9-]+)[}]" h) headings;
+      in
+      builtins.length docs == 1
+      && baseNameOf (toString (builtins.head docs)) == "nixos.md"
+      && builtins.length headings > 5
+      && hasPrefix "# " (builtins.head headings)
+      && builtins.length (filter (hasPrefix "# ") headings) == 1
+      && !(builtins.elem null ids)
+      && builtins.length (lib.unique ids) == builtins.length ids;
+
+    # #31: the package points at its NixOS test, as nixpkgs packages do.
+    packageCarriesItsVmTest =
+      let
+        pkg = flake.packages.x86_64-linux.locket;
+      in
+      pkg.passthru.tests.vm-handshake.name == "vm-test-run-locket-handshake"
+      && pkg.tests.vm-handshake.drvPath == flake.checks.x86_64-linux.vm-handshake.drvPath
+      && flake.packages.x86_64-linux.locket-client.tests ? vm-handshake;
+
     packageDefaultsToTheFlakesOwnBuild =
       hasInfix "-locket-" (builtins.head (unitLines server "ExecStart"));
 
@@ -509,6 +545,7 @@ let
         systemd_creds = "${stubPkgs.systemd}/bin/systemd-creds";
         cache_dir = "/var/lib/locket-client/cache";
         cache_key = "tpm2";
+        prune_under = "/run/locket";
         consumers = {
           app = {
             dir = "/run/locket/app";
@@ -579,25 +616,50 @@ let
         { unit = workerFetch; consumer = "worker"; }
         { unit = fetch; consumer = "web"; }
       ]
-      # What the fetch unit was before stays: order, removal, bound, sandbox.
+      # What the fetch unit was before stays: order, bound, sandbox.
       && builtins.elem "Before=app.service" (lines appFetch)
       && builtins.elem "PartOf=app.service" (lines appFetch)
       && builtins.elem "Type=oneshot" (lines appFetch)
-      && builtins.any (hasSuffix ''/bin/rm" "-rf" "/run/locket/app"'') (unitLines appFetch "ExecStopPost")
       && builtins.elem "TimeoutStartSec=105s" (lines appFetch)
       && builtins.elem "CapabilityBoundingSet=CAP_CHOWN" (lines appFetch)
       && (delivery.links."locket-fetch-app.service".requiredBy or null) == [ "app.service" ];
 
     # Only a change to a consumer's own entry restarts its fetch unit (and
     # so the consumer); the watcher restarts on any plan change.
-    planChangeRestartsOnlyItsConsumer =
-      let
-        changed = deliveryWith { services.locket.client.services.worker.reloadUnits = [ "other.service" ]; };
-        triggers = h: u: unitLines (unitOf h u) "X-Restart-Triggers";
-      in
-      triggers changed "locket-fetch-app.service" == triggers delivery "locket-fetch-app.service"
-      && triggers changed "locket-fetch-worker.service" != triggers delivery "locket-fetch-worker.service"
-      && triggers changed "locket-watch.service" != triggers delivery "locket-watch.service";
+    # #31: a switch never restarts a fetch unit (which would restart its
+    # running consumer through Requires=, and leave it stopped when no
+    # server answers then), nor removes a consumer's files when it stops:
+    # the watcher restarts on any plan change and delivers the new plan,
+    # each delivery prunes the folders under /run/locket that no consumer
+    # uses, and /run/locket is a ramfs every delivery unit waits for.
+    planChangeNeverRestartsAFetchUnit =
+      builtins.all (
+        u:
+        builtins.elem "X-RestartIfChanged=false" (lines (unitOf delivery u))
+        && unitLines (unitOf delivery u) "ExecStopPost" == [ ]
+        && builtins.elem "RequiresMountsFor=/run/locket" (lines (unitOf delivery u))
+      ) [ "locket-fetch-app.service" "locket-fetch-worker.service" ]
+      && builtins.elem "RequiresMountsFor=/run/locket" (lines watcher)
+      && !(builtins.elem "X-RestartIfChanged=false" (lines watcher))
+      && (
+        let
+          changed = deliveryWith { services.locket.client.services.worker.reloadUnits = [ "other.service" ]; };
+          triggers = h: u: unitLines (unitOf h u) "X-Restart-Triggers";
+        in
+        triggers changed "locket-watch.service" != triggers delivery "locket-watch.service"
+      )
+      && (tomlOf delivery.etc."locket/delivery.toml").prune_under == "/run/locket";
+    secretsLiveOnANeverSwappedRamfs =
+      lines (unitOf delivery "run-locket.mount") == [
+        "[Unit]"
+        "ConditionDirectoryNotEmpty=!/run/locket"
+        "Description=RAM file system for locket's delivered secrets (never swapped)"
+        "[Mount]"
+        "Options=mode=0755,nosuid,nodev,noexec"
+        "Type=ramfs"
+        "What=ramfs"
+        "Where=/run/locket"
+      ];
 
     # One watcher per host, whatever the number of consumers.
     oneWatcherPerHost =

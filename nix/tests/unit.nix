@@ -535,6 +535,7 @@ let
         systemd_creds = "/s/bin/systemd-creds";
         cache_dir = "/var/lib/locket-client/cache";
         cache_key = "auto";
+        prune_under = "/run/locket";
       };
     };
     pathsAndCredentials = {

@@ -16,6 +16,44 @@ let
   trim = s: builtins.replaceStrings [ "\n" ] [ "" ] s;
   expect = import ./expectations.nix;
   secretsEnv = ./fixtures/vm-secrets.env;
+  # The client's consumers, and the plan its `plan-change` specialisation
+  # switches to: demo-consumer's template changes (a plan change for a
+  # running consumer), group-consumer leaves the plan (its folder goes).
+  consumers = {
+    demo-consumer = {
+      secrets = [
+        "DB_PASSWORD"
+        "API_TOKEN"
+      ];
+      user = "demo";
+      group = "demo";
+      # A change restarts it (once), which reads the env file again.
+      restartUnits = [ "demo-consumer.service" ];
+      templates."app.ini".content = "[db]\npassword = {{ DB_PASSWORD }}\n";
+      # With the server down it starts from the cache.
+      cacheMaxAge = "10m";
+    };
+    # A DynamicUser consumer reads its secret as a credential.
+    cred-consumer = {
+      secrets = [ "API_TOKEN" ];
+      credentials = true;
+      # Credentials are copied at start: a change needs a restart.
+      restartUnits = [ "cred-consumer.service" ];
+    };
+    # Group delivery: files 0440 root:readers, read by a DynamicUser
+    # consumer through SupplementaryGroups.
+    group-consumer = {
+      secrets = [ "API_TOKEN" ];
+      group = "readers";
+      mode = "0440";
+      envFile = false;
+    };
+  };
+  changedConsumers = builtins.removeAttrs consumers [ "group-consumer" ] // {
+    demo-consumer = consumers.demo-consumer // {
+      templates."app.ini".content = "[db]\npassword = {{ DB_PASSWORD }}\nplan = changed\n";
+    };
+  };
 in
 {
   name = "locket-handshake";
@@ -62,7 +100,7 @@ in
       };
 
     client =
-      { nodes, pkgs, ... }:
+      { nodes, pkgs, lib, ... }:
       {
         imports = [ self.nixosModules.default ];
         systemd.tmpfiles.rules = [
@@ -77,36 +115,12 @@ in
           serverFingerprint = keys.fingerprint;
           name = "app";
           generateKey = false;
-          services.demo-consumer = {
-            secrets = [
-              "DB_PASSWORD"
-              "API_TOKEN"
-            ];
-            user = "demo";
-            group = "demo";
-            # A change restarts it (once), which reads the env file again.
-            restartUnits = [ "demo-consumer.service" ];
-            templates."app.ini".content = "[db]\npassword = {{ DB_PASSWORD }}\n";
-            # With the server down it starts from the cache.
-            cacheMaxAge = "10m";
-          };
-          # A DynamicUser consumer reads its secret as a credential.
-          services.cred-consumer = {
-            secrets = [ "API_TOKEN" ];
-            credentials = true;
-            # Credentials are copied at start: a change needs a restart.
-            restartUnits = [ "cred-consumer.service" ];
-          };
-          # Group delivery: files 0440 root:readers, read by a DynamicUser
-          # consumer through SupplementaryGroups.
-          services.group-consumer = {
-            secrets = [ "API_TOKEN" ];
-            group = "readers";
-            mode = "0440";
-            envFile = false;
-          };
+          services = consumers;
           fetchTimeout = 20;
           watch.interval = "5s";
+        };
+        specialisation.plan-change.configuration = {
+          services.locket.client.services = lib.mkForce changedConsumers;
         };
         users.groups.readers = { };
         systemd.services.group-consumer = {
@@ -222,6 +236,8 @@ in
           client.succeed("test \"$(stat -c '%a %U %G' /run/locket/demo-consumer/DB_PASSWORD)\" = '400 demo demo'")
           client.succeed("grep -x vm-db-password /run/locket/demo-consumer/DB_PASSWORD")
           client.succeed("test ! -e /run/locket/demo-consumer/MULTI")
+          # A ramfs: never written to swap.
+          client.succeed("test \"$(findmnt -no FSTYPE /run/locket)\" = ramfs")
 
       with subtest("a template is rendered beside the secrets, with the consumer's owner and mode"):
           client.succeed("grep -Fx 'password = vm-db-password' /run/locket/demo-consumer/app.ini")
@@ -292,8 +308,13 @@ in
 
       with subtest("with the server down, a fetch gives up in bounded time and its consumer does not start"):
           server.systemctl("stop locket.service")
-          # group-consumer has no cache (cacheMaxAge = null).
+          # group-consumer has no cache (cacheMaxAge = null). Restarted in
+          # the outage, it starts on the files it was running with.
+          client.succeed("systemctl restart group-consumer.service")
+          client.wait_until_succeeds("journalctl -u locket-fetch-group-consumer -o cat | grep 'kept the files already in /run/locket/group-consumer' >/dev/null", timeout=60)
+          # After a boot /run is empty: then nothing can stand in.
           client.systemctl("stop group-consumer.service")
+          client.succeed("rm -rf /run/locket/group-consumer")
           started = time.monotonic()
           client.fail("systemctl start group-consumer.service")
           took = time.monotonic() - started
@@ -304,9 +325,23 @@ in
       with subtest("with the server down, a consumer with cacheMaxAge starts from its boot cache"):
           client.succeed("test \"$(stat -c '%a %U' /var/lib/locket-client/cache)\" = '700 root'")
           client.systemctl("stop demo-consumer.service")
+          # As after a boot: /run is empty, the cache is not.
+          client.succeed("rm -rf /run/locket/demo-consumer")
           client.succeed("systemctl start demo-consumer.service")
           client.succeed("grep -x vm-db-password-2 /run/locket/demo-consumer/DB_PASSWORD")
           client.succeed("grep -Fx 'password = vm-db-password-2' /run/locket/demo-consumer/app.ini")
           client.fail("grep -rq vm-db-password-2 /var/lib/locket-client/cache")
+
+      with subtest("with the server down, a plan change leaves the running consumer on its files"):
+          before = client.succeed("systemctl show -P ActiveEnterTimestampMonotonic demo-consumer.service")
+          client.succeed("/run/current-system/specialisation/plan-change/bin/switch-to-configuration test")
+          assert client.succeed("systemctl show -P ActiveEnterTimestampMonotonic demo-consumer.service") == before, "demo-consumer was restarted"
+          client.succeed("systemctl is-active demo-consumer.service")
+          client.succeed("grep -x vm-db-password-2 /run/locket/demo-consumer/DB_PASSWORD")
+          # group-consumer left the plan: the restarted watcher removes its folder.
+          client.wait_until_succeeds("test ! -e /run/locket/group-consumer", timeout=120)
+          # The server back: the watcher delivers the new plan.
+          server.systemctl("start locket.service")
+          client.wait_until_succeeds("grep -Fx 'plan = changed' /run/locket/demo-consumer/app.ini", timeout=120)
     '';
 }

@@ -139,12 +139,12 @@ enum Command {
     },
     /// Deliver the consumers of a delivery plan (what the NixOS module's fetch units and watcher run).
     ///
-    /// The plan is the module's /etc/locket/delivery.toml (format in the README): one request for all of its consumers, their files and templates rendered; with --watch keep doing so, restarting or reloading the units of consumers whose values changed.
+    /// The plan is the module's /etc/locket/delivery.toml (format in docs/nixos.md): one request for all of its consumers, their files and templates rendered; with --watch keep doing so, restarting or reloading the units of consumers whose values changed.
     Deliver {
         /// The delivery plan (TOML).
         #[arg(long, value_name = "FILE")]
         plan: PathBuf,
-        /// Deliver only this consumer (repeatable; default: all). Without --watch, when no server answers, a consumer with cache_max_age gets its cached copy if it is recent enough.
+        /// Deliver only this consumer (repeatable; default: all). Without --watch, when no server answers, a consumer whose folder still holds every file its plan asks for keeps them; else one with cache_max_age gets its cached copy if it is recent enough.
         #[arg(long = "consumer", value_name = "NAME")]
         consumers: Vec<String>,
         /// Keep running: every INTERVAL (±10%) fetch for every delivered consumer in one request, rewrite what changed, and restart/reload/notify once per change.

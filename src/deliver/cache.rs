@@ -46,7 +46,7 @@ pub enum CacheError {
         ahead: String,
     },
     #[error(
-        "cannot decrypt the cached copy {path}: {detail}; it is kept as it is (a TPM2 or host key that changed, or a damaged file: delete it if it stays so)"
+        "cannot decrypt the cached copy {path}: {detail}; it is kept as it is. Either the TPM2 or the host key changed (the host key /var/lib/systemd/credential.secret must survive reboots: a host that wipes /var/lib at boot must persist it), or the file is damaged: delete it if it stays so"
     )]
     Decrypt { path: PathBuf, detail: String },
     #[error("cannot encrypt the cached copy into {path}: {detail}")]

@@ -12,21 +12,24 @@
 //! restarted once, so changes that arrive together cause one restart.
 //!
 //! The watcher refreshes only consumers whose folder is delivered (it has a
-//! manifest): a stopped consumer's fetch unit removed its folder, and the
-//! watcher must not put secrets back on disk for a service that is not
-//! running.
+//! manifest): it never creates a folder, which is the fetch unit's job
+//! before its consumer starts. A folder stays when its consumer stops (a
+//! restart during an outage starts on it, see [`deliver_once`]) and goes
+//! when the consumer leaves the plan ([`prune`]).
 
 pub mod cache;
 pub mod exec;
 mod once;
 pub mod output;
 mod plan;
+mod prune;
 pub mod render;
 pub mod template;
 mod watch;
 
 pub use once::{deliver_once, origin};
 pub use plan::{Consumer, ConsumerPlan, DeliverError, DeliveryPlan, TemplatePlan};
+pub use prune::prune;
 pub use watch::{
     ConsumerStatus, Pending, WatchStatus, check_units, render_folder, repeat, watch, watch_folder,
 };

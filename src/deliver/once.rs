@@ -97,6 +97,7 @@ pub async fn deliver_once(
     plan: &DeliveryPlan,
     consumers: &[Consumer],
 ) -> Result<(), DeliverError> {
+    super::prune(plan);
     let refs: Vec<&Consumer> = consumers.iter().collect();
     let cache = plan.cache();
     let fetched = client.fetch(&union(&refs)).await;
@@ -124,11 +125,15 @@ pub async fn deliver_once(
             }
         }
         Err(e) if no_server_answered(&e) => {
-            // Each consumer with a boot cache gets its copy; any other
+            // A consumer whose folder still holds a whole delivery keeps
+            // it; else one with a boot cache gets its copy; any other
             // consumer (or one whose copy cannot stand in) fails with the
             // fetch's own error, after every consumer had its chance.
             let mut any_failed = false;
             for c in consumers {
+                if kept(c, &e) {
+                    continue;
+                }
                 match from_cache(c, cache.as_ref(), &e).await {
                     Ok(true) => {}
                     Ok(false) => any_failed = true,
@@ -146,6 +151,43 @@ pub async fn deliver_once(
         Err(e) => return Err(e.into()),
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Whether `consumer`'s folder still holds a whole delivery for its plan
+/// entry (every secret, template and the env file), which it then keeps
+/// after `fetch` found no server.
+///
+/// Why: the folder lives on a RAM file system, so it is from this boot,
+/// and the watcher kept it current while a server answered. A consumer
+/// restarted during an outage (a crash, a `nixos-rebuild switch` that
+/// changed its unit) then starts on the values it was running with,
+/// instead of failing for want of files that are there. A folder missing a
+/// file the plan now asks for is not kept, and a denial is an answer: it
+/// never gets here.
+fn kept(consumer: &Consumer, fetch: &ClientError) -> bool {
+    let Some(files) = render::delivered(&consumer.options) else {
+        return false;
+    };
+    let has = |file: &str| files.contains(file);
+    let whole = consumer
+        .secrets
+        .iter()
+        .all(|name| render::file_name(name).is_ok_and(|f| has(&f)))
+        && consumer.options.templates.iter().all(|t| has(&t.file))
+        && consumer
+            .options
+            .env_file
+            .as_ref()
+            .is_none_or(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
+    if whole {
+        tracing::warn!(
+            "consumer {}: no server answered ({fetch}); kept the files already in {} (from: {}). The watcher replaces them when a server answers",
+            consumer.name,
+            consumer.options.dir.display(),
+            origin(consumer).unwrap_or_else(|| "unknown".to_owned())
+        );
+    }
+    whole
 }
 
 /// Delivers `consumer`'s cached copy after `fetch` failed. `Ok(false)`:

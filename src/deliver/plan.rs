@@ -1,5 +1,5 @@
 //! The delivery plan the NixOS module writes (`/etc/locket/delivery.toml`,
-//! documented in the README, "Delivery plan"), and its consumers resolved
+//! documented in docs/nixos.md, "The delivery plan"), and its consumers resolved
 //! into what a delivery needs: folders, modes, owners, parsed templates.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use super::template::Template;
 use crate::client::ClientError;
 
 /// The delivery plan file, as the module writes it. Documented in the
-/// README ("Delivery plan").
+/// module guide (docs/nixos.md, "The delivery plan").
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(
@@ -34,6 +34,11 @@ pub struct DeliveryPlan {
     pub cache_dir: Option<PathBuf>,
     #[serde(default = "default_cache_key")]
     pub cache_key: String,
+    /// The folder that holds the consumers' folders: a folder under it
+    /// that a delivery wrote (it holds a manifest) and that no consumer of
+    /// this plan uses any more is removed at each delivery.
+    #[serde(default)]
+    pub prune_under: Option<PathBuf>,
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerPlan>,
 }

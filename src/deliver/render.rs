@@ -430,8 +430,9 @@ pub fn render(secrets: &SecretSet, opts: &RenderOptions) -> Result<RenderReport,
 }
 
 /// As [`render`], into a folder that must already exist: the watcher's
-/// refresh, which must not recreate the folder of a consumer that was just
-/// stopped (its fetch unit removed the folder).
+/// refresh, which never creates a consumer's folder (the fetch unit does,
+/// before its consumer starts, and [`super::prune`] removes it when the
+/// consumer leaves the plan).
 pub fn render_existing(
     secrets: &SecretSet,
     opts: &RenderOptions,
@@ -580,6 +581,24 @@ fn render_in(
         return Err(RenderError::Refused(refused.join(", ")));
     }
     Ok(report)
+}
+
+/// The files a folder's last delivery wrote (its manifest), or `None` when
+/// the folder is missing or unsafe or holds no manifest: what a fetch
+/// without a server may keep, since nothing newer can replace it.
+pub fn delivered(opts: &RenderOptions) -> Option<BTreeSet<String>> {
+    let target_uid = opts
+        .owner
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    let folder = Folder::open(&opts.dir, target_uid, None).ok()?;
+    let manifest = folder.read(MANIFEST, MAX_READ)?;
+    Some(
+        manifest
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 /// Atomically writes a small marker file (a name starting with `.locket-`)

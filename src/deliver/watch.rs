@@ -136,6 +136,7 @@ pub async fn watch(
     interval: Duration,
 ) -> Result<(), DeliverError> {
     check_units(plan, consumers).await?;
+    super::prune(plan);
     let cache = plan.cache();
     let mut status = WatchStatus::default();
     // When each consumer's cached copy was last rewritten: a copy is

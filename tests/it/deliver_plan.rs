@@ -899,3 +899,102 @@ fn a_consumers_fifo_or_huge_file_neither_hangs_nor_swells_the_delivery() {
     );
     server.stop();
 }
+
+/// A consumer restarted while no server answers starts on the files it
+/// was running with (they stay when it stops); a folder whose consumer
+/// left the plan is removed, and nothing else under `prune_under` is.
+#[test]
+fn files_stay_through_an_outage_and_go_only_when_the_consumer_leaves_the_plan() {
+    let Setup {
+        dir,
+        server,
+        args,
+        systemctl,
+        ..
+    } = setup();
+    let d = dir.path();
+    let plan_path = plan(
+        d,
+        &systemctl,
+        "a.service",
+        &format!("prune_under = \"{}/run\"", d.display()),
+    );
+    deliver_each(&args, &plan_path, d);
+    // A consumer that left the plan, a folder locket never wrote, and a
+    // link to a delivered folder.
+    let run = d.join("run");
+    std::fs::create_dir_all(run.join("gone")).unwrap();
+    std::fs::write(run.join("gone/.locket-manifest"), "X\n").unwrap();
+    std::fs::write(run.join("gone/X"), "old").unwrap();
+    std::fs::create_dir_all(run.join("stranger")).unwrap();
+    std::fs::write(run.join("stranger/keep"), "mine").unwrap();
+    std::os::unix::fs::symlink(run.join("b"), run.join("alias")).unwrap();
+
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "a"], d);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !run.join("gone").exists(),
+        "the departed consumer's folder is removed: {err}"
+    );
+    assert!(err.contains("no consumer of the plan uses it"), "{err}");
+    assert_eq!(read(&run.join("stranger/keep")).as_deref(), Some("mine"));
+    assert!(
+        std::fs::symlink_metadata(run.join("alias"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(read(&run.join("b/APP_PASS")).as_deref(), Some("p@ss word"));
+
+    // A denial is an answer: the files stay, but the delivery fails.
+    let other = locket::keys::ServerKey::generate(2048).unwrap();
+    let mut all: Vec<String> = args.clone();
+    all.extend(
+        [
+            "deliver",
+            "--plan",
+            plan_path.to_str().unwrap(),
+            "--consumer",
+            "a",
+        ]
+        .map(String::from),
+    );
+    let out = client_command()
+        .env("LOCKET_SERVER_FINGERPRINT", other.fingerprint())
+        .args(&all)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("kept the files"), "{err}");
+
+    // No server: a and b keep what they have, and say so.
+    server.stop();
+    for c in ["a", "b"] {
+        let (code, _, err) = deliver(&args, &plan_path, &["--consumer", c], d);
+        assert_eq!(code, 0, "{c}: {err}");
+        assert!(
+            err.contains("no server answered") && err.contains("kept the files already in"),
+            "{err}"
+        );
+    }
+    assert_eq!(read(&run.join("a/APP_USER")).as_deref(), Some("alice"));
+    assert_eq!(read(&run.join("a/a.conf")).as_deref(), Some("user=alice\n"));
+
+    // A plan that now asks for a file the folder lacks cannot be kept:
+    // the delivery fails, and what is there stays as it was.
+    let text = std::fs::read_to_string(&plan_path).unwrap();
+    std::fs::write(
+        &plan_path,
+        text.replace(
+            "secrets = [\"APP_PASS\"]",
+            "secrets = [\"APP_PASS\", \"APP_USER\"]",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = deliver(&args, &plan_path, &["--consumer", "b"], d);
+    assert_ne!(code, 0, "{err}");
+    assert!(!err.contains("kept the files"), "{err}");
+    assert_eq!(read(&run.join("b/APP_PASS")).as_deref(), Some("p@ss word"));
+}

@@ -113,9 +113,10 @@ check "  the consumer read the right values (its script tests them)" test -f /va
 check "  files are 0400 demo:demo in a 0700 folder" test "$(stat -c '%a %U %G' /run/locket/demo-consumer/DB_PASSWORD /run/locket/demo-consumer | tr '\n' ' ')" = "400 demo demo 700 demo demo "
 check "group-consumer (DynamicUser, SupplementaryGroups=readers) starts and reads its 0440 file" systemctl start group-consumer.service
 check "  its folder is 0750 root:readers, its file 0440 root:readers" test "$(stat -c '%a %U %G' /run/locket/group-consumer /run/locket/group-consumer/API_TOKEN | tr '\n' ' ')" = "750 root readers 440 root readers "
+check "/run/locket is a ramfs (never written to swap), mounted by run-locket.mount" test "$(findmnt -no FSTYPE /run/locket) $(show run-locket.mount ActiveState)" = "ramfs active"
 systemctl stop demo-consumer.service
-check "stopping the consumer removes its secrets" wait_for 20 test ! -e /run/locket/demo-consumer
-check "  and stops its fetch unit" test "$(show locket-fetch-demo-consumer.service ActiveState)" = inactive
+check "stopping the consumer stops its fetch unit" test "$(show locket-fetch-demo-consumer.service ActiveState)" = inactive
+check "  and keeps its files (they go only when it leaves the plan)" test -f /run/locket/demo-consumer/DB_PASSWORD
 
 # Delivery (#15): a template, a credential for a DynamicUser consumer, and
 # the host's one watcher restarting a consumer once per change.
@@ -200,18 +201,31 @@ rm -f /etc/locket-test-bad.toml
 # The server gone, as at a boot during an outage: demo-consumer starts on
 # its boot cache within cacheMaxAge, and not after it.
 systemctl stop locket.service
+check "with the server stopped, group-consumer (no cache) restarted starts on the files it was running with" systemctl restart group-consumer.service
+check "  its fetch unit says it kept them" logged locket-fetch-group-consumer.service 'no server answered.*kept the files already in /run/locket/group-consumer'
 systemctl stop demo-consumer.service
-check "with the server stopped, demo-consumer (cacheMaxAge = 10m) starts on its boot cache" systemctl start demo-consumer.service
+rm -rf /run/locket/demo-consumer # as after a boot: /run is empty, the cache is not
+check "with the server stopped and /run empty, demo-consumer (cacheMaxAge = 10m) starts on its boot cache" systemctl start demo-consumer.service
 check "  with the last values the server gave" grep -qx vm-db-password-2 /run/locket/demo-consumer/DB_PASSWORD
 check "  the fetch unit's journal says so, naming the fetch time and the max age" logged locket-fetch-demo-consumer.service 'no server answered.*delivered the cached copy fetched at 20.*cache_max_age 10m'
 check "  and so does the watcher's status" wait_for 120 origin_of demo-consumer "cache 20"
 systemctl start locket.service
 check "  a server that answers again replaces it (origin: server)" wait_for 180 origin_of demo-consumer server
+# A host that wiped /var/lib at boot (impermanence) lost the host key the
+# cache was encrypted with: the cache is refused by name, not missed.
+systemctl stop locket.service demo-consumer.service
+rm -rf /run/locket/demo-consumer
+mv /var/lib/systemd/credential.secret /run/credential.secret.kept
+check "with the host key gone (a wiped /var/lib), demo-consumer does not start" sh -c '! systemctl start demo-consumer.service'
+check "  the fetch unit names the cache it could not decrypt, and the host key to keep" logged locket-fetch-demo-consumer.service 'cannot decrypt the cached copy /var/lib/locket-client/cache/demo-consumer.cred.*credential.secret must survive reboots'
+check "  the copy is kept, for the key to come back" test -f /var/lib/locket-client/cache/demo-consumer.cred
+mv /run/credential.secret.kept /var/lib/systemd/credential.secret
 # The same outage with a copy older than the max age: the operator's plan
 # with cache_max_age = 1s (the copy is older: the fetch unit tries the
 # servers for its whole fetchTimeout first).
 systemctl stop locket.service
 systemctl stop demo-consumer.service
+rm -rf /run/locket/demo-consumer
 plan=$(readlink -f /etc/locket/delivery.toml)
 sed 's/^cache_max_age = .*/cache_max_age = "1s"/' "$plan" >/run/delivery-1s.toml
 ln -sfn /run/delivery-1s.toml /etc/locket/delivery.toml
@@ -274,6 +288,50 @@ kill "$hostile_server"
 
 # Faults injected under systemd, each with its outcome (nix/tests/guest/faults.sh).
 . /payload/faults.sh
+
+# A plan change while the server is down, applied as switch-to-configuration
+# applies a generation: units that are gone stopped, changed units
+# restarted unless X-RestartIfChanged=false, the /etc link moved. The
+# specialisation changes demo-consumer's template and drops group-consumer.
+switch_client() { # switch_client DIR: DIR/units (an empty file: gone), DIR/delivery.toml
+  local restart="" f name
+  for f in "$1"/units/*; do
+    name=${f##*/}
+    if [ ! -s "$f" ]; then
+      systemctl stop "$name"
+      rm -f /etc/systemd/system/"$name" /etc/systemd/system/*.requires/"$name"
+      continue
+    fi
+    cp "$f" /etc/systemd/system/"$name"
+    grep -qx 'X-RestartIfChanged=false' "$f" || restart="$restart $name"
+  done
+  ln -sfn "$(readlink "$1"/delivery.toml)" /etc/locket/delivery.toml
+  systemctl daemon-reload
+  for name in $restart; do
+    if systemctl is-active -q "$name"; then systemctl stop "$name" && systemctl start "$name"; fi
+  done
+}
+systemctl start locket.service demo-consumer.service group-consumer.service locket-watch.service
+wait_for 180 origin_of demo-consumer server
+systemctl stop locket.service
+demo_since=$(show demo-consumer.service ActiveEnterTimestampMonotonic)
+fetch_since=$(show locket-fetch-demo-consumer.service ActiveEnterTimestampMonotonic)
+watch_pid=$(show locket-watch.service MainPID)
+demo_value=$(cat /run/locket/demo-consumer/DB_PASSWORD)
+switch_client /payload/variants/plan-change
+check "a plan change with the server down: the switch restarts the watcher, not the fetch units" test "$(show locket-fetch-demo-consumer.service ActiveEnterTimestampMonotonic)" = "$fetch_since" -a "$(show locket-watch.service MainPID)" != "$watch_pid"
+check "  demo-consumer keeps running, never restarted" test "$(show demo-consumer.service ActiveState) $(show demo-consumer.service ActiveEnterTimestampMonotonic)" = "active $demo_since"
+check "  and keeps its files" grep -qx "$demo_value" /run/locket/demo-consumer/DB_PASSWORD
+check "  group-consumer, gone from the plan: its folder is removed" wait_for 120 test ! -e /run/locket/group-consumer
+check "  nothing else under /run/locket is" test -d /run/locket/demo-consumer -a -d /run/locket/cred-consumer
+systemctl start locket.service
+check "  the server back, the watcher delivers the new plan (the changed template)" wait_for 180 grep -Fxq 'plan = changed' /run/locket/demo-consumer/app.ini
+# An upgrade from a version without the ramfs: files in /run/locket are
+# never hidden under a new mount.
+systemctl stop locket-watch.service demo-consumer.service cred-consumer.service
+umount /run/locket
+mkdir -p /run/locket/old && echo kept >/run/locket/old/file
+check "upgrade: with files already in /run/locket, run-locket.mount does not mount over them" sh -c "systemctl start run-locket.mount; [ \"\$(findmnt -no FSTYPE /run/locket)\" != ramfs ] && grep -qx kept /run/locket/old/file"
 
 if [ "$failed" != 0 ]; then
   for u in locket.service locket-fetch-demo-consumer.service locket-fetch-group-consumer.service demo-consumer.service group-consumer.service locket-fetch-cred-consumer.service cred-consumer.service locket-watch.service locket-fault-source.service locket-fault-a.service locket-fault-b.service; do

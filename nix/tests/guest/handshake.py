@@ -75,17 +75,30 @@ def main():
         for name, text in sorted(client["units"].items()):
             if text:
                 write(os.path.join(units, name), text)
-                write(os.path.join(units, name + ".d", "netns.conf"), "[Service]\nNetworkNamespacePath=/run/netns/client\n")
+                if name.endswith(".service"):
+                    write(os.path.join(units, name + ".d", "netns.conf"), "[Service]\nNetworkNamespacePath=/run/netns/client\n")
                 client_units.append(name)
                 # NixOS's <unit>.requires/ links for requiredBy (what ties a
                 # fetch unit to its consumer). WantedBy=multi-user.target is
                 # left out: the test starts each unit itself, once the
                 # network namespaces exist.
-                for kind, targets in (("requires", client["links"][name]["requiredBy"]),):
+                for kind, targets in (("requires", client["links"].get(name, {}).get("requiredBy", [])),):
                     for target in targets:
                         link = os.path.join(units, f"{target}.{kind}", name)
                         os.makedirs(os.path.dirname(link), exist_ok=True)
                         os.symlink(f"../{name}", link)
+        # The client's `plan-change` specialisation, as a switch would see
+        # it: its units that differ (or are gone: an empty file), and its
+        # delivery plan.
+        plan_change = client["specialisations"]["plan-change"]
+        mc.populate_store(store, plan_change, bins, copy_bins=True)
+        pc = os.path.join(variants, "plan-change")
+        os.makedirs(pc)
+        for name in sorted(set(client["units"]) | set(plan_change["units"])):
+            old, new = client["units"].get(name) or "", plan_change["units"].get(name) or ""
+            if old != new:
+                write(os.path.join(pc, "units", name), new)
+        os.symlink(plan_change["etc"]["locket/delivery.toml"]["source"], os.path.join(pc, "delivery.toml"))
         # The server's unit in two variants: the generated-key server (phase
         # 1, in the guest's own namespace) and the VM test's (phase 2).
         for variant, node, netns in (("genkey", genkey, None), ("vm", server, "server"), ("change", change, "server")):

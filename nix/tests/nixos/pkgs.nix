@@ -61,7 +61,8 @@ let
         // outputAttrs
         // {
           type = "derivation";
-          inherit name outputs;
+          # As extendDerivation: the passthru set itself is kept too.
+          inherit name outputs passthru;
           system = platform.system;
           meta = { inherit name; } // args.meta or { };
           outPath = pathOf (head outputs);
@@ -139,6 +140,9 @@ let
       f (builtins.intersectAttrs (lib.functionArgs f) self // overrides);
 
     inherit writeTextFile;
+    # testers.runNixOSTest: the test's derivation, named as nixpkgs names
+    # it (vm-test-run-<name>); the test itself runs only under real Nix.
+    testers.runNixOSTest = test: mkDerivation { name = "vm-test-run-${test.name}"; hashInput = test.name; };
     writeText = name: text: writeTextFile { inherit name text; };
     writeScript = name: text: writeTextFile { inherit name text; executable = true; };
     writeShellScript = name: text: self.writeScript name "#!${self.runtimeShell}\n${text}\n";

@@ -8,6 +8,9 @@
 #   environment.systemPackages    nixos/modules/config/system-path.nix
 #   environment.etc               nixos/modules/system/etc/etc.nix
 #   _module.args.utils            nixos/modules/misc/extra-arguments.nix
+#   meta.doc                      nixos/modules/misc/meta.nix (its docFile type:
+#                                 a path whose merge keeps every definition
+#                                 with its file, for the manual's chapters)
 { lib, pkgs, ... }:
 let
   inherit (lib) mkOption types;
@@ -42,6 +45,13 @@ in
     # Checked when the system is built; eval.nix reports the failed ones.
     assertions = option (types.listOf types.unspecified) [ ] // { internal = true; };
     warnings = option (types.listOf types.str) [ ] // { internal = true; };
+
+    meta.doc = mkOption {
+      type = types.path // {
+        merge = loc: defs: defs;
+      };
+      internal = true;
+    };
 
     system.stateVersion = option types.str lib.trivial.release;
 

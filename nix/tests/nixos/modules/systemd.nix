@@ -9,9 +9,11 @@
 #                                        the warnings
 #   nixos/modules/config/i18n.nix, locale.nix  LOCALE_ARCHIVE and TZDIR
 #   nixos/modules/system/boot/systemd/tmpfiles.nix  systemd.tmpfiles.rules
-# Left out: sockets, timers (and startAt), targets, paths, mounts, preStop,
+# Mounts: what, where, type, options into [Mount] (mountOptions and
+# mountToUnit), named by the escaped path, as NixOS does.
+# Left out: sockets, timers (and startAt), targets, paths, automounts, preStop,
 # postStop, shellcheck'ed scripts, aliases and [Install] beyond WantedBy=.
-{ config, lib, pkgs, ... }:
+{ config, lib, pkgs, utils, ... }:
 let
   inherit (lib) concatStringsSep mkOption optional optionalAttrs optionalString types;
 
@@ -196,6 +198,44 @@ let
     + section svc.serviceConfig
     + optionalString (svc.wantedBy != [ ]) "\n[Install]\nWantedBy=${concatStringsSep " " svc.wantedBy}\n";
 
+  mountModule =
+    { config, ... }:
+    {
+      options =
+        lib.genAttrs ([ "wantedBy" "requiredBy" ] ++ builtins.attrNames dependencyKeys) (_: unitNames)
+        // {
+          enable = option types.bool true;
+          description = option types.singleLineStr "";
+          unitConfig = option (types.attrsOf unitOption) { };
+          mountConfig = option (types.attrsOf unitOption) { };
+          what = mkOption { type = types.str; };
+          where = mkOption { type = types.str; };
+          type = option types.str "";
+          options = option types.commas "";
+        };
+      config = {
+        unitConfig =
+          lib.concatMapAttrs (
+            opt: key: optionalAttrs (config.${opt} != [ ]) { ${key} = toString config.${opt}; }
+          ) dependencyKeys
+          // optionalAttrs (config.description != "") { Description = config.description; };
+        mountConfig = {
+          What = config.what;
+          Where = config.where;
+        }
+        // optionalAttrs (config.type != "") { Type = config.type; }
+        // optionalAttrs (config.options != "") { Options = config.options; };
+      };
+    };
+
+  mountText =
+    m:
+    "[Unit]\n"
+    + section m.unitConfig
+    + "\n[Mount]\n"
+    + section m.mountConfig
+    + optionalString (m.wantedBy != [ ]) "\n[Install]\nWantedBy=${concatStringsSep " " m.wantedBy}\n";
+
   perService = f: lib.concatLists (lib.mapAttrsToList f config.systemd.services);
 in
 {
@@ -204,6 +244,7 @@ in
     # call systemctl or systemd-creds) use.
     package = lib.mkPackageOption pkgs "systemd" { };
     services = option (types.attrsOf (types.submodule serviceModule)) { };
+    mounts = option (types.listOf (types.submodule mountModule)) [ ];
     # The unit files by file name; NixOS links a disabled one to /dev/null.
     units = option (types.attrsOf (
       types.submodule {
@@ -217,7 +258,12 @@ in
   config = {
     systemd.units = lib.mapAttrs' (
       name: svc: lib.nameValuePair "${name}.service" { inherit (svc) enable; text = serviceText svc; }
-    ) config.systemd.services;
+    ) config.systemd.services
+    // lib.listToAttrs (
+      map (
+        m: lib.nameValuePair "${utils.escapeSystemdPath m.where}.mount" { inherit (m) enable; text = mountText m; }
+      ) config.systemd.mounts
+    );
 
     # In NixOS's order: the Type/Restart warnings, then network-online.
     warnings =
