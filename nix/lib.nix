@@ -33,6 +33,7 @@ let
     n >= 0 && substring n (stringLength suffix) s == suffix;
   # Remove attributes whose value is null (TOML has no null).
   dropNulls = attrs: removeAttrs attrs (filter (n: attrs.${n} == null) (attrNames attrs));
+  optionalAttrs = cond: attrs: if cond then attrs else { };
 in
 rec {
   defaultPort = 7410;
@@ -103,17 +104,38 @@ rec {
           src = dropNulls source;
           keys = filter (k: hasAttr k src) credentialKeys;
           credName = k: "source-${toString i}-${builtins.replaceStrings [ "_" ] [ "-" ] k}";
+          # A command's files: each one a credential, and each argument
+          # equal to one replaced by its credential's path.
+          files = src.files or [ ];
+          fileCred = j: "source-${toString i}-file-${toString j}";
+          fileCreds = imap0 (j: f: {
+            from = toString f;
+            name = fileCred j;
+          }) files;
+          routed =
+            a:
+            let
+              hit = filter (c: c.from == a) fileCreds;
+            in
+            if hit == [ ] then a else "${credDir}/${(head hit).name}";
+          command = optionalAttrs (src ? command) { command = map routed src.command; };
           # A credential loses its file name, so a `file` source's format
           # (otherwise taken from the extension) is made explicit.
           ext = if src ? path then match ".*\\.(json|toml)" (toString src.path) else null;
           format = if src.type or "" == "file" && !(src ? format) && ext != null then { format = head ext; } else { };
         in
         {
-          source = src // format // listToAttrs (map (k: {
-            name = k;
-            value = "${credDir}/${credName k}";
-          }) keys);
-          credentials = map (k: "${credName k}:${toString src.${k}}") keys;
+          source =
+            removeAttrs src [ "files" ]
+            // format
+            // command
+            // listToAttrs (
+              map (k: {
+                name = k;
+                value = "${credDir}/${credName k}";
+              }) keys
+            );
+          credentials = map (k: "${credName k}:${toString src.${k}}") keys ++ map (c: "${c.name}:${c.from}") fileCreds;
         };
       done = imap0 one sources;
     in
@@ -221,6 +243,7 @@ rec {
       sources ? [ ],
       clients ? { },
       settings ? { },
+      stateDirectory ? "/var/lib/locket",
       ...
     }:
     let
@@ -243,6 +266,32 @@ rec {
           i: s:
           map (k: "services.locket.sources.${toString i}.${k} (${toString s.${k}}) is in the Nix store, which every user can read: point it at a file outside the store, e.g. under /run/secrets")
             (filter (k: hasAttr k s && s.${k} != null && isStorePath s.${k}) credentialKeys)
+          ++ map (f: "services.locket.sources.${toString i}.files: ${toString f} is in the Nix store, which every user can read: point it at a file outside the store, e.g. under /run/secrets") (
+            filter isStorePath (s.files or [ ])
+          )
+        ) sources
+      );
+      # A command's argument naming a file outside the store would bypass
+      # LoadCredential= (and the server, a DynamicUser, could not read a
+      # root-only file anyway): it must be listed in `files`. The program
+      # itself (the first argument) is not a secret.
+      commandPaths = concatLists (
+        imap0 (
+          i: s:
+          let
+            routed = map toString (s.files or [ ]);
+          in
+          map (a: "services.locket.sources.${toString i}.command: argument ${a} is a file outside the Nix store that would bypass LoadCredential= (and the server's dynamic user cannot read a root-only file): list it in services.locket.sources.${toString i}.files, which hands it over and replaces the argument by the credential's path") (
+            filter (a: isString a && hasPrefix "/" a && !isStorePath a && !(builtins.elem a routed)) (
+              if (s.command or null) == null then [ ] else builtins.tail s.command
+            )
+          )
+          ++ (
+            if (s.files or [ ]) != [ ] && (s.type or "") != "command" then
+              [ "services.locket.sources.${toString i}.files is set on a ${s.type or "?"} source: only a command source reads files (others take `path`)" ]
+            else
+              [ ]
+          )
         ) sources
       );
       keyInStore =
@@ -279,11 +328,22 @@ rec {
         clients = "clients";
         sealed_set = "sealedSet";
       };
-      overlaps = map (
-        k: "services.locket.settings.${k} is set, but services.locket.${typedKeys.${k}} writes ${k}: set it there instead (the typed option would win)"
-      ) (filter (k: hasAttr k settings) (attrNames typedKeys));
+      # One exception: with a generated key, the next key of a rotation is
+      # the server's own too (it creates it in its state directory), and
+      # no credential can hand over a file that does not exist yet.
+      generatedNext =
+        k:
+        k == "next_key_file"
+        && keyFile == null
+        && nextKeyFile == null
+        && isString settings.next_key_file
+        && hasPrefix "${stateDirectory}/" settings.next_key_file;
+      overlaps =
+        map (
+          k: "services.locket.settings.${k} is set, but services.locket.${typedKeys.${k}} writes ${k}: set it there instead (the typed option would win)"
+        ) (filter (k: hasAttr k settings && !generatedNext k) (attrNames typedKeys));
     in
-    noSources ++ storePaths ++ keyInStore ++ settingsPaths ++ clientErrors ++ overlaps;
+    noSources ++ storePaths ++ keyInStore ++ settingsPaths ++ commandPaths ++ clientErrors ++ overlaps;
 
   # The client's settings (client.toml).
   mkClientSettings =

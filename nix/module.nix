@@ -195,6 +195,24 @@ let
         default = null;
         description = "Token file (1Password; absolute, outside the Nix store). Handed to the unit with LoadCredential=.";
       };
+      files = mkOption {
+        type = types.listOf secretPath;
+        default = [ ];
+        example = [
+          "/run/secrets/app.sops.yaml"
+          "/run/secrets/age.key"
+        ];
+        description = ''
+          Files a `command` source reads (a sops-encrypted file, an age
+          key, a token), absolute and outside the Nix store. Each is handed
+          to the unit with LoadCredential=, and every argument of `command`
+          equal to one of them is replaced by its credential's path: the
+          server runs as a dynamic user, which could not read a root-only
+          file anyway. An absolute argument outside the store that is not
+          listed here is refused by an assertion. (A path inside a shell
+          string, `sh -c "..."`, is not seen: pass files as arguments.)
+        '';
+      };
     };
   };
 
@@ -622,7 +640,8 @@ in
         nextKeyFile (promote), then drop nextKeyFile (retire). With a
         generated key, stage the next one with
         `settings.next_key_file = "/var/lib/locket/server-next-key.pem"`,
-        which the server creates.
+        which the server creates (allowed under /var/lib/locket only;
+        any other path goes here).
       '';
     };
 

@@ -30,6 +30,15 @@ let
         path = "${fixtures}/extra.json";
         token_file = null;
       }
+      # A command and the file it reads, handed over with LoadCredential=.
+      {
+        type = "command";
+        command = [
+          "cat"
+          "${fixtures}/command.json"
+        ];
+        files = [ "${fixtures}/command.json" ];
+      }
     ];
     clients = {
       app = {

@@ -134,6 +134,9 @@ import json, os, shutil, sys
 tmp = sys.argv[1]
 ex = json.load(open(f"{tmp}/example.json"))
 assert ex["errors"] == [], ex["errors"]
+# The command's file argument points at its credential, not the original.
+assert ex["settings"]["sources"][2]["command"] == ["cat", f"{tmp}/creds/source-2-file-0"], ex["settings"]["sources"][2]
+assert "files" not in ex["settings"]["sources"][2]
 for entry in ex["credentials"]:
     name, path = entry.split(":", 1)
     dst = f"{tmp}/creds/{name}"
@@ -149,7 +152,7 @@ if python3 -m remarshal --if json --of toml "$tmp/server.json" "$tmp/server.toml
 else
   bad "remarshal: $(cat "$tmp/r.err")"
 fi
-if out=$(target/debug/locket check --config "$tmp/server.toml" 2>&1) && grep -q "^clients: 2" <<<"$out" && grep -q "^secrets: 4" <<<"$out" && grep -q "app: 1 key(s), 2 network(s), can read 4 of 4" <<<"$out"; then
+if out=$(target/debug/locket check --config "$tmp/server.toml" 2>&1) && grep -q "^clients: 2" <<<"$out" && grep -q "^secrets: 5" <<<"$out" && grep -q "app: 1 key(s), 2 network(s), can read 5 of 5" <<<"$out"; then
   ok "locket check accepts the generated server.toml"
 else
   bad "locket check on the generated server.toml: $out"
@@ -161,6 +164,7 @@ client() { target/debug/locket-client --config "$tmp/client.toml" "$@"; }
 if [ "$(client get DB_PASSWORD 2>"$tmp/c.err")" = "nix-db-password" ] \
   && [ "$(client get service/token 2>>"$tmp/c.err")" = "nix-json-token" ] \
   && [ "$(client get API_TOKEN 2>>"$tmp/c.err")" = "overridden-by-later-source" ] \
+  && [ "$(client get service/cmd 2>>"$tmp/c.err")" = "nix-command-value" ] \
   && [ "$(client get SYMBOLS 2>>"$tmp/c.err")" = '\|!@#$%^&*()_+[]{};:,<.>/?`~===' ]; then
   ok "a server on the generated config serves the pinned client"
 else

@@ -284,6 +284,69 @@ let
         "services.locket.settings.next_key_file is set, but services.locket.nextKeyFile writes next_key_file: set it there instead (the typed option would win)"
       ];
     };
+    # #31: a generated key's next key lives in the state directory, where
+    # the server creates it; anywhere else it goes through nextKeyFile.
+    aGeneratedNextKeyStaysInSettings = {
+      expr = map (f: l.serverErrors {
+        sources = [ { type = "env"; } ];
+        settings.next_key_file = f;
+      }) [ "/var/lib/locket/server-next-key.pem" "/var/lib/locket-other/next.pem" ];
+      expected = [
+        [ ]
+        [ "services.locket.settings.next_key_file is set, but services.locket.nextKeyFile writes next_key_file: set it there instead (the typed option would win)" ]
+      ];
+    };
+    # #31: a command source's files go through LoadCredential=, its
+    # arguments point at the credentials; an unlisted file is refused.
+    commandFilesAreCredentials = {
+      expr =
+        let
+          args.sources = [
+            {
+              type = "command";
+              command = [ "/run/current-system/sw/bin/sops" "-d" "--age-key" "/run/secrets/age.key" "/run/secrets/app.yaml" ];
+              files = [ "/run/secrets/app.yaml" "/run/secrets/age.key" ];
+            }
+          ];
+        in
+        {
+          inherit ((l.mkServerSettings args)) sources;
+          credentials = l.serverCredentials args;
+          errors = l.serverErrors args;
+        };
+      expected = {
+        sources = [
+          {
+            type = "command";
+            command = [ "/run/current-system/sw/bin/sops" "-d" "--age-key" "/run/credentials/locket.service/source-0-file-1" "/run/credentials/locket.service/source-0-file-0" ];
+          }
+        ];
+        credentials = [
+          "source-0-file-0:/run/secrets/app.yaml"
+          "source-0-file-1:/run/secrets/age.key"
+        ];
+        errors = [ ];
+      };
+    };
+    commandFilesNotListedAreRefused = {
+      expr = l.serverErrors {
+        sources = [
+          {
+            type = "command";
+            command = [ "sops" "-d" "/run/secrets/app.yaml" "${builtins.storeDir}/abc-sops.yaml" ];
+          }
+          {
+            type = "dotenv";
+            path = "/run/secrets/a.env";
+            files = [ "/run/secrets/b" ];
+          }
+        ];
+      };
+      expected = [
+        "services.locket.sources.0.command: argument /run/secrets/app.yaml is a file outside the Nix store that would bypass LoadCredential= (and the server's dynamic user cannot read a root-only file): list it in services.locket.sources.0.files, which hands it over and replaces the argument by the credential's path"
+        "services.locket.sources.1.files is set on a dotenv source: only a command source reads files (others take `path`)"
+      ];
+    };
     noSourcesIsAnError = {
       expr = l.serverErrors { };
       expected = [ "services.locket.sources is empty: add at least one source" ];

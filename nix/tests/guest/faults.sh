@@ -122,6 +122,33 @@ check "  thawed, the first serves again, never restarted" sh -c "[ \"\$(locket-c
 fault "server frozen (SIGSTOP) past the client's timeout" "the client fails over to the second server; the first comes back unrestarted" "answer '$got' in ${took} s; $(tr '\n' ' ' <"$f/two.err" | cut -c1-120)"
 systemctl stop locket-fault-a.service locket-fault-b.service
 
+# 6. Memory: the server capped at MemoryMax=48M (no swap) while 300
+#    connections flood it with large bodies: too large for its limit, and
+#    64 KiB bodies held open almost whole. Every one is refused (413, 408,
+#    429, 503) or closed; the kernel never kills it for memory.
+sed -e 's/7412/7414/' -e 's/^refresh_interval = .*/refresh_interval = "300s"\nrequest_timeout = "5s"/' "$f/server.toml" >"$f/server3.toml"
+systemd-run --quiet --unit=locket-fault-memory -p Type=exec -p MemoryMax=48M -p MemorySwapMax=0 locket serve --config "$f/server3.toml"
+check "fault 6, MemoryMax=48M: the server answers" wait_for 120 logged_now locket-fault-memory.service 'listening on'
+mpid=$(show locket-fault-memory.service MainPID)
+mkdir -p "$f/flood"
+flood_one() { # flood_one I LENGTH SENT: a POST declaring LENGTH bytes, SENT of them sent, held until answered
+  exec 3<>/dev/tcp/127.0.0.1/7414 || { echo closed >"$f/flood/$1"; return; }
+  printf 'POST /v1/secrets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n' "$2" >&3 2>/dev/null
+  head -c "$3" /dev/zero >&3 2>/dev/null
+  line=$(timeout 60 head -n1 <&3 | tr -d '\r')
+  echo "${line:-closed}" >"$f/flood/$1"
+}
+for i in $(seq 1 100); do flood_one "big$i" 10485760 0 & flood_one "held$i" 65536 60000 & flood_one "held2$i" 65536 60000 & done
+wait
+cg=/sys/fs/cgroup/system.slice/locket-fault-memory.service
+peak=$(($(cat "$cg/memory.peak") / 1048576))
+answers=$(cat "$f"/flood/* | sed 's/^HTTP\/1.1 \([0-9]*\).*/\1/' | sort | uniq -c | tr -s ' \n' '  ')
+check "  every request of the flood is refused (413, 408, 429, 503) or closed, none served" sh -c "! grep -vhE '^(HTTP/1.1 (413|408|429|503|400)|closed)' $f/flood/*"
+check "  no OOM kill: the same process, its cgroup saw none" sh -c "[ \"\$(systemctl show -P MainPID locket-fault-memory.service)\" = $mpid ] && grep -qx 'oom_kill 0' $cg/memory.events"
+check "  and it serves its client afterwards" sh -c "[ \"\$(locket-client --server http://127.0.0.1:7414 --server-fingerprint $ffp --name f --key $f/client.key get B)\" = b2 ]"
+fault "flood of large requests, MemoryMax=48M" "413/408/429/503 or closed; no OOM kill; still serving" "peak ${peak} MiB of 48; answers: ${answers}; $(grep oom_kill "$cg/memory.events")"
+systemctl stop locket-fault-memory.service
+
 echo "--- faults: injected | expected | seen"
 for row in "${faults[@]}"; do
   IFS='|' read -r what expected seen <<<"$row"
