@@ -412,7 +412,7 @@ impl Client {
             .get(&url)
             .send()
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(send_error(&e)))?;
         let status = response.status();
         let body = read_limited(response, 1024 * 1024)
             .await
@@ -541,6 +541,15 @@ impl Client {
                 match result {
                     Err(e) if e.is_retryable() => {
                         given_up[index] = !e.is_transient();
+                        // Said once per server, as it happens: a client
+                        // that retries until its deadline is not silent.
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if last[index].is_none() && !given_up[index] && !left.is_zero() {
+                            tracing::warn!(
+                                "{e}; trying again for up to {} (--timeout)",
+                                crate::clock::human(left)
+                            );
+                        }
                         last[index] = Some(e);
                     }
                     other => return other,
@@ -624,7 +633,7 @@ impl Client {
             .body(request.encode())
             .send()
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(send_error(&e)))?;
         let status = response.status().as_u16();
         let request_id = response
             .headers()
@@ -743,4 +752,42 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+/// Why a request could not be sent, in words that say what to check: the
+/// kind of the underlying I/O error when there is one, else the chain.
+fn send_error(e: &reqwest::Error) -> String {
+    use std::io::ErrorKind;
+    let chain = error_chain(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            let hint = match io.kind() {
+                ErrorKind::ConnectionRefused => {
+                    "connection refused, nothing listens there (is the server running, and are the address and port right?)"
+                }
+                ErrorKind::TimedOut => {
+                    "timed out connecting (the host is down, or a firewall drops the packets)"
+                }
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                    "no route to the host (check this host's network and the server's address)"
+                }
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+                    "the connection was reset (a TLS server behind an http:// URL, or a proxy in the way?)"
+                }
+                _ => "",
+            };
+            if !hint.is_empty() {
+                return hint.to_owned();
+            }
+        }
+        source = err.source();
+    }
+    if chain.contains("dns error") || chain.contains("failed to lookup address") {
+        return format!("the server's host name does not resolve: check the URL ({chain})");
+    }
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
+    chain
 }

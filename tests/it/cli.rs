@@ -332,6 +332,26 @@ fn unreachable_server_and_bad_client_config_exit_codes() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot reach"), "{err}");
+    // It says why, in words that say what to check, and says so at the
+    // first failure (the retries until --timeout are not silent), without
+    // the HTTP library's error chain.
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("127.0.0.1:1")).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains("warning")
+            && lines[0]
+                .contains("connection refused, nothing listens there (is the server running")
+            && lines[0].contains("trying again for up to"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("connection refused, nothing listens there"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("error sending request") && !err.contains("os error"),
+        "{err}"
+    );
     // Missing settings and a broken config file are usage/config errors.
     let (code, _, err) = run_client(&["--name", "app", "--key", &key, "get", "X"], dir.path());
     assert_eq!(code, 2);
