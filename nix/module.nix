@@ -478,7 +478,8 @@ let
     hardening
     // {
       # The client retries with backoff across every server until its
-      # deadline (--timeout), then exits with one line naming the servers
+      # deadline (--timeout), saying so at each server's first failure,
+      # then exits with one line naming the servers
       # it tried.
       TimeoutStartSec = "${toString (ccfg.fetchTimeout + 15)}s";
       ReadWritePaths = [ "/run/locket" ] ++ optional cache locketLib.cacheStateDir;

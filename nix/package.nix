@@ -16,6 +16,7 @@
   stdenv,
   util-linux,
   python3,
+  installShellFiles,
 }:
 let
   fs = lib.fileset;
@@ -54,7 +55,12 @@ let
     "the_file_is_held_to_the_rules_of_a_key_file"
     # Runs the real git (and less, when installed), which the sandbox does not have.
     "git_config_and_lessopen_cannot_run_a_command_through_exec"
+    # Preloads Debian's libfaketime (at the path .ci/test installs it to) into the server.
+    "a_clock_jump_either_way_names_the_skew_recovers_and_never_answers_a_replay"
   ];
+  # Man pages and completions come from the binaries themselves (`generate`),
+  # which must run on the build machine.
+  canRun = stdenv.buildPlatform.canExecute stdenv.hostPlatform;
 in
 rustPlatform.buildRustPackage {
   pname = "locket";
@@ -77,6 +83,19 @@ rustPlatform.buildRustPackage {
     util-linux
     python3
   ];
+
+  nativeBuildInputs = [ installShellFiles ];
+  postInstall = lib.optionalString canRun ''
+    mkdir -p man
+    for bin in locket locket-client; do
+      "$out/bin/$bin" generate man --out man >/dev/null
+      installShellCompletion --cmd "$bin" \
+        --bash <("$out/bin/$bin" generate bash) \
+        --zsh <("$out/bin/$bin" generate zsh) \
+        --fish <("$out/bin/$bin" generate fish)
+    done
+    installManPage man/*.1
+  '';
 
   # The static variant is the same code; its tests run in the dynamic build.
   doCheck = !stdenv.hostPlatform.isStatic;

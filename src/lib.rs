@@ -44,6 +44,8 @@
 //!   grants (`locket plan`); `discover`: the running server's config, for
 //!   `locket plan`, trusting only what deserves it.
 //! * [`client`]: fetching secrets (`trust`: pins and known servers).
+//! * [`cli_docs`]: man pages and shell completions from the binaries' clap
+//!   definitions (`generate`).
 //! * [`deliver`]: handing secrets to programs, over `client`: `plan` (the
 //!   module's delivery plan), `once` (one round), `watch` (the one watch
 //!   loop, and what a change owes consumers), `render` (files in a
@@ -62,6 +64,7 @@
 )]
 
 mod check;
+pub mod cli_docs;
 pub mod client;
 pub mod clock;
 pub mod config;

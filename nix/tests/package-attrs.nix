@@ -12,6 +12,10 @@ let
     inherit lib;
     rustPlatform.buildRustPackage = a: a;
     stdenv.hostPlatform.isStatic = false;
+    stdenv.buildPlatform.canExecute = _: true;
+    installShellFiles = {
+      pname = "install-shell-files";
+    };
     util-linux = {
       pname = "util-linux";
     };
@@ -31,5 +35,6 @@ in
   cargoTestFlags = attrs.cargoTestFlags or [ ];
   cargoCheckType = attrs.cargoCheckType or attrs.buildType or "release";
   nativeCheckInputs = map (p: p.pname) attrs.nativeCheckInputs;
+  inherit (attrs) postInstall;
   skippedInSandbox = attrs.passthru.skippedInSandbox;
 }

@@ -124,6 +124,45 @@ cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$tmp
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$tmp/creds" "$tmp/state"
+
+# 3b. the package's postInstall (man pages, shell completions from the
+#     binaries' `generate`), replayed with the debug binaries and
+#     installShellFiles' two functions, as nixpkgs' setup hook installs.
+if [ -f "$lib/default.nix" ] && post=$(nix-instantiate --eval --strict --json nix/tests/package-attrs.nix --arg libPath "$lib" -A postInstall | python3 -c 'import json,sys; print(json.load(sys.stdin))'); then
+  pkg="$tmp/pkg" && mkdir -p "$pkg/bin" "$tmp/build"
+  completions_ok() {
+    for b in locket locket-client; do
+      test -s "$pkg/share/bash-completion/completions/$b.bash" && test -s "$pkg/share/zsh/site-functions/_$b" && test -s "$pkg/share/fish/vendor_completions.d/$b.fish" || return 1
+    done
+  }
+  ln -s "$PWD/target/debug/locket" "$PWD/target/debug/locket-client" "$pkg/bin/"
+  if (
+    set -e
+    out=$pkg
+    installManPage() { for f; do install -Dm644 "$f" "$out/share/man/man1/${f##*/}"; done; }
+    installShellCompletion() {
+      local cmd=""
+      while [ $# -gt 0 ]; do
+        case $1 in
+          --cmd) cmd=$2 ;;
+          --bash) install -Dm644 "$2" "$out/share/bash-completion/completions/$cmd.bash" ;;
+          --zsh) install -Dm644 "$2" "$out/share/zsh/site-functions/_$cmd" ;;
+          --fish) install -Dm644 "$2" "$out/share/fish/vendor_completions.d/$cmd.fish" ;;
+          *) return 1 ;;
+        esac
+        shift 2
+      done
+    }
+    cd "$tmp/build" && eval "$post"
+  ) 2>"$tmp/post.err" \
+    && grep -q '^.TH locket-client-deliver 1' "$pkg/share/man/man1/locket-client-deliver.1" \
+    && grep -q '^.TH locket-serve 1' "$pkg/share/man/man1/locket-serve.1" \
+    && completions_ok; then
+    ok "the package's postInstall installs $(ls "$pkg/share/man/man1" | wc -l) man pages and 3 completions per binary"
+  else
+    bad "the package's postInstall: $(cat "$tmp/post.err")"
+  fi
+fi
 if nix-instantiate --eval --strict --json -E "import ./nix/tests/example.nix { credentialsDirectory = \"$tmp/creds\"; stateDirectory = \"$tmp/state\"; port = $port; }" >"$tmp/example.json" 2>"$tmp/eval.err"; then
   ok "example configuration evaluates"
 else

@@ -151,6 +151,22 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, value_name = "INTERVAL")]
         watch: Option<Duration>,
     },
+    /// Write man pages (into --out FOLDER, one per command) or a shell completion script (to stdout).
+    Generate {
+        kind: GenerateKind,
+        /// The folder for man pages.
+        #[arg(long, value_name = "FOLDER")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// What `generate` writes.
+#[derive(Clone, Copy, ValueEnum)]
+enum GenerateKind {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// `NAME=VAR`, split at the last `=`: a variable name has none, a secret
@@ -243,6 +259,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Keygen { out } = &cli.command {
         return keygen(out);
     }
+    if let Command::Generate { kind, out } = &cli.command {
+        return generate(*kind, out.as_deref());
+    }
     let allow_loader_vars = cli.allow_loader_vars;
     let (command, config) = client_config(cli)?;
     let key = client_key(&config)?;
@@ -256,7 +275,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     runtime.block_on(async move {
         let client = Client::new(&config, key)?;
         match command {
-            Command::Keygen { .. } => unreachable!("handled above"),
+            Command::Keygen { .. } | Command::Generate { .. } => unreachable!("handled above"),
             Command::Get { secret } => get(&client, secret).await,
             Command::Env { secrets, format } => {
                 env(&client, &secrets, format, allow_loader_vars).await
@@ -312,6 +331,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
             } => deliver_plan(&client, &plan, &consumers, watch).await,
         }
     })
+}
+
+/// `generate`: man pages into a folder, or a completion script to stdout;
+/// needs no config, no server.
+fn generate(kind: GenerateKind, out: Option<&std::path::Path>) -> Result<(), Failure> {
+    use clap::CommandFactory as _;
+    use locket::cli_docs::Kind;
+    let kind = match kind {
+        GenerateKind::Man => Kind::Man,
+        GenerateKind::Bash => Kind::Bash,
+        GenerateKind::Zsh => Kind::Zsh,
+        GenerateKind::Fish => Kind::Fish,
+    };
+    let written = locket::cli_docs::generate(Cli::command(), kind, out, &mut std::io::stdout())
+        .map_err(usage)?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// `keygen`: needs no config, no server.

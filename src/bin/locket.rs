@@ -92,6 +92,7 @@ fn main() -> ExitCode {
                     )
                 })
                 .map_err(|e| fail(2, e)),
+            Command::Generate { kind, out } => generate(kind, out.as_deref()),
         }
     });
     match result {
@@ -101,6 +102,18 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `generate`: man pages into a folder, or a completion script to stdout.
+fn generate(kind: cli::GenerateKind, out: Option<&Path>) -> Result<(), Failure> {
+    use clap::CommandFactory as _;
+    let written =
+        locket::cli_docs::generate(Cli::command(), kind.into(), out, &mut std::io::stdout())
+            .map_err(|e| fail(2, e))?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 fn init_logging(level: &str, format: LogFormat) {

@@ -768,3 +768,94 @@ fn check_offline_needs_no_runtime_file_and_catches_what_a_build_can_see() {
         assert!(err.contains(expect), "expected {expect:?} in {err}");
     }
 }
+
+/// `generate`: a man page per command and subcommand, and completion
+/// scripts that the shells load (bash here; zsh and fish by their header),
+/// from the binaries' own flags.
+#[test]
+fn man_pages_and_completions_come_from_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    for (bin, subs, flag) in [
+        (
+            env!("CARGO_BIN_EXE_locket"),
+            &[
+                "serve",
+                "reload",
+                "check",
+                "import-registry",
+                "plan",
+                "seal-key",
+                "fingerprint",
+                "generate",
+            ][..],
+            "\\-\\-log\\-level",
+        ),
+        (
+            env!("CARGO_BIN_EXE_locket-client"),
+            &[
+                "keygen", "get", "env", "exec", "render", "deliver", "generate",
+            ][..],
+            "\\-\\-server\\-fingerprint",
+        ),
+    ] {
+        let name = std::path::Path::new(bin)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let run = std::process::Command::new(bin)
+            .args(["generate", "man", "--out", out])
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let mut pages = vec![name.to_owned()];
+        pages.extend(subs.iter().map(|s| format!("{name}-{s}")));
+        for page in &pages {
+            let text = std::fs::read_to_string(dir.path().join(format!("{page}.1")))
+                .unwrap_or_else(|e| panic!("{page}.1: {e}"));
+            assert!(text.contains(&format!(".TH {page} 1")), "{page}: {text}");
+        }
+        assert!(!dir.path().join(format!("{name}-help.1")).exists());
+        let top = std::fs::read_to_string(dir.path().join(format!("{name}.1"))).unwrap();
+        assert!(top.contains(flag), "{name}.1 names its flags");
+        // bash loads the script and registers the completion.
+        let bash = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source <('{bin}' generate bash) && complete -p {name}"
+            ))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&bash.stdout);
+        assert!(
+            bash.status.success() && said.contains(name),
+            "{said} {}",
+            String::from_utf8_lossy(&bash.stderr)
+        );
+        for (shell, header) in [
+            ("zsh", format!("#compdef {name}")),
+            ("fish", format!("complete -c {name}")),
+        ] {
+            let text = std::process::Command::new(bin)
+                .args(["generate", shell])
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&text.stdout).contains(&header),
+                "{shell}"
+            );
+        }
+        // Man pages need a folder.
+        let run = std::process::Command::new(bin)
+            .args(["generate", "man"])
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&run.stderr).contains("--out FOLDER"));
+    }
+}

@@ -45,6 +45,35 @@ check "  the change arrives whole" wait_for 180 value_is vm-db-password-3
 check "  no temporary file left behind" no_leftovers
 fault "kill -9 of the watcher mid-change" "no partial file, no leftover, the next write works" "value $(cat /run/locket/demo-consumer/DB_PASSWORD), leftovers: $(ls -A /run/locket/demo-consumer | grep -c '^\.locket-tmp-')"
 
+# 2b. kill -9 of a fetch unit during its delivery, at a random moment of
+#     its first 0.5 s, six times, each time for a new value: wherever the
+#     kill lands, the file holds the old value or the new one, whole, and
+#     the next fetch succeeds with nothing left behind.
+systemctl stop locket-watch.service # only the fetch unit writes meanwhile
+serves() { [ "$(in_ns client locket-client --config /etc/locket/client.toml get DB_PASSWORD 2>/dev/null)" = "$1" ]; }
+landed=0 torn=""
+for i in 1 2 3 4 5 6; do
+  old=$(cat /run/locket/demo-consumer/DB_PASSWORD)
+  systemctl stop demo-consumer.service locket-fetch-demo-consumer.service
+  set_value "vm-db-password-k$i"
+  wait_for 120 serves "vm-db-password-k$i"
+  systemctl start --no-block locket-fetch-demo-consumer.service
+  sleep "0.$((RANDOM % 5))$((RANDOM % 10))"
+  systemctl kill -s KILL locket-fetch-demo-consumer.service 2>/dev/null
+  wait_for 60 sh -c '! systemctl is-active -q locket-fetch-demo-consumer.service || [ "$(systemctl show -P SubState locket-fetch-demo-consumer.service)" = exited ]'
+  [ "$(show locket-fetch-demo-consumer.service Result)" = signal ] && landed=$((landed + 1))
+  now=$(cat /run/locket/demo-consumer/DB_PASSWORD)
+  [ "$now" = "$old" ] || [ "$now" = "vm-db-password-k$i" ] || torn="$torn $i:$now"
+done
+check "fault 2b, kill -9 of a fetch unit mid-delivery (6 times): every file was the old value or the new one" test -z "$torn"
+systemctl reset-failed locket-fetch-demo-consumer.service 2>/dev/null
+set_value vm-db-password-3
+wait_for 120 serves vm-db-password-3
+check "  the next fetch succeeds" systemctl start demo-consumer.service
+check "  with the new value, and nothing left behind" sh -c "grep -qx vm-db-password-3 /run/locket/demo-consumer/DB_PASSWORD && ! ls -A /run/locket/demo-consumer | grep -q '^\.locket-tmp-'"
+fault "kill -9 of a fetch unit mid-delivery (x6)" "each file old or new, whole; the next fetch works, no leftover" "killed before it finished: $landed of 6; torn: ${torn:-none}; leftovers: $(ls -A /run/locket/demo-consumer | grep -c '^\.locket-tmp-')"
+systemctl start locket-watch.service
+
 # 3. /run/locket full: a 512 KiB tmpfs, filled. The old files stay, the
 #    error names the file and the cause, the next round after room is made
 #    succeeds.

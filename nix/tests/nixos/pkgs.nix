@@ -184,6 +184,8 @@ let
     util-linux = package "util-linux" "2.41.2" { outputs = [ "bin" "out" ]; };
     # In the package's nativeCheckInputs (the tests' `op` stand-in).
     python3 = package "python3" "3.13.9" { meta.mainProgram = "python3"; };
+    # A setup hook in nixpkgs (makeSetupHook): installManPage, installShellCompletion.
+    installShellFiles = mkDerivation { name = "install-shell-files"; };
     tzdata = package "tzdata" "2025b" { };
     # The flake's formatter.
     nixfmt = package "nixfmt" "1.1.0" { meta.mainProgram = "nixfmt"; };

@@ -107,4 +107,31 @@ pub(crate) enum Command {
         #[arg(long)]
         next: bool,
     },
+    /// Write man pages (into --out FOLDER, one per command) or a shell completion script (to stdout).
+    Generate {
+        kind: GenerateKind,
+        /// The folder for man pages.
+        #[arg(long, value_name = "FOLDER")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// What `generate` writes.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum GenerateKind {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<GenerateKind> for locket::cli_docs::Kind {
+    fn from(k: GenerateKind) -> Self {
+        match k {
+            GenerateKind::Man => Self::Man,
+            GenerateKind::Bash => Self::Bash,
+            GenerateKind::Zsh => Self::Zsh,
+            GenerateKind::Fish => Self::Fish,
+        }
+    }
 }
