@@ -478,9 +478,8 @@ let
     hardening
     // {
       # The client retries with backoff across every server until its
-      # deadline (--timeout), saying so at each server's first failure,
-      # then exits with one line naming the servers
-      # it tried.
+      # deadline (--timeout), then exits with one line naming the servers
+      # it tried, why, and for how long.
       TimeoutStartSec = "${toString (ccfg.fetchTimeout + 15)}s";
       ReadWritePaths = [ "/run/locket" ] ++ optional cache locketLib.cacheStateDir;
       # chown(2) is in @privileged, which the shared hardening denies.

@@ -188,6 +188,14 @@ impl ClientError {
     }
 
     /// Whether the same server may do better later.
+    /// The cause alone, for a progress line that names the server itself.
+    fn cause(&self) -> String {
+        match self {
+            Self::Unreachable { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+
     fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable { .. } => true,
@@ -515,6 +523,8 @@ impl Client {
         // away by retrying (wrong key, broken answers) is not asked again.
         let mut last: Vec<Option<ClientError>> = self.endpoints.iter().map(|_| None).collect();
         let mut given_up = vec![false; self.endpoints.len()];
+        let mut tries = vec![0u32; self.endpoints.len()];
+        let started = Instant::now();
         let mut backoff = Duration::from_millis(200);
         loop {
             let order = self.ordered();
@@ -541,13 +551,19 @@ impl Client {
                 match result {
                     Err(e) if e.is_retryable() => {
                         given_up[index] = !e.is_transient();
-                        // Said once per server, as it happens: a client
-                        // that retries until its deadline is not silent.
+                        tries[index] += 1;
+                        // Progress, one line per failed attempt; the binary
+                        // shows it on a terminal only (never in a journal).
                         let left = deadline.saturating_duration_since(Instant::now());
-                        if last[index].is_none() && !given_up[index] && !left.is_zero() {
-                            tracing::warn!(
-                                "{e}; trying again for up to {} (--timeout)",
-                                crate::clock::human(left)
+                        if !given_up[index] && !left.is_zero() {
+                            tracing::info!(
+                                target: PROGRESS,
+                                "waiting for {} (attempt {}, next in {}, giving up in {}): {}",
+                                endpoint.url,
+                                tries[index],
+                                seconds(backoff.min(left)),
+                                seconds(left),
+                                e.cause()
                             );
                         }
                         last[index] = Some(e);
@@ -565,7 +581,20 @@ impl Client {
         if self.endpoints.len() == 1
             && let Some(e) = last.pop().flatten()
         {
-            return Err(e);
+            // For how long it was tried, when it was tried more than once.
+            return Err(match e {
+                ClientError::Unreachable { server, detail } if tries[0] > 1 => {
+                    ClientError::Unreachable {
+                        server,
+                        detail: format!(
+                            "{detail}; tried {} times over {}",
+                            tries[0],
+                            crate::clock::human(started.elapsed())
+                        ),
+                    }
+                }
+                other => other,
+            });
         }
         let unanswered = last
             .iter()
@@ -754,13 +783,61 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
     Ok(out)
 }
 
+/// The rustls error in `err`, which rustls reports wrapped in io::Errors
+/// (whose `source()` skips what they wrap).
+fn find_tls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = err.downcast_ref::<std::io::Error>()?.get_ref()?;
+    find_tls(inner)
+}
+
+/// A TLS failure in one sentence that says what to check.
+fn tls_hint(e: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error as Tls};
+    match e {
+        Tls::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "TLS: the server's certificate is not signed by a CA this client trusts (set ca_file, or --ca-file)".to_owned()
+        }
+        Tls::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "TLS: the server's certificate is not valid for the host name in the URL".to_owned(),
+        Tls::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "TLS: the server's certificate has expired".to_owned()
+        }
+        Tls::InvalidMessage(_) | Tls::InappropriateMessage { .. } => {
+            "TLS handshake failed: the server does not speak TLS there (an http:// server behind an https:// URL?)".to_owned()
+        }
+        other => format!("TLS handshake failed: {other}"),
+    }
+}
+
+/// A wait as a person reads it in a progress line: "0.4 s", "12 s".
+fn seconds(d: Duration) -> String {
+    if d < Duration::from_secs(10) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} s", d.as_secs())
+    }
+}
+
+/// The `tracing` target of retry progress (`waiting for … (attempt 3, …)`),
+/// which a binary shows only where a person watches (a terminal).
+pub const PROGRESS: &str = "locket::progress";
+
 /// Why a request could not be sent, in words that say what to check: the
 /// kind of the underlying I/O error when there is one, else the chain.
 fn send_error(e: &reqwest::Error) -> String {
     use std::io::ErrorKind;
     let chain = error_chain(e);
+    // The whole chain, for whoever runs with LOCKET_LOG=debug.
+    tracing::debug!("request failed: {chain}");
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
+        if let Some(tls) = find_tls(err) {
+            return tls_hint(tls);
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             let hint = match io.kind() {
                 ErrorKind::ConnectionRefused => {
@@ -784,7 +861,7 @@ fn send_error(e: &reqwest::Error) -> String {
         source = err.source();
     }
     if chain.contains("dns error") || chain.contains("failed to lookup address") {
-        return format!("the server's host name does not resolve: check the URL ({chain})");
+        return "the server's host name does not resolve (check the URL's host name, and this host's DNS)".to_owned();
     }
     if e.is_timeout() {
         return "timed out".to_owned();

@@ -5,7 +5,8 @@
 //! stderr, `locket-client: [warning: ]<message>`, the format scripts and the
 //! journal have always seen. Only locket's own events are shown, never a
 //! dependency's; `LOCKET_LOG=warn` keeps only warnings and errors (for a
-//! quieter watcher), `LOCKET_LOG=off` nothing. Fields other than the
+//! quieter watcher), `LOCKET_LOG=off` nothing. Retry progress (`waiting
+//! for …`) is shown only on a terminal outside systemd. Fields other than the
 //! message are not printed: what a person needs is in the message.
 
 use std::fmt;
@@ -23,8 +24,15 @@ pub(crate) fn init() {
         .ok()
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    // Retry progress is for a person watching: shown on a terminal, never
+    // under systemd (whose journal would keep every attempt) or in a pipe.
+    let watched = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("INVOCATION_ID").is_none()
+        && std::env::var_os("JOURNAL_STREAM").is_none();
     let only_locket = tracing_subscriber::filter::filter_fn(move |meta| {
-        meta.target().starts_with("locket") && *meta.level() <= level
+        meta.target().starts_with("locket")
+            && *meta.level() <= level
+            && (meta.target() != locket::client::PROGRESS || watched)
     });
     let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
