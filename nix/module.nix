@@ -183,7 +183,7 @@ let
           "onepassword-cli"
           "onepassword-connect"
         ];
-        description = "Kind of source (see the locket README).";
+        description = "Kind of source (see docs/configuration.md).";
       };
       path = mkOption {
         type = types.nullOr secretPath;

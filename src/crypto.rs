@@ -19,7 +19,7 @@
 //! there; the OAEP operations run in AWS-LC (`aws-lc-rs`, the library rustls uses by default):
 //! its constant-time, assembly-optimised RSA-2048 decryption takes about
 //! 0.46 ms here against 3.5 ms for `rsa`'s, and the private-key operation is
-//! the largest cost of every request (see README, Performance). It also keeps
+//! the largest cost of every request (see docs/performance.md). It also keeps
 //! the one operation an attacker can try to time out of the crate named by
 //! RUSTSEC-2023-0071.
 

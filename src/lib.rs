@@ -13,7 +13,7 @@
 //! `pub(crate)`, and `unreachable_pub` keeps it so; `missing_docs` keeps
 //! the surface documented (an error's variants by their messages).
 //!
-//! Module map (the one map of `src/`; the README points here). Floors from
+//! Module map (the one map of `src/`; docs/development.md points here). Floors from
 //! the ground up; a module uses only what is on its floor or below:
 //! * `locked` (internal): memory kept out of swap and core dumps;
 //!   [`secret`]: zeroizing, redacted values; [`secret_set`]: named values

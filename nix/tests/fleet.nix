@@ -1,4 +1,4 @@
-# The README's fleetRegistry example, evaluated with nixpkgs' real
+# docs/nixos.md's fleetRegistry example, evaluated with nixpkgs' real
 # lib.evalModules: three hosts, each through the flake's
 # nixosModules.default, and a server whose `clients` come from
 # `self.lib.fleetRegistry` over all of them (itself included, as

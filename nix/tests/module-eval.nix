@@ -53,7 +53,7 @@ let
 
   # Server and client on one host, with every kind of path the module
   # hands to units, and names that systemd would expand.
-  # `op` is unfree: the host's nixpkgs must allow it (the README says how).
+  # `op` is unfree: the host's nixpkgs must allow it (docs/nixos.md says how).
   sameHost = hostWith { allowUnfreePredicate = p: lib.getName p == "1password-cli"; } (
     { pkgs, ... }:
     {

@@ -46,6 +46,15 @@ else
   fi
 fi
 
+# 2b''. docs/options.md, generated from the module: CI fails when it is stale.
+if [ -f "$lib/default.nix" ]; then
+  if out=$(python3 nix/tests/options_doc.py --check --lib "$lib" 2>&1); then
+    ok "$out"
+  else
+    bad "$out"
+  fi
+fi
+
 # 2b'. the VM test's testScript (Python, run by NixOS's test driver, which
 #      this machine cannot start) at least compiles.
 if [ -f "$lib/default.nix" ]; then
@@ -63,7 +72,7 @@ if [ -f "$lib/default.nix" ]; then
   fi
 fi
 
-# 2c. locket.lib.fleetRegistry on the README's three-host fleet: the
+# 2c. locket.lib.fleetRegistry on docs/nixos.md's three-host fleet: the
 #     registry it derives, as the server's generated config holds it, and
 #     each way a fleet can be wrong failing with a message naming the host.
 if [ -f "$lib/default.nix" ]; then

@@ -528,12 +528,15 @@ fn serve_tells_systemd_when_ready_and_when_stopping() {
 }
 
 #[test]
-fn the_readme_server_config_example_is_accepted() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+fn the_documented_server_config_example_is_accepted() {
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     let start = readme
         .find("```toml\nlisten = ")
-        .expect("the README's server.toml example");
+        .expect("docs/configuration.md's server.toml example");
     let example = &readme[start + 8..];
     let example = &example[..example.find("```").unwrap()];
     let key = locket::keys::ClientKey::from_seed(&[5; 32]).public_line();
@@ -541,7 +544,7 @@ fn the_readme_server_config_example_is_accepted() {
     let path = dir.path().join("server.toml");
     std::fs::write(&path, example.replace("ed25519:...", &key)).unwrap();
     let config = locket::config::server::ServerConfig::load(&path)
-        .expect("the README example loads")
+        .expect("the documented example loads")
         .config;
     assert_eq!(config.sources.len(), 6);
     assert!(config.tls.is_some());

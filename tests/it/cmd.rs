@@ -2,7 +2,7 @@
 //! help, usage errors and their exit codes, pinned by trycmd (as rage
 //! does). A changed flag, message or exit code fails here; regenerate with
 //! `TRYCMD=overwrite cargo test cli_contract` only for an intended change,
-//! and say so in the README.
+//! and say so in docs/cli.md.
 
 #[test]
 fn cli_contract() {

@@ -192,7 +192,7 @@ async fn a_verified_clients_connection_holds_its_slot() {
 async fn oversized_headers_are_refused() {
     let server = TestServer::start("A=a\n", &clients()).await;
     let addr = server.addr;
-    // As the README says: a head within the 8 KiB buffer (the 32 MiB
+    // As docs/configuration.md says: a head within the 8 KiB buffer (the 32 MiB
     // budget shared by the default 4,096 connections) is read; one far
     // beyond it (what one read can add is not pinned here) gets 431.
     let status_for = |kib: usize| {

@@ -6,6 +6,7 @@
 mod cli;
 mod clock_jump;
 mod cmd;
+mod config_docs;
 mod deliver_plan;
 mod delivery;
 mod formats;

@@ -1,5 +1,5 @@
 //! Rotating the server key without an outage, the documented workflow
-//! (README, "Rotating the server key"): stage the next key, roll the new
+//! (docs/operations.md, "Rotating the server key"): stage the next key, roll the new
 //! pin out to clients, promote it, retire the old one. Clients fetch
 //! throughout, each as a new process would (a new client, its own key
 //! fetch), with the pins of the step they are at; none may fail.
