@@ -55,6 +55,35 @@ if [ -f "$lib/default.nix" ]; then
   fi
 fi
 
+# 2b'''. the module guide's worked examples (docs/nixos.md), each a whole
+#       NixOS module, evaluated with the module.
+if [ -f "$lib/default.nix" ]; then
+  ex=$(mktemp -d)
+  if out=$(LIB="$lib" python3 - "$ex" <<'PY' 2>&1
+import json, os, re, subprocess, sys
+ex = sys.argv[1]
+text = open("docs/nixos.md", encoding="utf-8").read()
+section = text.split("## Worked examples", 1)[1].split("\n## ", 1)[0]
+blocks = re.findall(r"```nix\n(.*?)\n```", section, re.S)
+assert len(blocks) == 4, f"{len(blocks)} examples"
+files = []
+for i, b in enumerate(blocks):
+    files.append(os.path.join(ex, f"example-{i}.nix"))
+    open(files[-1], "w").write(b + "\n")
+r = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "nix/tests/guide-examples.nix", "--arg", "libPath", os.environ["LIB"], "--arg", "files", "[ " + " ".join(files) + " ]"], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr[-2000:]
+for e in json.loads(r.stdout):
+    assert e["failedAssertions"] == [] and e["warnings"] == [] and e["fetchUnits"], e
+print(f"{len(blocks)} examples, each with its fetch unit, no assertion or warning")
+PY
+  ); then
+    ok "the module guide's worked examples evaluate with the module: $out"
+  else
+    bad "the module guide's worked examples: $out"
+  fi
+  rm -rf "$ex"
+fi
+
 # 2b'. the VM test's testScript (Python, run by NixOS's test driver, which
 #      this machine cannot start) at least compiles.
 if [ -f "$lib/default.nix" ]; then

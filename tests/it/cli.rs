@@ -879,3 +879,40 @@ fn man_pages_and_completions_come_from_the_flags() {
         assert!(String::from_utf8_lossy(&run.stderr).contains("--out FOLDER"));
     }
 }
+
+/// Every generated page renders with man(1), and groff warns about none.
+#[test]
+fn man_renders_every_generated_page() {
+    let dir = tempfile::tempdir().unwrap();
+    for bin in [
+        env!("CARGO_BIN_EXE_locket"),
+        env!("CARGO_BIN_EXE_locket-client"),
+    ] {
+        let run = std::process::Command::new(bin)
+            .args(["generate", "man", "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(run.status.success());
+    }
+    let mut pages = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let shown = std::process::Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(&path)
+            .env("MANWIDTH", "80")
+            .output()
+            .expect("man is not installed (Debian: apt-get install man-db; .ci/test does)");
+        let err = String::from_utf8_lossy(&shown.stderr);
+        assert!(
+            shown.status.success()
+                && err.trim().is_empty()
+                && String::from_utf8_lossy(&shown.stdout).contains("NAME"),
+            "man -l {}: {err}",
+            path.display()
+        );
+        pages += 1;
+    }
+    assert_eq!(pages, 17);
+}
