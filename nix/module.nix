@@ -584,6 +584,21 @@ in
 
     package = mkPackageOption pkgs "locket" { };
 
+    prometheusRules = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Add locket's alerting rules (docs/monitoring/alerts.rules.yml:
+        not ready, a source stale or waiting, the set past max_age, a
+        refused reload, the 1Password budget nearly spent, bursts of
+        denials or of failed authentications) to
+        `services.prometheus.rules` on this host. The rules match every
+        locket server Prometheus scrapes, not only this one. Adjust the
+        1Password threshold (1,500 reads a day) in a copy if your
+        budget differs.
+      '';
+    };
+
     checkConfig = mkOption {
       type = types.bool;
       default = true;
@@ -1020,6 +1035,10 @@ in
           CapabilityBoundingSet = [ "" ];
         };
       };
+    })
+
+    (mkIf cfg.prometheusRules {
+      services.prometheus.rules = [ (builtins.readFile ../docs/monitoring/alerts.rules.yml) ];
     })
 
     (mkIf ccfg.enable {

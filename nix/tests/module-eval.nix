@@ -282,6 +282,15 @@ let
       && !(builtins.elem null ids)
       && builtins.length (lib.unique ids) == builtins.length ids;
 
+    # #28: one option adds the alert rules to services.prometheus.rules.
+    prometheusRulesOption =
+      let
+        on = host { services.locket.prometheusRules = true; };
+        off = host { };
+      in
+      on.config.services.prometheus.rules == [ (builtins.readFile ../../docs/monitoring/alerts.rules.yml) ]
+      && off.config.services.prometheus.rules == [ ];
+
     # #31: the package points at its NixOS test, as nixpkgs packages do.
     packageCarriesItsVmTest =
       let

@@ -14,6 +14,7 @@ mod freshness;
 mod fuzz_corpus;
 mod handshake;
 mod limits;
+mod monitoring;
 mod onepassword;
 mod operations;
 mod opvault;

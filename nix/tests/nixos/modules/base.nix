@@ -8,6 +8,7 @@
 #   environment.systemPackages    nixos/modules/config/system-path.nix
 #   environment.etc               nixos/modules/system/etc/etc.nix
 #   _module.args.utils            nixos/modules/misc/extra-arguments.nix
+#   services.prometheus.rules     nixos/modules/services/monitoring/prometheus/default.nix
 #   meta.doc                      nixos/modules/misc/meta.nix (its docFile type:
 #                                 a path whose merge keeps every definition
 #                                 with its file, for the manual's chapters)
@@ -45,6 +46,9 @@ in
     # Checked when the system is built; eval.nix reports the failed ones.
     assertions = option (types.listOf types.unspecified) [ ] // { internal = true; };
     warnings = option (types.listOf types.str) [ ] // { internal = true; };
+
+    # Rule files' contents, each written to the store as YAML.
+    services.prometheus.rules = option (types.listOf types.str) [ ];
 
     meta.doc = mkOption {
       type = types.path // {
