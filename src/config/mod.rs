@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
     reason = "each variant is documented by its #[error] message"
 )]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source}; check the path given to --config")]
     Read {
         path: PathBuf,
         source: std::io::Error,
