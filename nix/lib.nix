@@ -422,6 +422,7 @@ rec {
   deliveryPlanPath = "/etc/locket/delivery.toml";
   watchUnitName = "locket-watch";
   watchStatusFile = "/run/locket-watch/status.json";
+  watchMetricsFile = "/run/locket-watch/locket-watch.prom";
   # The boot cache: values encrypted with systemd-creds, for consumers
   # with a cacheMaxAge, so they start when no server answers at boot.
   cacheStateDir = "/var/lib/locket-client";
@@ -574,6 +575,8 @@ rec {
     }:
     {
       status_file = watchStatusFile;
+      # For node_exporter's textfile collector (--collector.textfile.directory=/run/locket-watch).
+      metrics_file = watchMetricsFile;
       inherit systemctl;
       systemd_creds = systemdCreds;
       cache_dir = cacheDir;

@@ -550,6 +550,7 @@ let
     deliveryPlanIsExact =
       deliveryPlan == {
         status_file = "/run/locket-watch/status.json";
+        metrics_file = "/run/locket-watch/locket-watch.prom";
         systemctl = "${stubPkgs.systemd}/bin/systemctl";
         systemd_creds = "${stubPkgs.systemd}/bin/systemd-creds";
         cache_dir = "/var/lib/locket-client/cache";

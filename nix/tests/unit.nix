@@ -594,6 +594,7 @@ let
       }) [ "consumers" ];
       expected = {
         status_file = "/run/locket-watch/status.json";
+        metrics_file = "/run/locket-watch/locket-watch.prom";
         systemctl = "/s/bin/systemctl";
         systemd_creds = "/s/bin/systemd-creds";
         cache_dir = "/var/lib/locket-client/cache";

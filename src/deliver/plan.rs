@@ -25,6 +25,10 @@ pub struct DeliveryPlan {
     /// Where the watcher writes its status (JSON).
     #[serde(default)]
     pub status_file: Option<PathBuf>,
+    /// Where the watcher writes its state as Prometheus text (for
+    /// node_exporter's textfile collector).
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
     #[serde(default = "default_systemctl")]
     pub systemctl: PathBuf,
     #[serde(default = "default_systemd_creds")]

@@ -154,7 +154,7 @@ pub async fn watch(
             &mut cache_written,
         )
         .await;
-        publish(plan, &status);
+        publish(plan, &status, interval);
         if first {
             crate::systemd::notify(crate::systemd::NotifyState::Ready);
             first = false;
@@ -398,7 +398,7 @@ async fn run_command(cmd: &[String]) -> Result<(), String> {
 }
 
 /// Writes the status file (atomically) and tells systemd.
-fn publish(plan: &DeliveryPlan, status: &WatchStatus) {
+fn publish(plan: &DeliveryPlan, status: &WatchStatus, interval: Duration) {
     let summary = format!(
         "last success {}; {} round(s){}",
         status.last_success.as_deref().unwrap_or("never"),
@@ -421,4 +421,71 @@ fn publish(plan: &DeliveryPlan, status: &WatchStatus) {
     if let Err(e) = crate::fsutil::replace(path, &json, crate::fsutil::Access::mode(0o644)) {
         tracing::warn!("cannot write the status file: {e}");
     }
+    if let Some(path) = &plan.metrics_file {
+        let text = metrics_text(status, interval);
+        if let Err(e) =
+            crate::fsutil::replace(path, text.as_bytes(), crate::fsutil::Access::mode(0o644))
+        {
+            tracing::warn!("cannot write the metrics file: {e}");
+        }
+    }
+}
+
+/// The watcher's state in Prometheus' text format, for node_exporter's
+/// textfile collector: the watcher serves no HTTP, and an alert on "no
+/// successful round for three intervals" needs the time of the last one.
+/// Consumer names are the plan's, never a secret's.
+fn metrics_text(status: &WatchStatus, interval: Duration) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in samples {
+            out.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    };
+    let one = |v: String| vec![(String::new(), v)];
+    metric(
+        "locket_watch_rounds_total",
+        "counter",
+        "Rounds the watcher made since it started",
+        &one(status.rounds.to_string()),
+    );
+    metric(
+        "locket_watch_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last round that delivered every consumer (0: none yet)",
+        &one(status.last_success_unix.unwrap_or(0).to_string()),
+    );
+    metric(
+        "locket_watch_interval_seconds",
+        "gauge",
+        "The watcher's interval between rounds",
+        &one(interval.as_secs().to_string()),
+    );
+    let pending =
+        status.pending.restart.len() + status.pending.reload.len() + status.pending.commands.len();
+    metric(
+        "locket_watch_pending_actions",
+        "gauge",
+        "Restarts, reloads and commands owed for delivered changes whose last try failed",
+        &one(pending.to_string()),
+    );
+    let on_cache: Vec<(String, String)> = status
+        .consumers
+        .iter()
+        .map(|(name, c)| {
+            let escaped = name.replace('\\', "\\\\").replace('"', "\\\"");
+            (
+                format!("{{consumer=\"{escaped}\"}}"),
+                u8::from(c.origin.starts_with("cache")).to_string(),
+            )
+        })
+        .collect();
+    metric(
+        "locket_watch_consumer_on_cache",
+        "gauge",
+        "1 while the consumer's files came from the boot cache, not a server",
+        &on_cache,
+    );
+    out
 }

@@ -1,10 +1,14 @@
 //! The shipped alert rules and Grafana dashboard (docs/monitoring/) use
-//! only metric names the real server's `/metrics` exports. (The rules'
-//! behaviour is tested by `promtool test rules`, run by `.ci/test`.)
+//! only metric names that locket exports: the real server's `/metrics`, and
+//! the real watcher's metrics file (node_exporter's textfile collector).
+//! (The rules' behaviour is tested by `promtool test rules`, run by
+//! `.ci/test`.)
 
 use std::collections::BTreeSet;
 
-use crate::support::{Registered, ServerProcess, raw_get, write_server_files};
+use crate::support::{
+    Registered, ServerProcess, client_command, raw_get, run_client_pinned, write_server_files,
+};
 
 /// Every sample name `/metrics` can carry, from its `# TYPE` lines (a
 /// family with no sample yet is still declared).
@@ -78,8 +82,14 @@ fn alert_rules_and_dashboard_use_only_exported_metrics() {
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     }
     let metrics = raw_get(server.addr, "/metrics");
+    let watcher = watcher_metrics(dir.path(), &server);
     server.stop();
-    let exported = exported(&metrics);
+    let mut exported = exported(&metrics);
+    exported.extend(self::exported(&watcher));
+    assert!(
+        exported.contains("locket_watch_last_success_timestamp_seconds"),
+        "{watcher}"
+    );
     assert!(exported.contains("locket_requests_total"), "{metrics}");
     for file in [
         "docs/monitoring/alerts.rules.yml",
@@ -93,4 +103,60 @@ fn alert_rules_and_dashboard_use_only_exported_metrics() {
             "{file} uses metrics /metrics does not export: {unknown:?}\nexported: {exported:?}"
         );
     }
+}
+
+/// The real watcher's metrics file after one round against `server`.
+fn watcher_metrics(d: &std::path::Path, server: &ServerProcess) -> String {
+    let key = d.join("app.key");
+    locket::keys::ClientKey::from_seed(&[71; 32])
+        .write_new(&key)
+        .unwrap();
+    let plan = d.join("delivery.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "status_file = \"{d}/status.json\"\nmetrics_file = \"{d}/watch.prom\"\n[consumers.a]\ndir = \"{d}/run/a\"\nsecrets = [\"A\"]\n",
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let url = server.url();
+    let (key, plan) = (key.to_str().unwrap(), plan.to_str().unwrap());
+    let base = [
+        "--server", &url, "--name", "app", "--key", key, "deliver", "--plan", plan,
+    ];
+    let (code, _, err) = run_client_pinned(&base, d);
+    assert_eq!(code, 0, "{err}");
+    let mut watch = client_command()
+        .args(base)
+        .args(["--watch", "1h"])
+        .current_dir(d)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let file = d.join("watch.prom");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let text = loop {
+        // Written whole (renamed into place) after the first round.
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics file from the watcher"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    crate::support::signal(watch.id(), nix::sys::signal::Signal::SIGTERM);
+    watch.wait().unwrap();
+    assert!(text.contains("locket_watch_rounds_total 1\n"), "{text}");
+    assert!(
+        text.contains("locket_watch_interval_seconds 3600\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("locket_watch_consumer_on_cache{consumer=\"a\"} 0\n"),
+        "{text}"
+    );
+    text
 }
