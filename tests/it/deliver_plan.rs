@@ -246,6 +246,35 @@ on_change = ["/bin/sh", "-c", "echo b >> {d}/hooks.log"]
     path
 }
 
+/// `deliver --plan PLAN --consumer CONSUMER` with `args`, pinned to
+/// `fingerprint` (another server's key: a pin mismatch, which is an
+/// answer, never an outage); its exit code and stderr.
+fn deliver_pinned_to(
+    args: &[String],
+    plan: &Path,
+    consumer: &str,
+    fingerprint: &str,
+    d: &Path,
+) -> (Option<i32>, String) {
+    let out = client_command()
+        .env("LOCKET_SERVER_FINGERPRINT", fingerprint)
+        .args(args)
+        .args([
+            "deliver",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--consumer",
+            consumer,
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The fetch units: each consumer delivered once, before it starts.
 fn deliver_each(args: &[String], plan: &Path, d: &Path) {
     for c in ["a", "b"] {
@@ -539,24 +568,8 @@ fn the_boot_cache_stands_in_only_when_no_server_answers_and_only_within_its_max_
             all.extend(["--server".to_string(), s.clone()]);
         }
         all.extend(args.iter().skip(2).cloned());
-        all.extend(
-            [
-                "deliver",
-                "--plan",
-                plan_path.to_str().unwrap(),
-                "--consumer",
-                "a",
-            ]
-            .map(String::from),
-        );
-        let out = client_command()
-            .env("LOCKET_SERVER_FINGERPRINT", other.fingerprint())
-            .args(&all)
-            .current_dir(d)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_ne!(out.status.code(), Some(0), "{err}");
+        let (code, err) = deliver_pinned_to(&all, &plan_path, "a", other.fingerprint(), d);
+        assert_ne!(code, Some(0), "{err}");
         assert!(
             !err.contains("delivered the cached copy"),
             "{servers:?}: {err}"
@@ -948,25 +961,8 @@ fn files_stay_through_an_outage_and_go_only_when_the_consumer_leaves_the_plan() 
 
     // A denial is an answer: the files stay, but the delivery fails.
     let other = locket::keys::ServerKey::generate(2048).unwrap();
-    let mut all: Vec<String> = args.clone();
-    all.extend(
-        [
-            "deliver",
-            "--plan",
-            plan_path.to_str().unwrap(),
-            "--consumer",
-            "a",
-        ]
-        .map(String::from),
-    );
-    let out = client_command()
-        .env("LOCKET_SERVER_FINGERPRINT", other.fingerprint())
-        .args(&all)
-        .current_dir(d)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{err}");
+    let (code, err) = deliver_pinned_to(&args, &plan_path, "a", other.fingerprint(), d);
+    assert_ne!(code, Some(0), "{err}");
     assert!(!err.contains("kept the files"), "{err}");
 
     // No server: a and b keep what they have, and say so.
