@@ -57,6 +57,8 @@ let
     "the_file_is_held_to_the_rules_of_a_key_file"
     # Runs the real git (and less, when installed), which the sandbox does not have.
     "git_config_and_lessopen_cannot_run_a_command_through_exec"
+    # Gives the client a terminal with script(1), which needs a pseudo-terminal.
+    "retry_progress_shows_on_a_terminal_only"
     # Renders the generated man pages with man-db's man(1), which .ci/test installs.
     "man_renders_every_generated_page"
     # Preloads Debian's libfaketime (at the path .ci/test installs it to) into the server.

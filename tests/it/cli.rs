@@ -346,29 +346,6 @@ fn unreachable_server_and_bad_client_config_exit_codes() {
         !err.contains("error sending request") && !err.contains("os error"),
         "{err}"
     );
-    // On a terminal (script(1) gives it one), each failed attempt is shown
-    // as it happens; under systemd (INVOCATION_ID) it is not.
-    let client = env!("CARGO_BIN_EXE_locket-client");
-    let command = format!(
-        "'{client}' --server http://127.0.0.1:1 --timeout 2s --name app --key '{key}' get X"
-    );
-    for (systemd, expect) in [(false, true), (true, false)] {
-        let mut script = std::process::Command::new("script");
-        script
-            .args(["-qec", &command, "/dev/null"])
-            .current_dir(dir.path());
-        script
-            .env_remove("INVOCATION_ID")
-            .env_remove("JOURNAL_STREAM");
-        if systemd {
-            script.env("INVOCATION_ID", "0123456789abcdef0123456789abcdef");
-        }
-        let out = script.output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let progress = text.contains("waiting for http://127.0.0.1:1 (attempt 1, next in ")
-            && text.contains("giving up in ");
-        assert_eq!(progress, expect, "systemd {systemd}: {text}");
-    }
     // Missing settings and a broken config file are usage/config errors.
     let (code, _, err) = run_client(&["--name", "app", "--key", &key, "get", "X"], dir.path());
     assert_eq!(code, 2);
@@ -915,4 +892,35 @@ fn man_renders_every_generated_page() {
         pages += 1;
     }
     assert_eq!(pages, 17);
+}
+
+/// Retry progress shows on a terminal (script(1) gives the client one),
+/// one line per failed attempt, and not under systemd (INVOCATION_ID).
+#[test]
+fn retry_progress_shows_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = client_key_file(dir.path(), 11);
+    // On a terminal (script(1) gives it one), each failed attempt is shown
+    // as it happens; under systemd (INVOCATION_ID) it is not.
+    let client = env!("CARGO_BIN_EXE_locket-client");
+    let command = format!(
+        "'{client}' --server http://127.0.0.1:1 --timeout 2s --name app --key '{key}' get X"
+    );
+    for (systemd, expect) in [(false, true), (true, false)] {
+        let mut script = std::process::Command::new("script");
+        script
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(dir.path());
+        script
+            .env_remove("INVOCATION_ID")
+            .env_remove("JOURNAL_STREAM");
+        if systemd {
+            script.env("INVOCATION_ID", "0123456789abcdef0123456789abcdef");
+        }
+        let out = script.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let progress = text.contains("waiting for http://127.0.0.1:1 (attempt 1, next in ")
+            && text.contains("giving up in ");
+        assert_eq!(progress, expect, "systemd {systemd}: {text}");
+    }
 }
