@@ -30,6 +30,7 @@ let
     ../benches # declared in Cargo.toml; cargo reads every target
     ../.cargo
     ../docs/protocol.md # its test vectors are checked by the test suite
+    ../docs/monitoring # the alert rules and dashboard, checked against /metrics
   ];
   # Test names (libtest --skip filters) that do not run in the build sandbox.
   skippedInSandbox = [
