@@ -446,12 +446,9 @@ fn render_in(
     create: bool,
 ) -> Result<RenderReport, RenderError> {
     let dir = &opts.dir;
-    let target_uid = opts
-        .owner
-        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
     let folder = Folder::open(
         dir,
-        target_uid,
+        target_uid(opts),
         create.then_some((opts.mode, opts.owner, opts.group)),
     )?;
     folder.remove_stale();
@@ -563,7 +560,7 @@ fn render_in(
         let env_folder = if env_dir == dir.as_path() {
             None
         } else {
-            Some(Folder::open(env_dir, target_uid, None)?)
+            Some(Folder::open(env_dir, target_uid(opts), None)?)
         };
         let env_folder = env_folder.as_ref().unwrap_or(&folder);
         let label = path.display().to_string();
@@ -583,14 +580,22 @@ fn render_in(
     Ok(report)
 }
 
+/// Who the folder's files belong to: the options' owner, else this process.
+fn target_uid(opts: &RenderOptions) -> u32 {
+    opts.owner
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw())
+}
+
+/// The render folder, which must exist, opened and checked as for a render.
+fn existing_folder(opts: &RenderOptions) -> Result<Folder, RenderError> {
+    Folder::open(&opts.dir, target_uid(opts), None)
+}
+
 /// The files a folder's last delivery wrote (its manifest), or `None` when
 /// the folder is missing or unsafe or holds no manifest: what a fetch
 /// without a server may keep, since nothing newer can replace it.
 pub fn delivered(opts: &RenderOptions) -> Option<BTreeSet<String>> {
-    let target_uid = opts
-        .owner
-        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
-    let folder = Folder::open(&opts.dir, target_uid, None).ok()?;
+    let folder = existing_folder(opts).ok()?;
     let manifest = folder.read(MANIFEST, MAX_READ)?;
     Some(
         manifest
@@ -606,20 +611,14 @@ pub fn delivered(opts: &RenderOptions) -> Option<BTreeSet<String>> {
 /// link-safe writes as the secrets (the folder may belong to the consumer).
 pub fn write_marker(opts: &RenderOptions, name: &str, contents: &str) -> Result<(), RenderError> {
     debug_assert!(name.starts_with(".locket-"));
-    let target_uid = opts
-        .owner
-        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
-    let folder = Folder::open(&opts.dir, target_uid, None)?;
+    let folder = existing_folder(opts)?;
     folder.write_atomic(name, contents.as_bytes(), 0o600, None, None)
 }
 
 /// Reads a marker file written by [`write_marker`] (never through a link;
 /// at most 256 bytes, since the folder may belong to the consumer).
 pub fn read_marker(opts: &RenderOptions, name: &str) -> Option<String> {
-    let target_uid = opts
-        .owner
-        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
-    let folder = Folder::open(&opts.dir, target_uid, None).ok()?;
+    let folder = existing_folder(opts).ok()?;
     let text = folder.read(name, 256)?;
     Some(text.trim().to_owned())
 }
