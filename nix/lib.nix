@@ -34,6 +34,8 @@ let
   # Remove attributes whose value is null (TOML has no null).
   dropNulls = attrs: removeAttrs attrs (filter (n: attrs.${n} == null) (attrNames attrs));
   optionalAttrs = cond: attrs: if cond then attrs else { };
+  optional = cond: x: if cond then [ x ] else [ ];
+  attrValues = attrs: map (n: attrs.${n}) (attrNames attrs);
 in
 rec {
   defaultPort = 7410;
@@ -376,9 +378,13 @@ rec {
       serverFingerprints ? [ ],
       knownServersFile ? null,
       services ? { },
+      watch ? { },
       ...
     }:
-    (
+    map (c: "services.locket.client.services.${c}: delivery = \"socket\" is served by locket-watch, but services.locket.client.watch.enable is false: enable the watcher, or use delivery = \"files\"") (
+      filter (c: isSocket services.${c} && !(watch.enable or true)) (attrNames services)
+    )
+    ++ (
       if serverFingerprint == null && serverFingerprints == [ ] && knownServersFile == null then
         [ "services.locket.client: the server's key is not pinned, and the client refuses an unpinned server: set serverFingerprint to the output of `locket fingerprint` on the server (or knownServersFile to a file of `<URL> <fingerprint>` lines)" ]
       else
@@ -420,6 +426,11 @@ rec {
   # (`--watch <interval>`), which rewrites what changed and restarts or
   # reloads the units that asked for it.
   deliveryPlanPath = "/etc/locket/delivery.toml";
+  # Where the watcher serves `delivery = "socket"` consumers
+  # (locket-watch.socket, LoadCredential=ID:<this>).
+  credentialSocket = "${runDir}/credentials.sock";
+  credentialSocketUnit = "locket-watch.socket";
+  isSocket = svc: (svc.delivery or "files") == "socket";
   watchUnitName = "locket-watch";
   watchStatusFile = "/run/locket-watch/status.json";
   watchMetricsFile = "/run/locket-watch/locket-watch.prom";
@@ -501,6 +512,9 @@ rec {
   # templates: which secrets it gets is known to the server alone.
   consumerPaths =
     consumer: svc:
+    if isSocket svc then
+      mapAttrs (_: id: "${credentialsDir (svc.unit or "${consumer}.service")}/${id}") (credentialIds svc)
+    else
     listToAttrs (
       map (s: {
         name = s;
@@ -520,6 +534,22 @@ rec {
     in
     map (f: "${escape f}:${escape "${secretsDir consumer}/${f}"}") files;
 
+  # A socket consumer's credential IDs: secret name -> ID (its file name),
+  # template file -> itself.
+  credentialIds =
+    svc:
+    listToAttrs (map (s: { name = s; value = secretFileName s; }) (svc.secrets or [ ]))
+    // mapAttrs (f: _: f) (svc.templates or { });
+
+  # LoadCredential= entries of a `delivery = "socket"` consumer: each
+  # secret and template asked of the watcher's credential socket.
+  socketCredentials =
+    svc:
+    let
+      escape = replaceStrings [ "%" ] [ "%%" ];
+    in
+    map (id: "${escape id}:${credentialSocket}") (attrValues (credentialIds svc));
+
   # The systemd.services attribute of a consumer's unit ("app.service" ->
   # "app"), or null when the unit is not a service.
   serviceAttrName =
@@ -536,6 +566,27 @@ rec {
   consumerPlan =
     { runtimeShell }:
     consumer: svc:
+    let
+      onChange =
+        if (svc.onChange or null) == null then
+          null
+        else
+          [
+            runtimeShell
+            "-c"
+            svc.onChange
+          ];
+    in
+    if isSocket svc then
+      dropNulls {
+        delivery = "socket";
+        unit = svc.unit or "${consumer}.service";
+        secrets = svc.secrets;
+        restart_units = svc.restartUnits or [ ];
+        on_change = onChange;
+        templates = mapAttrs (_: t: { content = t.content; }) (svc.templates or { });
+      }
+    else
     dropNulls {
       dir = secretsDir consumer;
       secrets = svc.secrets;
@@ -545,15 +596,7 @@ rec {
       env_file = if svc.envFile then "${secretsDir consumer}/env" else null;
       restart_units = svc.restartUnits or [ ];
       reload_units = svc.reloadUnits or [ ];
-      on_change =
-        if (svc.onChange or null) == null then
-          null
-        else
-          [
-            runtimeShell
-            "-c"
-            svc.onChange
-          ];
+      on_change = onChange;
       cache_max_age = svc.cacheMaxAge or null;
       templates = mapAttrs (_: t: {
         content = t.content;
@@ -583,6 +626,7 @@ rec {
       cache_key = cacheKey;
       # Each delivery removes the folders here that no consumer uses.
       prune_under = runDir;
+      credential_socket = credentialSocket;
       consumers = mapAttrs (consumerPlan { inherit runtimeShell; }) services;
     };
 
@@ -621,9 +665,29 @@ rec {
         map (u: "${opt}.${option}: `${toString u}` is not a unit name: give the full name with its type, e.g. ${toString u}.service") (
           filter (u: !validUnitName u) (svc.${option} or [ ])
         );
+      socket = isSocket svc;
+      socketOnly = "a delivery = \"socket\" consumer";
     in
     (
-      if credentials && secrets == [ ] then
+      if socket then
+        optional credentials "${opt}.credentials: ${socketOnly} already reaches its unit as credentials (from the watcher's memory, no file): remove credentials = true"
+        ++ optional (secrets == [ ]) "${opt}.secrets: ${socketOnly} needs each secret by name (LoadCredential= asks for each): list them"
+        ++ optional (serviceAttrName unit == null) "${opt}.unit: ${unit} is not a service, and only a service takes LoadCredential=: set ${opt}.unit to the consuming <name>.service"
+        ++ optional ((svc.reloadUnits or [ ]) != [ ]) "${opt}.reloadUnits: ${socketOnly} gets its values only when its unit starts, so a reload keeps the old ones: list the units in restartUnits"
+        ++ optional ((svc.cacheMaxAge or null) != null) "${opt}.cacheMaxAge: ${socketOnly} has no boot cache (its values live in the watcher's memory only): remove cacheMaxAge, or use delivery = \"files\""
+        ++ map (f: "${opt}: the credential ID `${f}` has a `:`, `%` or a backslash, which LoadCredential= cannot carry: rename it") (
+          filter (f: match ".*[:\\%].*" f != null) (secretFiles ++ templates)
+        )
+        ++ map (f: "${opt}.templates.\"${f}\": the secret ${secretOf f} has the same credential ID: give the template another name") (
+          filter (f: elem f secretFiles) templates
+        )
+      else
+        [ ]
+    )
+    ++ (
+      if socket then
+        [ ]
+      else if credentials && secrets == [ ] then
         [
           "${opt}.credentials: secrets is empty (every secret the client may read), but LoadCredential= needs each name: list the secrets in ${opt}.secrets, or set credentials = false and read the files in ${dir}"
         ]
@@ -631,7 +695,7 @@ rec {
         [ ]
     )
     ++ (
-      if credentials && serviceAttrName unit == null then
+      if credentials && !socket && serviceAttrName unit == null then
         [
           "${opt}.credentials: the unit ${unit} is not a service, and only a service takes LoadCredential=: set ${opt}.unit to the consuming <name>.service, or set credentials = false"
         ]
@@ -639,7 +703,7 @@ rec {
         [ ]
     )
     ++ (
-      if credentials then
+      if credentials && !socket then
         map (f: "${opt}.credentials: the file name `${f}` has a `:` or a backslash, which LoadCredential= cannot carry: rename it, or set credentials = false and read the file in ${dir}") (
           filter (f: match ".*[:\\].*" f != null) (secretFiles ++ templates)
         )
@@ -651,8 +715,10 @@ rec {
         f:
         if !validFileName f then
           [
-            "${opt}.templates.\"${f}\": not a file name in ${dir} (it is empty, `.` or `..`, starts with `.locket-`, or has a `/`): name the file plainly, e.g. app.ini"
+            "${opt}.templates.\"${f}\": not a file name${if socket then " (a credential ID)" else " in ${dir}"} (it is empty, `.` or `..`, starts with `.locket-`, or has a `/`): name the file plainly, e.g. app.ini"
           ]
+        else if socket then
+          [ ]
         else if f == "env" && envFile then
           [
             "${opt}.templates.env: ${dir}/env is the environment file (envFile = true): give the template another name, or set ${opt}.envFile = false"

@@ -12,7 +12,10 @@
 # `watch.interval`, rewrites what changed, and restarts or reloads the
 # units that asked for it. A consumer reads files (one per secret, `env`
 # for EnvironmentFile=, rendered templates), or, with `credentials`, gets
-# them through LoadCredential= in $CREDENTIALS_DIRECTORY. With
+# them through LoadCredential= in $CREDENTIALS_DIRECTORY; with
+# `delivery = "socket"` no file is written: its unit's LoadCredential= asks
+# locket-watch over /run/locket/credentials.sock (locket-watch.socket),
+# which answers from memory. With
 # `cacheMaxAge`, its last values are kept encrypted with systemd-creds
 # (host key and/or TPM2) under /var/lib/locket-client/cache, so it starts
 # even when no server answers at boot.
@@ -128,6 +131,22 @@ let
   deliveryPlanFile = settingsFormat.generate "locket-delivery.toml" deliveryPlan;
   anyCache = lib.any locketLib.usesCache (lib.attrValues ccfg.services);
   runWatcher = ccfg.watch.enable && ccfg.services != { };
+  fileConsumers = lib.filterAttrs (_: svc: !locketLib.isSocket svc) ccfg.services;
+  socketConsumers = lib.filterAttrs (_: svc: locketLib.isSocket svc) ccfg.services;
+  serveSocket = runWatcher && socketConsumers != { };
+
+  # Run before a socket consumer starts (its preStart, ahead of the
+  # service's own): an empty credential is a refusal (systemd turns
+  # "nothing written" into an empty file and starts the unit, systemd
+  # #27373), so the unit stops here with a line naming it.
+  credentialCheck = ids: ''
+    for id in ${lib.escapeShellArgs ids}; do
+      if [ ! -s "$CREDENTIALS_DIRECTORY/$id" ]; then
+        echo "locket: credential $id is empty: locket-watch did not hand it over (this unit or this ID is not in its delivery plan, the server denied the secret, or no server answered and none was held); see journalctl -u locket-watch. Not starting." >&2
+        exit 1
+      fi
+    done
+  '';
 
   # systemd 253 and later (NixOS 25.11 ships 258) have Type=notify-reload:
   # systemd holds `systemctl reload` open until the server says RELOADING=1
@@ -411,6 +430,39 @@ let
           '';
         };
 
+        delivery = mkOption {
+          type = types.enum [
+            "files"
+            "socket"
+          ];
+          default = "files";
+          description = ''
+            How the secrets reach the consumer.
+
+            `files` (the default): a fetch unit writes them into
+            /run/locket/<name>/ before `unit` starts (or, with
+            `credentials`, hands those files over as credentials).
+
+            `socket`: no file is written anywhere. The module adds
+            `LoadCredential=<ID>:${locketLib.credentialSocket}` to `unit`
+            for every secret and template (<ID>: the name with `/`
+            replaced by `_`), and when systemd starts the unit it asks
+            `locket-watch` over that socket: the watcher hands each value
+            from its memory (fetching it first when it holds none yet),
+            and only to the unit this consumer names, only the IDs it
+            lists. The service reads `$CREDENTIALS_DIRECTORY/<ID>`, which
+            systemd keeps on an unswappable ramfs. A refused or unknown
+            credential reaches systemd as an empty one (systemd cannot be
+            told "no such credential"), so the module also adds an
+            `ExecStartPre=` that stops the unit on an empty credential,
+            naming it: a secret whose value is empty cannot be delivered
+            this way. A changed value reaches the service by a restart
+            (list `unit` in restartUnits). Needs the watcher
+            (`watch.enable`), the secrets listed by name, and a `.service`
+            unit; not with `credentials`, `reloadUnits` or `cacheMaxAge`.
+          '';
+        };
+
         paths = mkOption {
           type = types.attrsOf types.str;
           readOnly = true;
@@ -539,7 +591,9 @@ let
     # first round then compares with what the consumers started on.
     after =
       deliveryOrdering.after
-      ++ map (consumer: "${locketLib.fetchUnitName consumer}.service") (lib.attrNames ccfg.services);
+      ++ map (consumer: "${locketLib.fetchUnitName consumer}.service") (lib.attrNames fileConsumers)
+      ++ optional serveSocket locketLib.credentialSocketUnit;
+    wants = deliveryOrdering.wants ++ optional serveSocket locketLib.credentialSocketUnit;
     description = "Keep locket secrets current (restart or reload their consumers on a change)";
     wantedBy = [ "multi-user.target" ];
     restartTriggers = [
@@ -558,19 +612,50 @@ let
     };
   };
 
-  # LoadCredential= on the consumers' own units (credentials = true). A
-  # consumer the assertions refuse gets none, so that they report it.
+  # LoadCredential= on the consumers' own units (credentials = true, or
+  # delivery = "socket"). A consumer the assertions refuse gets none, so
+  # that they report it.
   credentialUnits = mkMerge (
     lib.mapAttrsToList (
       consumer: svc:
       let
         unitAttr = locketLib.serviceAttrName svc.unit;
+        socket = locketLib.isSocket svc;
       in
-      optionalAttrs (svc.credentials && svc.secrets != [ ] && unitAttr != null) {
+      optionalAttrs (!socket && svc.credentials && svc.secrets != [ ] && unitAttr != null) {
         ${unitAttr}.serviceConfig.LoadCredential = locketLib.consumerCredentials consumer svc;
+      }
+      // optionalAttrs (socket && serveSocket && svc.secrets != [ ] && unitAttr != null) {
+        ${unitAttr} = {
+          # The socket exists before the unit asks it; the watcher behind
+          # it starts on the first connection if it is not running.
+          after = [ locketLib.credentialSocketUnit ];
+          requires = [ locketLib.credentialSocketUnit ];
+          serviceConfig.LoadCredential = locketLib.socketCredentials svc;
+          preStart = lib.mkBefore (credentialCheck (lib.attrValues (locketLib.credentialIds svc)));
+        };
       }
     ) ccfg.services
   );
+
+  # The credential socket, held by systemd: it stays open while the
+  # watcher restarts (a plan change), so a unit starting meanwhile waits
+  # instead of failing, and a connection starts the watcher if it is not
+  # running. Root's alone: only PID 1 (root) asks it, and the peer address
+  # it binds names the unit and the credential.
+  credentialSocketUnit = {
+    description = "locket credential socket (LoadCredential= from the watcher's memory)";
+    wantedBy = [ "sockets.target" ];
+    listenStreams = [ locketLib.credentialSocket ];
+    socketConfig = {
+      SocketUser = "root";
+      SocketGroup = "root";
+      SocketMode = "0600";
+      Service = "${locketLib.watchUnitName}.service";
+    };
+    # /run/locket is a ramfs mounted only on an empty folder: mounted first.
+    unitConfig.RequiresMountsFor = [ locketLib.runDir ];
+  };
 in
 {
   # The module guide, which a host's NixOS manual carries as a chapter.
@@ -917,8 +1002,11 @@ in
           cached ones); stopping the unit removes them. While it runs,
           `locket-watch` keeps them current and restarts, reloads or runs
           what the consumer asked for when a value changes
-          (`restartUnits`, `reloadUnits`, `onChange`). All a consumer asks
-          for is one entry of /etc/locket/delivery.toml.
+          (`restartUnits`, `reloadUnits`, `onChange`). With
+          `delivery = "socket"` there is no fetch unit and no file: the
+          unit asks the watcher for each value as a credential when it
+          starts. All a consumer asks for is one entry of
+          /etc/locket/delivery.toml.
         '';
       };
     };
@@ -1048,10 +1136,15 @@ in
       warnings = lib.concatLists (
         lib.mapAttrsToList (
           consumer: svc:
-          optional (svc.credentials && svc.restartUnits == [ ] && svc.onChange == null)
-            "services.locket.client.services.${consumer}: credentials = true, but neither restartUnits nor onChange is set: systemd copies credentials when ${svc.unit} starts, so a changed value never reaches it. Add ${svc.unit} to restartUnits."
+          optional (
+            (svc.credentials || locketLib.isSocket svc) && svc.restartUnits == [ ] && svc.onChange == null
+          ) "services.locket.client.services.${consumer}: ${if locketLib.isSocket svc then "delivery = \"socket\"" else "credentials = true"}, but neither restartUnits nor onChange is set: systemd ${if locketLib.isSocket svc then "reads" else "copies"} credentials when ${svc.unit} starts, so a changed value never reaches it. Add ${svc.unit} to restartUnits."
         ) ccfg.services
       );
+
+      systemd.sockets = mkIf serveSocket {
+        ${lib.removeSuffix ".socket" locketLib.credentialSocketUnit} = credentialSocketUnit;
+      };
 
       environment.systemPackages = [ ccfg.package ];
       environment.etc."locket/client.toml".source = clientConfigFile;
@@ -1110,7 +1203,7 @@ in
         })
         (lib.mapAttrs' (
           consumer: svc: lib.nameValuePair (locketLib.fetchUnitName consumer) (fetchUnit consumer svc)
-        ) ccfg.services)
+        ) fileConsumers)
         (mkIf runWatcher { ${locketLib.watchUnitName} = watchUnit; })
         credentialUnits
       ];

@@ -1,14 +1,15 @@
 # The module guide's worked examples (docs/nixos.md, "Worked examples"),
 # each evaluated as a whole NixOS module with the flake's
 # nixosModules.default and nixpkgs' real lib: no failed assertion, no
-# warning, and the fetch unit of its consumer. nix/tests/run.sh extracts
+# warning, and the fetch unit of its consumer (or, for delivery =
+# "socket", the credential socket and a unit that asks it). nix/tests/run.sh extracts
 # the ```nix blocks into files (evaluation cannot write a string to the
 # store here) and passes them:
 #
 #   nix-instantiate --eval --strict --json nix/tests/guide-examples.nix \
 #     --arg libPath ../shared/nixpkgs-lib/lib --arg files '[ /tmp/x/0.nix ... ]'
 #
-# evaluates to one { file; failedAssertions; warnings; fetchUnits; } each.
+# evaluates to one { file; failedAssertions; warnings; fetchUnits; socket; } each.
 {
   libPath ? ../../../shared/nixpkgs-lib/lib,
   lib ? import ./nixpkgs-lib.nix libPath,
@@ -40,5 +41,9 @@ map (
     file = toString file;
     inherit (h) failedAssertions warnings;
     fetchUnits = builtins.filter (lib.hasPrefix "locket-fetch-") (builtins.attrNames h.units);
+    # delivery = "socket": the socket, and a unit that asks it.
+    socket =
+      h.units ? "locket-watch.socket"
+      && builtins.any (t: t != null && lib.hasInfix ":/run/locket/credentials.sock" t) (builtins.attrValues h.units);
   }
 ) files

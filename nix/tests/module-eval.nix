@@ -42,6 +42,7 @@ let
   tomlOf = e: if e.value != null then e.value else (builtins.head (builtins.attrValues e.build.inputs)).value;
   without = prefix: text: filter (l: !hasPrefix prefix l) (lines text);
   unitLines = unit: key: filter (hasPrefix "${key}=") (lines unit);
+  unitValues = unit: key: map (lib.removePrefix "${key}=") (unitLines unit key);
 
   fp = "sha256:5505e055cbbabb0aa17c8bfb0cd25ebb58046a36173767e14eb62367cce443b2";
   appKey = "ed25519:OsMR+wXsSJ8Umzy7Ilw4r7yetpvLPsSdLDxQChMW71U=";
@@ -556,6 +557,7 @@ let
         cache_dir = "/var/lib/locket-client/cache";
         cache_key = "tpm2";
         prune_under = "/run/locket";
+        credential_socket = "/run/locket/credentials.sock";
         consumers = {
           app = {
             dir = "/run/locket/app";
@@ -822,6 +824,94 @@ let
         "ok.service"
       ];
     };
+
+    # delivery = "socket": no fetch unit; the consumer's unit asks the
+    # watcher's socket for each secret and template, after and requiring
+    # locket-watch.socket (root's, 0600, in /run/locket once mounted), and
+    # refuses to start on an empty credential.
+    socketDelivery =
+      let
+        h = clientWith {
+          services.sock = {
+            secrets = [
+              "DB_PASSWORD"
+              "db/user"
+            ];
+            delivery = "socket";
+            restartUnits = [ "sock.service" ];
+            templates."app.ini".content = "p = {{ DB_PASSWORD }}\n";
+          };
+        };
+        unit = unitOf h "sock.service";
+        socket = unitOf h "locket-watch.socket";
+        plan = h.etc."locket/delivery.toml".value;
+      in
+      h.failedAssertions == [ ]
+      && h.warnings == [ ]
+      && !(h.units ? "locket-fetch-sock.service")
+      && unitValues unit "LoadCredential" == [
+        "DB_PASSWORD:/run/locket/credentials.sock"
+        "app.ini:/run/locket/credentials.sock"
+        "db_user:/run/locket/credentials.sock"
+      ]
+      && unitValues unit "After" == [ "locket-watch.socket" ]
+      && unitValues unit "Requires" == [ "locket-watch.socket" ]
+      && builtins.length (unitValues unit "ExecStartPre") == 1
+      && unitValues socket "ListenStream" == [ "/run/locket/credentials.sock" ]
+      && unitValues socket "SocketMode" == [ "0600" ]
+      && unitValues socket "Service" == [ "locket-watch.service" ]
+      && unitValues socket "RequiresMountsFor" == [ "/run/locket" ]
+      # A host without socket consumers has no socket.
+      && !(delivery.units ? "locket-watch.socket")
+      && builtins.elem "locket-watch.socket" (splitString " " (toString (unitValues (unitOf h "locket-watch.service") "After")))
+      && plan.credential_socket == "/run/locket/credentials.sock"
+      && plan.consumers.sock == {
+        delivery = "socket";
+        unit = "sock.service";
+        secrets = [
+          "DB_PASSWORD"
+          "db/user"
+        ];
+        restart_units = [ "sock.service" ];
+        templates."app.ini".content = "p = {{ DB_PASSWORD }}\n";
+      }
+      && h.config.services.locket.client.services.sock.paths == {
+        DB_PASSWORD = "/run/credentials/sock.service/DB_PASSWORD";
+        "db/user" = "/run/credentials/sock.service/db_user";
+        "app.ini" = "/run/credentials/sock.service/app.ini";
+      };
+    socketWithCredentialsIsRefused = refusedWith "services.locket.client.services.c.credentials: a delivery = \"socket\" consumer already reaches its unit as credentials" {
+      secrets = [ "A" ];
+      delivery = "socket";
+      credentials = true;
+    };
+    socketForEverySecretIsRefused = refusedWith "services.locket.client.services.c.secrets: a delivery = \"socket\" consumer needs each secret by name" {
+      delivery = "socket";
+    };
+    socketWithReloadUnitsIsRefused = refusedWith "services.locket.client.services.c.reloadUnits: a delivery = \"socket\" consumer gets its values only when its unit starts" {
+      secrets = [ "A" ];
+      delivery = "socket";
+      reloadUnits = [ "c.service" ];
+    };
+    socketWithCacheIsRefused = refusedWith "services.locket.client.services.c.cacheMaxAge: a delivery = \"socket\" consumer has no boot cache" {
+      secrets = [ "A" ];
+      delivery = "socket";
+      cacheMaxAge = "1h";
+    };
+    socketWithoutTheWatcherIsRefused = builtins.any (hasInfix "services.locket.client.services.c: delivery = \"socket\" is served by locket-watch, but services.locket.client.watch.enable is false") (clientWith {
+      watch.enable = false;
+      services.c = {
+        secrets = [ "A" ];
+        delivery = "socket";
+        restartUnits = [ "c.service" ];
+      };
+    }).failedAssertions;
+    socketWithoutRestartUnitsWarns = builtins.any (hasInfix "delivery = \"socket\", but neither restartUnits nor onChange is set") (clientWith {
+      services.c = {
+        secrets = [ "A" ];
+        delivery = "socket";
+      };
+    }).warnings;
 
     # The VM test's client as the guest test expects it: the template, the
     # restart, the cache, the credential, a 5 s watcher.

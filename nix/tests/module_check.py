@@ -477,7 +477,7 @@ def verify_units(host):
     os.makedirs(udir, exist_ok=True)
     files = []
     for unit, text in sorted(host.node["units"].items()):
-        if text is None or not unit.endswith(".service"):
+        if text is None or not unit.endswith((".service", ".socket")):
             continue
         path = os.path.join(udir, unit)
         with open(path, "w") as f:
@@ -495,7 +495,7 @@ def verify_units(host):
     # watcher, which need CAP_CHOWN and the network, 2.4-2.5).
     for path in files:
         unit = os.path.basename(path)
-        if not unit.startswith("locket"):
+        if not unit.startswith("locket") or not unit.endswith(".service"):
             continue
         r = run(["systemd-analyze", "security", "--offline=true", "--no-pager", path])
         m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout + r.stderr)
@@ -505,19 +505,32 @@ def verify_units(host):
 
 def delivery_plan(host):
     """The plan is at /etc/locket/delivery.toml beside client.toml, and
-    names exactly the consumers that have a fetch unit; every delivering
-    unit reads it from there."""
+    names exactly the consumers that have a fetch unit, and those served
+    over the credential socket (which have none); every delivering unit
+    reads it from there."""
     fetches = fetch_units(host.node)
     if not fetches and WATCHER not in host.node["units"]:
         return
     entry = host.node["etc"].get("locket/delivery.toml")
     path = host.host_path(PLAN)
-    consumers = sorted((entry or {}).get("value", {}).get("consumers", {}))
+    planned = (entry or {}).get("value", {}).get("consumers", {})
+    consumers = sorted(c for c, v in planned.items() if v.get("delivery", "files") == "files")
+    sockets = sorted(c for c, v in planned.items() if v.get("delivery") == "socket")
     check(
         f"{host.name}: {PLAN} is in place and names the consumers of the fetch units",
         entry is not None and os.path.isfile(path) and consumers == sorted(fetches),
         f"plan consumers {consumers}, fetch units {sorted(fetches)}",
     )
+    for c in sockets:
+        unit = planned[c]["unit"]
+        text = host.node["units"].get(unit) or ""
+        creds = sorted(unit_values(text, "LoadCredential"))
+        want = sorted(f"{i}:/run/locket/credentials.sock" for i in [s.replace("/", "_") for s in planned[c]["secrets"]] + sorted(planned[c].get("templates", {})))
+        check(
+            f"{host.name}: socket consumer {c} has no fetch unit, and {unit} asks the credential socket for each of its secrets and templates",
+            f"{FETCH_PREFIX}{c}.service" not in host.node["units"] and creds == want and "locket-watch.socket" in host.node["units"],
+            f"LoadCredential= {creds}, want {want}",
+        )
     for unit in list(fetches.values()) + ([WATCHER] if host.node["units"].get(WATCHER) else []):
         _, argv = split_exec(unit_values(host.node["units"][unit], "ExecStart")[0], {})
         check(f"{host.name}: {unit} delivers from {PLAN}", argv[argv.index("deliver") + 1 :][:2] == ["--plan", PLAN] if "deliver" in argv else False, " ".join(argv))

@@ -597,6 +597,7 @@ let
         metrics_file = "/run/locket-watch/locket-watch.prom";
         systemctl = "/s/bin/systemctl";
         systemd_creds = "/s/bin/systemd-creds";
+        credential_socket = "/run/locket/credentials.sock";
         cache_dir = "/var/lib/locket-client/cache";
         cache_key = "auto";
         prune_under = "/run/locket";

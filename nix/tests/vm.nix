@@ -40,6 +40,18 @@ let
       # Credentials are copied at start: a change needs a restart.
       restartUnits = [ "cred-consumer.service" ];
     };
+    # Socket delivery: from the watcher's memory through LoadCredential=,
+    # no file anywhere but the unit's own credentials (SOCKET_ONLY goes to
+    # no other consumer, so a scan of /run and /var can look for it).
+    sock-consumer = {
+      secrets = [
+        "SOCKET_ONLY"
+        "API_TOKEN"
+      ];
+      delivery = "socket";
+      restartUnits = [ "sock-consumer.service" ];
+      templates."conf.ini".content = "[auth]\ntoken = {{ SOCKET_ONLY }}\n";
+    };
     # Group delivery: files 0440 root:readers, read by a DynamicUser
     # consumer through SupplementaryGroups.
     group-consumer = {
@@ -86,6 +98,7 @@ in
               "DB_PASSWORD"
               "API_TOKEN"
               "MULTI"
+              "SOCKET_ONLY"
             ];
           };
         };
@@ -133,6 +146,24 @@ in
           };
           script = ''
             test "$(cat /run/locket/group-consumer/API_TOKEN)" = vm-api-token
+          '';
+        };
+        # Reads its credentials from the watcher's socket; each start
+        # appends the SHA-256 of what it read (never the value itself).
+        systemd.services.sock-consumer = {
+          wantedBy = [ "multi-user.target" ];
+          serviceConfig = {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            DynamicUser = true;
+            StateDirectory = "sock-consumer";
+          };
+          script = ''
+            test "$(cat "$CREDENTIALS_DIRECTORY/API_TOKEN")" = vm-api-token
+            token=$(cat "$CREDENTIALS_DIRECTORY/SOCKET_ONLY")
+            test -n "$token"
+            grep -Fxq "token = $token" "$CREDENTIALS_DIRECTORY/conf.ini"
+            sha256sum <"$CREDENTIALS_DIRECTORY/SOCKET_ONLY" | cut -d' ' -f1 >> "$STATE_DIRECTORY/starts"
           '';
         };
         systemd.services.cred-consumer = {

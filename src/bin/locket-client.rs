@@ -147,7 +147,7 @@ enum Command {
         /// Deliver only this consumer (repeatable; default: all). Without --watch, when no server answers, a consumer whose folder still holds every file its plan asks for keeps them; else one with cache_max_age gets its cached copy if it is recent enough.
         #[arg(long = "consumer", value_name = "NAME")]
         consumers: Vec<String>,
-        /// Keep running: every INTERVAL (±10%) fetch for every delivered consumer in one request, rewrite what changed, and restart/reload/notify once per change.
+        /// Keep running: every INTERVAL (±10%) fetch for every delivered consumer in one request, rewrite what changed, and restart/reload/notify once per change. Without --consumer, also serve the plan's delivery = "socket" consumers on its credential_socket (or the socket systemd hands over).
         #[arg(long, value_parser = humantime::parse_duration, value_name = "INTERVAL")]
         watch: Option<Duration>,
     },
@@ -521,7 +521,16 @@ async fn deliver_plan(
     let selected = plan.consumers(consumers)?;
     match watch {
         None => deliver::deliver_once(client, &plan, &selected).await?,
-        Some(interval) => deliver::watch(client, &plan, &selected, interval).await?,
+        Some(interval) => {
+            // Socket consumers are the watcher's alone (with --consumer:
+            // none, so a watcher of chosen consumers serves no socket).
+            let sockets = if consumers.is_empty() {
+                plan.socket_consumers()?
+            } else {
+                Vec::new()
+            };
+            deliver::watch(client, &plan, &selected, &sockets, interval).await?
+        }
     }
     Ok(())
 }

@@ -24,11 +24,14 @@ pub mod output;
 mod plan;
 mod prune;
 pub mod render;
+pub mod socket;
 pub mod template;
 mod watch;
 
 pub use once::{deliver_once, origin};
-pub use plan::{Consumer, ConsumerPlan, DeliverError, DeliveryPlan, TemplatePlan};
+pub use plan::{
+    Consumer, ConsumerPlan, DeliverError, Delivery, DeliveryPlan, SocketConsumer, TemplatePlan,
+};
 pub use prune::prune;
 pub use watch::{
     ConsumerStatus, Pending, WatchStatus, check_units, render_folder, repeat, watch, watch_folder,

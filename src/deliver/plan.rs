@@ -43,8 +43,25 @@ pub struct DeliveryPlan {
     /// this plan uses any more is removed at each delivery.
     #[serde(default)]
     pub prune_under: Option<PathBuf>,
+    /// Where the watcher serves `delivery = "socket"` consumers (systemd's
+    /// `LoadCredential=ID:<this path>`), when systemd does not hand it the
+    /// listening socket (socket activation).
+    #[serde(default)]
+    pub credential_socket: Option<PathBuf>,
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerPlan>,
+}
+
+/// How a consumer gets its secrets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Files in its folder (`dir`), written by a delivery.
+    #[default]
+    Files,
+    /// From the watcher's memory over the credential socket, when systemd
+    /// starts its unit: no file anywhere but the unit's own credentials.
+    Socket,
 }
 
 fn default_systemctl() -> PathBuf {
@@ -68,7 +85,14 @@ fn default_mode() -> String {
     reason = "its fields are the wire or settings keys, documented with their format (docs/protocol.md, the README)"
 )]
 pub struct ConsumerPlan {
-    pub dir: PathBuf,
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Its folder (files only).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The unit that asks the credential socket (socket only).
+    #[serde(default)]
+    pub unit: Option<String>,
     /// Empty: every secret the client may read.
     #[serde(default)]
     pub secrets: Vec<String>,
@@ -142,6 +166,12 @@ pub enum DeliverError {
         consumer: String,
         unit: String,
         state: String,
+    },
+    #[error("cannot listen on the credential socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot watch for SIGTERM: {0}")]
     Signal(#[source] std::io::Error),
@@ -217,6 +247,24 @@ pub struct Consumer {
     pub cache_max_age: Option<Duration>,
 }
 
+/// A consumer served over the credential socket.
+#[derive(Debug)]
+pub struct SocketConsumer {
+    /// Its name in the plan.
+    pub name: String,
+    /// The unit that asks for its credentials (`app.service`).
+    pub unit: String,
+    /// The secrets it reads, by name (never empty).
+    pub secrets: Vec<String>,
+    /// Templates by credential ID, rendered from its secrets when asked.
+    pub templates: Vec<(String, Template)>,
+    /// Units restarted after a change (systemd reads credentials only at
+    /// start).
+    pub restart_units: Vec<String>,
+    /// A program and its arguments run after a change.
+    pub on_change: Option<Vec<String>>,
+}
+
 impl DeliveryPlan {
     /// Reads and parses the plan file (it holds no secret).
     pub fn load(path: &Path) -> Result<Self, DeliverError> {
@@ -255,11 +303,88 @@ impl DeliveryPlan {
                 ));
             }
         }
+        if let Some(name) = only
+            .iter()
+            .find(|n| self.consumers[*n].delivery == Delivery::Socket)
+        {
+            return Err(DeliverError::Consumer {
+                consumer: name.clone(),
+                detail: "it is served over the credential socket (delivery = \"socket\"): the watcher hands its unit each value when systemd starts it, and there are no files to deliver".to_owned(),
+            });
+        }
         self.consumers
             .iter()
-            .filter(|(name, _)| only.is_empty() || only.contains(name))
+            .filter(|(name, c)| {
+                c.delivery == Delivery::Files && (only.is_empty() || only.contains(name))
+            })
             .map(|(name, c)| self.resolve(name, c))
             .collect()
+    }
+
+    /// The consumers served over the credential socket, resolved.
+    pub fn socket_consumers(&self) -> Result<Vec<SocketConsumer>, DeliverError> {
+        self.consumers
+            .iter()
+            .filter(|(_, c)| c.delivery == Delivery::Socket)
+            .map(|(name, c)| self.resolve_socket(name, c))
+            .collect()
+    }
+
+    fn resolve_socket(&self, name: &str, c: &ConsumerPlan) -> Result<SocketConsumer, DeliverError> {
+        let err = |detail: &str| DeliverError::Consumer {
+            consumer: name.to_owned(),
+            detail: detail.to_owned(),
+        };
+        if self.credential_socket.is_none() {
+            return Err(err(
+                "delivery = \"socket\", but the plan has no credential_socket: set the path the watcher listens on",
+            ));
+        }
+        let Some(unit) = &c.unit else {
+            return Err(err(
+                "delivery = \"socket\" needs unit: the unit whose LoadCredential= asks for the values",
+            ));
+        };
+        if c.secrets.is_empty() {
+            return Err(err(
+                "delivery = \"socket\" needs the secrets by name (LoadCredential= asks for each): list them",
+            ));
+        }
+        let files_only = [
+            ("dir", c.dir.is_some()),
+            ("env_file", c.env_file.is_some()),
+            ("owner", c.owner.is_some()),
+            ("group", c.group.is_some()),
+            ("reload_units", !c.reload_units.is_empty()),
+            ("cache_max_age", c.cache_max_age.is_some()),
+        ];
+        if let Some((key, _)) = files_only.iter().find(|(_, set)| *set) {
+            return Err(err(&format!(
+                "{key} is set, but a delivery = \"socket\" consumer has no files (and systemd reads credentials only when its unit starts): remove it"
+            )));
+        }
+        let mut templates = Vec::new();
+        for (file, t) in &c.templates {
+            if c.secrets
+                .iter()
+                .any(|s| super::socket::credential_id(s) == *file)
+            {
+                return Err(err(&format!(
+                    "template {file:?} has the credential ID of a secret: give it another name"
+                )));
+            }
+            let template = Template::parse(&format!("{name}/{file}"), &t.content)
+                .map_err(|e| err(&e.to_string()))?;
+            templates.push((file.clone(), template));
+        }
+        Ok(SocketConsumer {
+            name: name.to_owned(),
+            unit: unit.clone(),
+            secrets: c.secrets.clone(),
+            templates,
+            restart_units: c.restart_units.clone(),
+            on_change: c.on_change.clone(),
+        })
     }
 
     fn resolve(&self, name: &str, c: &ConsumerPlan) -> Result<Consumer, DeliverError> {
@@ -279,6 +404,16 @@ impl DeliveryPlan {
                 .transpose()
                 .map_err(|e| err(e.to_string()))
         };
+        let Some(dir) = &c.dir else {
+            return Err(err(
+                "dir is missing: a consumer with delivery = \"files\" needs the folder its files go to".to_owned(),
+            ));
+        };
+        if c.unit.is_some() {
+            return Err(err(
+                "unit is set, but only a delivery = \"socket\" consumer has one: remove it, or set delivery = \"socket\"".to_owned(),
+            ));
+        }
         let mode = parse_mode(name, &c.mode)?;
         let (owner, grp) = (user(&c.owner)?, group(&c.group)?);
         let mut templates = Vec::new();
@@ -312,7 +447,7 @@ impl DeliveryPlan {
             name: name.to_owned(),
             secrets: c.secrets.clone(),
             options: RenderOptions {
-                dir: c.dir.clone(),
+                dir: dir.clone(),
                 mode,
                 owner,
                 group: grp,

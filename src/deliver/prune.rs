@@ -26,7 +26,10 @@ pub fn prune(plan: &DeliveryPlan) -> Vec<PathBuf> {
         .consumers
         .values()
         .flat_map(|c| {
-            std::iter::once(c.dir.as_path()).chain(c.env_file.as_deref().and_then(Path::parent))
+            c.dir
+                .as_deref()
+                .into_iter()
+                .chain(c.env_file.as_deref().and_then(Path::parent))
         })
         .collect();
     let entries = match std::fs::read_dir(root) {

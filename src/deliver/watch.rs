@@ -7,39 +7,71 @@ use std::time::{Duration, SystemTime};
 
 use super::cache::BootCache;
 use super::once::{deliver_set, origin, part, union};
-use super::plan::{Consumer, DeliverError, DeliveryPlan};
+use super::plan::{Consumer, DeliverError, DeliveryPlan, SocketConsumer};
 use super::render::{self, RenderOptions, RenderReport};
+use super::socket::{self, Held};
 use crate::client::Client;
 
 /// Checks that every restart and reload target exists, before anything is
 /// delivered: a typo is reported at start, not at the first change.
 pub async fn check_units(plan: &DeliveryPlan, consumers: &[Consumer]) -> Result<(), DeliverError> {
-    for c in consumers {
-        for unit in c.restart_units.iter().chain(&c.reload_units) {
-            let out = tokio::process::Command::new(&plan.systemctl)
-                .args(["show", "--property=LoadState", "--value", "--", unit])
-                .stdin(std::process::Stdio::null())
-                .output()
-                .await;
-            let state = match out {
-                Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                Err(e) => format!("cannot run {}: {e}", plan.systemctl.display()),
-            };
+    let targets = consumers.iter().map(|c| {
+        (
+            &c.name,
+            c.restart_units.iter().chain(&c.reload_units).collect(),
+        )
+    });
+    check_targets(plan, targets).await
+}
+
+/// [`check_units`] for socket consumers, whose targets are restarts only.
+async fn check_socket_units(
+    plan: &DeliveryPlan,
+    sockets: &[SocketConsumer],
+) -> Result<(), DeliverError> {
+    let targets = sockets
+        .iter()
+        .map(|s| (&s.name, s.restart_units.iter().collect()));
+    check_targets(plan, targets).await
+}
+
+async fn check_targets(
+    plan: &DeliveryPlan,
+    targets: impl Iterator<Item = (&String, Vec<&String>)>,
+) -> Result<(), DeliverError> {
+    for (consumer, units) in targets {
+        for unit in units {
+            let state = unit_load_state(plan, unit).await;
             if state != "loaded" {
                 return Err(DeliverError::NoSuchUnit {
-                    consumer: c.name.clone(),
+                    consumer: consumer.clone(),
                     unit: unit.clone(),
-                    state: if state.is_empty() {
-                        "no answer".into()
-                    } else {
-                        state
-                    },
+                    state,
                 });
             }
         }
     }
     Ok(())
+}
+
+/// systemd's LoadState of `unit` ("loaded", "not-found", …), or why it
+/// could not be asked.
+async fn unit_load_state(plan: &DeliveryPlan, unit: &str) -> String {
+    let out = tokio::process::Command::new(&plan.systemctl)
+        .args(["show", "--property=LoadState", "--value", "--", unit])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    let state = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+        Err(e) => format!("cannot run {}: {e}", plan.systemctl.display()),
+    };
+    if state.is_empty() {
+        "no answer".into()
+    } else {
+        state
+    }
 }
 
 /// What the watcher knows, written to the plan's status file after every
@@ -126,17 +158,43 @@ pub async fn repeat(
 }
 
 /// The watcher of a delivery plan: every `interval` (±10% jitter) one
-/// request for every delivered consumer, then one restart/reload/command
-/// per change. Tells systemd it is ready after the first round. Returns on
-/// SIGTERM or SIGINT.
+/// request for every delivered consumer and every socket consumer, then
+/// one restart/reload/command per change. Serves the socket consumers'
+/// credentials from memory meanwhile (`socket`). Tells systemd it is ready
+/// after the first round. Returns on SIGTERM or SIGINT.
 pub async fn watch(
     client: &Client,
     plan: &DeliveryPlan,
     consumers: &[Consumer],
+    sockets: &[SocketConsumer],
     interval: Duration,
 ) -> Result<(), DeliverError> {
     check_units(plan, consumers).await?;
+    check_socket_units(plan, sockets).await?;
+    let listener = match (&plan.credential_socket, sockets.is_empty()) {
+        (Some(path), false) => Some(socket::listen(path)?),
+        _ => None,
+    };
     super::prune(plan);
+    let held = Held::default();
+    let rounds = watch_rounds(client, plan, consumers, sockets, &held, interval);
+    match listener {
+        None => rounds.await,
+        Some(listener) => tokio::select! {
+            done = rounds => done,
+            () = socket::serve(listener, sockets, &held, client) => Ok(()),
+        },
+    }
+}
+
+async fn watch_rounds(
+    client: &Client,
+    plan: &DeliveryPlan,
+    consumers: &[Consumer],
+    sockets: &[SocketConsumer],
+    held: &Held,
+    interval: Duration,
+) -> Result<(), DeliverError> {
     let cache = plan.cache();
     let mut status = WatchStatus::default();
     // When each consumer's cached copy was last rewritten: a copy is
@@ -149,6 +207,7 @@ pub async fn watch(
             client,
             plan,
             consumers,
+            (sockets, held),
             cache.as_ref(),
             &mut status,
             &mut cache_written,
@@ -224,6 +283,7 @@ async fn round(
     client: &Client,
     plan: &DeliveryPlan,
     consumers: &[Consumer],
+    (sockets, held): (&[SocketConsumer], &Held),
     cache: Option<&BootCache>,
     status: &mut WatchStatus,
     cache_written: &mut BTreeMap<String, SystemTime>,
@@ -241,11 +301,31 @@ async fn round(
             .filter(|_| delivered.iter().any(|d| d.name == c.name))
             .unwrap_or_else(|| "not delivered".into());
     }
-    if delivered.is_empty() {
+    for s in sockets {
+        status.consumers.entry(s.name.clone()).or_default().origin = "credential socket".into();
+    }
+    if delivered.is_empty() && sockets.is_empty() {
         status.last_error = None;
         return;
     }
-    let all = match client.fetch(&union(&delivered)).await {
+    let names = if delivered.is_empty() {
+        BTreeSet::new()
+    } else {
+        union(&delivered).into_iter().collect::<BTreeSet<String>>()
+    };
+    // An empty union of file consumers asks for every granted secret,
+    // which covers the socket consumers too.
+    let names: Vec<String> = if !delivered.is_empty() && names.is_empty() {
+        Vec::new()
+    } else {
+        names
+            .into_iter()
+            .chain(sockets.iter().flat_map(|s| s.secrets.iter().cloned()))
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect()
+    };
+    let all = match client.fetch(&names).await {
         Ok(all) => all,
         Err(e) => {
             tracing::warn!(
@@ -298,6 +378,36 @@ async fn round(
         pending.restart.extend(c.restart_units.iter().cloned());
         pending.reload.extend(c.reload_units.iter().cloned());
         if let Some(cmd) = &c.on_change
+            && !pending.commands.contains(cmd)
+        {
+            pending.commands.push(cmd.clone());
+        }
+    }
+    for s in sockets {
+        let set = match all.select(&s.secrets) {
+            Ok(set) => set,
+            Err(name) => {
+                let e = DeliverError::Missing {
+                    consumer: s.name.clone(),
+                    name,
+                };
+                tracing::error!(
+                    "{e}; its unit keeps what it read, and the socket keeps the values it held"
+                );
+                failed = Some(e.to_string());
+                continue;
+            }
+        };
+        if !held.replace(&s.name, set) {
+            continue;
+        }
+        tracing::info!("consumer {} (credential socket): changed", s.name);
+        let entry = status.consumers.entry(s.name.clone()).or_default();
+        entry.changes += 1;
+        entry.last_change = Some(crate::clock::timestamp(now));
+        let pending = &mut status.pending;
+        pending.restart.extend(s.restart_units.iter().cloned());
+        if let Some(cmd) = &s.on_change
             && !pending.commands.contains(cmd)
         {
             pending.commands.push(cmd.clone());

@@ -17,7 +17,7 @@ fn clients() -> Vec<Registered> {
     vec![Registered::new("app", 41, &["127.0.0.1"], &["APP_*"])]
 }
 
-fn key_file(dir: &Path) -> String {
+pub(crate) fn key_file(dir: &Path) -> String {
     let path = dir.join("app.key");
     if !path.exists() {
         locket::keys::ClientKey::from_seed(&[41; 32])
@@ -28,7 +28,7 @@ fn key_file(dir: &Path) -> String {
 }
 
 /// `locket-client` as `app` against `server`, with a short timeout.
-fn app_args(server: &str, key: &str) -> Vec<String> {
+pub(crate) fn app_args(server: &str, key: &str) -> Vec<String> {
     [
         "--server",
         server,
@@ -57,7 +57,7 @@ fn deliver(args: &[String], plan: &Path, more: &[&str], cwd: &Path) -> (i32, Str
     run(args, &all, cwd)
 }
 
-fn wait_for(what: &str, check: &dyn Fn() -> bool) {
+pub(crate) fn wait_for(what: &str, check: &dyn Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -65,7 +65,7 @@ fn wait_for(what: &str, check: &dyn Fn() -> bool) {
     }
 }
 
-fn read(path: &Path) -> Option<String> {
+pub(crate) fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
@@ -197,7 +197,7 @@ fn render_template_fills_placeholders_and_a_bad_one_writes_nothing() {
 /// A stand-in for `systemctl` that logs its arguments and knows every unit
 /// but `missing.service` (the module's watcher runs the real one; the
 /// guest-machine test runs it under a real systemd).
-fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
     let log = dir.join("systemctl.log");
     let path = dir.join("systemctl");
     std::fs::write(
@@ -284,33 +284,33 @@ fn deliver_each(args: &[String], plan: &Path, d: &Path) {
 }
 
 /// Ends the watcher with SIGTERM (a clean exit) and the server.
-fn stop(mut watcher: std::process::Child, server: ServerProcess) {
+pub(crate) fn stop(mut watcher: std::process::Child, server: ServerProcess) {
     crate::support::signal(watcher.id(), nix::sys::signal::Signal::SIGTERM);
     assert!(watcher.wait().unwrap().success());
     server.stop();
 }
 
-fn status(dir: &Path) -> serde_json::Value {
+pub(crate) fn status(dir: &Path) -> serde_json::Value {
     read(&dir.join("status.json"))
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(serde_json::Value::Null)
 }
 
-fn rounds(dir: &Path) -> u64 {
+pub(crate) fn rounds(dir: &Path) -> u64 {
     status(dir)["rounds"].as_u64().unwrap_or(0)
 }
 
 /// A running server with the test's secrets, `app`'s client arguments for
 /// it, and the stand-in `systemctl`, all in one temporary folder.
-struct Setup {
-    dir: tempfile::TempDir,
-    server: ServerProcess,
-    args: Vec<String>,
-    systemctl: PathBuf,
-    systemctl_log: PathBuf,
+pub(crate) struct Setup {
+    pub dir: tempfile::TempDir,
+    pub server: ServerProcess,
+    pub args: Vec<String>,
+    pub systemctl: PathBuf,
+    pub systemctl_log: PathBuf,
 }
 
-fn setup() -> Setup {
+pub(crate) fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let config = write_server_files(d, SECRETS, &clients(), "");

@@ -7,6 +7,7 @@ mod cli;
 mod clock_jump;
 mod cmd;
 mod config_docs;
+mod credential_socket;
 mod deliver_plan;
 mod delivery;
 mod formats;

@@ -134,7 +134,11 @@ starts_is() { [ "$(starts)" = "$1" ]; } # polled: evaluated on every try
 starts_after_rounds() { more_rounds "$1" && [ "$(starts)" = "$2" ]; }
 origin_of() { grep -A1 "\"$1\": {" /run/locket-watch/status.json | grep -q "\"origin\": \"$2"; }
 starts0=$(starts)
+# The credential socket first, as sockets.target orders it at boot: the
+# watcher then serves the socket systemd holds (socket activation).
+check "locket-watch.socket listens on /run/locket/credentials.sock, root's alone (0600)" sh -c "systemctl start locket-watch.socket && [ \"\$(stat -c '%a %U %F' /run/locket/credentials.sock)\" = '600 root socket' ]"
 check "locket-watch.service (Type=notify, one per host) reaches active" systemctl start locket-watch.service
+check "  it serves the credential socket systemd handed over" logged locket-watch.service 'credential socket: serving the socket systemd handed over'
 check "  it is Type=notify and reports its last success in STATUS=" sh -c "[ \"\$(systemctl show -P Type locket-watch.service)\" = notify ] && systemctl show -P StatusText locket-watch.service | grep -q '^last success 20'"
 check "  and in /run/locket-watch/status.json" grep -q '"last_success": "20' /run/locket-watch/status.json
 check "  three rounds with nothing changed restart nothing" starts_after_rounds 3 "$starts0"
@@ -158,6 +162,57 @@ check "  and never the value" sh -c "! journalctl -u locket-watch.service -o cat
 check "  cred-consumer, whose value did not change, was not restarted" test "$(show cred-consumer.service ActiveEnterTimestampMonotonic)" = "$cred_started"
 check "the boot cache holds demo-consumer's copy: 0600 root in a 0700 folder" test "$(stat -c '%a %U' /var/lib/locket-client/cache /var/lib/locket-client/cache/demo-consumer.cred | tr '\n' ' ')" = "700 root 600 root "
 check "  encrypted: no value in the clear" sh -c "! grep -rqa vm-db-password /var/lib/locket-client/cache"
+
+# Socket delivery (#29): LoadCredential= answered from the watcher's memory.
+sha() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
+sock_starts() { wc -l </var/lib/private/sock-consumer/starts 2>/dev/null || echo 0; }
+sock_starts_is() { [ "$(sock_starts)" = "$1" ]; }
+v=$(systemctl --version | head -1 | grep -o '([0-9.]*' | tr -d '(')
+check "systemd $v is past 252.3, whose socket credentials hit an assertion (systemd #25719, fixed in 252.4)" sh -c "[ \"\$(printf '%s\n' 252.4 '$v' | sort -V | head -1)\" = 252.4 ]"
+check "sock-consumer (DynamicUser, delivery = socket) starts: its secrets and template come from the watcher's memory" systemctl start sock-consumer.service
+check "  its unit asks the socket for each ID (LoadCredential=SOCKET_ONLY:/run/locket/credentials.sock, …)" sh -c "[ \"\$(systemctl cat sock-consumer.service | grep -c '^LoadCredential=.*:/run/locket/credentials.sock$')\" = 3 ]"
+check "  it read the server's value (its script checks each credential; it keeps only a SHA-256)" test "$(tail -1 /var/lib/private/sock-consumer/starts)" = "$(sha vm-socket-only-1)"
+check "  the watcher's journal names what it handed over, by unit and ID" logged locket-watch.service 'handed sock-consumer.service its credential SOCKET_ONLY'
+check "  its credentials directory is a ramfs (never swapped)" test "$(findmnt -no FSTYPE /run/credentials/sock-consumer.service)" = ramfs
+# (Also the server's own source runs on this host: its credential copy of
+# secrets.env holds every value, by design of the test, not of delivery.)
+check "  the scan below finds it there (and so would find it elsewhere)" sh -c "grep -rlaF -D skip vm-socket-only-1 /run | grep -qx /run/credentials/sock-consumer.service/SOCKET_ONLY"
+check "  the value is in no file of /run or /var but that directory (journal included)" sh -c "! grep -rlaF -D skip vm-socket-only-1 /run /var | grep -Ev '^/run/credentials/(sock-consumer|locket)[.]service/'"
+check "  nothing under /run/locket for it, and no fetch unit" sh -c "! test -e /run/locket/sock-consumer && ! systemctl cat locket-fetch-sock-consumer.service"
+check "a unit not in the plan gets nothing: systemd 252 starts it on an empty credential" systemd-run --unit=rogue --wait --quiet -p LoadCredential=SOCKET_ONLY:/run/locket/credentials.sock sh -c 'test -e "$CREDENTIALS_DIRECTORY/SOCKET_ONLY" && test ! -s "$CREDENTIALS_DIRECTORY/SOCKET_ONLY"'
+check "  the watcher's journal says so" logged locket-watch.service 'unit rogue.service asked for credential SOCKET_ONLY, but no consumer of the delivery plan has that unit'
+mkdir -p /etc/systemd/system/sock-consumer.service.d
+printf '[Service]\nLoadCredential=DB_PASSWORD:/run/locket/credentials.sock\n' >/etc/systemd/system/sock-consumer.service.d/extra.conf
+systemctl daemon-reload
+s0=$(sock_starts)
+check "the plan's unit asking for an ID it was not granted gets it empty (and its granted ones)" sh -c "systemctl restart sock-consumer.service && test -e /run/credentials/sock-consumer.service/DB_PASSWORD && test ! -s /run/credentials/sock-consumer.service/DB_PASSWORD"
+check "  the watcher's journal says so" logged locket-watch.service 'unit sock-consumer.service \(consumer sock-consumer\) asked for credential DB_PASSWORD, which the plan does not grant it'
+rm -r /etc/systemd/system/sock-consumer.service.d
+systemctl daemon-reload
+systemctl restart sock-consumer.service
+check "a client connecting straight to the socket, not through systemd, gets nothing" sh -c "! busctl --address=unix:path=/run/locket/credentials.sock status"
+check "  the watcher's journal says so" logged locket-watch.service 'the peer is not systemd loading a credential'
+check "  and any other user cannot even connect (0600)" sh -c "runuser -u nobody -- busctl --address=unix:path=/run/locket/credentials.sock status 2>&1 | grep -q 'Permission denied'"
+s0=$(sock_starts)
+sed -i 's/^SOCKET_ONLY=.*/SOCKET_ONLY=vm-socket-only-2/' /etc/locket-test/secrets.env
+systemctl restart locket.service
+check "a change on the server restarts sock-consumer (restartUnits)" wait_for 180 sock_starts_is $((s0 + 1))
+check "  with the new value" test "$(tail -1 /var/lib/private/sock-consumer/starts)" = "$(sha vm-socket-only-2)"
+sock_starts_after_rounds() { more_rounds "$1" && sock_starts_is "$2"; }
+check "  exactly once: three more rounds start it no more" sock_starts_after_rounds 3 $((s0 + 1))
+check "  the watcher's journal names the change, never the value" sh -c "journalctl -u locket-watch.service -o cat | grep -q 'consumer sock-consumer (credential socket): changed' && ! journalctl -o cat | grep -q vm-socket-only"
+# No server and nothing held (the watcher restarted during an outage): the
+# unit does not start on an empty secret; its journal names the credential.
+systemctl stop locket.service
+systemctl restart locket-watch.service
+check "with no server and nothing held, sock-consumer does not start on an empty credential" sh -c '! systemctl restart sock-consumer.service'
+check "  its journal names the credential and where to look" logged sock-consumer.service 'locket: credential API_TOKEN is empty: locket-watch did not hand it over.*journalctl -u locket-watch'
+check "  the watcher's journal says why" logged locket-watch.service 'asked for credential API_TOKEN, but no value is held and the fetch failed'
+systemctl start locket.service
+watcher_ok() { grep -q '"last_error": null' /run/locket-watch/status.json; }
+check "  the watcher's next round fetches again" wait_for 120 watcher_ok
+check "  once the server is back it starts, with the value" sh -c "systemctl start sock-consumer.service && [ \"\$(tail -1 /var/lib/private/sock-consumer/starts)\" = '$(sha vm-socket-only-2)' ]"
+pid=$(show locket.service MainPID)
 
 # Refusals: a wrong key from the client's address; the right key from the intruder's.
 in_ns client locket-client --config /etc/locket/client.toml --key /var/lib/locket-client/other.key get API_TOKEN >/dev/null 2>/tmp/cli.err
@@ -328,13 +383,13 @@ systemctl start locket.service
 check "  the server back, the watcher delivers the new plan (the changed template)" wait_for 180 grep -Fxq 'plan = changed' /run/locket/demo-consumer/app.ini
 # An upgrade from a version without the ramfs: files in /run/locket are
 # never hidden under a new mount.
-systemctl stop locket-watch.service demo-consumer.service cred-consumer.service
+systemctl stop locket-watch.socket locket-watch.service sock-consumer.service demo-consumer.service cred-consumer.service
 umount /run/locket
 mkdir -p /run/locket/old && echo kept >/run/locket/old/file
 check "upgrade: with files already in /run/locket, run-locket.mount does not mount over them" sh -c "systemctl start run-locket.mount; [ \"\$(findmnt -no FSTYPE /run/locket)\" != ramfs ] && grep -qx kept /run/locket/old/file"
 
 if [ "$failed" != 0 ]; then
-  for u in locket.service locket-fetch-demo-consumer.service locket-fetch-group-consumer.service demo-consumer.service group-consumer.service locket-fetch-cred-consumer.service cred-consumer.service locket-watch.service locket-fault-source.service locket-fault-a.service locket-fault-b.service; do
+  for u in locket.service locket-watch.socket sock-consumer.service locket-fetch-demo-consumer.service locket-fetch-group-consumer.service demo-consumer.service group-consumer.service locket-fetch-cred-consumer.service cred-consumer.service locket-watch.service locket-fault-source.service locket-fault-a.service locket-fault-b.service; do
     echo "--- journal of $u"
     journalctl -u "$u" -o cat --no-pager | tail -25
   done

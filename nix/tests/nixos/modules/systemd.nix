@@ -11,7 +11,9 @@
 #   nixos/modules/system/boot/systemd/tmpfiles.nix  systemd.tmpfiles.rules
 # Mounts: what, where, type, options into [Mount] (mountOptions and
 # mountToUnit), named by the escaped path, as NixOS does.
-# Left out: sockets, timers (and startAt), targets, paths, automounts, preStop,
+# Sockets: listenStreams, listenDatagrams and socketConfig into [Socket]
+# (socketOptions and socketToUnit).
+# Left out: timers (and startAt), targets, paths, automounts, preStop,
 # postStop, shellcheck'ed scripts, aliases and [Install] beyond WantedBy=.
 { config, lib, pkgs, utils, ... }:
 let
@@ -198,7 +200,9 @@ let
     + section svc.serviceConfig
     + optionalString (svc.wantedBy != [ ]) "\n[Install]\nWantedBy=${concatStringsSep " " svc.wantedBy}\n";
 
-  mountModule =
+  # What mounts and sockets share (NixOS's commonUnitOptions, in part):
+  # the dependency lists, enable, description and [Unit], which they fill.
+  commonUnitModule =
     { config, ... }:
     {
       options =
@@ -207,18 +211,26 @@ let
           enable = option types.bool true;
           description = option types.singleLineStr "";
           unitConfig = option (types.attrsOf unitOption) { };
-          mountConfig = option (types.attrsOf unitOption) { };
-          what = mkOption { type = types.str; };
-          where = mkOption { type = types.str; };
-          type = option types.str "";
-          options = option types.commas "";
         };
+      config.unitConfig =
+        lib.concatMapAttrs (
+          opt: key: optionalAttrs (config.${opt} != [ ]) { ${key} = toString config.${opt}; }
+        ) dependencyKeys
+        // optionalAttrs (config.description != "") { Description = config.description; };
+    };
+
+  mountModule =
+    { config, ... }:
+    {
+      imports = [ commonUnitModule ];
+      options = {
+        mountConfig = option (types.attrsOf unitOption) { };
+        what = mkOption { type = types.str; };
+        where = mkOption { type = types.str; };
+        type = option types.str "";
+        options = option types.commas "";
+      };
       config = {
-        unitConfig =
-          lib.concatMapAttrs (
-            opt: key: optionalAttrs (config.${opt} != [ ]) { ${key} = toString config.${opt}; }
-          ) dependencyKeys
-          // optionalAttrs (config.description != "") { Description = config.description; };
         mountConfig = {
           What = config.what;
           Where = config.where;
@@ -236,6 +248,25 @@ let
     + section m.mountConfig
     + optionalString (m.wantedBy != [ ]) "\n[Install]\nWantedBy=${concatStringsSep " " m.wantedBy}\n";
 
+  socketModule = {
+    imports = [ commonUnitModule ];
+    options = {
+      listenStreams = option (types.listOf types.str) [ ];
+      listenDatagrams = option (types.listOf types.str) [ ];
+      socketConfig = option (types.attrsOf unitOption) { };
+    };
+  };
+
+  socketText =
+    s:
+    "[Unit]\n"
+    + section s.unitConfig
+    + "\n[Socket]\n"
+    + section s.socketConfig
+    + lib.concatMapStrings (l: "ListenStream=${l}\n") s.listenStreams
+    + lib.concatMapStrings (l: "ListenDatagram=${l}\n") s.listenDatagrams
+    + optionalString (s.wantedBy != [ ]) "\n[Install]\nWantedBy=${concatStringsSep " " s.wantedBy}\n";
+
   perService = f: lib.concatLists (lib.mapAttrsToList f config.systemd.services);
 in
 {
@@ -245,6 +276,7 @@ in
     package = lib.mkPackageOption pkgs "systemd" { };
     services = option (types.attrsOf (types.submodule serviceModule)) { };
     mounts = option (types.listOf (types.submodule mountModule)) [ ];
+    sockets = option (types.attrsOf (types.submodule socketModule)) { };
     # The unit files by file name; NixOS links a disabled one to /dev/null.
     units = option (types.attrsOf (
       types.submodule {
@@ -263,7 +295,10 @@ in
       map (
         m: lib.nameValuePair "${utils.escapeSystemdPath m.where}.mount" { inherit (m) enable; text = mountText m; }
       ) config.systemd.mounts
-    );
+    )
+    // lib.mapAttrs' (
+      name: s: lib.nameValuePair "${name}.socket" { inherit (s) enable; text = socketText s; }
+    ) config.systemd.sockets;
 
     # In NixOS's order: the Type/Restart warnings, then network-online.
     warnings =
