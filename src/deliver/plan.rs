@@ -247,6 +247,12 @@ pub struct Consumer {
     pub cache_max_age: Option<Duration>,
 }
 
+/// The credential ID systemd uses for `secret`: its delivered file name
+/// (`/` becomes `_`), as `LoadCredential=` IDs cannot hold a `/`.
+pub(crate) fn credential_id(secret: &str) -> String {
+    secret.replace('/', "_")
+}
+
 /// A consumer served over the credential socket.
 #[derive(Debug)]
 pub struct SocketConsumer {
@@ -365,10 +371,7 @@ impl DeliveryPlan {
         }
         let mut templates = Vec::new();
         for (file, t) in &c.templates {
-            if c.secrets
-                .iter()
-                .any(|s| super::socket::credential_id(s) == *file)
-            {
+            if c.secrets.iter().any(|s| credential_id(s) == *file) {
                 return Err(err(&format!(
                     "template {file:?} has the credential ID of a secret: give it another name"
                 )));

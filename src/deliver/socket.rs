@@ -28,15 +28,9 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{UnixListener, UnixStream};
 use zeroize::Zeroizing;
 
-use super::plan::{DeliverError, SocketConsumer};
+use super::plan::{DeliverError, SocketConsumer, credential_id};
 use crate::client::Client;
 use crate::secret_set::SecretSet;
-
-/// The credential ID systemd uses for `secret`: its delivered file name
-/// (`/` becomes `_`), as `LoadCredential=` IDs cannot hold a `/`.
-pub(crate) fn credential_id(secret: &str) -> String {
-    secret.replace('/', "_")
-}
 
 /// The values the watcher holds for its socket consumers, by consumer:
 /// each consumer's part of the last answer, in the client's locked,

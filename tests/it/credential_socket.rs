@@ -13,7 +13,7 @@ use nix::sys::socket::{
     AddressFamily, Shutdown, SockFlag, SockType, UnixAddr, bind, connect, shutdown, socket,
 };
 
-use crate::deliver_plan::{Setup, read, rounds, setup, stop, wait_for};
+use crate::deliver_plan::{Setup, read, rounds, setup, wait_for};
 use crate::support::client_command;
 
 /// What a peer bound to `name` (an abstract address, without its NUL; or
@@ -75,20 +75,44 @@ secrets = ["APP_USER"]
     path
 }
 
-fn watcher(args: &[String], plan: &Path, d: &Path) -> std::process::Child {
-    client_command()
-        .args(args)
-        .args([
-            "deliver",
-            "--plan",
-            plan.to_str().unwrap(),
-            "--watch",
-            "100ms",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(d.join("watcher.log")).unwrap())
-        .spawn()
-        .unwrap()
+/// The watcher process; killed if a test ends before stopping it (a
+/// failed assertion must not leave it running).
+struct Watcher(Option<std::process::Child>);
+
+impl Watcher {
+    /// SIGTERM, and its exit: a clean one.
+    fn stop(mut self) {
+        let mut child = self.0.take().unwrap();
+        crate::support::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn watcher(args: &[String], plan: &Path, d: &Path) -> Watcher {
+    Watcher(Some(
+        client_command()
+            .args(args)
+            .args([
+                "deliver",
+                "--plan",
+                plan.to_str().unwrap(),
+                "--watch",
+                "100ms",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("watcher.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    ))
 }
 
 #[test]
@@ -186,7 +210,8 @@ fn the_socket_answers_each_planned_unit_its_own_ids_and_restarts_it_once_per_cha
     for value in ["alice", "bob", "p@ss"] {
         assert!(!log().contains(value), "a value in the log: {}", log());
     }
-    stop(w, server);
+    w.stop();
+    server.stop();
 }
 
 #[test]
@@ -219,9 +244,7 @@ fn with_no_value_held_and_no_server_the_socket_writes_nothing_and_says_why() {
             && log.contains("tried again 3s after it"),
         "{log}"
     );
-    let mut w = w;
-    crate::support::signal(w.id(), nix::sys::signal::Signal::SIGTERM);
-    assert!(w.wait().unwrap().success());
+    w.stop();
 }
 
 #[test]
@@ -287,7 +310,7 @@ fn a_unit_whose_values_are_still_being_fetched_holds_up_no_other() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut w = watcher(&args, &plan, d);
+    let w = watcher(&args, &plan, d);
     wait_for("the credential socket", &|| sock.exists());
     let waiting = {
         let sock = sock.clone();
@@ -301,8 +324,7 @@ fn a_unit_whose_values_are_still_being_fetched_holds_up_no_other() {
         !waiting.is_finished(),
         "the first unit was answered before its fetch could end"
     );
-    crate::support::signal(w.id(), nix::sys::signal::Signal::SIGTERM);
-    assert!(w.wait().unwrap().success());
+    w.stop();
     assert_eq!(
         waiting.join().unwrap(),
         "",
