@@ -108,9 +108,18 @@ impl Held {
     /// different set (a change its unit has not seen); a first set is not
     /// a change.
     pub(crate) fn replace(&self, consumer: &str, set: SecretSet) -> bool {
-        match self.lock().insert(consumer.to_owned(), set.clone()) {
-            Some(old) => old != set,
-            None => false,
+        // Compared in place: no further copy of the values is made.
+        let mut sets = self.lock();
+        match sets.get_mut(consumer) {
+            Some(old) if *old == set => false,
+            Some(old) => {
+                *old = set;
+                true
+            }
+            None => {
+                sets.insert(consumer.to_owned(), set);
+                false
+            }
         }
     }
 
