@@ -56,6 +56,17 @@
           services.locket.package = lib.mkDefault own;
         };
 
+      # Delivery to a user's own services (systemd --user), for
+      # home-manager (standalone, or home-manager.users.<name> on NixOS):
+      # `imports = [ locket.homeManagerModules.default ];` and
+      # `services.locket-client`. Built by the user's pkgs, as above.
+      homeManagerModules.default =
+        { lib, pkgs, ... }:
+        {
+          imports = [ ./nix/home-manager.nix ];
+          services.locket-client.package = lib.mkDefault (pkgs.callPackage ./nix/package.nix { });
+        };
+
       # Pure functions behind the module (registry and config generation).
       # `lib` is one of the outputs `nix flake check` knows (Nix >= 2.13,
       # NixOS/nix#7606) and checks no further, so it prints no warning.
@@ -79,6 +90,12 @@
           module-eval =
             assert lib.assertMsg (moduleEval.failed == [ ]) "module evaluation checks failed: ${builtins.toJSON moduleEval.failed}";
             pkgs.runCommand "locket-module-eval" { } "echo '${toString moduleEval.passed} passed, 0 failed' > $out";
+          home-eval =
+            let
+              homeEval = import ./nix/tests/home-eval.nix { inherit (nixpkgs) lib; };
+            in
+            assert lib.assertMsg (homeEval.failed == [ ]) "home-manager module checks failed: ${builtins.toJSON homeEval.failed}";
+            pkgs.runCommand "locket-home-eval" { } "echo '${toString homeEval.passed} passed, 0 failed' > $out";
           vm-handshake = pkgs.testers.runNixOSTest (import ./nix/tests/vm.nix { inherit self; });
         }
       );

@@ -379,38 +379,41 @@ rec {
       knownServersFile ? null,
       services ? { },
       watch ? { },
+      # The option path the messages name (home-manager: services.locket-client).
+      prefix ? "services.locket.client",
+      runDir ? "/run/locket",
       ...
     }:
-    map (c: "services.locket.client.services.${c}: delivery = \"socket\" is served by locket-watch, but services.locket.client.watch.enable is false: enable the watcher, or use delivery = \"files\"") (
+    map (c: "${prefix}.services.${c}: delivery = \"socket\" is served by locket-watch, but ${prefix}.watch.enable is false: enable the watcher, or use delivery = \"files\"") (
       filter (c: isSocket services.${c} && !(watch.enable or true)) (attrNames services)
     )
     ++ (
       if serverFingerprint == null && serverFingerprints == [ ] && knownServersFile == null then
-        [ "services.locket.client: the server's key is not pinned, and the client refuses an unpinned server: set serverFingerprint to the output of `locket fingerprint` on the server (or knownServersFile to a file of `<URL> <fingerprint>` lines)" ]
+        [ "${prefix}: the server's key is not pinned, and the client refuses an unpinned server: set serverFingerprint to the output of `locket fingerprint` on the server (or knownServersFile to a file of `<URL> <fingerprint>` lines)" ]
       else
         [ ]
     )
-    ++ (if validClientName name then [ ] else [ "services.locket.client.name must be 1-64 characters of A-Za-z0-9._-" ])
-    ++ (if isStorePath keyFile then [ "services.locket.client.keyFile is in the Nix store, which every user can read" ] else [ ])
+    ++ (if validClientName name then [ ] else [ "${prefix}.name must be 1-64 characters of A-Za-z0-9._-" ])
+    ++ (if isStorePath keyFile then [ "${prefix}.keyFile is in the Nix store, which every user can read" ] else [ ])
     ++ (
       if serverFingerprint == null || match "sha256:[0-9a-f]{64}" serverFingerprint != null then
         [ ]
       else
-        [ "services.locket.client.serverFingerprint must be sha256:<64 lowercase hex digits> (from `locket fingerprint`)" ]
+        [ "${prefix}.serverFingerprint must be sha256:<64 lowercase hex digits> (from `locket fingerprint`)" ]
     )
-    ++ map (fp: "services.locket.client.serverFingerprints: ${fp} must be sha256:<64 lowercase hex digits> (from `locket fingerprint`)") (
+    ++ map (fp: "${prefix}.serverFingerprints: ${fp} must be sha256:<64 lowercase hex digits> (from `locket fingerprint`)") (
       filter (fp: match "sha256:[0-9a-f]{64}" fp == null) serverFingerprints
     )
     ++ concatLists (
       map (
         svc:
         if match "[A-Za-z0-9._@-]+" svc == null then
-          [ "services.locket.client.services.${svc}: not a usable unit name" ]
+          [ "${prefix}.services.${svc}: not a usable unit name" ]
         else
           [ ]
       ) (attrNames services)
     )
-    ++ concatLists (map (svc: consumerErrors svc services.${svc}) (attrNames services));
+    ++ concatLists (map (svc: consumerErrorsIn { inherit prefix runDir; } svc services.${svc}) (attrNames services));
 
   # The oneshot that fetches a consumer's secrets, and the folder it fills.
   fetchUnitName = consumer: "locket-fetch-${consumer}";
@@ -510,7 +513,11 @@ rec {
   # The files of a consumer: secret name -> path, template file -> path.
   # A consumer that asks for every secret (secrets = [ ]) lists only its
   # templates: which secrets it gets is known to the server alone.
-  consumerPaths =
+  consumerPaths = consumerPathsIn { inherit runDir credentialsDir; };
+  # As consumerPaths, for a manager whose folders are `runDir` and
+  # `credentialsDir <unit>` (a user manager's: userRunDir, userCredentialsDir).
+  consumerPathsIn =
+    { runDir, credentialsDir }:
     consumer: svc:
     if isSocket svc then
       mapAttrs (_: id: "${credentialsDir (svc.unit or "${consumer}.service")}/${id}") (credentialIds svc)
@@ -518,10 +525,10 @@ rec {
     listToAttrs (
       map (s: {
         name = s;
-        value = "${secretsDir consumer}/${secretFileName s}";
+        value = "${runDir}/${consumer}/${secretFileName s}";
       }) svc.secrets
     )
-    // mapAttrs (f: _: "${secretsDir consumer}/${f}") (svc.templates or { });
+    // mapAttrs (f: _: "${runDir}/${consumer}/${f}") (svc.templates or { });
 
   # LoadCredential= entries of a consumer with `credentials = true`: one per
   # secret and per template, named like its file. systemd expands
@@ -543,12 +550,40 @@ rec {
 
   # LoadCredential= entries of a `delivery = "socket"` consumer: each
   # secret and template asked of the watcher's credential socket.
-  socketCredentials =
-    svc:
+  socketCredentials = socketCredentialsAt credentialSocket;
+  # As socketCredentials, for the socket at `socket` (a user manager's is
+  # userCredentialSocket, whose `%t` systemd expands).
+  socketCredentialsAt =
+    socket: svc:
     let
       escape = replaceStrings [ "%" ] [ "%%" ];
     in
-    map (id: "${escape id}:${credentialSocket}") (attrValues (credentialIds svc));
+    map (id: "${escape id}:${socket}") (attrValues (credentialIds svc));
+
+  # The ExecStartPre/preStart check of a socket consumer: systemd turns a
+  # refused credential ("nothing written") into an empty file and starts
+  # the unit (systemd #27373), so the unit stops here, with a line naming
+  # the credential and where the reason is logged (`journal`).
+  credentialCheck =
+    { journal }:
+    ids: ''
+      for id in ${concatStringsSep " " (map (id: "'${replaceStrings [ "'" ] [ "'\\''" ] id}'") ids)}; do
+        if [ ! -s "$CREDENTIALS_DIRECTORY/$id" ]; then
+          echo "locket: credential $id is empty: locket-watch did not hand it over (this unit or this ID is not in its delivery plan, the server denied the secret, or no server answered and none was held); see ${journal}. Not starting." >&2
+          exit 1
+        fi
+      done
+    '';
+
+  # systemd's Exec*= quoting, as NixOS's utils.escapeSystemdExecArg(s):
+  # each argument a JSON string (systemd reads C escapes inside double
+  # quotes), with `%` and `$` doubled so that systemd expands nothing.
+  escapeSystemdExecArg =
+    arg:
+    replaceStrings [ "%" "$" ] [ "%%" "$$" ] (
+      builtins.toJSON (if isString arg || builtins.isPath arg then "${arg}" else toString arg)
+    );
+  escapeSystemdExecArgs = args: concatStringsSep " " (map escapeSystemdExecArg args);
 
   # The systemd.services attribute of a consumer's unit ("app.service" ->
   # "app"), or null when the unit is not a service.
@@ -564,9 +599,13 @@ rec {
   # A consumer's entry in delivery.toml. Templates default to the
   # consumer's mode, user and group (the module sets them explicitly).
   consumerPlan =
-    { runtimeShell }:
+    {
+      runtimeShell,
+      runDir ? "/run/locket",
+    }:
     consumer: svc:
     let
+      dir = "${runDir}/${consumer}";
       onChange =
         if (svc.onChange or null) == null then
           null
@@ -588,22 +627,25 @@ rec {
       }
     else
     dropNulls {
-      dir = secretsDir consumer;
+      inherit dir;
       secrets = svc.secrets;
       mode = svc.mode;
-      owner = svc.user;
-      group = svc.group;
-      env_file = if svc.envFile then "${secretsDir consumer}/env" else null;
+      owner = svc.user or null;
+      group = svc.group or null;
+      env_file = if svc.envFile then "${dir}/env" else null;
       restart_units = svc.restartUnits or [ ];
       reload_units = svc.reloadUnits or [ ];
       on_change = onChange;
       cache_max_age = svc.cacheMaxAge or null;
-      templates = mapAttrs (_: t: {
-        content = t.content;
-        mode = t.mode or svc.mode;
-        owner = t.owner or svc.user;
-        group = t.group or svc.group;
-      }) (svc.templates or { });
+      templates = mapAttrs (
+        _: t:
+        dropNulls {
+          content = t.content;
+          mode = t.mode or svc.mode;
+          owner = t.owner or svc.user or null;
+          group = t.group or svc.group or null;
+        }
+      ) (svc.templates or { });
     };
 
   # The whole plan (delivery.toml). `systemctl` and `systemdCreds` are the
@@ -630,29 +672,68 @@ rec {
       consumers = mapAttrs (consumerPlan { inherit runtimeShell; }) services;
     };
 
+  # --- User services (home-manager, issue #29) ---
+  # A user manager's runtime folder is $XDG_RUNTIME_DIR (/run/user/<uid>),
+  # which home-manager cannot know (it evaluates without the uid): the plan
+  # and the units name it as systemd's specifier `%t`, which systemd
+  # expands in units and the client when it loads a `manager = "user"`
+  # plan.
+  userRunDir = "%t/locket";
+  userCredentialSocket = "%t/locket/credentials.sock";
+  userWatchStatusFile = "%t/locket-watch/status.json";
+  userCredentialsDir = unit: "%t/credentials/${unit}";
+
+  # A user's delivery plan: as deliveryPlan, without the boot cache
+  # (systemd-creds' host key is root's) and without owners (a user manager
+  # cannot chown).
+  userDeliveryPlan =
+    {
+      systemctl,
+      runtimeShell,
+      services ? { },
+    }:
+    {
+      manager = "user";
+      status_file = userWatchStatusFile;
+      inherit systemctl;
+      prune_under = userRunDir;
+      credential_socket = userCredentialSocket;
+      consumers = mapAttrs (consumerPlan {
+        inherit runtimeShell;
+        runDir = userRunDir;
+      }) services;
+    };
+
   # The client's arguments after `--config … --timeout …`: a fetch unit
   # delivers one consumer, the watcher all of them, every `interval`.
-  deliverArgs = consumer: [
+  deliverArgs = deliverArgsFor deliveryPlanPath;
+  watchArgs = watchArgsFor deliveryPlanPath;
+  deliverArgsFor = plan: consumer: [
     "deliver"
     "--plan"
-    deliveryPlanPath
+    plan
     "--consumer"
     consumer
   ];
-  watchArgs = interval: [
+  watchArgsFor = plan: interval: [
     "deliver"
     "--plan"
-    deliveryPlanPath
+    plan
     "--watch"
     interval
   ];
 
   # Problems with one consumer's delivery options, as messages.
-  consumerErrors =
+  consumerErrors = consumerErrorsIn {
+    prefix = "services.locket.client";
+    inherit runDir;
+  };
+  consumerErrorsIn =
+    { prefix, runDir }:
     consumer: svc:
     let
-      opt = "services.locket.client.services.${consumer}";
-      dir = secretsDir consumer;
+      opt = "${prefix}.services.${consumer}";
+      dir = "${runDir}/${consumer}";
       secrets = svc.secrets or [ ];
       secretFiles = map secretFileName secrets;
       templates = attrNames (svc.templates or { });

@@ -1,13 +1,16 @@
 # docs/options.md: the NixOS module's options as Markdown, generated from
 # the module itself with nixpkgs' lib.optionAttrSetToDocList (as
 # nixosOptionsDoc does), evaluated against the stub NixOS modules
-# (nix/tests/nixos) with nixpkgs' real lib.
+# (nix/tests/nixos) with nixpkgs' real lib. With `module = "home-manager"`:
+# docs/home-manager-options.md, the home-manager module's, evaluated
+# against the stub home-manager modules (nix/tests/home-manager).
 #
-#   nix/tests/options_doc.py --write    # regenerate docs/options.md
-#   nix/tests/options_doc.py --check    # CI: fail when it is stale
+#   nix/tests/options_doc.py --write    # regenerate both
+#   nix/tests/options_doc.py --check    # CI: fail when either is stale
 {
   libPath ? ../../../shared/nixpkgs-lib/lib,
   lib ? import ../tests/nixpkgs-lib.nix libPath,
+  module ? "nixos",
 }:
 let
   inherit (lib) concatStringsSep filter hasInfix removePrefix;
@@ -17,8 +20,20 @@ let
     modules = [ nixos.self.nixosModules.default ];
   };
   root = toString ../..;
+  home = import ../tests/home-manager/eval.nix {
+    inherit lib;
+    modules = [
+      {
+        home.username = "user";
+        home.homeDirectory = "/home/user";
+        home.stateVersion = "25.11";
+      }
+    ];
+  };
   options = filter (o: o.visible && !o.internal) (
-    lib.optionAttrSetToDocList host.options.services.locket
+    lib.optionAttrSetToDocList (
+      if module == "nixos" then host.options.services.locket else home.options.services.locket-client
+    )
   );
   # A rendered value (literalExpression or literalMD): inline when short.
   value =
@@ -53,14 +68,27 @@ let
       ]
     );
 in
-''
-  # NixOS options: `services.locket`
+(
+  if module == "nixos" then
+    ''
+      # NixOS options: `services.locket`
 
-  Generated from `nix/module.nix` by `nix/docs/options.nix`
-  (`lib.optionAttrSetToDocList`, as `nixosOptionsDoc` does); do not edit.
-  CI fails when this file is stale: run `nix/tests/options_doc.py --write`.
-  The guide to these options, with worked examples, is [nixos.md](nixos.md).
+      Generated from `nix/module.nix` by `nix/docs/options.nix`
+      (`lib.optionAttrSetToDocList`, as `nixosOptionsDoc` does); do not edit.
+      CI fails when this file is stale: run `nix/tests/options_doc.py --write`.
+      The guide to these options, with worked examples, is [nixos.md](nixos.md).
 
-''
+    ''
+  else
+    ''
+      # home-manager options: `services.locket-client`
+
+      Generated from `nix/home-manager.nix` by `nix/docs/options.nix`
+      (`lib.optionAttrSetToDocList`); do not edit. CI fails when this file
+      is stale: run `nix/tests/options_doc.py --write`. The guide, with a
+      worked example, is [home-manager.md](home-manager.md).
+
+    ''
+)
 + concatStringsSep "\n\n" (map one options)
 + "\n"

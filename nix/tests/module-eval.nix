@@ -223,6 +223,10 @@ let
     "templates"
     "bundlers"
     "lib"
+    # The one output Nix does not know, so `nix flake check` prints
+    # "unknown flake output 'homeManagerModules'" for it (as for sops-nix
+    # and agenix): the name home-manager users import modules by.
+    "homeManagerModules"
   ];
 
   # The sealed last-good set (#26): one option.

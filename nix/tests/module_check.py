@@ -762,8 +762,8 @@ def main():
             check("build-time check: a bad settings value fails the build of server.toml", False, "it built")
         except SystemExit as e:
             check("build-time check: a bad settings value fails the build of server.toml, naming the key", "no_such_setting" in str(e) and "unknown" in str(e), str(e)[-600:])
-        locket_check(hosts["server"], 1)
-        locket_check(change_host, 2)
+        locket_check(hosts["server"], 2)  # app, and alice (the guest's home-manager user)
+        locket_check(change_host, 3)
         locket_check(same, 1)
         handshake(hosts, change, expect)
     finally:

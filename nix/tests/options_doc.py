@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""docs/options.md from the module (nix/docs/options.nix): --write
-regenerates it, --check (CI) fails when the committed file is stale."""
+"""docs/options.md and docs/home-manager-options.md from the modules
+(nix/docs/options.nix): --write regenerates them, --check (CI) fails when a
+committed file is stale."""
 import argparse
 import difflib
 import json
@@ -19,24 +20,28 @@ def main():
     mode.add_argument("--check", action="store_true")
     args = ap.parse_args()
     lib = os.path.realpath(args.lib)
-    r = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "nix/docs/options.nix", "--arg", "libPath", lib],
-        cwd=REPO, capture_output=True, text=True,
-    )
-    if r.returncode != 0:
-        sys.exit(f"options_doc: evaluating nix/docs/options.nix failed:\n{r.stderr}")
-    text = json.loads(r.stdout)
-    path = os.path.join(REPO, "docs", "options.md")
-    if args.write:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        print(f"options_doc: wrote {path} ({text.count(chr(10) + '## ')} options)")
-        return
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    if old != text:
-        diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), "docs/options.md (committed)", "docs/options.md (from the module)", n=1))
-        sys.exit(f"options_doc: docs/options.md is stale; run nix/tests/options_doc.py --write\n{diff[:4000]}")
-    print(f"options_doc: docs/options.md is current ({text.count(chr(10) + '## ')} options)")
+    said = []
+    for module, name in (("nixos", "options.md"), ("home-manager", "home-manager-options.md")):
+        r = subprocess.run(
+            ["nix-instantiate", "--eval", "--strict", "--json", "nix/docs/options.nix", "--arg", "libPath", lib, "--argstr", "module", module],
+            cwd=REPO, capture_output=True, text=True,
+        )
+        if r.returncode != 0:
+            sys.exit(f"options_doc: evaluating nix/docs/options.nix ({module}) failed:\n{r.stderr}")
+        text = json.loads(r.stdout)
+        path = os.path.join(REPO, "docs", name)
+        count = text.count(chr(10) + "## ")
+        if args.write:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            said.append(f"wrote {path} ({count} options)")
+            continue
+        old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+        if old != text:
+            diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), f"docs/{name} (committed)", f"docs/{name} (from the module)", n=1))
+            sys.exit(f"options_doc: docs/{name} is stale; run nix/tests/options_doc.py --write\n{diff[:4000]}")
+        said.append(f"docs/{name} is current ({count} options)")
+    print("options_doc: " + "; ".join(said))
 
 
 if __name__ == "__main__":

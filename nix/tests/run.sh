@@ -46,6 +46,18 @@ else
   fi
 fi
 
+# 2b'. the home-manager module (user services), through the real module
+#      system against stubs of home-manager's options.
+if [ -f "$lib/default.nix" ]; then
+  if out=$(NIX_ABORT_ON_WARN=1 nix-instantiate --eval --strict --json nix/tests/home-eval.nix -A passed --arg libPath "$lib" 2>&1) \
+    && failedChecks=$(NIX_ABORT_ON_WARN=1 nix-instantiate --eval --strict --json nix/tests/home-eval.nix -A failed --arg libPath "$lib" 2>&1) \
+    && [ "$failedChecks" = "[]" ]; then
+    ok "home-manager module checks ($out passed)"
+  else
+    bad "home-manager module checks: $out ${failedChecks:-}"
+  fi
+fi
+
 # 2b''. docs/options.md, generated from the module: CI fails when it is stale.
 if [ -f "$lib/default.nix" ]; then
   if out=$(python3 nix/tests/options_doc.py --check --lib "$lib" 2>&1); then

@@ -10,6 +10,7 @@
 let
   keys = {
     app = builtins.readFile ./keys/app.pub;
+    alice = builtins.readFile ./keys/alice.pub;
     intruder = builtins.readFile ./keys/intruder.pub;
     fingerprint = builtins.replaceStrings [ "\n" ] [ "" ] (builtins.readFile ./keys/server.fingerprint);
   };
@@ -101,6 +102,17 @@ in
               "SOCKET_ONLY"
             ];
           };
+        };
+        # A user's own client on the client host (the guest test's
+        # home-manager user alice, nix/tests/home.nix): its own key and
+        # grants, beside the host's.
+        services.locket.clients.alice = {
+          keys = [ (trim keys.alice) ];
+          networks = [ "${nodes.client.networking.primaryIPAddress}/32" ];
+          secrets = [
+            "USER_TOKEN"
+            "USER_SOCKET"
+          ];
         };
         # A registry change: the intruder becomes a client of its own.
         specialisation.registry-change.configuration = {

@@ -48,8 +48,27 @@ pub struct DeliveryPlan {
     /// listening socket (socket activation).
     #[serde(default)]
     pub credential_socket: Option<PathBuf>,
+    /// Whose units the plan names: the system manager's (root, NixOS), or
+    /// a user's (`systemd --user`, home-manager). A user plan's restarts
+    /// go through `systemctl --user`.
+    #[serde(default)]
+    pub manager: Manager,
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerPlan>,
+}
+
+/// The systemd manager a plan's units belong to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Manager {
+    /// PID 1: units under /etc/systemd/system.
+    #[default]
+    System,
+    /// A user's `systemd --user`: its runtime folder is
+    /// `$XDG_RUNTIME_DIR`, known only when it runs (home-manager evaluates
+    /// without the user's uid), so plan paths start with `%t/` as in unit
+    /// files.
+    User,
 }
 
 /// How a consumer gets its secrets.
@@ -173,6 +192,10 @@ pub enum DeliverError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the delivery plan {path} is for a user manager (manager = \"user\"), but XDG_RUNTIME_DIR is not set to an absolute path: run it as a `systemd --user` service, or set XDG_RUNTIME_DIR=/run/user/$(id -u)"
+    )]
+    RuntimeDir { path: PathBuf },
     #[error("cannot watch for SIGTERM: {0}")]
     Signal(#[source] std::io::Error),
     #[error("render failed: {0}")]
@@ -203,6 +226,7 @@ impl DeliverError {
             | Self::PlanParse { .. }
             | Self::Consumer { .. }
             | Self::UnknownConsumer(..)
+            | Self::RuntimeDir { .. }
             | Self::NoSuchUnit { .. } => 2,
             Self::Render {
                 source: RenderError::Template(_) | RenderError::TemplateName { .. },
@@ -280,10 +304,58 @@ impl DeliveryPlan {
         })?;
         // toml's messages quote the offending line; the plan holds no
         // secret (template text is public), so they may be shown.
-        toml::from_str(&text).map_err(|source| DeliverError::PlanParse {
+        let mut plan: Self = toml::from_str(&text).map_err(|source| DeliverError::PlanParse {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        let runtime = match plan.manager {
+            Manager::System => PathBuf::from("/run"),
+            Manager::User => match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+                Some(dir) if dir.is_absolute() => dir,
+                _ => {
+                    return Err(DeliverError::RuntimeDir {
+                        path: path.to_owned(),
+                    });
+                }
+            },
+        };
+        plan.expand_runtime_dir(&runtime);
+        Ok(plan)
+    }
+
+    /// Replaces a leading `%t` (systemd's specifier for the manager's
+    /// runtime folder) in every path of the plan with `runtime`.
+    fn expand_runtime_dir(&mut self, runtime: &Path) {
+        let expand = |p: &mut PathBuf| {
+            if let Ok(rest) = p.strip_prefix("%t") {
+                *p = runtime.join(rest);
+            }
+        };
+        let top = [
+            &mut self.status_file,
+            &mut self.metrics_file,
+            &mut self.cache_dir,
+            &mut self.prune_under,
+            &mut self.credential_socket,
+        ];
+        for p in top.into_iter().flatten() {
+            expand(p);
+        }
+        for c in self.consumers.values_mut() {
+            for p in [&mut c.dir, &mut c.env_file].into_iter().flatten() {
+                expand(p);
+            }
+        }
+    }
+
+    /// `systemctl`, talking to the plan's manager.
+    pub fn systemctl_command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.systemctl);
+        if self.manager == Manager::User {
+            cmd.arg("--user");
+        }
+        cmd.stdin(std::process::Stdio::null());
+        cmd
     }
 
     /// The boot cache, when the plan has a folder for it.
@@ -440,6 +512,11 @@ impl DeliveryPlan {
                     grp
                 },
             });
+        }
+        if c.cache_max_age.is_some() && self.manager == Manager::User {
+            return Err(err(
+                "cache_max_age is set, but a user manager's plan has no boot cache (it is sealed with systemd-creds' host key, which is root's): remove it".to_owned(),
+            ));
         }
         if c.cache_max_age.is_some() && self.cache_dir.is_none() {
             return Err(err(

@@ -57,9 +57,9 @@ async fn check_targets(
 /// systemd's LoadState of `unit` ("loaded", "not-found", …), or why it
 /// could not be asked.
 async fn unit_load_state(plan: &DeliveryPlan, unit: &str) -> String {
-    let out = tokio::process::Command::new(&plan.systemctl)
+    let out = plan
+        .systemctl_command()
         .args(["show", "--property=LoadState", "--value", "--", unit])
-        .stdin(std::process::Stdio::null())
         .output()
         .await;
     let state = match out {
@@ -473,11 +473,11 @@ async fn act(plan: &DeliveryPlan, pending: &mut Pending) -> Option<String> {
 
 async fn systemctl(plan: &DeliveryPlan, verb: &str, units: &[String]) -> Result<(), String> {
     tracing::info!("systemctl {verb} {}", units.join(" "));
-    match tokio::process::Command::new(&plan.systemctl)
+    match plan
+        .systemctl_command()
         .arg(verb)
         .arg("--")
         .args(units)
-        .stdin(std::process::Stdio::null())
         .status()
         .await
     {

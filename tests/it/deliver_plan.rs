@@ -203,7 +203,7 @@ pub(crate) fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\necho \"$*\" >> {log}\ncase \"$1\" in show) case \"$*\" in *missing.service*) echo not-found;; *) echo loaded;; esac;; esac\n",
+            "#!/bin/sh\necho \"$*\" >> {log}\n[ \"$1\" = --user ] && shift\ncase \"$1\" in show) case \"$*\" in *missing.service*) echo not-found;; *) echo loaded;; esac;; esac\n",
             log = log.display()
         ),
     )
@@ -993,4 +993,104 @@ fn files_stay_through_an_outage_and_go_only_when_the_consumer_leaves_the_plan() 
     assert_ne!(code, 0, "{err}");
     assert!(!err.contains("kept the files"), "{err}");
     assert_eq!(read(&run.join("b/APP_PASS")).as_deref(), Some("p@ss word"));
+}
+
+/// A user manager's plan (home-manager, #29): its paths start with `%t`
+/// (the manager's runtime folder, `$XDG_RUNTIME_DIR`, unknown when the
+/// plan is written), and its restarts go through `systemctl --user`.
+#[test]
+fn a_user_plan_delivers_under_xdg_runtime_dir_and_restarts_through_the_user_manager() {
+    let Setup {
+        dir,
+        server,
+        args,
+        systemctl,
+        systemctl_log,
+    } = setup();
+    let d = dir.path();
+    let plan = d.join("user-delivery.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"manager = "user"
+status_file = "%t/status.json"
+prune_under = "%t/locket"
+systemctl = "{s}"
+[consumers.u]
+dir = "%t/locket/u"
+env_file = "%t/locket/u/env"
+secrets = ["APP_USER"]
+restart_units = ["u.service"]
+"#,
+            s = systemctl.display()
+        ),
+    )
+    .unwrap();
+    let plan_s = plan.to_str().unwrap();
+    let mut deliver_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    deliver_args.extend_from_slice(&["deliver", "--plan", plan_s, "--consumer", "u"]);
+
+    // Without XDG_RUNTIME_DIR the plan's paths mean nothing: refused, and
+    // nothing is written anywhere (not under a literal "%t").
+    let out = client_command()
+        .env_remove("XDG_RUNTIME_DIR")
+        .args(&deliver_args)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("XDG_RUNTIME_DIR is not set") && err.contains("systemd --user"),
+        "{err}"
+    );
+    assert!(!d.join("%t").exists() && !d.join("locket").exists());
+
+    // With it, the files land below it, 0400, in a folder of its own.
+    let out = client_command()
+        .env("XDG_RUNTIME_DIR", d)
+        .args(&deliver_args)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let file = d.join("locket/u/APP_USER");
+    assert_eq!(read(&file).as_deref(), Some("alice"));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o400
+    );
+    assert_eq!(
+        read(&d.join("locket/u/env")).as_deref(),
+        Some("APP_USER=\"alice\"\n")
+    );
+
+    // The watcher asks the user manager, and restarts there on a change.
+    let mut watch_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    watch_args.extend_from_slice(&["deliver", "--plan", plan_s, "--watch", "100ms"]);
+    let watcher = client_command()
+        .env("XDG_RUNTIME_DIR", d)
+        .args(&watch_args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("watcher.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("a watch round", &|| rounds(d) >= 2);
+    std::fs::write(d.join("secrets.env"), "APP_USER=bob\n").unwrap();
+    server.reload();
+    let calls = || read(&systemctl_log).unwrap_or_default();
+    wait_for("the restart", &|| calls().contains("try-restart"));
+    let calls = calls();
+    assert!(
+        calls.lines().all(|l| l.starts_with("--user ")),
+        "every systemctl call goes to the user manager: {calls}"
+    );
+    assert!(calls.contains("--user try-restart -- u.service"), "{calls}");
+    assert_eq!(read(&file).as_deref(), Some("bob"));
+    stop(watcher, server);
 }

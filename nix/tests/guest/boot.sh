@@ -35,7 +35,7 @@
 set -euo pipefail
 
 BASE_VERSION=1
-BASE_PACKAGES="systemd systemd-sysv udev dbus libnss-systemd iproute2 procps util-linux coreutils kmod linux-image-amd64 initramfs-tools zstd"
+BASE_PACKAGES="systemd systemd-sysv udev dbus libnss-systemd libpam-systemd iproute2 procps util-linux coreutils kmod linux-image-amd64 initramfs-tools zstd"
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 ACCEL=${GUEST_ACCEL:-tcg}
 MEM_MB=${GUEST_MEM_MB:-2048}

@@ -212,6 +212,58 @@ systemctl start locket.service
 watcher_ok() { grep -q '"last_error": null' /run/locket-watch/status.json; }
 check "  the watcher's next round fetches again" wait_for 120 watcher_ok
 check "  once the server is back it starts, with the value" sh -c "systemctl start sock-consumer.service && [ \"\$(tail -1 /var/lib/private/sock-consumer/starts)\" = '$(sha vm-socket-only-2)' ]"
+# --- a lingering user's own services (home-manager, #29): alice's user
+# manager, her own key and client, files under $XDG_RUNTIME_DIR and the
+# credential socket of her own watcher; no login at any point.
+xdg=/run/user/$ALICE_UID
+as_alice() { runuser -u alice -- env XDG_RUNTIME_DIR="$xdg" "$@"; }
+user_active() { [ "$(as_alice systemctl --user show -P ActiveState "$1")" = active ]; }
+both_active() { user_active user-app.service && user_active user-sock.service; }
+user_journal() { journalctl -q -o cat --no-pager _SYSTEMD_USER_UNIT="$1" _UID="$ALICE_UID"; }
+user_logged() { wait_for 60 user_logged_now "$@"; }
+user_logged_now() { user_journal "$1" | grep -Eq -- "$2"; }
+alice_starts() { wc -l <"/home/alice/$1.starts" 2>/dev/null || echo 0; }
+alice_starts_is() { [ "$(alice_starts "$1")" = "$2" ]; }
+alice_rounds() { grep -o '"rounds": [0-9]*' "$xdg/locket-watch/status.json" 2>/dev/null | grep -o '[0-9]*$' || echo 0; }
+alice_rounds_at_least() { [ "$(alice_rounds)" -ge "$1" ]; }
+alice_more_rounds() { wait_for 180 alice_rounds_at_least $(($(alice_rounds) + $1)); }
+alice_app_after_rounds() { alice_more_rounds "$1" && alice_starts_is user-app "$2"; }
+no_alice_session() { ! loginctl list-sessions --no-legend | grep -qw alice; }
+check "alice is not lingering and has no user manager yet" sh -c "[ ! -e /var/lib/systemd/linger/alice ] && ! systemctl is-active --quiet user@$ALICE_UID.service"
+loginctl enable-linger alice
+check "loginctl enable-linger starts her user manager, with no login" wait_for 120 systemctl is-active --quiet user@$ALICE_UID.service
+check "  her user services start with their secrets (files and socket)" wait_for 240 both_active
+check "  she has no session: nobody logged in" no_alice_session
+check "  the files: under \$XDG_RUNTIME_DIR/locket/user-app, 0400, hers" test "$(stat -c '%a %U' $xdg/locket/user-app/USER_TOKEN $xdg/locket/user-app/app.conf | sort -u)" = "400 alice"
+check "  user-app read the server's value (through EnvironmentFile= and its template)" test "$(tail -1 /home/alice/user-app.starts)" = "$(sha vm-user-token-1)"
+check "  its fetch unit is a user oneshot that delivered it" user_logged locket-fetch-user-app.service 'user-app: [0-9]+ written'
+check "  user-sock read its credential from her watcher's memory" test "$(tail -1 /home/alice/user-sock.starts)" = "$(sha vm-user-socket-1)"
+check "  her watcher names what it handed over, by unit and ID" user_logged locket-watch.service 'handed user-sock.service its credential USER_SOCKET'
+check "  the socket value is in no file of /run or /var but her unit's credentials (and the server's source)" sh -c "! grep -rlaF -D skip vm-user-socket-1 /run /var 2>/dev/null | grep -Ev '^($xdg/credentials/user-sock|/run/credentials/locket)[.]service/'"
+check "  (the scan finds it there)" sh -c "grep -rlaF -D skip vm-user-socket-1 $xdg | grep -qx $xdg/credentials/user-sock.service/USER_SOCKET"
+# A boot, as logind starts lingering users at its start: her manager and
+# runtime folder gone (as at power-off), then logind started again.
+a0=$(alice_starts user-app) k0=$(alice_starts user-sock)
+systemctl stop user@$ALICE_UID.service user-runtime-dir@$ALICE_UID.service
+check "after her manager and \$XDG_RUNTIME_DIR are gone (a power-off)" sh -c "! test -e $xdg/locket"
+systemctl restart systemd-logind.service
+check "  logind starts her user manager again, as at boot (linger)" wait_for 120 systemctl is-active --quiet user@$ALICE_UID.service
+check "  user-app and user-sock each started once more" wait_for 240 sh -c "[ \$(wc -l </home/alice/user-app.starts) = $((a0 + 1)) ] && [ \$(wc -l </home/alice/user-sock.starts) = $((k0 + 1)) ]"
+check "  the files are back under the new \$XDG_RUNTIME_DIR" test -s $xdg/locket/user-app/USER_TOKEN
+check "  still no session" no_alice_session
+# A change on the server: her watcher restarts user-app, once.
+wait_for 120 test -s "$xdg/locket-watch/status.json"
+a0=$(alice_starts user-app)
+sed -i 's/^USER_TOKEN=.*/USER_TOKEN=vm-user-token-2/' /etc/locket-test/secrets.env
+systemctl restart locket.service
+check "a change on the server restarts her user-app (systemctl --user try-restart)" wait_for 180 alice_starts_is user-app $((a0 + 1))
+check "  with the new value" test "$(tail -1 /home/alice/user-app.starts)" = "$(sha vm-user-token-2)"
+check "  exactly once: three more rounds of her watcher start it no more" alice_app_after_rounds 3 $((a0 + 1))
+check "  her watcher's journal names the change, never a value" sh -c "journalctl -q -o cat _SYSTEMD_USER_UNIT=locket-watch.service | grep -Eq 'consumer user-app: changed: .*USER_TOKEN' && ! journalctl -o cat | grep -q vm-user-"
+# Quiet again for what follows: no more requests from her watcher.
+loginctl disable-linger alice
+systemctl stop user@$ALICE_UID.service
+
 pid=$(show locket.service MainPID)
 
 # Refusals: a wrong key from the client's address; the right key from the intruder's.

@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import module_check as mc  # noqa: E402  (shared: store stand-in, TOML, systemd's command-line syntax)
 
 REPO = mc.REPO
+# The home-manager test's user (nix/tests/home.nix).
+ALICE_UID = 1001
 
 
 def main():
@@ -87,6 +89,33 @@ def main():
                         link = os.path.join(units, f"{target}.{kind}", name)
                         os.makedirs(os.path.dirname(link), exist_ok=True)
                         os.symlink(f"../{name}", link)
+        # The lingering user alice (#29): her home-manager configuration
+        # (nix/tests/home.nix) as home-manager places it under ~/.config:
+        # the TOML files as links into the store, the user units as files,
+        # and the <target>.wants/.requires links. Her user manager runs in
+        # the client's network namespace (a drop-in on the system's
+        # user@<uid>.service: the only thing added).
+        home = json.loads(mc.nix_eval("nix/tests/home-manager/eval.nix", "json", lib, [
+            "--arg", "modules", f'[ (import ./nix/tests/home.nix {{ server = "{server["primaryIPAddress"]}"; }}) ]',
+            *mc.host_systemd_overlay()]))
+        if home["failedAssertions"] or home["warnings"]:
+            raise SystemExit(f"nix/tests/home.nix: {home['failedAssertions']} {home['warnings']}")
+        home_node = {"units": home["units"], "tmpfiles": {"rules": []}, "scripts": {},
+                     "etc": {t: {"source": f["source"], "value": f["value"]} for t, f in home["files"].items() if f["value"] is not None}}
+        mc.populate_store(store, home_node, bins, copy_bins=True)
+        config_home = os.path.join(root, "home", "alice", ".config")
+        for target, f in sorted(home["files"].items()):
+            dest = os.path.join(config_home, target)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            if f["value"] is not None:
+                os.symlink(f["source"], dest)
+            elif target.removeprefix("systemd/user/") in home["links"]:
+                os.symlink(f"../{os.path.basename(target)}", dest)
+            else:
+                write(dest, f["text"])
+        shutil.copy(os.path.join(REPO, "nix", "tests", "keys", "alice.key"), os.path.join(config_home, "locket", "client.key"))
+        os.chmod(os.path.join(config_home, "locket", "client.key"), 0o600)
+        write(os.path.join(units, f"user@{ALICE_UID}.service.d", "netns.conf"), "[Service]\nNetworkNamespacePath=/run/netns/client\n")
         # The client's `plan-change` specialisation, as a switch would see
         # it: its units that differ (or are gone: an empty file), and its
         # delivery plan.
@@ -138,7 +167,7 @@ def main():
         # Users and groups the client node declares (NixOS creates them).
         users = [f"{u} {spec['group']}" for u, spec in sorted(client["users"].items()) if spec.get("isSystemUser") and spec.get("uid") is None]
         groups = sorted(g for g in client["groups"] if client["groups"][g].get("gid") is None)
-        write(os.path.join(payload, "setup.sh"), SETUP.format(groups=" ".join(groups), users="\n".join(users)), mode=0o755)
+        write(os.path.join(payload, "setup.sh"), SETUP.format(groups=" ".join(groups), users="\n".join(users), alice_uid=ALICE_UID), mode=0o755)
         # What the test needs to know, as shell variables.
         fetch = {c: mc.split_exec(mc.unit_values(client["units"][f"locket-fetch-{c}.service"], "ExecStart")[0], {})[1] for c in ("demo-consumer", "group-consumer")}
         env = {
@@ -151,6 +180,7 @@ def main():
             "FETCH_TIMEOUT": mc.unit_values(client["units"]["locket-fetch-demo-consumer.service"], "TimeoutStartSec")[0].rstrip("s"),
             "FINGERPRINT": open(os.path.join(REPO, "nix/tests/keys/server.fingerprint")).read().strip(),
             "DEMO_FETCH": shlex.join(fetch["demo-consumer"]),
+            "ALICE_UID": str(ALICE_UID),
         }
         write(os.path.join(payload, "env.sh"), "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
         # systemd's own EnvironmentFile= reader on the values that try to
@@ -191,6 +221,10 @@ done
 echo '{users}' | while read -r u g; do
   [ -z "$u" ] || chroot "$1" getent passwd "$u" >/dev/null || chroot "$1" useradd --system --gid "$g" --home-dir /var/empty --shell /usr/sbin/nologin "$u"
 done
+# The home-manager test's user: an ordinary user, not lingering yet.
+chroot "$1" getent passwd alice >/dev/null || chroot "$1" useradd --uid {alice_uid} --user-group --home-dir /home/alice --shell /bin/sh alice
+chown -R {alice_uid}:{alice_uid} "$1/home/alice"
+chmod 0700 "$1/home/alice"
 exit 0
 """
 
