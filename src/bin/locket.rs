@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log_level, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

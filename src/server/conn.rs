@@ -53,7 +53,84 @@ fn http(max_buf_size: usize) -> auto::Builder<TokioExecutor> {
 
 /// Serves `state` on `listener` until `shutdown` completes, then lets
 /// requests in flight finish (for up to 10 seconds).
+///
+/// One thread per core, each with a current-thread runtime accepting from
+/// the same socket: a request is read, answered and written by the thread
+/// that accepted it, with no hand-over between threads. On a multi-thread
+/// runtime the hand-overs cost a sleep and a wake-up per request, about a
+/// tenth of a `[v1]` request's CPU at one client at a time
+/// (docs/performance.md). A thread that ends (an error, or a panic) ends
+/// the server: it never serves on fewer threads unnoticed.
 pub(crate) async fn run<F>(
+    listener: TcpListener,
+    state: Arc<State>,
+    routes: F,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
+{
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let listener = listener.into_std()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..threads {
+        let listener = listener.try_clone()?;
+        let (state, routes, mut stopped) = (Arc::clone(&state), routes.clone(), stopped.clone());
+        let mut ended = Ended(Some(ended.clone()));
+        std::thread::Builder::new()
+            .name(format!("locket-conn-{i}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(async move {
+                            let listener = TcpListener::from_std(listener)?;
+                            let stop = async move {
+                                let _ = stopped.wait_for(|stop| *stop).await;
+                            };
+                            serve_thread(listener, state, routes, stop).await
+                        })
+                    });
+                ended.report(served);
+            })?;
+    }
+    drop((listener, ended));
+    let early = tokio::select! {
+        () = shutdown => None,
+        served = ends.recv() => served,
+    };
+    let _ = stop.send(true);
+    let mut result = early.unwrap_or(Ok(()));
+    while let Some(served) = ends.recv().await {
+        result = result.and(served);
+    }
+    result
+}
+
+/// A connection thread's end, reported to `run`: its result, or an error
+/// when the thread unwinds from a panic before it could report.
+struct Ended(Option<tokio::sync::mpsc::UnboundedSender<std::io::Result<()>>>);
+
+impl Ended {
+    fn report(&mut self, served: std::io::Result<()>) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(served);
+        }
+    }
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.report(Err(std::io::Error::other(
+            "a connection thread panicked (see the log above)",
+        )));
+    }
+}
+
+/// One connection thread's accept loop (see [`run`]).
+async fn serve_thread<F>(
     listener: TcpListener,
     state: Arc<State>,
     routes: F,
@@ -73,8 +150,14 @@ where
             () = admission.room(limit) => {}
             () = &mut shutdown => break,
         }
+        // Unconstrained by tokio's task budget: this thread also runs the
+        // connections it accepted, and a budgeted accept loop would yield
+        // after a few accepts and wait for all of them, leaving a burst's
+        // connections in the kernel's queue until it overflows (SYN
+        // retries, a second each). Draining is bounded by the queue and by
+        // max_connections.
         let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = tokio::task::unconstrained(listener.accept()) => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, don't spin.

@@ -52,6 +52,11 @@ pub enum StartError {
     },
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("serving on {addr} stopped: {source}; start it again, and report it if it recurs")]
+    Serve {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl StartError {
@@ -59,7 +64,10 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Config(_) | StartError::Key(_) | StartError::Tls(_) => 2,
-            StartError::FirstLoad(_) | StartError::Bind { .. } | StartError::Signals(_) => 1,
+            StartError::FirstLoad(_)
+            | StartError::Bind { .. }
+            | StartError::Signals(_)
+            | StartError::Serve { .. } => 1,
         }
     }
 }
@@ -307,7 +315,7 @@ impl Server {
             systemd::notify(NotifyState::Stopping);
         })
         .await;
-        served.map_err(|source| StartError::Bind { addr, source })?;
+        served.map_err(|source| StartError::Serve { addr, source })?;
         tracing::info!("stopped");
         Ok(())
     }
