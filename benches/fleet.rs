@@ -833,6 +833,15 @@ fn main() {
                 ratio
             )
             .unwrap();
+            writeln!(
+                table,
+                "{:>5} |   (median of {} runs by CPU/floor: {:.2}-{:.2}x)",
+                "",
+                v1::repeats(),
+                r.spread.0,
+                r.spread.1
+            )
+            .unwrap();
             if r.failed > 0 {
                 targets.push((
                     format!("[v1] C={}: every request answered 200", r.c),
@@ -848,6 +857,7 @@ fn main() {
                 "server_cpu_ms_per_request": r.cpu_per_req * 1e3,
                 "crypto_floor_ms_per_request": r.floor.as_secs_f64() * 1e3,
                 "cpu_over_floor": ratio,
+                "cpu_over_floor_runs": [r.spread.0, r.spread.1],
             }));
         }
     }
