@@ -44,7 +44,6 @@ let
     mkOption
     mkPackageOption
     optional
-    optionalAttrs
     types
     ;
 
@@ -177,28 +176,36 @@ let
   };
 
   # LoadCredential= and the empty-credential check on a socket consumer's
-  # own unit. A consumer the assertions refuse gets none.
-  socketConsumerUnits = lib.mapAttrs' (
-    _: svc:
-    lib.nameValuePair (locketLib.serviceAttrName svc.unit) {
-      Unit = {
-        After = [ socketUnit ];
-        Requires = [ socketUnit ];
-      };
-      Service = {
-        LoadCredential = locketLib.socketCredentialsAt locketLib.userCredentialSocket svc;
-        ExecStartPre = lib.mkBefore [
-          (locketLib.escapeSystemdExecArgs [
-            pkgs.runtimeShell
-            "-c"
-            (locketLib.credentialCheck { journal = "journalctl --user -u ${locketLib.watchUnitName}"; } (
-              lib.attrValues (locketLib.credentialIds svc)
-            ))
-          ])
-        ];
-      };
-    }
-  ) (lib.filterAttrs (_: svc: svc.secrets != [ ] && locketLib.serviceAttrName svc.unit != null) socketConsumers);
+  # own unit, merged when consumers share a unit. A consumer the
+  # assertions refuse gets none.
+  socketConsumerUnits = mkMerge (
+    lib.mapAttrsToList
+      (_: svc: {
+        ${locketLib.serviceAttrName svc.unit} = {
+          Unit = {
+            After = [ socketUnit ];
+            Requires = [ socketUnit ];
+          };
+          Service = {
+            LoadCredential = locketLib.socketCredentialsAt locketLib.userCredentialSocket svc;
+            ExecStartPre = lib.mkBefore [
+              (locketLib.escapeSystemdExecArgs [
+                pkgs.runtimeShell
+                "-c"
+                (locketLib.credentialCheck { journal = "journalctl --user -u ${locketLib.watchUnitName}"; } (
+                  lib.attrValues (locketLib.credentialIds svc)
+                ))
+              ])
+            ];
+          };
+        };
+      })
+      (
+        lib.filterAttrs (
+          _: svc: svc.secrets != [ ] && locketLib.serviceAttrName svc.unit != null
+        ) socketConsumers
+      )
+  );
 
   clientOptions = import ./client-options.nix { inherit lib; };
   inherit (clientOptions) fileModeType secretPath;

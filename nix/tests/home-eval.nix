@@ -87,6 +87,29 @@ let
       && has guest.units."user-sock.service" "Requires=locket-watch.socket"
       && hasInfix "journalctl --user -u locket-watch" guest.units."user-sock.service"
       && !(guest.units ? "locket-fetch-user-sock.service");
+    # Two socket consumers of one unit: its LoadCredential= lists both
+    # (merged, as the NixOS module merges them), neither is lost.
+    socketConsumersShareAUnit =
+      let
+        shared = user {
+          services.locket-client.services = {
+            a = {
+              secrets = [ "A1" ];
+              delivery = "socket";
+              unit = "both.service";
+              restartUnits = [ "both.service" ];
+            };
+            b = {
+              secrets = [ "B1" ];
+              delivery = "socket";
+              unit = "both.service";
+              restartUnits = [ "both.service" ];
+            };
+          };
+        };
+      in
+      has shared.units."both.service" "LoadCredential=A1:%t/locket/credentials.sock"
+      && has shared.units."both.service" "LoadCredential=B1:%t/locket/credentials.sock";
     nothingWrongInTheGuestHome = guest.failedAssertions == [ ] && guest.warnings == [ ];
     # Refusals name home-manager's option path and what to do.
     refusesAnUnpinnedServer = says { services.locket-client.serverFingerprint = lib.mkForce null; } "services.locket-client: the server's key is not pinned";
