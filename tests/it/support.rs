@@ -422,6 +422,23 @@ impl ServerProcess {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the log comes to hold what `found` looks for, waited for up
+    /// to 30 s: a line reaches the test through the server's stderr and a
+    /// reader thread, possibly after the answer it logs has arrived (more
+    /// so on a loaded machine).
+    pub(crate) fn logged(&self, found: impl Fn(&str) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if found(&self.log()) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGHUP and waits for the server to say how the reload went;
     /// returns that log line ("config reloaded" or "config reload rejected").
     pub(crate) fn reload(&self) -> String {

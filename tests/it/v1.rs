@@ -547,9 +547,7 @@ async fn undecryptable_payloads_count_toward_the_failed_auth_limit() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(svc2.open(&body), "shared");
     assert!(
-        server
-            .log()
-            .contains("payload does not decrypt with the server key"),
+        server.logged(|log| log.contains("payload does not decrypt with the server key")),
         "the log says why the requests were refused"
     );
 }
